@@ -1,0 +1,122 @@
+"""Deterministic, atomic file writing and small readers shared by every stage.
+
+Every derived file goes through :func:`atomic_path`: it is written to a temporary
+file in the same folder and renamed into place only when complete, so a failing
+stage never leaves a half-written output behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return obj.as_posix()
+    if obj is pd.NA:
+        return None
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean_floats(obj: Any) -> Any:
+    """NaN/inf are not JSON; write them as null so every reader agrees."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Sorted keys and a trailing newline: byte-identical for identical content."""
+    text = json.dumps(_clean_floats(json.loads(json.dumps(obj, default=_json_default))),
+                      indent=2, sort_keys=True, ensure_ascii=False)
+    return write_text(path, text + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
+    """Parquet without a pandas index and with fixed writer settings (deterministic bytes)."""
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False, engine="pyarrow", compression="snappy")
+    return Path(path)
+
+
+def write_csv(path: str | os.PathLike, df: pd.DataFrame, float_format: str | None = "%.10g") -> Path:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
+    return Path(path)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def load_params(path: str | os.PathLike | None = None) -> dict:
+    """The whole params.yaml as a dict (default: the repository's)."""
+    return read_yaml(path or REPO_ROOT / "params.yaml")
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
