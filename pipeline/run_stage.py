@@ -1,0 +1,145 @@
+"""Run one pipeline stage: execute its notebook with papermill, then publish it.
+
+    python -m pipeline.run_stage clean --study synthetic
+
+1. The stage's parameters (its ``params.yaml`` group) are injected into the notebook's
+   ``parameters`` cell; the notebook runs with the repository root as working directory.
+2. Run-dependent metadata (papermill and nbclient timings) is scrubbed, so two runs of the
+   same inputs give byte-identical notebooks and HTML.
+3. The executed notebook is written under ``reports/notebooks/`` with two HTML renderings:
+   ``NAME.html`` (code hidden, for reviewers) and ``NAME.code.html`` (with code, for analysts).
+4. If anything fails, every output the stage declares in ``dvc.yaml`` is removed, so a failed
+   stage leaves nothing half-written; the failed notebook is kept in ``logs/failed/`` to debug.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+from pipeline import paths
+from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+
+KERNEL_NAME = "microenterprise"
+
+# Metadata keys whose values depend on when or where a notebook ran.
+_NB_VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
+
+
+def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop timing and path metadata that would make reruns differ; keep parameters and outputs."""
+    nb = copy.deepcopy(nb)
+    pm = nb.metadata.get("papermill")
+    if pm is not None:
+        for key in _NB_VOLATILE:
+            pm.pop(key, None)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell_pm = cell.metadata.get("papermill")
+        if cell_pm is not None:
+            for key in ("start_time", "end_time", "duration"):
+                cell_pm.pop(key, None)
+    return nb
+
+
+def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
+    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab")
+    exporter.exclude_input = hide_code
+    exporter.exclude_input_prompt = hide_code
+    exporter.exclude_output_prompt = hide_code
+    exporter.mathjax_url = ""
+    exporter.require_js_url = ""
+    exporter.widget_renderer_url = ""
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def stage_outs(stage: str, study: str | None) -> list[Path]:
+    """The outputs dvc.yaml declares for this stage (with ${key} filled in for per-study stages)."""
+    dvc_yaml = read_yaml(REPO_ROOT / "dvc.yaml")
+    spec = dvc_yaml["stages"][stage]
+    outs = []
+    if "foreach" in spec:
+        spec = spec["do"]
+    for entry in list(spec.get("outs", [])) + list(spec.get("metrics", [])) + list(spec.get("plots", [])):
+        name = next(iter(entry)) if isinstance(entry, dict) else entry
+        if study is not None:
+            name = name.replace("${key}", study).replace("${item}", study)
+        outs.append(REPO_ROOT / name)
+    return outs
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def run(stage: str, study: str | None = None, params_path: Path | None = None) -> Path:
+    import papermill as pm
+
+    params = load_params(params_path)
+    stage_params = params.get(stage, {}) or {}
+    parameters = {"stage_params": stage_params}
+    if study is not None:
+        parameters["study"] = study
+
+    name = paths.STAGE_NOTEBOOKS[stage]
+    out_dir = paths.executed_notebook_dir(stage, study)
+    executed_path = out_dir / f"{name}.ipynb"
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix=f"stage-{stage}-") as tmp:
+        tmp_nb = Path(tmp) / f"{name}.ipynb"
+        try:
+            pm.execute_notebook(
+                str(paths.notebook_source(stage)),
+                str(tmp_nb),
+                parameters=parameters,
+                kernel_name=KERNEL_NAME,
+                cwd=str(REPO_ROOT),
+                progress_bar=False,
+                log_output=False,
+                report_mode=False,
+            )
+        except BaseException:
+            for out in stage_outs(stage, study):
+                _remove(out)
+            failed_dir = REPO_ROOT / "logs" / "failed"
+            failed_dir.mkdir(parents=True, exist_ok=True)
+            if tmp_nb.exists():
+                shutil.copy(tmp_nb, failed_dir / f"{stage}{'-' + study if study else ''}.ipynb")
+                print(f"stage {stage} failed; executed notebook kept in {failed_dir}", file=sys.stderr)
+            raise
+        nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
+
+    with atomic_path(executed_path) as tmp_path:
+        nbformat.write(nb, str(tmp_path))
+    write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
+    write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
+    return executed_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(paths.STAGE_NOTEBOOKS))
+    parser.add_argument("--study", default=None, help="study name for per-study stages")
+    args = parser.parse_args(argv)
+    os.chdir(REPO_ROOT)
+    run(args.stage, args.study)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
