@@ -87,7 +87,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     firms = firm_table(clean, cfg)
     currency = str(cfg.get("currency", "lcu")).lower()
     factor = float(cfg.get("usd_ppp_per_lcu", 1.0))
-    rows = pd.DataFrame({unit: clean[unit], "round": clean[round_col].astype("int64") if round_col else 0})
+    key = "_unit"  # the raw unit id, whatever the study calls it; becomes firm_id (text) at the end
+    rows = pd.DataFrame({key: clean[unit], "round": clean[round_col].astype("int64") if round_col else 0})
     for name, out in cfg["outcomes"].items():
         base = f"{name}_{currency}_{flow_period}" if out.get("flow", True) else f"{name}_{currency}"
         new = f"{name}_usd_ppp_{flow_period}" if out.get("flow", True) else f"{name}_usd_ppp"
@@ -107,23 +108,23 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     rows["interviewed"] = 1
 
     planned = cfg.get("rounds") or sorted(rows["round"].unique().tolist())
-    grid = pd.MultiIndex.from_product([firms.index, planned], names=[unit, "round"]).to_frame(index=False)
-    table = grid.merge(rows, on=[unit, "round"], how="left", validate="one_to_one")
+    grid = pd.MultiIndex.from_product([firms.index, planned], names=[key, "round"]).to_frame(index=False)
+    table = grid.merge(rows, on=[key, "round"], how="left", validate="one_to_one")
     table["interviewed"] = table["interviewed"].fillna(0).astype("int8")
     table["attrited"] = (1 - table["interviewed"]).astype("int8")
-    table = table.merge(firms, left_on=unit, right_index=True, how="left")
+    table = table.merge(firms.rename_axis(key), left_on=key, right_index=True, how="left")
     baseline = cfg.get("baseline_round")
     table["followup"] = table["round"] != baseline if baseline is not None else True
     if baseline is not None:
-        value_cols = [c for c in rows.columns if c not in (unit, "round", "interviewed")]
-        bl = table.loc[table["round"] == baseline, [unit] + value_cols].set_index(unit)
+        value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
+        bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
         for col in value_cols:
-            values = table[unit].map(bl[col])
+            values = table[key].map(bl[col])
             table[f"{col}_bl_missing"] = values.isna().astype("int8")
             table[f"{col}_bl"] = values.fillna(0.0)
     table.insert(0, "study", cfg["study"])
-    table["firm_id"] = table[unit].map(_fmt)
-    table = table.sort_values([unit, "round"], kind="stable").drop(columns=[unit]).reset_index(drop=True)
+    table["firm_id"] = table[key].map(_fmt)
+    table = table.sort_values([key, "round"], kind="stable").drop(columns=[key]).reset_index(drop=True)
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]
     return table[first + [c for c in table.columns if c not in first]]

@@ -624,3 +624,26 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
         "r": np.arange(len(out))})
     idx = key.sort_values(["o", "m", "r"], kind="mergesort").index
     return out.loc[idx].reset_index(drop=True)
+
+
+# Keys of the ``estimate:`` params group that are not regression-specification fields.
+STAGE_KEYS = ("outcomes", "primary_outcome")
+
+
+def run(study: str, params: dict) -> dict:
+    """The estimate stage: analysis table -> tidy results for every outcome and model."""
+    from pipeline import paths
+    from pipeline.io import write_csv, write_json
+
+    analysis = pd.read_parquet(paths.processed_dir(study) / "analysis.parquet")
+    outcomes = [o for o in params["outcomes"] if o in analysis.columns and analysis[o].notna().any()]
+    if not outcomes:
+        raise ValueError(f"{study}: none of the outcomes {params['outcomes']} is in the analysis table")
+    spec_params = {k: v for k, v in params.items() if k not in STAGE_KEYS}
+    results = estimate_study(analysis, outcomes, spec_params, study)
+    out = paths.processed_dir(study)
+    write_csv(out / "results.csv", results)
+    summary = {"study": study, "outcomes": outcomes, "rows": len(results),
+               "skipped_outcomes": [o for o in params["outcomes"] if o not in outcomes]}
+    write_json(out / "estimate_summary.json", summary)
+    return {"results": results, "summary": summary}

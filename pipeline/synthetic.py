@@ -167,13 +167,13 @@ ARM_HAS_GRANT = np.array([False, False, False, True, True])
 # Latent profit model (USD PPP per month).
 BASELINE_MEAN_PROFIT_USD_PPP = {"women": 80.0, "men": 120.0}
 GROWTH_PER_ROUND = 0.03          # common (all arms) profit growth per round
-SD_LOG_FIRM = 0.60               # firm productivity (persistent)
-SD_LOG_MARKET = 0.22             # market effect (drives the ICC)
+SD_LOG_FIRM = 0.55               # firm productivity (persistent)
+SD_LOG_MARKET = 0.25             # market effect (drives the ICC, about 0.05)
 SD_LOG_REGION = 0.10
 SD_LOG_SECTOR = 0.12
-SD_LOG_SHOCK = 0.55              # round shocks, AR(1) with coefficient AR_SHOCK
-AR_SHOCK = 0.30
-SD_NOISE_SHARE_OF_MEAN = 0.45    # additive mean-zero noise, sd = share x gender mean
+SD_LOG_SHOCK = 0.70              # round shocks, AR(1) with coefficient AR_SHOCK
+AR_SHOCK = 0.15
+SD_NOISE_SHARE_OF_MEAN = 0.25    # additive mean-zero noise, sd = share x gender mean (~4% < 0)
 # Revenue/costs: costs = cost_ratio_i x business scale (+ any loss), revenue = costs + profit,
 # each then reported with multiplicative mean-one error.
 MEDIAN_COST_RATIO, SD_LOG_COST_RATIO, SD_LOG_COST_ROUND = 1.8, 0.35, 0.15
@@ -313,14 +313,17 @@ def _category_names(base: list[str], n: int, prefix: str) -> dict[int, str]:
 
 def _hex_ids(raw: np.ndarray) -> np.ndarray:
     """uuid-style strings 'uuid:xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx' from (n, 16) random bytes."""
-    hexchars = np.array(list("0123456789abcdef"))
-    nibbles = np.stack([raw >> 4, raw & 15], axis=-1).reshape(len(raw), 32)
-    chars = hexchars[nibbles]
-    dash = np.full((len(raw), 1), "-")
-    parts = [chars[:, :8], dash, chars[:, 8:12], dash, chars[:, 12:16], dash,
-             chars[:, 16:20], dash, chars[:, 20:]]
-    joined = np.ascontiguousarray(np.concatenate(parts, axis=1)).view("<U36").ravel()
-    return np.char.add("uuid:", joined)
+    n = len(raw)
+    hex_ascii = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+    nibbles = hex_ascii[np.stack([raw >> 4, raw & 15], axis=-1).reshape(n, 32)]
+    out = np.empty((n, 41), dtype=np.uint8)
+    out[:, :5] = np.frombuffer(b"uuid:", dtype=np.uint8)
+    dash = ord("-")
+    for start, stop, at in ((0, 8, 5), (8, 12, 14), (12, 16, 19), (16, 20, 24), (20, 32, 29)):
+        out[:, at:at + stop - start] = nibbles[:, start:stop]
+        if at + stop - start < 41:
+            out[:, at + stop - start] = dash
+    return np.ascontiguousarray(out).view("S41").ravel().astype("U41")
 
 
 def _digits(rng: np.random.Generator, n: int, width: int) -> pd.Series:
@@ -579,22 +582,21 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     size_field = rng.uniform(0.1, 0.6, (n_panel, len(CONFLICT_COLUMNS)))
     sign_field = np.where(rng.random((n_panel, len(CONFLICT_COLUMNS))) < 0.5, -1, 1)
 
-    ids = _hex_ids(rngs["ids"].integers(0, 256, (n_panel, 2, 16), dtype=np.uint8).reshape(2 * n_panel, 16))
-    ids = ids.reshape(n_panel, 2)
+    id_bytes = rngs["ids"].integers(0, 256, (n_panel, 2, 16), dtype=np.uint8)
 
     # ---- notes (free text; some contain the owner's name or phone)
     rng = rngs["notes"]
     u_note = flat(rng.random((n_firms, n_rounds)))
     generic = np.asarray(GENERIC_NOTES, dtype=object)[rng.integers(0, len(GENERIC_NOTES), n_panel)]
-    first_name = owners["first_name"].to_numpy(dtype=object)[firm_index]
-    owner_name = owners["owner_name"].to_numpy(dtype=object)[firm_index]
-    phone_local = owners["phone_local"].to_numpy(dtype=object)[firm_index]
+    identifying_notes = [  # per firm, then per interview
+        ("call back on " + owners["phone_local"]).to_numpy(dtype=object)[firm_index],
+        ("spoke with " + owners["owner_name"] + " at the stall").to_numpy(dtype=object)[firm_index],
+        (owners["first_name"] + " asked us to return after 4pm").to_numpy(dtype=object)[firm_index],
+    ]
     note_kind = np.digitize(u_note, [0.72, 0.79, 0.83, 0.86])  # empty/phone/name/first name/generic
     notes = pd.Series(np.select(
         [note_kind == 0, note_kind == 1, note_kind == 2, note_kind == 3],
-        ["", "call back on " + phone_local, "spoke with " + owner_name + " at the stall",
-         first_name + " asked us to return after 4pm"],
-        default=generic), dtype="str")
+        ["", *identifying_notes], default=generic), dtype="str")
     closed_flat = ~flat(business_open)
     notes = notes.where(~(closed_flat & (note_kind == 4)), "Business closed since last visit")
 
@@ -603,7 +605,7 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     market_id = 1 + np.arange(design["n_markets"])
     owner_sex = np.where(female, SEX_FEMALE, SEX_MALE)
     columns: dict[str, Any] = {
-        "submission_id": ids[:, 0],
+        "submission_id": _hex_ids(id_bytes[:, 0]),
         "submitted_s": flat(submitted_s),
         "enumerator_id": flat(enumerator_id).astype(np.int16),
         "firm_id": firm_id[firm_index].astype(np.int32),
@@ -651,18 +653,20 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
         interviews[col] = np.where(chosen[:, j], wrong[:, j], values[:, j]).astype(interviews[col].dtype)
 
     identical_copies = interviews.loc[dup_identical].assign(
-        submission_id=ids[dup_identical, 1],
+        submission_id=_hex_ids(id_bytes[dup_identical, 1]),
         submitted_s=interviews["submitted_s"].to_numpy()[dup_identical] + delay_identical[dup_identical])
     correct_copies = correct_copies.assign(
-        submission_id=ids[dup_conflicting, 1],
+        submission_id=_hex_ids(id_bytes[dup_conflicting, 1]),
         submitted_s=correct_copies["submitted_s"].to_numpy() + delay_conflicting[dup_conflicting])
     survey = pd.concat([interviews.loc[keep], identical_copies, correct_copies], ignore_index=True)
-    survey["submitted_at"] = pd.Series(
-        np.datetime_as_string(survey["submitted_s"].to_numpy().astype("datetime64[s]"), unit="s"),
-        dtype="str").str.replace("T", " ", regex=False)
+    # Server export order: by submission time (ISO strings sort like the seconds), then id.
+    order = np.lexsort((survey["submission_id"].to_numpy(dtype="U41"), survey["submitted_s"].to_numpy()))
+    survey = survey.take(order).reset_index(drop=True)
+    submitted_at = np.datetime_as_string(survey["submitted_s"].to_numpy().astype("datetime64[s]"), unit="s")
+    survey["submitted_at"] = pd.Series(np.char.replace(submitted_at, "T", " "), dtype="str")
     for col in ("submission_id", "owner_name", "phone", "notes"):
         survey[col] = survey[col].astype("str")
-    survey = survey.sort_values(["submitted_at", "submission_id"], kind="stable", ignore_index=True)[COLUMNS]
+    survey = survey[COLUMNS]
     if not survey["submission_id"].is_unique:  # 128 random bits: practically impossible
         raise RuntimeError("submission_id collision; change the seed")
 

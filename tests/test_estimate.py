@@ -9,13 +9,6 @@ observation per cluster (G = N). Inference uses t(G-1) (cluster) or t(N-K) (HC1)
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# The package is not installed into .venv and pyproject sets no pytest `pythonpath`;
-# make `import pipeline` work under `.venv/bin/pytest` too.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import pandas as pd
 import pytest

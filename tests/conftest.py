@@ -1,0 +1,100 @@
+"""Small fixtures made in code: a study configuration and a raw survey with known mess."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+def study_config() -> dict:
+    return {
+        "study": "tiny",
+        "files": [{"path": "survey.dta", "format": "dta", "sha256": None}],
+        "identifiers": ["owner_name", "phone"],
+        "missing_codes": {-99: "refused", -98: "dont_know", -88: "not_applicable"},
+        "unit_id": "firm_id",
+        "round": "round",
+        "rounds": [0, 1],
+        "baseline_round": 0,
+        "submission": {"id": "submission_id", "time": "submitted_at"},
+        "strata": ["region"],
+        "cluster": "market_id",
+        "weight": None,
+        "female_owner": {"column": "owner_sex", "female_codes": [2]},
+        "treatment": {"column": "treat_arm", "arms": {
+            1: {"label": "Control", "skills": 0, "capital": 0},
+            2: {"label": "Training only", "skills": 1, "capital": 0},
+            3: {"label": "Grant only", "skills": 0, "capital": 1},
+            4: {"label": "Training + grant", "skills": 1, "capital": 1}}},
+        "takeup": {},
+        "recall_period": {"column": "recall_period", "codes": {1: "week", 2: "month"}},
+        "currency": "LCU",
+        "usd_ppp_per_lcu": 0.5,
+        "outcomes": {"profit": {"column": "profit", "flow": True, "allow_negative": True},
+                     "revenue": {"column": "revenue", "flow": True, "allow_negative": False}},
+        "business_open": {"column": "business_open", "closed_codes": [0]},
+        "valid_ranges": {"owner_age": [15, 95]},
+        "skills_index": {"columns": ["bp_1", "bp_2"], "areas": {"marketing": ["bp_1"], "records": ["bp_2"]}},
+        "credit_access": None,
+        "covariates": {"owner_age": "owner_age"},
+    }
+
+
+def raw_survey() -> pd.DataFrame:
+    """Four firms x two rounds, with the mess each cleaning rule handles.
+
+    firm 1: clean; firm 2: weekly recall at follow-up, refused profit at baseline;
+    firm 3: closed at follow-up (-88), impossible age 200 at baseline;
+    firm 4: follow-up submitted twice identically and once with a later correction;
+    firm 5: follow-up missing (attrition); an extra row with an undefined arm (9).
+    """
+    rows = [
+        # sub, time, firm, round, region, market, sex, arm, open, recall, profit, revenue, age, bp1, bp2, name, phone
+        ("s01", "2024-01-01 09:00:00", 1, 0, 1, 11, 2, 1, 1, 2, 100, 300, 30, 1, 0, "Ann", "0712 000 001"),
+        ("s02", "2024-06-01 09:00:00", 1, 1, 1, 11, 2, 1, 1, 2, 120, 320, 30, 1, 1, "Ann", "0712 000 001"),
+        ("s03", "2024-01-01 10:00:00", 2, 0, 1, 12, 1, 2, 1, 2, -99, 400, 41, 0, 0, "Bob", "0712 000 002"),
+        ("s04", "2024-06-01 10:00:00", 2, 1, 1, 12, 1, 2, 1, 1, 30, 90, 41, -98, 1, "Bob", "0712 000 002"),
+        ("s05", "2024-01-01 11:00:00", 3, 0, 2, 21, 2, 3, 1, 2, 50, 150, 200, 0, 0, "Cat", "0712 000 003"),
+        ("s06", "2024-06-01 11:00:00", 3, 1, 2, 21, 2, 3, 0, 2, -88, -88, 52, 0, 1, "Cat", "0712 000 003"),
+        ("s07", "2024-01-01 12:00:00", 4, 0, 2, 22, 1, 4, 1, 2, -20, 0, 25, 1, 1, "Dan", "0712 000 004"),
+        ("s08", "2024-06-01 12:00:00", 4, 1, 2, 22, 1, 4, 1, 2, 80, 200, 25, 1, 1, "Dan", "0712 000 004"),
+        ("s09", "2024-06-01 12:05:00", 4, 1, 2, 22, 1, 4, 1, 2, 80, 200, 25, 1, 1, "Dan", "0712 000 004"),
+        ("s10", "2024-06-02 08:00:00", 4, 1, 2, 22, 1, 4, 1, 2, 90, 210, 25, 1, 1, "Dan", "0712 000 004"),
+        ("s11", "2024-01-01 13:00:00", 5, 0, 1, 11, 2, 1, 1, 2, 60, 100, 33, 0, 1, "Eve", "0712 000 005"),
+        ("s12", "2024-01-01 14:00:00", 6, 0, 1, 11, 1, 9, 1, 2, 10, 10, 33, 0, 1, "Fay", "0712 000 006"),
+    ]
+    cols = ["submission_id", "submitted_at", "firm_id", "round", "region", "market_id", "owner_sex", "treat_arm",
+            "business_open", "recall_period", "profit", "revenue", "owner_age", "bp_1", "bp_2", "owner_name", "phone"]
+    df = pd.DataFrame(rows, columns=cols)
+    int_cols = [c for c in cols if c not in ("submission_id", "submitted_at", "owner_name", "phone")]
+    return df.astype({c: "int32" for c in int_cols})
+
+
+VALUE_LABELS = {"owner_sex": {1: "Male", 2: "Female"}, "business_open": {0: "No", 1: "Yes"},
+                "bp_1": {0: "No", 1: "Yes", -98: "Don't know"}}
+
+
+@pytest.fixture
+def cfg() -> dict:
+    return study_config()
+
+
+@pytest.fixture
+def raw() -> pd.DataFrame:
+    return raw_survey()
+
+
+@pytest.fixture
+def interim(raw) -> pd.DataFrame:
+    """What ingest makes of the raw survey: identifiers dropped, source rows numbered."""
+    df = raw.drop(columns=["owner_name", "phone"])
+    df.insert(0, "source_row", np.arange(len(df)))
+    df.insert(0, "source_file", "survey.dta")
+    return df
+
+
+@pytest.fixture
+def dta_dir(tmp_path, raw):
+    raw.to_stata(tmp_path / "survey.dta", write_index=False, version=118, value_labels=VALUE_LABELS,
+                 variable_labels={"profit": "Profit in the recall period"})
+    return tmp_path

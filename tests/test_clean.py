@@ -1,0 +1,95 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import clean
+
+PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
+
+
+def by_firm_round(df):
+    return df.set_index(["firm_id", "round"])
+
+
+def test_every_raw_row_is_clean_or_rejected_with_a_rule(cfg, interim):
+    out = clean.clean(interim, cfg, PARAMS)
+    assert len(out["clean"]) + len(out["rejected"]) == len(interim)
+    assert sorted(out["clean"]["source_row"].tolist() + out["rejected"]["source_row"].tolist()) == list(range(len(interim)))
+    rules = out["rejected"].set_index("submission_id")["rule"].to_dict()
+    # s09 repeats s08's answers; s08 is superseded by the later correction s10; arm 9 undefined
+    assert rules == {"s09": "duplicate_identical", "s08": "duplicate_conflicting", "s12": "invalid_row"}
+    assert out["rejected"].set_index("submission_id").loc["s12", "reason"] == "treat_arm=9 is not a defined arm"
+    assert not out["clean"].duplicated(["firm_id", "round"]).any()
+
+
+def test_flow_table_counts_by_arm(cfg, interim):
+    flow = clean.clean(interim, cfg, PARAMS)["flow"].set_index("step")
+    assert flow.loc["raw rows", "all"] == 12
+    assert flow.loc["after invalid rows", "all"] == 11
+    assert flow.loc["after duplicates", "all"] == 9
+    assert flow.loc["clean", "Training + grant"] == 2
+    assert flow.loc["raw rows", "Training + grant"] == 4
+
+
+def test_missing_codes_closures_recall_and_impossible_values(cfg, interim):
+    out = clean.clean(interim, cfg, PARAMS)
+    c = by_firm_round(out["clean"])
+    assert np.isnan(c.loc[(2, 0), "profit_lcu_month"])                      # -99 refused
+    assert c.loc[(2, 1), "profit_lcu_month"] == pytest.approx(30 * 52 / 12)  # weekly -> monthly
+    assert c.loc[(2, 1), "revenue_lcu_month"] == pytest.approx(90 * 52 / 12)
+    assert np.isnan(c.loc[(2, 1), "bp_1"])                                    # -98 don't know
+    assert c.loc[(3, 1), "profit_lcu_month"] == 0 and c.loc[(3, 1), "business_closed"] == 1
+    assert c.loc[(3, 1), "revenue_lcu_month"] == 0
+    assert c.loc[(1, 1), "business_closed"] == 0
+    assert np.isnan(c.loc[(3, 0), "owner_age"])                               # 200 is impossible
+    assert c.loc[(4, 0), "profit_lcu_month"] == -20                           # losses allowed
+    assert c.loc[(4, 1), "profit_lcu_month"] == 90                            # the latest submission
+    log = out["log"].set_index(["source_row", "column"])
+    assert log.loc[(2, "profit"), "rule"] == "missing_code:refused"
+    assert log.loc[(3, "bp_1"), "rule"] == "missing_code:dont_know"
+    assert log.loc[(4, "owner_age"), "rule"].startswith("impossible_value")
+    assert log.loc[(4, "owner_age"), "old_value"] == 200
+    assert set(log.loc[(5, "profit"), "rule"]) == {"missing_code:not_applicable", "closed_business_zero"}
+
+
+def test_negative_revenue_is_rejected_as_a_value(cfg, interim):
+    interim.loc[interim["submission_id"] == "s01", "revenue"] = -5
+    out = clean.clean(interim, cfg, PARAMS)
+    assert np.isnan(by_firm_round(out["clean"]).loc[(1, 0), "revenue_lcu_month"])
+    assert "impossible_value:outside[0,inf]" in set(out["log"]["rule"])
+
+
+def test_winsorise_per_group_matches_numpy_percentiles():
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"g": np.repeat([0, 1], 500), "y": rng.standard_t(2, 1000)})
+    df.loc[3, "y"] = np.nan
+    out = clean.winsorise(df, {"y": True}, lower_pct=1, upper_pct=99, by="g")
+    for g in (0, 1):
+        y = df.loc[df["g"] == g, "y"].dropna().to_numpy()
+        lo, hi = np.percentile(y, [1, 99])
+        expected = np.clip(y, lo, hi)
+        got = out.loc[(df["g"] == g) & df["y"].notna(), "y_w"].to_numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
+    assert np.isnan(out.loc[3, "y_w"])
+    upper_only = clean.winsorise(df, {"y": False}, lower_pct=1, upper_pct=99, by=None)
+    assert upper_only["y_w"].min() == df["y"].min()
+
+
+def test_duplicate_rules_error_and_drop_all(cfg, interim):
+    with pytest.raises(clean.CleaningError, match=r"tiny: 2 conflicting submissions of the same firm_id x round"):
+        clean.clean(interim, cfg, {**PARAMS, "duplicate_rule": "error"})
+    out = clean.clean(interim, cfg, {**PARAMS, "duplicate_rule": "drop_all"})
+    assert 4 not in by_firm_round(out["clean"]).loc[:, :].index.get_level_values(0)[
+        by_firm_round(out["clean"]).index.get_level_values(1) == 1]
+    assert (out["rejected"]["rule"] == "duplicate_conflicting").sum() == 2
+
+
+def test_unknown_recall_code_names_column_and_rows(cfg, interim):
+    interim.loc[interim["submission_id"] == "s02", "recall_period"] = 7
+    with pytest.raises(clean.CleaningError, match=r"recall_period has codes \[7\].*source rows \[1\]"):
+        clean.clean(interim, cfg, PARAMS)
+
+
+def test_recall_factors_are_exact():
+    assert clean.PER_YEAR["week"] / clean.PER_YEAR["month"] == pytest.approx(52 / 12)
+    assert clean.PER_YEAR["month"] / clean.PER_YEAR["two_weeks"] == pytest.approx(12 / 26)
