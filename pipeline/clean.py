@@ -195,7 +195,7 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     bad = sorted(set(period.dropna()) - set(PER_YEAR))
     if bad:
         raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
-    factor = period.map(lambda p: PER_YEAR[p] / PER_YEAR[flow_period]).astype("float64")
+    factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow
     currency = str(cfg.get("currency", "lcu")).lower()
     for name, out in cfg["outcomes"].items():
         col = out["column"]

@@ -54,7 +54,8 @@ def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
     """Self-contained HTML (CSS inlined, no MathJax/require.js from the network)."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_template_paths=[str(Path(__file__).parent / "templates")])
     exporter.exclude_input = hide_code
     exporter.exclude_input_prompt = hide_code
     exporter.exclude_output_prompt = hide_code

@@ -645,10 +645,15 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     fallback_col = np.argmax(np.where(valid, u_field, -1.0), axis=1)  # hh_size is always valid
     none_chosen = dup_conflicting & ~chosen.any(axis=1)
     chosen[none_chosen, fallback_col[none_chosen]] = True
-    delta = np.maximum(1, np.rint(np.abs(values) * size_field)).astype(np.int64)
-    lower = np.array([np.iinfo(np.int32).min, 0, 0, 0, 1, 18])  # per CONFLICT_COLUMNS
-    sign = np.where(values - delta < lower[None, :], 1, sign_field)
-    wrong = _avoid_codes(values + sign * delta)
+    # Money and hours: off by 10-60%; household size and age: off by 1-3.
+    relative = np.array([c in ("profit", "revenue", "costs", "hours_week") for c in CONFLICT_COLUMNS])
+    delta = np.where(relative[None, :], np.maximum(1, np.rint(np.abs(values) * size_field)),
+                     1 + np.floor((size_field - 0.1) * 6).clip(0, 2)).astype(np.int64)
+    lower = np.array([-(10 ** 9), 0, 0, 0, 1, 15])      # per CONFLICT_COLUMNS: stay plausible
+    upper = np.array([10 ** 9, 10 ** 9, 10 ** 9, 112, 30, 95])
+    candidate = values + sign_field * delta
+    outside = (candidate < lower[None, :]) | (candidate > upper[None, :])
+    wrong = _avoid_codes(np.where(outside, values - sign_field * delta, candidate))
     for j, col in enumerate(CONFLICT_COLUMNS):
         interviews[col] = np.where(chosen[:, j], wrong[:, j], values[:, j]).astype(interviews[col].dtype)
 
