@@ -206,8 +206,8 @@ def test_duplicates_match_truth_and_latest_is_correct(small):
     sizes = survey.groupby(KEY).size()
     assert sizes.max() == 2
     pairs = survey[survey.set_index(KEY).index.isin(sizes[sizes == 2].index)]
-    answers = [c for c in survey.columns if c not in SUBMISSION_META]
-    n_distinct = pairs.groupby(KEY)[[c for c in answers if c not in KEY]].nunique(dropna=False).max(axis=1)
+    answers = [c for c in survey.columns if c not in SUBMISSION_META + KEY]
+    n_distinct = pairs.groupby(KEY)[answers].nunique(dropna=False).max(axis=1)
     identical, conflicting = int((n_distinct == 1).sum()), int((n_distinct > 1).sum())
     assert identical == truth["mess"]["duplicates_identical"] > 0
     assert conflicting == truth["mess"]["duplicates_conflicting"] > 0
