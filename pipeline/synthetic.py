@@ -89,6 +89,20 @@ its reporting noise has mean zero. To recover it from the file: weekly values
 x 52/12, / lcu_per_usd_ppp, closed (business_open = 0, coded -88) = 0.
 Rounding to whole LCU changes this by < 0.06 USD PPP.
 
+Coding in the file
+------------------
+One row per submission; columns :data:`COLUMNS`; sorted by submitted_at, then
+submission_id. Money (profit, revenue, costs) is in whole LCU over the
+recall_period (1 last week = monthly / (52/12), 2 last month); capital_stock is
+in LCU, rounded to hundreds. A closed business (business_open = 0) has -88 in
+profit, revenue, costs, capital_stock, hours_week, recall_period and bp_*.
+-99 refused / -98 don't know appear as described under share_missing_code. A
+genuine answer that would equal a code is shifted by -3 (e.g. a loss of -88
+LCU is recorded as -91), so a code always means a code. owner_sex 1 Male /
+2 Female; treat_arm 1 Control / 2 Training only / 3 Grant only / 4 Training +
+grant; yes/no items 1/0. owner_name, phone and notes are direct identifiers
+(notes: about 14% name or phone the owner, e.g. "call back on 0712 345 678").
+
 Latent model (module constants below)
 -------------------------------------
 Untreated monthly profit (USD PPP) of firm i, market k, round t, gender g:
@@ -831,7 +845,9 @@ def _truth(p: dict, *, design: dict, firm_arm: np.ndarray, female: np.ndarray,
             "rounds": list(range(n_rounds)),
             "n_strata": int(design["n_strata"]),
             "n_markets": int(design["n_markets"]),
-            "markets_per_stratum": [int(m) for m in design["markets_per_stratum"]],
+            "markets_per_stratum": {  # keyed "region r, sector s" (codes)
+                f"region {s // int(p['n_sectors']) + 1}, sector {s % int(p['n_sectors']) + 1}": int(m)
+                for s, m in enumerate(design["markets_per_stratum"])},
             "markets_by_arm": {ARM_KEYS[a]: int((design["market_arm"] == a).sum()) for a in ARM_KEYS},
             "firms_by_arm": {ARM_KEYS[a]: int((firm_arm == a).sum()) for a in ARM_KEYS},
             "women": int(female.sum()),
