@@ -42,6 +42,8 @@ def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
             pm.pop(key, None)
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives it a random id
         cell.metadata.pop("execution", None)
         cell_pm = cell.metadata.get("papermill")
         if cell_pm is not None:
@@ -101,6 +103,8 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None) -
     out_dir = paths.executed_notebook_dir(stage, study)
     executed_path = out_dir / f"{name}.ipynb"
     logging.getLogger("papermill").setLevel(logging.WARNING)
+    # The kernel must import this checkout's pipeline package (not another editable install).
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     with tempfile.TemporaryDirectory(prefix=f"stage-{stage}-") as tmp:
         tmp_nb = Path(tmp) / f"{name}.ipynb"
         try:
