@@ -34,4 +34,5 @@ pd.DataFrame(truth["itt"]).T.rename_axis("effect")
 # ## What the generator wrote
 
 # %%
-pd.Series({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, name="value").to_frame()
+# (out_dir left out: an absolute path would differ between checkouts)
+pd.Series({k: v for k, v in summary.items() if k != "out_dir" and not isinstance(v, (dict, list))}, name="value").to_frame()
