@@ -5,55 +5,20 @@ DVC outputs or cache, and runs with this test session's virtualenv.
 """
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.io import REPO_ROOT
+from _pipeline_copy import env_for, fresh_copy, lock_md5s, run, stages_run
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(cwd),
-           "DVC_NO_ANALYTICS": "1", "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout + proc.stderr
-
-
-def stages_run(output: str) -> list[str]:
-    return re.findall(r"Running stage '([^']+)'", output)
-
-
-def lock_md5s(repo: Path) -> dict[str, str]:
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("clone") / "project"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        src = REPO_ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    (dest / "dvc.lock").unlink(missing_ok=True)  # as if never run
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dest, check=True)
+    dest = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
     out = run(["dvc", "repro"], dest)
     assert "report" in stages_run(out)
     return dest
@@ -114,8 +79,7 @@ def test_failed_stage_leaves_no_outputs(repo):
     original = config.read_text()
     try:
         config.write_text(original.replace("column: recall_period", "column: no_such_column"))
-        proc = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True,
-                              env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(repo)})
+        proc = subprocess.run(["dvc", "repro"], cwd=repo, capture_output=True, text=True, env=env_for(repo))
         assert proc.returncode != 0
         assert "no_such_column" in proc.stdout + proc.stderr
         assert not (repo / "data/interim/synthetic/ingested.parquet").exists()
@@ -123,3 +87,49 @@ def test_failed_stage_leaves_no_outputs(repo):
     finally:
         config.write_text(original)
         run(["dvc", "repro"], repo)
+
+
+def _file_md5s(repo: Path, roots: list[str]) -> dict[str, str]:
+    import hashlib
+    out = {}
+    for root in roots:
+        for path in sorted((repo / root).rglob("*")):
+            if path.is_file() and path.name != ".gitignore":
+                out[path.relative_to(repo).as_posix()] = hashlib.md5(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_push_delete_pull_gives_identical_reports(repo):
+    """The default remote (a folder beside the repository) round-trips every output byte for byte."""
+    before = _file_md5s(repo, ["reports", "data"])
+    assert any(p.startswith("reports/") and p.endswith(".html") for p in before)
+    run(["dvc", "push"], repo)
+    remote = (repo / ".." / "microenterprise-dvc-remote").resolve()
+    assert remote.is_dir() and any(remote.rglob("*"))
+    import shutil
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for path in before:
+        if path != "reports/metrics.json":  # git-tracked metric (cache: false)
+            (repo / path).unlink()
+    assert "reports/index.html" not in _file_md5s(repo, ["reports"])
+    run(["dvc", "pull"], repo)
+    assert _file_md5s(repo, ["reports", "data"]) == before
+    assert "up to date" in run(["dvc", "status"], repo)
+
+
+def test_experiment_moves_the_estimate_and_metrics_diff_shows_it(repo):
+    import json
+    from _pipeline_copy import commit_all
+    commit_all(repo, "results of the default run")
+    baseline = json.loads((repo / "reports/metrics.json").read_text())["synthetic"]["capital_men"]["estimate"]
+    out = run(["dvc", "exp", "run", "-S", "clean.winsor_upper_pct=90"], repo)
+    assert stages_run(out) == ["clean@synthetic", "construct@synthetic", "estimate@synthetic", "report"]
+    moved = json.loads((repo / "reports/metrics.json").read_text())["synthetic"]["capital_men"]["estimate"]
+    assert moved != baseline
+    show = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], repo)))
+    assert '"winsor_upper_pct": 90' in show and "capital_men" in show
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo))
+    change = diff["reports/metrics.json"]["synthetic.capital_men.estimate"]
+    assert change["old"] == pytest.approx(baseline) and change["new"] == pytest.approx(moved)
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout"], repo)
