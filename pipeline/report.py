@@ -159,6 +159,8 @@ def input_hashes(lock_path: Path | None = None) -> list[dict]:
     lock = yaml.safe_load(lock_path.read_text()) or {}
     rows = {}
     for stage, spec in (lock.get("stages") or {}).items():
+        if stage == "report":  # its own entry is from the previous run: not an input of this one
+            continue
         for dep in spec.get("deps", []):
             rows.setdefault(dep["path"], {"path": dep["path"], "md5": dep.get("md5", ""), "stages": []})["stages"].append(stage)
     return [{**r, "stages": ", ".join(r["stages"])} for _, r in sorted(rows.items())]

@@ -89,6 +89,32 @@ def test_failed_stage_leaves_no_outputs(repo):
         run(["dvc", "repro"], repo)
 
 
+def test_notebooks_run_top_to_bottom_as_an_analyst_opens_them(repo):
+    """With their default parameters, from the notebooks/ folder (JupyterLab's working directory),
+    without papermill; they read and rewrite the current outputs identically."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    before = lock_md5s(repo)
+    import os
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(repo)  # the kernel imports the copy's package
+    try:
+        for path in sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+            nb = nbformat.read(path, as_version=4)
+            NotebookClient(nb, kernel_name="microenterprise", timeout=600,
+                           resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
+            errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+            assert not errors, (path.name, errors)
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+    assert "up to date" in run(["dvc", "status"], repo)
+    assert lock_md5s(repo) == before
+
+
 def _file_md5s(repo: Path, roots: list[str]) -> dict[str, str]:
     import hashlib
     out = {}
@@ -134,28 +160,3 @@ def test_experiment_moves_the_estimate_and_metrics_diff_shows_it(repo):
     run(["git", "checkout", "--", "."], repo)
     run(["dvc", "checkout"], repo)
 
-
-def test_notebooks_run_top_to_bottom_as_an_analyst_opens_them(repo):
-    """With their default parameters, from the notebooks/ folder (JupyterLab's working directory),
-    without papermill; they read and rewrite the current outputs identically."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    before = lock_md5s(repo)
-    import os
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = str(repo)  # the kernel imports the copy's package
-    try:
-        for path in sorted((repo / "notebooks").glob("[0-9][0-9]_*.ipynb")):
-            nb = nbformat.read(path, as_version=4)
-            NotebookClient(nb, kernel_name="microenterprise", timeout=600,
-                           resources={"metadata": {"path": str(repo / "notebooks")}}).execute()
-            errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-            assert not errors, (path.name, errors)
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-    assert "up to date" in run(["dvc", "status"], repo)
-    assert lock_md5s(repo) == before

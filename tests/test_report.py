@@ -66,6 +66,7 @@ def test_metric_changes_against_previous_version():
 def test_input_hashes_read_dvc_lock(tmp_path):
     (tmp_path / "dvc.lock").write_text(
         "schema: '2.0'\nstages:\n  a:\n    cmd: x\n    deps:\n    - path: data/raw\n      md5: abc.dir\n"
-        "  b:\n    cmd: y\n    deps:\n    - path: data/raw\n      md5: abc.dir\n    - path: code.py\n      md5: def\n")
+        "  b:\n    cmd: y\n    deps:\n    - path: data/raw\n      md5: abc.dir\n    - path: code.py\n      md5: def\n"
+        "  report:\n    cmd: z\n    deps:\n    - path: pipeline/report.py\n      md5: fed\n")
     assert report.input_hashes(tmp_path / "dvc.lock") == [
         {"path": "code.py", "md5": "def", "stages": "b"}, {"path": "data/raw", "md5": "abc.dir", "stages": "a, b"}]
