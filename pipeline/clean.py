@@ -4,31 +4,44 @@ Every raw row ends either in the clean table or in the rejected-rows table with 
 that removed it, and every value that a rule changed is logged (row, column, old value,
 new value, reason). The rules, in order:
 
-1. invalid rows: no unit id, a round or treatment code the study does not define;
+1. invalid rows: no unit id, a round or treatment code the study does not define (or, with
+   dummy columns, no arm or more than one);
 2. duplicate interviews: identical copies keep the first submission; conflicting copies
    of the same unit x round keep one by ``duplicate_rule`` (``latest`` submission);
-3. survey missing-value codes (-99 refused, -98 don't know, -88 not applicable) to missing,
-   with the reason logged;
-4. closed businesses: money flows set to 0 (closure is an outcome, not non-response), flagged;
-5. impossible values (outside the study's ``valid_ranges``, negative revenue) to missing;
-6. recall periods normalised: every money flow to one period (``flow_period``);
-7. outliers winsorised per round at ``winsor_lower_pct`` / ``winsor_upper_pct`` (the lower
-   tail only for outcomes that can be negative); the unwinsorised column is kept.
+3. numbers stored as text (``"1,200"``, ``"KSh 3 000"``, ``"(50)"``) become numbers in the
+   configured numeric columns; text that is not a number becomes missing, logged;
+4. planned interviews that did not take place (``not_interviewed``): kept, flagged
+   ``interviewed = 0``, outcomes blank (attrition is measured, not hidden);
+5. survey missing-value codes (-99 refused, -98 don't know, -88 not applicable) to missing,
+   with the reason logged; codes outside a column's declared codes (``allowed_codes``, the
+   owner's sex when ``male_codes`` is given) to missing, logged;
+6. closed businesses: money flows set to 0 (closure is an outcome, not non-response), flagged;
+7. impossible values (outside the study's ``valid_ranges``, negative revenue) to missing;
+8. recall periods normalised: every money flow to one period (``flow_period``);
+9. outliers per round at ``winsor_lower_pct`` / ``winsor_upper_pct`` (the lower tail only for
+   outcomes that can be negative): ``outlier_method`` ``winsorise`` clamps, ``trim`` blanks;
+   the untreated column is kept.
+
+The clean table is then validated (pandera: types, ranges, one row per unit x round); a
+violation stops the stage. A study's configuration may override these params
+(``clean_params``), e.g. where the authors already winsorised their data.
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.io import write_csv, write_json, write_parquet
-from pipeline.study import load_study
-
-# Periods per year: a value over period A becomes value * PER_YEAR[A] / PER_YEAR[B] over B.
-PER_YEAR = {"day": 365.0, "week": 52.0, "two_weeks": 26.0, "month": 12.0, "quarter": 4.0, "year": 1.0}
+from pipeline.study import (EMAIL_RE, FACTOR_COLUMN, PER_YEAR, PHONE_RE, PIPELINE_COLUMNS,  # noqa: F401
+                            ValidationError, arm_labels, assert_no_identifiers, assign_arms, effective_clean_params,
+                            flow_column, load_study, norm_codes, normalise, numeric_columns, validate_frame,
+                            write_outputs)
 
 REJECTED_COLUMNS = ["source_file", "source_row", "rule", "reason"]
-LOG_COLUMNS = ["source_file", "source_row", "column", "old_value", "new_value", "rule"]
+LOG_COLUMNS = ["source_file", "source_row", "column", "old_value", "old_text", "new_value", "rule"]
+OUTLIER_METHODS = ("winsorise", "trim")
 
 
 class CleaningError(ValueError):
@@ -47,30 +60,57 @@ def _rejected(df: pd.DataFrame, mask: pd.Series, rule: str, reason: pd.Series | 
     return out
 
 
+def _redact(text: str, limit: int = 60) -> str:
+    """Logged raw text without anything that looks like a phone number or an e-mail address."""
+    text = EMAIL_RE.sub("[redacted]", str(text))
+    text = PHONE_RE.sub(lambda m: "[redacted]" if sum(c.isdigit() for c in m.group(0)) >= 7 else m.group(0), text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _log(df: pd.DataFrame, mask: pd.Series, column: str, new_value, rule: str) -> pd.DataFrame:
     old = df.loc[mask, column]
+    numeric = pd.api.types.is_numeric_dtype(old) and not pd.api.types.is_bool_dtype(old)
     return pd.DataFrame({
         "source_file": df.loc[mask, "source_file"].to_numpy(),
         "source_row": df.loc[mask, "source_row"].to_numpy(),
         "column": column,
-        "old_value": old.astype("float64").to_numpy() if pd.api.types.is_numeric_dtype(old) else np.nan,
+        "old_value": old.astype("float64").to_numpy() if numeric else np.nan,
+        "old_text": "" if numeric else old.map(lambda v: "" if pd.isna(v) else _redact(v)).to_numpy(dtype=object),
         "new_value": new_value.loc[mask].to_numpy().astype("float64") if isinstance(new_value, pd.Series) else new_value,
         "rule": rule,
     })
 
 
+def _concat_logs(logs: list[pd.DataFrame]) -> pd.DataFrame:
+    logs = [log for log in logs if len(log)]
+    if not logs:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("old_value", "new_value") else
+                                          "int64" if c == "source_row" else "object") for c in LOG_COLUMNS})
+    out = pd.concat(logs, ignore_index=True)
+    out["old_text"] = out["old_text"].astype("object")
+    return out[LOG_COLUMNS]
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows
+# ------------------------------------------------------------------------------------------------
 def reject_invalid_rows(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows that cannot be analysed at all: no unit id, undefined round or treatment code."""
+    """Rows that cannot be analysed at all: no unit id, undefined round or treatment arm."""
+    cfg = normalise(cfg)
     reasons = pd.Series("", index=df.index, dtype="object")
     unit = cfg["unit_id"]
     reasons[df[unit].isna()] = f"{unit} is missing"
-    arm_col = cfg["treatment"]["column"]
-    known_arms = {int(k) for k in cfg["treatment"]["arms"]}
-    bad_arm = ~df[arm_col].isin(known_arms) & (reasons == "")
-    reasons[bad_arm] = df.loc[bad_arm, arm_col].map(lambda v: f"{arm_col}={v} is not a defined arm")
+    _, arm_reasons = assign_arms(df, cfg)
+    take = (arm_reasons != "") & (reasons == "")
+    reasons[take] = arm_reasons[take]
     round_col = cfg.get("round")
+    if round_col:
+        no_round = df[round_col].isna() & (reasons == "")
+        reasons[no_round] = f"{round_col} is missing"
     if round_col and cfg.get("rounds"):
-        bad_round = ~df[round_col].isin(cfg["rounds"]) & (reasons == "")
+        rounds = set(cfg["rounds"])
+        known = norm_codes(df[round_col]).map(lambda c: c in rounds).astype(bool)
+        bad_round = ~known & df[round_col].notna() & (reasons == "")
         reasons[bad_round] = df.loc[bad_round, round_col].map(lambda v: f"{round_col}={v} is not a defined round")
     mask = reasons != ""
     return df.loc[~mask], _rejected(df, mask, "invalid_row", reasons)
@@ -90,6 +130,7 @@ def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str = "latest") -> tup
     configured submission time, else by file order), ``drop_all`` rejects every copy,
     ``error`` stops with the offending ids.
     """
+    cfg = normalise(cfg)
     unit, round_col = cfg["unit_id"], cfg.get("round")
     keys = [unit] + ([round_col] if round_col else [])
     sub = cfg.get("submission") or {}
@@ -105,8 +146,9 @@ def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str = "latest") -> tup
     dup_any = df.duplicated(keys, keep=False)
     if dup_any.any():
         if rule == "error":
+            ids = df.loc[dup_any, keys].drop_duplicates().head(5).to_dict("records")
             raise CleaningError(f"{cfg['study']}: {int(dup_any.sum())} conflicting submissions of the same "
-                                f"{' x '.join(keys)} ({_rows_hint(df, dup_any)}); set clean.duplicate_rule")
+                                f"{' x '.join(keys)} ({_rows_hint(df, dup_any)}; ids {ids}); set clean.duplicate_rule")
         if rule == "latest":
             superseded = df.duplicated(keys, keep="last")
             rejected.append(_rejected(df, superseded, "duplicate_conflicting",
@@ -121,12 +163,95 @@ def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str = "latest") -> tup
     return df.sort_values(["source_file", "source_row"], kind="stable"), pd.concat(rejected)
 
 
+# ------------------------------------------------------------------------------------------------
+# Values
+# ------------------------------------------------------------------------------------------------
+# currency signs, ISO codes (USD, KES) and common local abbreviations (KSh, Rs., R)
+_CURRENCY = r"(?:(?:[A-Z]{1,3}|KSh|Ksh|Kshs|TSh|USh|Rs|Tk|Br|Dh|Rp|Sh)\.?\s*[$€£¥₹₦₱₩₵₺₴₽¢]?|[$€£¥₹₦₱₩₵₺₴₽¢])"
+_NUMBER_TEXT = re.compile(rf"^(?P<neg1>-)?\s*(?:{_CURRENCY}\s*)?(?P<neg2>-)?\s*(?P<num>[0-9][0-9\s.,'\u00a0\u202f]*)"
+                          rf"\s*(?:{_CURRENCY})?\s*(?P<neg3>-)?$")
+
+
+def parse_number(text, decimal: str = ".", thousands: str = ",") -> float | None:
+    """A number written as text: thousand separators, spaces, currency signs or codes
+    (``$``, ``KSh``, ``R``, ``USD``), ``(500)`` for -500. Returns None if it is not a number."""
+    s = str(text).strip()
+    negative = False
+    if s.startswith("(") and s.endswith(")"):
+        s, negative = s[1:-1].strip(), True
+    m = _NUMBER_TEXT.match(s)
+    if not m:
+        return None
+    negative ^= bool(m.group("neg1") or m.group("neg2") or m.group("neg3"))
+    num = re.sub(r"[\s'\u00a0\u202f]", "", m.group("num"))
+    head, _, tail = num.partition(decimal)
+    if thousands and thousands in tail:
+        return None  # a thousands separator after the decimal one: another locale, not guessed
+    if thousands and thousands in num:
+        groups = head.split(thousands)
+        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
+            return None  # "1,5" with thousands="," is ambiguous: not guessed
+        num = num.replace(thousands, "")
+    if decimal != ".":
+        num = num.replace(decimal, ".")
+    if not re.fullmatch(r"\d+(\.\d+)?", num):
+        return None
+    value = float(num)
+    return -value if negative else value
+
+
+def parse_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Configured numeric columns holding text become numbers; empty text becomes missing;
+    text that is not a number becomes missing and is logged (``unparseable_number``)."""
+    cfg = normalise(cfg)
+    df = df.copy()
+    fmt = cfg["number_format"]
+    logs, parsed = [], {}
+    for col in numeric_columns(cfg):
+        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            continue
+        raw = df[col].astype("object")
+        uniques = {v: parse_number(v, fmt["decimal"], fmt["thousands"]) for v in pd.unique(raw.dropna())}
+        values = raw.map(lambda v: np.nan if pd.isna(v) else uniques[v]).astype("float64")
+        blank = raw.map(lambda v: not pd.isna(v) and str(v).strip() == "").astype(bool)
+        bad = raw.notna() & values.isna() & ~blank
+        if bad.any():
+            logs.append(_log(df.assign(**{col: raw}), bad, col, np.nan, "unparseable_number"))
+        parsed[col] = int((raw.notna() & values.notna()).sum())
+        df[col] = values
+    return df, _concat_logs(logs), parsed
+
+
+def flag_not_interviewed(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``interviewed`` = 0 for planned interviews that did not take place; their outcomes blank."""
+    cfg = normalise(cfg)
+    df = df.copy()
+    spec = cfg["not_interviewed"]
+    if not spec:
+        df["interviewed"] = np.int8(1)
+        return df, _concat_logs([])
+    if "when_all_missing" in spec:
+        mask = df[list(spec["when_all_missing"])].isna().all(axis=1)
+    else:
+        codes = set(spec["codes"])
+        mask = norm_codes(df[spec["column"]]).map(lambda c: c in codes).astype(bool)
+    df["interviewed"] = (~mask).astype("int8")
+    logs = []
+    for out in cfg["outcomes"].values():
+        col = out["column"]
+        change = mask & df[col].notna()
+        if change.any():
+            logs.append(_log(df, change, col, np.nan, "not_interviewed"))
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64").mask(mask)
+    return df, _concat_logs(logs)
+
+
 def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Survey codes to missing; the log keeps which code (hence why) each value was."""
     df = df.copy()
     logs = []
     for col in columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             continue
         coded = df[col].isin(list(codes))
         if coded.any():
@@ -134,17 +259,40 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
             log["rule"] = "missing_code:" + df.loc[coded, col].astype("int64").map(codes).to_numpy()
             logs.append(log)
             df[col] = df[col].astype("float64").mask(coded)
-    return df, pd.concat(logs) if logs else pd.DataFrame(columns=LOG_COLUMNS)
+    return df, _concat_logs(logs)
+
+
+def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Codes outside a column's declared codes become missing, logged (``unknown_code``):
+    ``allowed_codes`` columns, and the owner's sex where ``female_owner.male_codes`` is given."""
+    cfg = normalise(cfg)
+    df = df.copy()
+    checks = dict(cfg["allowed_codes"])
+    female = cfg["female_owner"]
+    if female.get("column") and female.get("male_codes") is not None:
+        checks.setdefault(female["column"], list(female["female_codes"]) + list(female["male_codes"]))
+    logs = []
+    for col, allowed in checks.items():
+        allowed = set(allowed)
+        bad = norm_codes(df[col]).map(lambda c: c is not None and c not in allowed).astype(bool)
+        if bad.any():
+            logs.append(_log(df, bad, col, np.nan, f"unknown_code:not in {sorted(allowed, key=str)}"))
+            df[col] = df[col].mask(bad)
+    return df, _concat_logs(logs)
 
 
 def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Where the survey says the business is closed, its money flows are 0, flagged."""
+    cfg = normalise(cfg)
     df = df.copy()
     spec = cfg.get("business_open")
     if not spec:
-        df["business_closed"] = 0
-        return df, pd.DataFrame(columns=LOG_COLUMNS)
-    closed = df[spec["column"]].isin(spec["closed_codes"])
+        df["business_closed"] = np.int8(0)
+        return df, _concat_logs([])
+    closed_codes = set(spec["closed_codes"])
+    closed = norm_codes(df[spec["column"]]).map(lambda c: c in closed_codes).astype(bool)
+    if "interviewed" in df.columns:
+        closed &= df["interviewed"] == 1
     df["business_closed"] = closed.astype("int8")
     logs = []
     for name, out in cfg["outcomes"].items():
@@ -154,16 +302,19 @@ def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFr
         change = closed & (df[col] != 0)
         if change.any():
             logs.append(_log(df, change, col, 0.0, "closed_business_zero"))
-            df.loc[closed, col] = 0.0
-    return df, pd.concat(logs) if logs else pd.DataFrame(columns=LOG_COLUMNS)
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64").mask(closed, 0.0)
+    return df, _concat_logs(logs)
 
 
 def reject_impossible_values(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Values outside their plausible range become missing (the row stays), logged."""
+    cfg = normalise(cfg)
     df = df.copy()
     logs = []
     checks = [(col, lo, hi) for col, (lo, hi) in cfg.get("valid_ranges", {}).items()]
-    checks += [(out["column"], 0, None) for out in cfg["outcomes"].values() if not out.get("allow_negative", False)]
+    for out in cfg["outcomes"].values():
+        if not out.get("allow_negative", False):
+            checks += [(c, 0, None) for c in (out["column"], out["baseline_column"]) if c]
     for col, lo, hi in checks:
         values = pd.to_numeric(df[col], errors="coerce")
         bad = pd.Series(False, index=df.index)
@@ -174,21 +325,24 @@ def reject_impossible_values(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame,
         if bad.any():
             logs.append(_log(df, bad, col, np.nan, f"impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]"))
             df[col] = values.mask(bad)
-    return df, pd.concat(logs) if logs else pd.DataFrame(columns=LOG_COLUMNS)
+    return df, _concat_logs(logs)
 
 
 def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:
-    """Money flows to one period. The recall period is a column of codes or a study-wide value."""
+    """Money flows to one period. The recall period is a column of codes or a study-wide value.
+    A baseline given as a column in the same row (``baseline_column``) becomes ``<column>_pre``."""
+    cfg = normalise(cfg)
     if flow_period not in PER_YEAR:
         raise CleaningError(f"clean.flow_period={flow_period!r}: expected one of {sorted(PER_YEAR)}")
     df = df.copy()
     spec = cfg.get("recall_period") or {}
     if "column" in spec:
         raw = df[spec["column"]]
-        period = raw.map({int(k): v for k, v in spec["codes"].items()})
-        unknown = raw.notna() & period.isna()
+        codes = norm_codes(raw)
+        period = codes.map(lambda c: spec["codes"].get(c) if c is not None else None)
+        unknown = codes.notna() & period.isna()
         if unknown.any():
-            raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {sorted(raw[unknown].unique().tolist())} "
+            raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {sorted(raw[unknown].unique().tolist(), key=str)} "
                                 f"not in recall_period.codes ({_rows_hint(df, unknown)})")
     else:
         period = pd.Series(spec.get("value", flow_period), index=df.index)
@@ -198,104 +352,196 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow
     currency = str(cfg.get("currency", "lcu")).lower()
     for name, out in cfg["outcomes"].items():
-        col = out["column"]
-        new = f"{name}_{currency}_{flow_period}" if out.get("flow", True) else f"{name}_{currency}"
-        values = pd.to_numeric(df[col], errors="coerce").astype("float64")
-        df[new] = values * factor if out.get("flow", True) else values
+        new = flow_column(name, out, currency, flow_period)
+        for col, target in ((out["column"], new), (out["baseline_column"], f"{new}_pre")):
+            if not col:
+                continue
+            values = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            df[target] = values * factor if out.get("flow", True) else values
     return df
 
 
 def winsorise(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
-              by: str | None) -> pd.DataFrame:
-    """Add ``<col>_w``: values clamped at per-group percentiles (a quantile table mapped back).
+              by: str | None, method: str = "winsorise", unit: str | None = None) -> pd.DataFrame:
+    """:func:`treat_outliers` without the counts."""
+    return treat_outliers(df, columns, lower_pct, upper_pct, by, method, unit)[0]
 
-    ``columns`` maps a column to whether its lower tail is winsorised too (outcomes that can
-    be negative). Missing values stay missing.
+
+def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
+                   by: str | None, method: str = "winsorise", unit: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Add ``<col>_w``: values beyond per-group percentiles clamped (``winsorise``) or blanked
+    (``trim``); cut-offs from a quantile table mapped back. Returns (table, values changed per column).
+
+    ``columns`` maps a column to whether its lower tail is treated too (outcomes that can be
+    negative). Missing values stay missing. With ``unit``, cut-offs come from one value per unit
+    (for baselines repeated on every row of a unit).
     """
+    if method not in OUTLIER_METHODS:
+        raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
     df = df.copy()
     groups = df[by] if by else pd.Series(0, index=df.index)
+    changed = {}
     for col, both_tails in columns.items():
-        grouped = df[col].groupby(groups)
+        source = df[[col]].assign(_g=groups)
+        if unit:
+            source = source.assign(_u=df[unit]).dropna(subset=[col]).drop_duplicates("_u")
+        grouped = source[col].groupby(source["_g"])
         upper = grouped.quantile(upper_pct / 100.0) if upper_pct < 100 else None
         lower = grouped.quantile(lower_pct / 100.0) if both_tails and lower_pct > 0 else None
         values = df[col]
+        out_of_range = pd.Series(False, index=df.index)
         if upper is not None:
             cap = groups.map(upper)
-            values = values.where(values.isna() | (values <= cap), cap)
+            above = values.notna() & (values > cap)
+            out_of_range |= above
+            values = values.mask(above, np.nan if method == "trim" else cap)
         if lower is not None:
             floor = groups.map(lower)
-            values = values.where(values.isna() | (values >= floor), floor)
+            below = values.notna() & (values < floor)
+            out_of_range |= below
+            values = values.mask(below, np.nan if method == "trim" else floor)
         df[f"{col}_w"] = values
-    return df
+        changed[col] = int(out_of_range.sum())
+    return df, changed
 
 
 def flow_table(raw: pd.DataFrame, steps: list[tuple[str, pd.DataFrame]], cfg: dict) -> pd.DataFrame:
     """Rows remaining after each step, by treatment arm (the CONSORT-style flow)."""
-    arm_col = cfg["treatment"]["column"]
-    labels = {int(k): v.get("label", str(k)) for k, v in cfg["treatment"]["arms"].items()}
+    cfg = normalise(cfg)
+    labels = arm_labels(cfg)
 
     def counts(frame: pd.DataFrame) -> dict:
-        arm = frame[arm_col].map(lambda v: labels.get(int(v), "undefined arm") if pd.notna(v) else "undefined arm")
+        keys, _ = assign_arms(frame, cfg)
+        arm = keys.map(lambda k: labels.get(k, "undefined arm") if k is not None else "undefined arm")
         out = arm.value_counts().to_dict()
         out["all"] = len(frame)
         return out
 
     rows = [{"step": "raw rows", **counts(raw)}] + [{"step": name, **counts(frame)} for name, frame in steps]
     table = pd.DataFrame(rows).fillna(0)
-    arm_order = [labels[k] for k in sorted(labels)]
+    arm_order = list(dict.fromkeys(labels.values()))
     cols = ["step", "all"] + [c for c in arm_order if c in table.columns] + \
         [c for c in table.columns if c not in arm_order and c not in ("step", "all")]
     return table[cols].astype({c: "int64" for c in cols if c != "step"})
 
 
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+def clean_schema(cfg: dict, flow_period: str):
+    """The clean table's contract (pandera): ids present, one row per unit x round, defined rounds
+    and arms, money columns float and non-negative where they must be, ranges, 0/1 flags."""
+    import pandera.pandas as pa
+
+    cfg = normalise(cfg)
+    unit, round_col = cfg["unit_id"], cfg["round"]
+    currency = str(cfg.get("currency", "lcu")).lower()
+    columns = {unit: pa.Column(nullable=False, required=True)}
+    if round_col:
+        rounds = cfg["rounds"]
+        checks = [pa.Check(lambda s: norm_codes(s).map(lambda c: c in set(rounds)).astype(bool),
+                           name=f"round in {rounds}")] if rounds else []
+        columns[round_col] = pa.Column(nullable=False, checks=checks)
+    for name, out in cfg["outcomes"].items():
+        base = flow_column(name, out, currency, flow_period)
+        names = [base, f"{base}_w"] + ([f"{base}_pre", f"{base}_pre_w"] if out["baseline_column"] else [])
+        checks = [] if out.get("allow_negative") else [pa.Check.ge(0)]
+        for col in names:
+            columns[col] = pa.Column("float64", nullable=True, checks=checks)
+    for col, (lo, hi) in cfg["valid_ranges"].items():
+        checks = ([pa.Check.ge(lo)] if lo is not None else []) + ([pa.Check.le(hi)] if hi is not None else [])
+        columns[col] = pa.Column(nullable=True, checks=checks)
+    for flag in ("business_closed", "interviewed"):
+        columns[flag] = pa.Column(checks=pa.Check.isin([0, 1]), nullable=False)
+    if cfg["weight"]:
+        columns[cfg["weight"]] = pa.Column(nullable=True, checks=pa.Check.gt(0))
+    columns[FACTOR_COLUMN] = pa.Column(checks=pa.Check.gt(0), nullable=False, required=False)
+    keys = [unit] + ([round_col] if round_col else [])
+    return pa.DataFrameSchema(columns, unique=keys, strict=False, name=f"{cfg['study']} clean")
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage
+# ------------------------------------------------------------------------------------------------
 def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFrame]:
     """Apply every rule; return clean table, rejected rows, value log and flow table."""
+    cfg = normalise(cfg)
+    params = effective_clean_params(cfg, params)
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
-               *cfg.get("strata", []), *((cfg.get("submission") or {}).values())}
+               *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
+               *((cfg.get("submission") or {}).values())}
     df, rejected_invalid = reject_invalid_rows(interim, cfg)
+    after_invalid = df
     df, rejected_dups = resolve_duplicates(df, cfg, params.get("duplicate_rule", "latest"))
-    n_after_dups = df
-    answer_cols = [c for c in df.columns if c not in id_like and c not in ("source_file", "source_row")]
+    after_dups = df
+    df, log_text, parsed = parse_numbers(df, cfg)
+    df, log_not_interviewed = flag_not_interviewed(df, cfg)
+    answer_cols = [c for c in df.columns if c not in id_like and c not in PIPELINE_COLUMNS]
     df, log_missing = replace_missing_codes(df, answer_cols, cfg["missing_codes"])
+    df, log_unknown = replace_unknown_codes(df, cfg)
     df, log_closed = apply_closures(df, cfg)
     df, log_impossible = reject_impossible_values(df, cfg)
     period = params.get("flow_period", "month")
     df = normalise_recall(df, cfg, period)
     currency = str(cfg.get("currency", "lcu")).lower()
-    targets = {}
+    targets, baselines = {}, {}
     for name, out in cfg["outcomes"].items():
-        new = f"{name}_{currency}_{period}" if out.get("flow", True) else f"{name}_{currency}"
+        new = flow_column(name, out, currency, period)
         targets[new] = bool(out.get("allow_negative", False))
-    df = winsorise(df, targets, float(params.get("winsor_lower_pct", 1)), float(params.get("winsor_upper_pct", 99)),
-                   by=cfg.get("round") if params.get("winsor_by_round", True) else None)
+        if out["baseline_column"]:
+            baselines[f"{new}_pre"] = bool(out.get("allow_negative", False))
+    lower, upper = float(params.get("winsor_lower_pct", 1)), float(params.get("winsor_upper_pct", 99))
+    method = params.get("outlier_method", "winsorise")
+    df, changed = treat_outliers(df, targets, lower, upper,
+                            by=cfg.get("round") if params.get("winsor_by_round", True) else None, method=method)
+    if baselines:
+        df, changed_bl = treat_outliers(df, baselines, lower, upper, by=None, method=method, unit=cfg["unit_id"])
+        changed.update(changed_bl)
     rejected = pd.concat([rejected_invalid, rejected_dups], ignore_index=True)
     rejected = rejected.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)
-    log = pd.concat([log_missing, log_closed, log_impossible], ignore_index=True)
+    log = _concat_logs([log_text, log_not_interviewed, log_missing, log_unknown, log_closed, log_impossible])
     log = log.sort_values(["source_file", "source_row", "column", "rule"], kind="stable").reset_index(drop=True)
-    flow = flow_table(interim, [("after invalid rows", interim.drop(rejected_invalid.index)),
-                                ("after duplicates", n_after_dups), ("clean", df)], cfg)
+    steps = [("after invalid rows", after_invalid), ("after duplicates", after_dups), ("clean", df)]
+    if cfg["not_interviewed"]:
+        steps.append(("clean and interviewed", df[df["interviewed"] == 1]))
+    flow = flow_table(interim, steps, cfg)
     if len(df) + len(rejected) != len(interim):
         raise CleaningError(f"{cfg['study']}: row accounting broken: {len(df)} clean + {len(rejected)} rejected "
                             f"!= {len(interim)} raw")
-    return {"clean": df.reset_index(drop=True), "rejected": rejected, "log": log, "flow": flow}
+    df = df.reset_index(drop=True)
+    validate_frame(df, clean_schema(cfg, period), cfg["study"], "clean",
+                   ["source_file", "source_row", cfg["unit_id"]] + ([cfg["round"]] if cfg["round"] else []))
+    extra = {"outliers_changed": changed, "method": method, "text_parsed": parsed, "params": params}
+    return {"clean": df, "rejected": rejected, "log": log, "flow": flow, "extra": extra}
 
 
 def run(study: str, params: dict) -> dict:
-    """The clean stage: interim table -> clean table, rejected rows, value log, flow table."""
+    """The clean stage: interim table -> clean table, rejected rows, value log, flow table (all
+    or nothing). ``study`` is a name or a path to a YAML file."""
     cfg = load_study(study)
-    interim = pd.read_parquet(paths.interim_dir(study) / "ingested.parquet")
+    out = paths.interim_dir(cfg["study"])
+    interim = pd.read_parquet(out / "ingested.parquet")
     result = clean(interim, cfg, params)
-    out = paths.interim_dir(study)
-    write_parquet(out / "clean.parquet", result["clean"])
-    write_parquet(out / "rejected_rows.parquet", result["rejected"])
-    write_parquet(out / "value_log.parquet", result["log"])
-    write_csv(out / "flow.csv", result["flow"])
+    extra = result.pop("extra")
     summary = {
-        "study": study,
+        "study": cfg["study"],
         "raw_rows": len(interim),
         "clean_rows": len(result["clean"]),
         "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
         "values_changed_by_rule": result["log"]["rule"].value_counts().sort_index().to_dict(),
     }
-    write_json(out / "clean_summary.json", summary)
+    if cfg["not_interviewed"]:
+        summary["not_interviewed_rows"] = int((result["clean"]["interviewed"] == 0).sum())
+    if cfg["clean_params"]:
+        summary["study_clean_params"] = dict(cfg["clean_params"])
+    summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
+    for name in ("clean", "rejected", "log"):
+        assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
+    write_outputs(out, {
+        "clean.parquet": result["clean"],
+        "rejected_rows.parquet": result["rejected"],
+        "value_log.parquet": result["log"],
+        "flow.csv": result["flow"],
+        "clean_summary.json": summary,
+    })
     return {"config": cfg, **result, "summary": summary}

@@ -1,10 +1,15 @@
 """Construct: the canonical analysis table, one row per enterprise x planned survey round.
 
 Outcomes in one unit (USD PPP per ``flow_period``), the business-practices (skills) index
-with its four area sub-scores (McKenzie & Woodruff 2017), capital access, the female-owner
-indicator, assignment indicators for the skills and capital interventions, take-up, the
-baseline value of each outcome (0 plus a missing dummy where absent: ANCOVA keeps the firm),
-and an attrition flag for planned interviews that did not happen.
+with its area sub-scores (McKenzie & Woodruff 2017), capital access, the female-owner
+indicator, assignment indicators for the skills and capital interventions and one 0/1 column
+``arm_<slug>`` per treatment arm (for published arm-by-arm specifications), take-up, the
+baseline value of each outcome (0 plus a missing dummy where absent: ANCOVA keeps the firm) --
+from the baseline round, or from a baseline column in the same row (``pre_<outcome>``) --, the
+study's covariates under their canonical names, and an attrition flag for planned interviews
+that did not happen (absent rows, and rows the survey marks as not interviewed).
+
+The table is validated (pandera) before anything is written.
 """
 from __future__ import annotations
 
@@ -12,35 +17,54 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.io import write_json, write_parquet
-from pipeline.study import load_study
+from pipeline.study import (FACTOR_COLUMN, ValidationError, assert_no_identifiers, assign_arms,  # noqa: F401
+                            flow_column, load_study, norm_codes, normalise, validate_frame, write_outputs)
 
 
 class ConstructError(ValueError):
     """The clean data contradicts the study design; the message names the units."""
 
 
-def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str) -> pd.Series:
+def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str, shown: str | None = None) -> pd.Series:
     """A per-firm attribute that must not vary across rounds (assignment, strata, gender)."""
     values = df[[unit, column]].dropna()
     n_distinct = values.groupby(unit)[column].nunique()
     varying = n_distinct[n_distinct > 1]
     if len(varying):
-        raise ConstructError(f"{study}: {what} ({column}) differs across rounds for {len(varying)} "
+        raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
                              f"units, e.g. {varying.index[:5].tolist()}")
     return values.groupby(unit)[column].first()
 
 
+def reference_arm(cfg: dict):
+    """The comparison arm: the first arm with neither skills nor capital (no ``arm_`` column)."""
+    for key, arm in normalise(cfg)["treatment"]["arms"].items():
+        if not arm["skills"] and not arm["capital"]:
+            return key
+    return None
+
+
 def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Assignment, strata, cluster and owner gender: one row per enterprise."""
+    cfg = normalise(cfg)
     unit, study = cfg["unit_id"], cfg["study"]
     units = pd.Index(sorted(clean[unit].dropna().unique()), name=unit)
     firms = pd.DataFrame(index=units)
-    arm = _firm_level(clean, unit, cfg["treatment"]["column"], study, "treatment arm")
-    arms = {int(k): v for k, v in cfg["treatment"]["arms"].items()}
-    firms["arm"] = arm.map(lambda a: arms[int(a)].get("label", str(a)))
-    firms["treat_skills"] = arm.map(lambda a: int(arms[int(a)].get("skills", 0))).astype("int8")
-    firms["treat_capital"] = arm.map(lambda a: int(arms[int(a)].get("capital", 0))).astype("int8")
+    keys, reasons = assign_arms(clean, cfg)
+    if (reasons != "").any():
+        raise ConstructError(f"{study}: rows without a treatment arm in the clean table "
+                             f"({reasons[reasons != ''].iloc[0]}); run the clean stage")
+    treatment = cfg["treatment"]
+    shown = treatment["column"] or "/".join(treatment["dummies"])
+    arm = _firm_level(clean.assign(_arm_key=keys), unit, "_arm_key", study, "treatment arm", shown).reindex(units)
+    arms = treatment["arms"]
+    firms["arm"] = arm.map(lambda a: arms[a]["label"])
+    firms["treat_skills"] = arm.map(lambda a: arms[a]["skills"]).astype("int8")
+    firms["treat_capital"] = arm.map(lambda a: arms[a]["capital"]).astype("int8")
+    reference = reference_arm(cfg)
+    for key, spec in arms.items():
+        if key != reference:
+            firms[f"arm_{spec['slug']}"] = (arm == key).astype("int8")
     strata = [_firm_level(clean, unit, s, study, "stratum").rename(s) for s in cfg.get("strata", [])]
     if strata:
         parts = pd.concat(strata, axis=1).reindex(units)
@@ -51,12 +75,19 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
         firms["cluster_id"] = _firm_level(clean, unit, cfg["cluster"], study, "cluster").reindex(units).map(_fmt)
     else:
         firms["cluster_id"] = [_fmt(u) for u in units]
-    female = cfg.get("female_owner") or {}
+    female = cfg["female_owner"]
     if "value" in female:
-        firms["female_owner"] = float(female["value"])
+        firms["female_owner"] = np.nan if female["value"] is None else float(female["value"])
     else:
-        sex = _firm_level(clean, unit, female["column"], study, "owner gender").reindex(units)
-        firms["female_owner"] = sex.isin(female["female_codes"]).astype("float64").where(sex.notna())
+        codes = clean.assign(_sex=norm_codes(clean[female["column"]]))
+        sex = _firm_level(codes, unit, "_sex", study, "owner gender", female["column"]).reindex(units)
+        is_female = sex.map(lambda c: c in set(female["female_codes"]) if c is not None and c == c else False)
+        if female.get("male_codes") is not None:
+            known = sex.map(lambda c: c in set(female["female_codes"]) | set(female["male_codes"])
+                            if c is not None and c == c else False)
+        else:
+            known = sex.notna()
+        firms["female_owner"] = is_female.astype("float64").where(known.astype(bool))
     return firms
 
 
@@ -65,6 +96,16 @@ def _fmt(value) -> str:
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         return str(int(value))
     return str(value)
+
+
+def round_numbers(values: pd.Series, cfg: dict) -> pd.Series:
+    """The analysis table's ``round``: the round code where codes are integers, else its position
+    in ``rounds`` (text codes such as ``baseline`` / ``endline``)."""
+    codes = norm_codes(values)
+    if codes.map(lambda c: isinstance(c, int)).all():
+        return codes.astype("int64")
+    rounds = cfg.get("rounds") or sorted(set(codes.dropna()), key=str)
+    return codes.map(lambda c: rounds.index(c)).astype("int64")
 
 
 def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) -> pd.DataFrame:
@@ -83,18 +124,29 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
 
 
 def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) -> pd.DataFrame:
-    unit, round_col = cfg["unit_id"], cfg.get("round")
+    cfg = normalise(cfg)
+    unit, round_col, study = cfg["unit_id"], cfg.get("round"), cfg["study"]
     firms = firm_table(clean, cfg)
     currency = str(cfg.get("currency", "lcu")).lower()
-    factor = float(cfg.get("usd_ppp_per_lcu", 1.0))
+    if FACTOR_COLUMN in clean.columns:
+        factor = pd.to_numeric(clean[FACTOR_COLUMN], errors="coerce").astype("float64")
+    elif cfg["usd_ppp_per_lcu"]["value"] is not None and cfg["usd_ppp_per_lcu"]["converts_to"] is None:
+        factor = float(cfg["usd_ppp_per_lcu"]["value"])
+    else:
+        raise ConstructError(f"{study}: the clean table has no {FACTOR_COLUMN} column (the ingest stage adds it)")
     key = "_unit"  # the raw unit id, whatever the study calls it; becomes firm_id (text) at the end
-    rows = pd.DataFrame({key: clean[unit], "round": clean[round_col].astype("int64") if round_col else 0})
+    rows = pd.DataFrame({key: clean[unit], "round": round_numbers(clean[round_col], cfg) if round_col else 0})
+    interviewed = clean["interviewed"].astype("int8") if "interviewed" in clean.columns else pd.Series(1, index=clean.index, dtype="int8")
+    pre_columns = {}
     for name, out in cfg["outcomes"].items():
-        base = f"{name}_{currency}_{flow_period}" if out.get("flow", True) else f"{name}_{currency}"
+        base = flow_column(name, out, currency, flow_period)
         new = f"{name}_usd_ppp_{flow_period}" if out.get("flow", True) else f"{name}_usd_ppp"
         rows[new] = clean[f"{base}_w"] * factor
         rows[f"{new}_unwinsorised"] = clean[base] * factor
-    rows["business_closed"] = clean["business_closed"].astype("float64")
+        if out["baseline_column"]:
+            pre_columns[new] = clean[f"{base}_pre_w"] * factor
+            pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * factor
+    rows["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
     if cfg.get("skills_index"):
         rows = rows.join(skills_scores(clean, cfg["skills_index"], float(params.get("skills_min_answered_share", 0.5))))
     if cfg.get("credit_access"):
@@ -105,45 +157,104 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
         rows[canonical] = pd.to_numeric(clean[col], errors="coerce").astype("float64")
     if cfg.get("weight"):
         rows["weight"] = pd.to_numeric(clean[cfg["weight"]], errors="coerce").astype("float64")
-    rows["interviewed"] = 1
+    rows["interviewed"] = interviewed.to_numpy()
 
-    planned = cfg.get("rounds") or sorted(rows["round"].unique().tolist())
+    planned = (round_numbers(pd.Series(cfg["rounds"], dtype="object"), cfg).tolist() if cfg.get("rounds")
+               else sorted(rows["round"].unique().tolist()))
     grid = pd.MultiIndex.from_product([firms.index, planned], names=[key, "round"]).to_frame(index=False)
     table = grid.merge(rows, on=[key, "round"], how="left", validate="one_to_one")
     table["interviewed"] = table["interviewed"].fillna(0).astype("int8")
     table["attrited"] = (1 - table["interviewed"]).astype("int8")
     table = table.merge(firms.rename_axis(key), left_on=key, right_index=True, how="left")
     baseline = cfg.get("baseline_round")
+    baseline = round_numbers(pd.Series([baseline], dtype="object"), cfg).iloc[0] if baseline is not None else None
     table["followup"] = table["round"] != baseline if baseline is not None else True
+    added: dict[str, pd.Series] = {}
     if baseline is not None:
         value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
         bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
         for col in value_cols:
             values = table[key].map(bl[col])
-            table[f"{col}_bl_missing"] = values.isna().astype("int8")
-            table[f"{col}_bl"] = values.fillna(0.0)
-    table.insert(0, "study", cfg["study"])
+            added[f"{col}_bl_missing"] = values.isna().astype("int8")
+            added[f"{col}_bl"] = values.fillna(0.0)
+    for col, values in pre_columns.items():
+        # a baseline recorded in every row (acz's pre_<outcome>): one value per firm
+        per_firm = _firm_level(pd.DataFrame({key: clean[unit], col: values}), key, col, study, "baseline value")
+        mapped = table[key].map(per_firm)
+        added[f"{col}_bl_missing"] = mapped.isna().astype("int8")
+        added[f"{col}_bl"] = mapped.fillna(0.0)
+    table = table.drop(columns=[c for c in added if c in table.columns])
+    table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
+    table.insert(0, "study", study)
     table["firm_id"] = table[key].map(_fmt)
     table = table.sort_values([key, "round"], kind="stable").drop(columns=[key]).reset_index(drop=True)
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]
-    return table[first + [c for c in table.columns if c not in first]]
+    first += [c for c in table.columns if c.startswith("arm_")]
+    table = table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
+    validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
+    return table
+
+
+def analysis_schema(cfg: dict, table: pd.DataFrame, flow_period: str):
+    """The analysis table's contract (pandera)."""
+    import pandera.pandas as pa
+
+    cfg = normalise(cfg)
+    binary = pa.Check.isin([0, 1])
+    columns = {
+        "study": pa.Column(str, nullable=False),
+        "firm_id": pa.Column(str, nullable=False),
+        "round": pa.Column("int64", nullable=False),
+        "followup": pa.Column(bool, nullable=False),
+        "stratum": pa.Column(str, nullable=False),
+        "cluster_id": pa.Column(str, nullable=False),
+        "female_owner": pa.Column("float64", checks=binary, nullable=True),
+    }
+    for flag in ("interviewed", "attrited", "treat_skills", "treat_capital",
+                 *[c for c in table.columns if c.startswith("arm_")]):
+        columns[flag] = pa.Column("int8", checks=binary, nullable=False)
+    for name, out in cfg["outcomes"].items():
+        new = f"{name}_usd_ppp_{flow_period}" if out.get("flow", True) else f"{name}_usd_ppp"
+        checks = [] if out.get("allow_negative") else [pa.Check.ge(0)]
+        for col in (new, f"{new}_unwinsorised", f"{new}_bl", f"{new}_unwinsorised_bl"):
+            if col in table.columns or col in (new, f"{new}_unwinsorised"):
+                columns[col] = pa.Column("float64", checks=checks, nullable=True)
+    for col in table.columns:
+        if col.startswith("skills_") and not col.endswith("_missing"):
+            columns[col] = pa.Column("float64", checks=pa.Check.in_range(0, 1), nullable=True)
+    if "weight" in table.columns:
+        columns["weight"] = pa.Column("float64", checks=pa.Check.gt(0), nullable=True)
+    return pa.DataFrameSchema(columns, unique=["firm_id", "round"], strict=False, name=f"{cfg['study']} analysis")
 
 
 def run(study: str, params: dict, flow_period: str) -> dict:
-    """The construct stage: clean table -> canonical analysis table."""
+    """The construct stage: clean table -> canonical analysis table (all or nothing). ``study`` is
+    a name or a path to a YAML file."""
     cfg = load_study(study)
-    clean = pd.read_parquet(paths.interim_dir(study) / "clean.parquet")
+    clean = pd.read_parquet(paths.interim_dir(cfg["study"]) / "clean.parquet")
     table = construct(clean, cfg, params, flow_period)
-    out = paths.processed_dir(study)
-    write_parquet(out / "analysis.parquet", table)
+    firms = table.drop_duplicates("firm_id")
     summary = {
-        "study": study,
+        "study": cfg["study"],
         "rows": len(table),
         "firms": int(table["firm_id"].nunique()),
         "interviews": int(table["interviewed"].sum()),
         "attrited_firm_rounds": int(table["attrited"].sum()),
-        "female_owner_share": float(table.drop_duplicates("firm_id")["female_owner"].mean()),
+        "female_owner_share": float(firms["female_owner"].mean()),
+        "female_owner_known_share": float(firms["female_owner"].notna().mean()),
+        "arms": {spec["label"]: {"skills": spec["skills"], "capital": spec["capital"],
+                                 "column": None if key == reference_arm(cfg) else f"arm_{spec['slug']}"}
+                 for key, spec in cfg["treatment"]["arms"].items()},
+        "firms_by_arm": firms["arm"].value_counts().sort_index().to_dict(),
+        "covariates": sorted(cfg["covariates"]),
+        "controls": list(cfg["controls"]),
+        "currency": cfg.get("currency"),
+        "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
     }
-    write_json(out / "construct_summary.json", summary)
+    assert_no_identifiers(table, cfg=cfg, source=f"{cfg['study']} analysis table")
+    write_outputs(paths.processed_dir(cfg["study"]), {
+        "analysis.parquet": table,
+        "construct_summary.json": summary,
+    })
     return {"config": cfg, "analysis": table, "summary": summary}

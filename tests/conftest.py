@@ -98,3 +98,32 @@ def dta_dir(tmp_path, raw):
     raw.to_stata(tmp_path / "survey.dta", write_index=False, version=118, value_labels=VALUE_LABELS,
                  variable_labels={"profit": "Profit in the recall period"})
     return tmp_path
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared by the tests of real studies, broken inputs and study configurations
+# ------------------------------------------------------------------------------------------------
+from pathlib import Path  # noqa: E402
+
+from pipeline import paths  # noqa: E402
+from pipeline.io import REPO_ROOT  # noqa: E402
+
+REAL_DATA = REPO_ROOT / ".." / "shared" / "data"   # ../shared/data from the repository root
+
+
+def redirect_outputs(monkeypatch, root: Path) -> Path:
+    """Point the stages' data/interim and data/processed folders at ``root`` (never the repo's)."""
+    monkeypatch.setattr(paths, "interim_dir", lambda study: root / "interim" / study)
+    monkeypatch.setattr(paths, "processed_dir", lambda study: root / "processed" / study)
+    return root
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch) -> Path:
+    """Stage outputs go to tmp_path/out/{interim,processed}/<study>."""
+    return redirect_outputs(monkeypatch, tmp_path / "out")
+
+
+def files_under(root: Path) -> set[str]:
+    """Every file below ``root`` (relative paths), to show that a failed stage wrote nothing."""
+    return {str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file()} if Path(root).exists() else set()

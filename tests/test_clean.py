@@ -93,3 +93,61 @@ def test_unknown_recall_code_names_column_and_rows(cfg, interim):
 def test_recall_factors_are_exact():
     assert clean.PER_YEAR["week"] / clean.PER_YEAR["month"] == pytest.approx(52 / 12)
     assert clean.PER_YEAR["month"] / clean.PER_YEAR["two_weeks"] == pytest.approx(12 / 26)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("1200", 1200), ("1,200", 1200), ("1,200.50", 1200.5), ("KSh 3,000", 3000), ("$ 45", 45), ("45 USD", 45),
+    ("R1 200", 1200), ("(500)", -500), ("-20", -20), ("Rs. 1,00,000", None), ("1,5", None), ("about 500", None),
+    ("n/a", None), ("12abc", None), ("€1.234,5", None),
+])
+def test_parse_number(text, expected):
+    assert clean.parse_number(text) == expected
+
+
+def test_parse_number_with_decimal_comma():
+    assert clean.parse_number("1.234,5", decimal=",", thousands=".") == 1234.5
+    assert clean.parse_number("1 234,5 €", decimal=",", thousands=".") == 1234.5
+
+
+def test_trim_blanks_what_winsorise_clamps():
+    df = pd.DataFrame({"g": [0] * 100, "y": np.arange(100, dtype=float)})
+    w, changed_w = clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="winsorise")
+    t, changed_t = clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="trim")
+    lo, hi = np.percentile(df["y"], [5, 95])
+    out = (df["y"] < lo) | (df["y"] > hi)
+    assert changed_w == changed_t == {"y": int(out.sum())} and out.sum() == 10
+    assert t.loc[out, "y_w"].isna().all() and (t.loc[~out, "y_w"] == df.loc[~out, "y"]).all()
+    assert w["y_w"].min() == lo and w["y_w"].max() == hi
+    with pytest.raises(clean.CleaningError, match="outlier_method='cap'"):
+        clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="cap")
+
+
+def test_outlier_method_and_study_overrides_reach_the_clean_stage(cfg, interim):
+    out = clean.clean(interim, cfg, {**PARAMS, "winsor_upper_pct": 50, "outlier_method": "trim"})
+    trimmed = out["clean"]["profit_lcu_month_w"].isna() & out["clean"]["profit_lcu_month"].notna()
+    assert trimmed.any() and out["extra"]["method"] == "trim"
+    cfg["clean_params"] = {"winsor_upper_pct": 100}        # the study switches it off (already winsorised)
+    out = clean.clean(interim, cfg, {**PARAMS, "winsor_upper_pct": 50, "outlier_method": "trim"})
+    c = out["clean"]
+    pd.testing.assert_series_equal(c["profit_lcu_month_w"], c["profit_lcu_month"], check_names=False)
+
+
+def test_baseline_column_in_the_same_row(cfg, interim):
+    """acz-style pre_<outcome>: converted like the outcome, outliers cut on one value per unit."""
+    interim["pre_profit"] = interim["firm_id"].map({1: 100, 2: 10, 3: 50, 4: 1000, 5: 60, 6: 1})
+    cfg["outcomes"]["profit"]["baseline_column"] = "pre_profit"
+    c = by_firm_round(clean.clean(interim, cfg, PARAMS)["clean"])
+    assert c.loc[(4, 1), "profit_lcu_month_pre"] == 1000 and c.loc[(4, 0), "profit_lcu_month_pre"] == 1000
+    df = pd.DataFrame({"u": [1, 1, 1, 2, 3, 4], "x": [100.0, 100, 100, 1, 2, 3]})
+    w = clean.winsorise(df, {"x": False}, 0, 75, by=None, unit="u")
+    assert w["x_w"].max() == pytest.approx(np.percentile([100, 1, 2, 3], 75))
+
+
+def test_not_interviewed_rows_are_kept_and_flagged(cfg, interim):
+    cfg["not_interviewed"] = {"when_all_missing": ["profit", "revenue"]}
+    interim = interim.astype({"profit": "float64", "revenue": "float64"})
+    interim.loc[interim["submission_id"] == "s11", ["profit", "revenue"]] = np.nan
+    out = clean.clean(interim, cfg, PARAMS)
+    c = by_firm_round(out["clean"])
+    assert c.loc[(5, 0), "interviewed"] == 0 and c.loc[(1, 0), "interviewed"] == 1
+    assert out["flow"].set_index("step").loc["clean and interviewed", "all"] == len(c) - 1

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline import clean, construct
+from pipeline.study import ValidationError
 
 PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
 
@@ -57,3 +58,28 @@ def test_study_where_all_owners_are_women(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
     table = construct.construct(cleaned, cfg, {}, "month")
     assert (table["female_owner"] == 1).all()
+
+
+def test_arm_columns_one_per_non_control_arm(table):
+    arms = {"arm_training_only": "Training only", "arm_grant_only": "Grant only", "arm_training_grant": "Training + grant"}
+    assert [c for c in table.columns if c.startswith("arm_")] == list(arms)
+    for col, label in arms.items():
+        assert ((table[col] == 1) == (table["arm"] == label)).all()
+
+
+def test_analysis_table_is_validated(cfg, interim):
+    cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
+    cleaned.loc[0, "bp_1"] = 3                                 # a practice answered "3": share > 1
+    with pytest.raises(ValidationError,
+                       match=r"tiny: the analysis table fails validation:\n  column 'skills_index', rule in_range\(0, 1\): 1 rows, "
+                             r"e.g. \[\{'firm_id': '1', 'round': 0\}\]"):
+        construct.construct(cleaned, cfg, {}, "month")
+
+
+def test_unknown_female_code_is_missing_not_male(cfg, interim):
+    cfg["female_owner"]["male_codes"] = [1]
+    interim.loc[interim["firm_id"] == 2, "owner_sex"] = 7
+    out = clean.clean(interim, cfg, PARAMS)
+    assert (out["log"]["rule"].str.startswith("unknown_code")).sum() == 2
+    table = construct.construct(out["clean"], cfg, {}, "month").set_index(["firm_id", "round"])
+    assert np.isnan(table.loc[("2", 0), "female_owner"]) and table.loc[("4", 0), "female_owner"] == 0

@@ -51,3 +51,23 @@ def test_empty_and_unreadable_files(cfg, tmp_path):
     (tmp_path / "survey.dta").unlink()
     with pytest.raises(ingest.IngestError, match="file not found"):
         ingest.ingest(cfg, tmp_path)
+
+
+def test_group_prefixes_are_stripped():
+    assert ingest.strip_prefix("group_business/profit", ["/", "-"]) == "profit"
+    assert ingest.strip_prefix("grp1-profit", ["/", "-"]) == "profit"
+    assert ingest.strip_prefix("meta/instanceID", ["/"]) == "instanceID"
+    assert ingest.strip_prefix("_submission_time", ["/", "-"]) == "_submission_time"
+    data = pd.DataFrame(columns=["g/a", "x-b", "c"])
+    renamed, _ = ingest.rename_columns(data, {"strip_group_prefixes": ["/", "-"], "rename": {"c": "d"}}, "f")
+    assert list(renamed.columns) == ["a", "b", "d"]
+
+
+def test_ingest_adds_the_conversion_factor_and_generated_ids(cfg, dta_dir, raw):
+    cfg["unit_id"] = None                  # a cross-section without ids: one row = one unit
+    cfg["round"], cfg["rounds"], cfg["baseline_round"] = None, None, None
+    cfg["submission"] = None
+    interim, _, summary = ingest.ingest(cfg, dta_dir)
+    assert interim["_row_id"].tolist() == list(range(len(raw)))
+    assert (interim["usd_ppp_per_lcu"] == 0.5).all()
+    assert summary["unit_id"] == "generated: one unit per row"
