@@ -521,15 +521,30 @@ SALT_ENV = "PIPELINE_HASH_SALT"
 HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
-def hash_salt(params: Mapping | None) -> str | None:
+SALT_FILE = REPO_ROOT / ".secrets" / "hash_salt"  # gitignored; made once per checkout
+
+
+def hash_salt(params: Mapping | None, salt_file: Path | None = None) -> str | None:
     """The salt for hashed identifiers: ``hash_salt`` in the ingest params, else the environment
-    variable named by ``hash_salt_env`` (default ``PIPELINE_HASH_SALT``). Never written out."""
+    variable named by ``hash_salt_env`` (default ``PIPELINE_HASH_SALT``), else a random salt kept
+    in ``.secrets/hash_salt`` (created on first use, never committed, so reruns in this checkout
+    give the same pseudonyms). Never written to any output."""
     import os
+    import secrets
 
     params = params or {}
     if params.get("hash_salt"):
         return str(params["hash_salt"])
-    return os.environ.get(str(params.get("hash_salt_env", SALT_ENV))) or None
+    from_env = os.environ.get(str(params.get("hash_salt_env", SALT_ENV)))
+    if from_env:
+        return from_env
+    salt_file = salt_file or SALT_FILE
+    if not salt_file.exists():
+        salt_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return salt_file.read_text().strip()
 
 
 def salted_hash(values: pd.Series, salt: str) -> pd.Series:

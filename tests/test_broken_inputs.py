@@ -285,9 +285,6 @@ def test_declared_identifiers_are_dropped_or_hashed(study, outputs):
     frame = survey().assign(contact=PHONES, village_leader=["Ann", "Ann", "Bob", "Bob", "Cat", "Cat", "Dan", "Dan"])
     path, raw = study(frame, identifiers=["contact", {"column": "village_leader", "action": "hash"}],
                       cluster="village_leader")
-    with pytest.raises(ingest.IngestError, match="PIPELINE_HASH_SALT"):   # hashing needs a salt
-        ingest.run(path, raw, {})
-    assert files_under(outputs) == set()
     ingest.run(path, raw, {"hash_salt": "s3cret"})
     clean.run(path, CLEAN)
     table = construct.run(path, {}, "month")["analysis"]
@@ -336,3 +333,18 @@ def test_write_outputs_is_all_or_nothing(tmp_path):
     assert files_under(tmp_path) == set()
     write_outputs(tmp_path / "out", {"a.parquet": good, "b.json": {"x": 1}})
     assert files_under(tmp_path) == {"out/a.parquet", "out/b.json"}
+
+
+def test_without_a_configured_salt_a_secret_one_is_kept_per_checkout(study, outputs, tmp_path, monkeypatch):
+    from pipeline import study as study_module
+    monkeypatch.delenv("PIPELINE_HASH_SALT", raising=False)
+    monkeypatch.setattr(study_module, "SALT_FILE", tmp_path / "secrets" / "hash_salt")
+    frame = survey().assign(village_leader=["Ann", "Ann", "Bob", "Bob", "Cat", "Cat", "Dan", "Dan"])
+    path, raw = study(frame, identifiers=[{"column": "village_leader", "action": "hash"}], cluster="village_leader")
+    ingest.run(path, raw, {})
+    salt = (tmp_path / "secrets" / "hash_salt").read_text()
+    assert len(salt) == 64
+    first = (outputs / "interim" / "broken" / "ingested.parquet").read_bytes()
+    ingest.run(path, raw, {})
+    assert (outputs / "interim" / "broken" / "ingested.parquet").read_bytes() == first  # same pseudonyms
+    assert salt.encode() not in first and b"Ann" not in first
