@@ -357,7 +357,9 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
             if not col:
                 continue
             values = pd.to_numeric(df[col], errors="coerce").astype("float64")
-            df[target] = values * factor if out.get("flow", True) else values
+            # A zero flow is zero over any period: a closed business (recall period "not
+            # applicable") keeps its zero profit instead of becoming missing.
+            df[target] = values.where(values == 0, values * factor) if out.get("flow", True) else values
     return df
 
 

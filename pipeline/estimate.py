@@ -30,6 +30,26 @@ Models per outcome (the ``model`` column of the tidy table):
     Rows ``T_diff`` (women - men) come from ``t_test``; its p-value tests equal effects.
 ``women_only`` / ``men_only``
     The pooled specification on each sex separately.
+``round_<r>`` (sample ``all``; with ``by_round``)
+    The pooled specification on the rows of follow-up round r only (round FE then drop out).
+``descriptive`` (sample ``women``; NON-CAUSAL)
+    Women's profit on the skills index and credit access with controls (:func:`fit_descriptive`).
+
+Optional ``controls`` (``Spec.controls``, the ``controls:`` param) must be complete in the
+estimation sample: use the construct stage's baseline pairs, e.g. ``owner_age_bl`` and
+``owner_age_bl_missing``.
+
+Outcome transforms (the ``transform`` column; :func:`transform_outcome`): ``level`` (as cleaned,
+winsorised), ``unwinsorised``, ``log`` (y > 0 only), ``ihs`` (asinh) and ``trimmed`` (top
+``trim_top_pct`` % per round dropped). Beside every effect: the control-group mean, the effect as
+% of it (not for log / ihs), the minimum detectable effect ``mde`` = (t_0.8 + t_0.975) SE (also as
+% of the control mean) and Anderson's sharpened ``q_value`` within a family of outcomes
+(:func:`add_q_values`).
+
+The stage (:func:`run` / :func:`estimate_all`) also writes attrition by arm
+(:func:`attrition_table`), Lee bounds (``inference.lee_bounds_table``), the baseline balance
+tables (``inference.balance_tables``), quantile treatment effects (``qte.qte_table``), plot data
+(:func:`coefficients_by_gender`) and key estimates for the metrics (``OUTPUT_FILES``).
 
 Term names in the tidy table: ``treat_skills``, ``treat_capital``, ``treat_skills_x_treat_capital``
 (pooled and split models) and ``<term>_women``, ``<term>_men``, ``<term>_diff`` (by_gender).
@@ -42,7 +62,7 @@ symmetrically for only men).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -50,18 +70,29 @@ import pandas as pd
 import scipy.linalg
 import statsmodels.api as sm
 
+from pipeline import inference, qte
+
 log = logging.getLogger(__name__)
 
 GENDER = "female_owner"
 FOLLOWUP = "followup"
 CANONICAL_TREATMENTS = ("treat_skills", "treat_capital")
-MODELS = ("pooled", "by_gender", "women_only", "men_only")
+MODELS = ("pooled", "by_gender", "women_only", "men_only")   # then round_<r>, then descriptive
 SAMPLES = ("all", "women", "men")
 GENDER_SUFFIX = {"women": "female", "men": "male"}
 TIDY_COLUMNS = [
-    "study", "outcome", "model", "sample", "term", "estimate", "std_error", "ci_low", "ci_high",
-    "p_value", "n_obs", "n_clusters", "control_mean", "effect_pct_of_control_mean",
+    "study", "outcome", "transform", "model", "sample", "term", "estimate", "std_error", "ci_low",
+    "ci_high", "p_value", "q_value", "n_obs", "n_clusters", "control_mean",
+    "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean",
 ]
+TEXT_COLUMNS = ("study", "outcome", "transform", "model", "sample", "term")
+FLOAT_COLUMNS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "q_value", "control_mean",
+                 "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean")
+# Outcome transforms (see transform_outcome). For log and ihs the effect is not in the outcome's
+# units, so no "% of the control mean" is given for them.
+TRANSFORMS = ("level", "unwinsorised", "log", "ihs", "trimmed")
+NONLINEAR_TRANSFORMS = ("log", "ihs")
+MDE_POWER = 0.8
 # A column is dropped as collinear when the share of its (weighted) sum of squares not explained
 # by the columns kept before it is below this.
 COLLINEARITY_TOL = 1e-9
@@ -415,6 +446,9 @@ class FitInfo:
     terms: tuple[TermDef, ...]
     dropped_columns: tuple[str, ...] = ()
     baseline_columns: tuple[str, ...] = ()
+    transform: str = "level"
+    outcome_label: str | None = None       # the outcome named in the tidy table (default spec.outcome)
+    df_t: float = np.inf                   # degrees of freedom of the t inference
 
 
 def _control_mean(y: np.ndarray, control: np.ndarray, w: np.ndarray | None) -> float:
@@ -435,7 +469,8 @@ def _tidy_name(param: str) -> str:
     return "_x_".join(parts) + suffix
 
 
-def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: bool = False):
+def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: bool = False,
+        model: str | None = None, transform: str = "level", outcome_label: str | None = None):
     """Fit one model; returns the statsmodels results (OLS, or WLS with ``spec.weights``).
 
     ``sample``: None (all firms), ``"women"`` or ``"men"``. ``by_gender=True`` fits the
@@ -443,6 +478,10 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
     correction, t(G-1) inference) or HC1 when ``spec.cluster`` is None. Collinear control / FE
     columns are dropped (listed in ``results.estimate_info.dropped_columns``); a collinear
     treatment term raises ValueError. ``results.estimate_info`` is a :class:`FitInfo`.
+
+    ``model`` overrides the model name of the tidy rows (e.g. ``round_2`` for a fit on one
+    round's rows); ``transform`` and ``outcome_label`` are carried to the tidy table (used when
+    ``spec.outcome`` is a derived column, see :func:`transform_outcome`).
     """
     if by_gender and sample not in (None, "all"):
         raise ValueError("the by_gender model is fitted on all firms (sample=None)")
@@ -457,16 +496,16 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
     endog = pd.Series(s.y, name=spec.outcome)
     if exog.shape[1] >= s.n:
         raise ValueError(f"{spec.outcome!r}: {s.n} observations for {exog.shape[1]} regressors")
-    model = sm.OLS(endog, exog) if s.weights is None else sm.WLS(endog, exog, weights=s.weights)
+    ols = sm.OLS(endog, exog) if s.weights is None else sm.WLS(endog, exog, weights=s.weights)
     if spec.cluster is None:
-        res = model.fit(cov_type="HC1", use_t=True)
+        res = ols.fit(cov_type="HC1", use_t=True)
         n_clusters = None
     else:
         n_clusters = int(np.unique(s.groups).size)
         if n_clusters < 2:
             raise ValueError(f"only {n_clusters} cluster in the estimation sample of "
                              f"{spec.outcome!r}")
-        res = model.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True)
+        res = ols.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True)
 
     control = np.ones(s.n, dtype=bool)
     for v in s.treat.values():
@@ -476,7 +515,7 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
         cm = _control_mean(s.y, control, s.weights)
         for p in interest:
             term_defs.append(TermDef(_tidy_name(p), ((p, 1.0),), cm))
-        model_name = {"all": "pooled", "women": "women_only", "men": "men_only"}[sample]
+        model_name = model or {"all": "pooled", "women": "women_only", "men": "men_only"}[sample]
     else:
         cm = {sex: _control_mean(s.y, control & (s.female == (1 if sex == "female" else 0)),
                                  s.weights) for sex in ("female", "male")}
@@ -485,11 +524,13 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
             term_defs.append(TermDef(_tidy_name(f), ((f, 1.0),), cm["female"]))
             term_defs.append(TermDef(_tidy_name(m), ((m, 1.0),), cm["male"]))
             term_defs.append(TermDef(_tidy_name(name) + "_diff", ((f, 1.0), (m, -1.0)), np.nan))
-        model_name = "by_gender"
+        model_name = model or "by_gender"
     res.estimate_info = FitInfo(
         spec=spec, model=model_name, sample=sample, n_obs=int(res.nobs), n_clusters=n_clusters,
         terms=tuple(term_defs), dropped_columns=tuple(dropped),
-        baseline_columns=tuple(c for c in s.covariates if c not in spec.controls))
+        baseline_columns=tuple(c for c in s.covariates if c not in spec.controls),
+        transform=transform, outcome_label=outcome_label,
+        df_t=float(n_clusters - 1) if n_clusters is not None else float(res.df_resid))
     return res
 
 
@@ -498,20 +539,24 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
 # --------------------------------------------------------------------------------------------
 def _empty_tidy() -> pd.DataFrame:
     out = pd.DataFrame({c: pd.Series(dtype="float64") for c in TIDY_COLUMNS})
-    for c in ("study", "outcome", "model", "sample", "term"):
+    for c in TEXT_COLUMNS:
         out[c] = out[c].astype("str")
     out["n_obs"] = out["n_obs"].astype("int64")
     out["n_clusters"] = out["n_clusters"].astype("Int64")
     return out
 
 
-def tidy(results, study: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = MDE_POWER) -> pd.DataFrame:
     """One row per term of interest of a :func:`fit` result, columns ``TIDY_COLUMNS``.
 
     Single coefficients come from ``params`` / ``bse`` / ``conf_int()`` / ``pvalues``; linear
     combinations (the ``_diff`` rows) from ``results.t_test`` (same covariance and t df).
     ``control_mean`` is the (weighted) mean outcome of control-arm observations in the
     estimation sample, for the gender rows that of the gender; NaN for ``_diff`` rows.
+    ``mde`` is the minimum detectable effect at ``power`` (80%) and two-sided level ``alpha`` from
+    the estimated SE, ``(t_power + t_{1-alpha/2}) * SE`` with the model's t degrees of freedom (G - 1
+    clustered, N - K with HC1); ``q_value`` is NaN here (filled by :func:`estimate_study`).
+    For the log and ihs transforms the ``_pct_`` columns are NaN (not percentage effects).
     """
     info: FitInfo = getattr(results, "estimate_info", None)
     if info is None:
@@ -534,12 +579,16 @@ def tidy(results, study: str | None = None, alpha: float = 0.05) -> pd.DataFrame
             lo, hi = (float(x) for x in np.asarray(tt.conf_int(alpha=alpha)).ravel())
             pv = float(np.squeeze(tt.pvalue))
         cm = td.control_mean
-        pct = 100.0 * est / cm if np.isfinite(cm) and cm != 0 else np.nan
+        pct_ok = np.isfinite(cm) and cm != 0 and info.transform not in NONLINEAR_TRANSFORMS
+        m = float(inference.mde(se, info.df_t, power=power, alpha=alpha))
         rows.append({
-            "study": study, "outcome": info.spec.outcome, "model": info.model,
+            "study": study, "outcome": info.outcome_label or info.spec.outcome,
+            "transform": info.transform, "model": info.model,
             "sample": info.sample, "term": td.term, "estimate": est, "std_error": se,
-            "ci_low": lo, "ci_high": hi, "p_value": pv, "n_obs": info.n_obs,
-            "n_clusters": info.n_clusters, "control_mean": cm, "effect_pct_of_control_mean": pct,
+            "ci_low": lo, "ci_high": hi, "p_value": pv, "q_value": np.nan, "n_obs": info.n_obs,
+            "n_clusters": info.n_clusters, "control_mean": cm,
+            "effect_pct_of_control_mean": 100.0 * est / cm if pct_ok else np.nan,
+            "mde": m, "mde_pct_of_control_mean": 100.0 * m / abs(cm) if pct_ok else np.nan,
         })
     if not rows:
         return _empty_tidy()
@@ -549,12 +598,11 @@ def tidy(results, study: str | None = None, alpha: float = 0.05) -> pd.DataFrame
 
 def _coerce(out: pd.DataFrame) -> pd.DataFrame:
     out = out.copy()
-    for c in ("study", "outcome", "model", "sample", "term"):
+    for c in TEXT_COLUMNS:
         out[c] = out[c].astype("str") if out[c].notna().all() else out[c].astype("object")
     out["n_obs"] = out["n_obs"].astype("int64")
     out["n_clusters"] = pd.array(out["n_clusters"].tolist(), dtype="Int64")
-    for c in ("estimate", "std_error", "ci_low", "ci_high", "p_value", "control_mean",
-              "effect_pct_of_control_mean"):
+    for c in FLOAT_COLUMNS:
         out[c] = out[c].astype("float64")
     return out.reset_index(drop=True)
 
@@ -572,19 +620,22 @@ def _sexes_present(df: pd.DataFrame, spec: Spec) -> set[str]:
     return present
 
 
-def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None) -> pd.DataFrame:
+def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None, *,
+                            alpha: float = 0.05, power: float = MDE_POWER,
+                            **fit_kwargs) -> pd.DataFrame:
     """``by_gender``, ``women_only`` and ``men_only`` rows for one outcome (tidy table).
 
     With one sex only (e.g. a women-only study), only that sex's split regression is run.
+    ``fit_kwargs`` (``transform``, ``outcome_label``) are passed to :func:`fit`.
     """
     _prepare(df, spec, "all", need_gender=True)    # column and outcome checks, clear errors
     present = _sexes_present(df, spec)
     parts = []
     if present == {"women", "men"}:
-        parts.append(tidy(fit(df, spec, by_gender=True), study))
+        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha, power))
     for sex in ("women", "men"):
         if sex in present:
-            parts.append(tidy(fit(df, spec, sample=sex), study))
+            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha, power))
         else:
             log.info("%s: no %s in the sample; %s_only skipped", spec.outcome, sex, sex)
     return _concat(parts)
@@ -597,12 +648,153 @@ def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
     return _coerce(pd.concat(parts, ignore_index=True))
 
 
-def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | None,
-                   study: str) -> pd.DataFrame:
-    """All models for every outcome of one study, as one tidy table.
+# --------------------------------------------------------------------------------------------
+# Outcome transforms
+# --------------------------------------------------------------------------------------------
+def transform_available(df: pd.DataFrame, outcome: str, transform: str) -> bool:
+    """Whether ``transform`` can be built for ``outcome`` from the columns of ``df``."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; allowed: {TRANSFORMS}")
+    if transform == "unwinsorised":
+        return f"{outcome}_unwinsorised" in df.columns
+    return outcome in df.columns
 
-    ``spec_params``: the ``estimate:`` params group (Spec fields except ``outcome``).
-    Rows are ordered by outcome (as given), model (``MODELS``), then term.
+
+def transform_outcome(df: pd.DataFrame, outcome: str, transform: str, *,
+                      trim_top_pct: float = 1.0) -> tuple[pd.DataFrame, str]:
+    """``df`` with the transformed outcome (and its ANCOVA baseline pair) added; its column name.
+
+    ``level``
+        The outcome as constructed (cleaned; winsorised per round as the clean stage is set).
+    ``unwinsorised``
+        ``<outcome>_unwinsorised`` with its own baseline ``<outcome>_unwinsorised_bl``.
+    ``log``
+        log(y), **only for y > 0**: the sample drops zero (closed) and negative profits, so the
+        effect is on the intensive margin among firms with positive profit in that round and is
+        not an ITT on the whole sample (selection). Baseline control log(y_bl) where y_bl > 0,
+        else 0 with the missing-baseline dummy set to 1.
+    ``ihs``
+        asinh(y), all observations; baseline asinh(y_bl). Depends on the units of y (Chen & Roth).
+    ``trimmed``
+        The unwinsorised outcome (the outcome itself if no unwinsorised column exists) with the
+        observations above the (100 - ``trim_top_pct``) percentile of their round set to missing
+        (percentile over all non-missing observations of the round, arms and sexes pooled, linear
+        interpolation). The baseline control is the winsorised ``<outcome>_bl`` (a covariate
+        only; any pre-treatment function of the baseline keeps ANCOVA valid).
+
+    For ``level`` the data and name are returned unchanged. The new columns are named
+    ``<outcome>__<transform>`` (+ ``_bl`` / ``_bl_missing`` where the study has a baseline).
+    """
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown transform {transform!r}; allowed: {TRANSFORMS}")
+    _require(df, [outcome], "outcome")
+    if transform == "level":
+        return df, outcome
+    name = f"{outcome}__{transform}"
+    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
+    has_bl = bl in df.columns and miss in df.columns
+    y = pd.Series(_as_float(df[outcome], outcome), index=df.index)
+    new: dict[str, pd.Series] = {}
+    if transform == "unwinsorised":
+        src = f"{outcome}_unwinsorised"
+        _require(df, [src], "unwinsorised outcome")
+        new[name] = df[src].astype("float64")
+        if f"{src}_bl" in df.columns and f"{src}_bl_missing" in df.columns:
+            new[f"{name}_bl"] = df[f"{src}_bl"].astype("float64")
+            new[f"{name}_bl_missing"] = df[f"{src}_bl_missing"]
+    elif transform == "log":
+        new[name] = np.log(y.where(y > 0))
+        if has_bl:
+            v = df[bl].astype("float64")
+            ok = (df[miss] == 0) & (v > 0)
+            new[f"{name}_bl"] = np.log(v.where(ok)).fillna(0.0)
+            new[f"{name}_bl_missing"] = (~ok).astype("int8")
+    elif transform == "ihs":
+        new[name] = np.arcsinh(y)
+        if has_bl:
+            new[f"{name}_bl"] = np.arcsinh(df[bl].astype("float64"))
+            new[f"{name}_bl_missing"] = df[miss]
+    elif transform == "trimmed":
+        if not 0 <= float(trim_top_pct) < 100:
+            raise ValueError(f"trim_top_pct must be in [0, 100), got {trim_top_pct}")
+        src = f"{outcome}_unwinsorised" if f"{outcome}_unwinsorised" in df.columns else outcome
+        v = df[src].astype("float64")
+        if "round" in df.columns:
+            thr = v.groupby(df["round"]).transform(lambda s: s.quantile(1 - float(trim_top_pct) / 100))
+        else:
+            thr = pd.Series(v.quantile(1 - float(trim_top_pct) / 100), index=df.index)
+        new[name] = v.where(v <= thr) if trim_top_pct > 0 else v
+        if has_bl:
+            new[f"{name}_bl"] = df[bl]
+            new[f"{name}_bl_missing"] = df[miss]
+    return df.assign(**new), name
+
+
+# --------------------------------------------------------------------------------------------
+# The study table
+# --------------------------------------------------------------------------------------------
+def _round_models(df: pd.DataFrame, spec: Spec) -> list:
+    if "round" not in df.columns:
+        log.info("no 'round' column: round-by-round models skipped")
+        return []
+    rows = _followup_mask(df) if spec.followup_only else np.ones(len(df), dtype=bool)
+    rows &= ~np.isnan(_as_float(df[spec.outcome], spec.outcome))
+    return sorted(pd.unique(df.loc[rows, "round"]).tolist())
+
+
+def _model_rank(model: str) -> tuple:
+    if model in MODELS:
+        return (0, MODELS.index(model), 0)
+    if model.startswith("round_"):
+        tail = model[len("round_"):]
+        return (1, int(tail) if tail.lstrip("-").isdigit() else 0, tail)
+    return (2, 0, model)
+
+
+def _families(outcomes: Sequence[str], q_families: dict | None) -> dict[str, str]:
+    """outcome -> family name. Default: every outcome in one family ``all``; an outcome in no
+    configured family is a family of its own."""
+    if not q_families:
+        return {o: "all" for o in outcomes}
+    out = {}
+    for fam, members in q_families.items():
+        for o in ([members] if isinstance(members, str) else members):
+            if o in out:
+                raise ValueError(f"outcome {o!r} is in two q-value families ({out[o]!r}, {fam!r})")
+            out[o] = str(fam)
+    for o in outcomes:
+        out.setdefault(o, o)
+    return out
+
+
+def add_q_values(table: pd.DataFrame, q_families: dict | None = None) -> pd.DataFrame:
+    """Fill ``q_value``: Anderson (2008) sharpened q-values of ``p_value`` within each family of
+    outcomes, separately for every (transform, model, sample, term): the hypotheses of a family
+    are "this term has no effect on outcome j" for the outcomes j of the family. Descriptive rows
+    get NaN."""
+    out = table.copy()
+    out["q_value"] = np.nan
+    fam = out["outcome"].map(_families(list(pd.unique(out["outcome"])), q_families))
+    causal = out["model"] != "descriptive"
+    keys = [fam, out["transform"], out["model"], out["sample"], out["term"]]
+    for _, idx in out[causal].groupby([k[causal] for k in keys], sort=False).groups.items():
+        out.loc[idx, "q_value"] = inference.sharpened_qvalues(out.loc[idx, "p_value"].to_numpy())
+    return out
+
+
+def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | None,
+                   study: str, *, transforms: Sequence[str] = ("level",), by_round: bool = False,
+                   trim_top_pct: float = 1.0, q_families: dict | None = None,
+                   alpha: float = 0.05, power: float = MDE_POWER) -> pd.DataFrame:
+    """All models for every outcome and transform of one study, as one tidy table.
+
+    ``spec_params``: the regression-specification keys of the ``estimate:`` params group (Spec
+    fields except ``outcome``). Models: ``pooled``, ``by_gender``, ``women_only``, ``men_only``
+    and, with ``by_round``, ``round_<r>`` (the pooled specification on the rows of follow-up round
+    r only). ``transforms`` (see :func:`transform_outcome`); one not available for an outcome is
+    skipped with a log message. ``q_value``: :func:`add_q_values` with ``q_families``.
+    Rows are ordered by outcome (as given), transform (``level`` first, then as given), model,
+    then term.
     """
     if isinstance(outcomes, str):
         outcomes = [outcomes]
@@ -610,40 +802,418 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
         raise ValueError("no outcomes to estimate")
     if len(set(outcomes)) != len(outcomes):
         raise ValueError(f"duplicate outcomes: {outcomes}")
+    transforms = list(dict.fromkeys(transforms or ("level",)))
+    for t in transforms:
+        if t not in TRANSFORMS:
+            raise ValueError(f"unknown transform {t!r}; allowed: {TRANSFORMS}")
+    if "level" in transforms:
+        transforms = ["level"] + [t for t in transforms if t != "level"]
     parts = []
     for outcome in outcomes:
-        spec = Spec.from_params(spec_params, outcome, df)
-        parts.append(tidy(fit(df, spec), study))
-        parts.append(estimate_gender_effects(df, spec, study))
+        base = Spec.from_params(spec_params, outcome, df)
+        for transform in transforms:
+            if not transform_available(df, outcome, transform):
+                log.info("%s: transform %r not available, skipped", outcome, transform)
+                continue
+            data, column = transform_outcome(df, outcome, transform, trim_top_pct=trim_top_pct)
+            spec = replace(base, outcome=column)
+            kw = {"transform": transform, "outcome_label": outcome}
+            parts.append(tidy(fit(data, spec, **kw), study, alpha, power))
+            parts.append(estimate_gender_effects(data, spec, study, alpha=alpha, power=power, **kw))
+            if by_round:
+                for r in _round_models(data, spec):
+                    sub = data[data["round"] == r]
+                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha, power))
     out = _concat(parts)
-    # Explicit, stable ordering (construction already follows it).
-    order = {"outcome": {o: i for i, o in enumerate(outcomes)},
-             "model": {m: i for i, m in enumerate(MODELS)}}
+    out = add_q_values(out, q_families)
+    return _sort_table(out, outcomes, transforms)
+
+
+def _sort_table(out: pd.DataFrame, outcomes: Sequence[str], transforms: Sequence[str]) -> pd.DataFrame:
+    o_rank = {o: i for i, o in enumerate(outcomes)}
+    t_rank = {t: i for i, t in enumerate(transforms)}
     key = pd.DataFrame({
-        "o": out["outcome"].map(order["outcome"]), "m": out["model"].map(order["model"]),
+        "o": out["outcome"].map(o_rank).fillna(len(o_rank)),
+        "t": out["transform"].map(t_rank).fillna(len(t_rank)),
+        "m": out["model"].map(lambda m: _model_rank(m)[:2]),
         "r": np.arange(len(out))})
-    idx = key.sort_values(["o", "m", "r"], kind="mergesort").index
+    idx = key.sort_values(["o", "t", "m", "r"], kind="mergesort").index
     return out.loc[idx].reset_index(drop=True)
 
 
-# Keys of the ``estimate:`` params group that are not regression-specification fields.
-STAGE_KEYS = ("outcomes", "primary_outcome")
+# --------------------------------------------------------------------------------------------
+# Descriptive (non-causal) model
+# --------------------------------------------------------------------------------------------
+def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
+                    controls: Sequence[str] = (), *, sample: str = "women",
+                    control_only: bool = False, study: str | None = None,
+                    alpha: float = 0.05) -> pd.DataFrame:
+    """NON-CAUSAL: how ``regressors`` (e.g. the skills index, credit access) relate to the outcome.
+
+    OLS (WLS with weights) of ``spec.outcome`` on the regressors, ``controls``, the ANCOVA
+    baseline pair (when ``spec.baseline_control``) and the specification's fixed effects, on the
+    follow-up rows of ``sample`` with every variable observed (closed businesses have no
+    business-practice answers, so in practice: open businesses). With ``control_only=False`` all
+    arms are used and the treatment dummies (and their interaction) are controls, so the
+    coefficients use only within-arm variation; with ``control_only=True`` only control-arm
+    firms. Standard errors as the main models. The regressors are mediators of the treatments and
+    are correlated with unobserved ability: associations, not effects. Rows: model
+    ``descriptive``, term = regressor; ``control_mean`` is the outcome's mean among control-arm
+    rows of the sample; ``effect_pct_of_control_mean`` the change for a one-unit increase in the
+    regressor as a % of it; ``q_value`` and ``mde`` are NaN.
+    """
+    regressors, controls = list(regressors), [c for c in controls if c not in regressors]
+    if not regressors:
+        raise ValueError("no descriptive regressors")
+    _require(df, [*regressors, *controls], "descriptive regressor/control")
+    spec = replace(spec, controls=tuple(regressors) + tuple(controls))
+    needed = [spec.outcome, *regressors, *controls, *_baseline_columns(df, spec)]
+    ok = np.ones(len(df), dtype=bool)
+    for c in needed:
+        ok &= ~np.isnan(_as_float(df[c], c))
+    if control_only:
+        for t in spec.treatments:
+            ok &= _as_float(df[t], t) == 0
+    s = _prepare(df.loc[ok], spec, sample, need_gender=False)
+    pairs = () if control_only else _crossed_interactions(df.loc[ok], spec)
+    X: dict[str, np.ndarray] = {"const": np.ones(s.n)}
+    X.update(s.covariates)
+    if not control_only:
+        X.update(_terms(s, pairs))
+    for c, values in s.fe.items():
+        X.update(_fe_dummies(values, c))
+    kept, dropped = _drop_collinear(X, s.weights, protected=["const", *regressors])
+    exog = pd.DataFrame({k: X[k] for k in kept})
+    ols = (sm.OLS(s.y, exog) if s.weights is None else sm.WLS(s.y, exog, weights=s.weights))
+    if spec.cluster is None:
+        res = ols.fit(cov_type="HC1", use_t=True)
+        n_clusters = None
+    else:
+        n_clusters = int(np.unique(s.groups).size)
+        res = ols.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True)
+    control = np.ones(s.n, dtype=bool)
+    for v in s.treat.values():
+        control &= v == 0
+    cm = _control_mean(s.y, control, s.weights)
+    ci = res.conf_int(alpha=alpha)
+    rows = []
+    for r in regressors:
+        est = float(res.params[r])
+        rows.append({
+            "study": study, "outcome": spec.outcome, "transform": "level", "model": "descriptive",
+            "sample": sample, "term": r, "estimate": est, "std_error": float(res.bse[r]),
+            "ci_low": float(ci.loc[r, 0]), "ci_high": float(ci.loc[r, 1]),
+            "p_value": float(res.pvalues[r]), "q_value": np.nan, "n_obs": int(res.nobs),
+            "n_clusters": n_clusters, "control_mean": cm,
+            "effect_pct_of_control_mean": 100.0 * est / cm if np.isfinite(cm) and cm != 0 else np.nan,
+            "mde": np.nan, "mde_pct_of_control_mean": np.nan,
+        })
+    return _coerce(pd.DataFrame(rows, columns=TIDY_COLUMNS))
+
+
+# --------------------------------------------------------------------------------------------
+# Attrition
+# --------------------------------------------------------------------------------------------
+ATTRITION_COLUMNS = ["study", "outcome", "model", "sample", "term", "estimate", "std_error",
+                     "ci_low", "ci_high", "p_value", "n_obs", "n_clusters", "control_mean",
+                     "joint_f_stat", "joint_p_value"]
+
+
+def _arm_contrasts(df: pd.DataFrame, treatments: Sequence[str], arm: str = "arm") -> dict[str, dict]:
+    """Treated arm label -> {treatment: 0/1} (from the firm-level arm and treatment columns)."""
+    if arm not in df.columns:
+        return {}
+    arms, control = inference.arm_order(df, arm, treatments)
+    firms = df[[arm, *treatments]].drop_duplicates().set_index(arm)
+    return {a: {t: int(firms.loc[a, t]) for t in treatments} for a in arms if a != control}
+
+
+def attrition_table(df: pd.DataFrame, spec_params: dict | None, study: str | None = None,
+                    alpha: float = 0.05) -> pd.DataFrame:
+    """Attrition by arm: ``attrited ~ treatments (+ interaction) + strata and round FE`` on every
+    planned follow-up firm-round, cluster SE (the main specification without the baseline control
+    and controls), pooled, by gender and per sex. Besides the coefficient rows, one row per
+    treated arm (term ``arm: <label>``) gives the attrition difference arm - control (a linear
+    combination for the combined arm). ``control_mean`` is the control arm's attrition rate;
+    ``joint_f_stat`` / ``joint_p_value`` test that all treatment terms of the model are zero."""
+    _require(df, ["attrited"], "attrition indicator")
+    base = Spec.from_params(spec_params, "attrited", df)
+    spec = replace(base, baseline_control=False, controls=())
+    contrasts = _arm_contrasts(df, spec.treatments)
+    results = [fit(df, spec)]
+    present = _sexes_present(df, spec) if GENDER in df.columns else set()
+    if present == {"women", "men"}:
+        results.append(fit(df, spec, by_gender=True))
+    results += [fit(df, spec, sample=sex) for sex in ("women", "men") if sex in present]
+    parts = []
+    for res in results:
+        t = tidy(res, study, alpha)
+        names = list(res.params.index)
+        interest = [p for td in res.estimate_info.terms for p, _ in td.weights]
+        R = np.zeros((len(set(interest)), len(names)))
+        for i, p in enumerate(dict.fromkeys(interest)):
+            R[i, names.index(p)] = 1.0
+        ft = res.f_test(R)
+        t["joint_f_stat"] = float(np.squeeze(ft.fvalue))
+        t["joint_p_value"] = float(np.squeeze(ft.pvalue))
+        extra = []
+        if res.estimate_info.model != "by_gender":
+            for a, active in contrasts.items():
+                r = np.zeros(len(names))
+                on = [k for k, v in active.items() if v == 1]
+                for k in on:
+                    r[names.index(k)] = 1.0
+                for i, k1 in enumerate(on):
+                    for k2 in on[i + 1:]:
+                        nm = _interaction_name((k1, k2))
+                        if nm in names:
+                            r[names.index(nm)] = 1.0
+                tt = res.t_test(r[None, :])
+                lo, hi = np.asarray(tt.conf_int(alpha=alpha)).ravel()
+                extra.append({**t.iloc[0].to_dict(), "term": f"arm: {a}",
+                              "estimate": float(np.squeeze(tt.effect)), "std_error": float(np.squeeze(tt.sd)),
+                              "ci_low": float(lo), "ci_high": float(hi), "p_value": float(np.squeeze(tt.pvalue))})
+        parts.append(pd.concat([t, pd.DataFrame(extra)], ignore_index=True) if extra else t)
+    out = pd.concat(parts, ignore_index=True)
+    return out[ATTRITION_COLUMNS]
+
+
+def attrition_rates(df: pd.DataFrame, arm: str = "arm") -> pd.DataFrame:
+    """Share of planned follow-up firm-rounds not interviewed, by sample, arm and round."""
+    fu = df[df[FOLLOWUP].astype(bool)]
+    parts = []
+    for sample, sub in (("all", fu), ("women", fu[fu[GENDER] == 1]), ("men", fu[fu[GENDER] == 0])):
+        if sub.empty:
+            continue
+        g = sub.groupby([arm, "round"])["attrited"].agg(["size", "mean"]).reset_index()
+        g.insert(0, "sample", sample)
+        parts.append(g.rename(columns={"size": "planned", "mean": "attrition_rate"}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+# --------------------------------------------------------------------------------------------
+# The whole stage
+# --------------------------------------------------------------------------------------------
+# Keys of the ``estimate:`` params group that are not regression-specification fields, with the
+# defaults used when a key is absent.
+STAGE_DEFAULTS: dict = {
+    "outcomes": None,
+    "primary_outcome": None,
+    "transforms": list(TRANSFORMS),
+    "trim_top_pct": 1.0,
+    "by_round": True,
+    "q_families": None,
+    "alpha": 0.05,
+    "mde_power": MDE_POWER,
+    "seed": 20261201,
+    "bootstrap_reps": 200,
+    "permutations": 1000,
+    "n_jobs": 2,
+    "qte_quantiles": [0.1, 0.25, 0.5, 0.75, 0.9],
+    "qte_fixed_effects": ["round"],
+    "balance_covariates": ["female_owner", "owner_age", "owner_educ_years", "hh_size", "hours_week",
+                           "skills_index", "credit_access", "profit_usd_ppp_month",
+                           "revenue_usd_ppp_month"],
+    "lee_cells": ["stratum"],
+    "descriptive_regressors": ["skills_index", "credit_access"],
+    "descriptive_controls": ["owner_age_bl", "owner_age_bl_missing", "owner_educ_years_bl",
+                             "owner_educ_years_bl_missing", "hh_size_bl", "hh_size_bl_missing"],
+    "descriptive_sample": "all_arms",
+}
+STAGE_KEYS = tuple(STAGE_DEFAULTS)
+EFFECT_KEYS = {"treat_skills": "skills", "treat_capital": "capital",
+               "treat_skills_x_treat_capital": "skills_x_capital"}
+
+
+def split_params(params: dict) -> tuple[dict, dict]:
+    """(regression-specification params, stage params with defaults filled in)."""
+    spec_params = {k: v for k, v in params.items() if k not in STAGE_DEFAULTS}
+    stage = {**STAGE_DEFAULTS, **{k: v for k, v in params.items() if k in STAGE_DEFAULTS}}
+    if stage["descriptive_sample"] not in ("all_arms", "control_only"):
+        raise ValueError("descriptive_sample must be 'all_arms' or 'control_only'")
+    return spec_params, stage
+
+
+def coefficients_by_gender(results: pd.DataFrame, outcome: str) -> pd.DataFrame:
+    """Plot data: effect (skills / capital / skills_x_capital), sex (women / men / diff), estimate,
+    ci_low, ci_high, from the ``by_gender`` model of ``outcome`` (level)."""
+    sub = results[(results["outcome"] == outcome) & (results["transform"] == "level")
+                  & (results["model"] == "by_gender")]
+    rows = []
+    for _, r in sub.iterrows():
+        term, sex = r["term"].rsplit("_", 1)
+        rows.append({"effect": EFFECT_KEYS.get(term, term), "sex": sex, "estimate": r["estimate"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
+    return pd.DataFrame(rows, columns=["effect", "sex", "estimate", "ci_low", "ci_high"])
+
+
+def _key_estimates(study, primary, results, attrition, balance_joint, lee, qte) -> dict:
+    """Key numbers for the metrics JSON (rounded to 6 decimals)."""
+    r6 = lambda v: None if v is None or not np.isfinite(v) else round(float(v), 6)  # noqa: E731
+    out: dict = {"study": study, "primary_outcome": primary, "effects": {}}
+    sub = results[(results["outcome"] == primary) & (results["transform"] == "level")
+                  & (results["model"] == "by_gender")]
+    for _, r in sub.iterrows():
+        term, sex = r["term"].rsplit("_", 1)
+        out["effects"][f"{EFFECT_KEYS.get(term, term)}_{sex}"] = {
+            k: r6(r[c]) for k, c in (("estimate", "estimate"), ("se", "std_error"), ("ci_low", "ci_low"),
+                                     ("ci_high", "ci_high"), ("p", "p_value"), ("q", "q_value"),
+                                     ("mde", "mde"), ("mde_pct", "mde_pct_of_control_mean"),
+                                     ("pct", "effect_pct_of_control_mean"))}
+    if len(attrition):
+        pooled = attrition[attrition["model"] == "pooled"]
+        out["attrition"] = {
+            "control_rate": r6(pooled["control_mean"].iloc[0]),
+            "joint_p_value": r6(pooled["joint_p_value"].iloc[0]),
+            "difference_by_arm": {inference.slug(t[len("arm: "):]): r6(e) for t, e in
+                                  zip(pooled["term"], pooled["estimate"]) if t.startswith("arm: ")}}
+    if len(balance_joint):
+        out["balance_joint_ri_p_value"] = {
+            f"{inference.slug(r['arm'])}_{r['sample']}": r6(r["ri_p_value"]) for _, r in balance_joint.iterrows()}
+    if len(lee):
+        out["lee_bounds"] = {f"{inference.slug(r['arm'])}_{r['sample']}": {
+            "lower": r6(r["lower"]), "upper": r6(r["upper"]), "ci_low": r6(r["ci_low"]),
+            "ci_high": r6(r["ci_high"])} for _, r in lee.iterrows()}
+    if len(qte):
+        med = qte[(qte["quantile"] == 0.5)]
+        out["qte_median"] = {f"{EFFECT_KEYS.get(r['term'], r['term'])}_{r['sample']}": r6(r["estimate"])
+                             for _, r in med.iterrows()}
+    return out
+
+
+def estimate_all(analysis: pd.DataFrame, params: dict, study: str) -> dict:
+    """Every table of the estimate stage, computed in memory (nothing written).
+
+    Returns ``results`` (tidy), ``descriptive`` (its rows are also in ``results``),
+    ``attrition``, ``attrition_rates``, ``balance``, ``balance_joint``, ``lee_bounds``, ``qte``,
+    ``coefficients_by_gender``, ``key_estimates`` and ``summary``.
+    """
+    spec_params, sp = split_params(params)
+    if not sp["outcomes"]:
+        raise ValueError("estimate params: 'outcomes' is empty")
+    outcomes = [o for o in sp["outcomes"] if o in analysis.columns and analysis[o].notna().any()]
+    if not outcomes:
+        raise ValueError(f"{study}: none of the outcomes {sp['outcomes']} is in the analysis table")
+    primary = sp["primary_outcome"] or outcomes[0]
+    if primary not in outcomes:
+        raise ValueError(f"{study}: primary outcome {primary!r} is not among the estimable outcomes")
+    alpha, power, seed = float(sp["alpha"]), float(sp["mde_power"]), int(sp["seed"])
+    results = estimate_study(analysis, outcomes, spec_params, study, transforms=sp["transforms"],
+                             by_round=bool(sp["by_round"]), trim_top_pct=float(sp["trim_top_pct"]),
+                             q_families=sp["q_families"], alpha=alpha, power=power)
+    spec = Spec.from_params(spec_params, primary, analysis)
+    notes = []
+
+    # Descriptive, non-causal: women's profits and the skills index / credit access.
+    descriptive = _empty_tidy()
+    women_fu = (analysis[GENDER] == 1) if GENDER in analysis.columns else pd.Series(False, index=analysis.index)
+    if FOLLOWUP in analysis.columns:
+        women_fu &= analysis[FOLLOWUP].astype(bool)
+    regs = [c for c in sp["descriptive_regressors"]
+            if c in analysis.columns and analysis.loc[women_fu, c].notna().any()]
+    ctrls = [c for c in sp["descriptive_controls"] if c in analysis.columns]
+    if regs and women_fu.any():
+        try:
+            descriptive = fit_descriptive(analysis, spec, regs, ctrls, sample="women",
+                                          control_only=sp["descriptive_sample"] == "control_only",
+                                          study=study, alpha=alpha)
+        except ValueError as exc:    # an add-on: report it, keep the causal results
+            log.warning("descriptive model failed: %s", exc)
+            notes.append(f"descriptive model failed: {exc}")
+        results = _sort_table(_concat([results, descriptive]), outcomes,
+                              list(pd.unique(results["transform"])))
+    else:
+        notes.append("descriptive model skipped (no regressors observed or no women)")
+
+    # Attrition and Lee bounds.
+    attrition = pd.DataFrame(columns=ATTRITION_COLUMNS)
+    lee = pd.DataFrame()
+    rates = pd.DataFrame()
+    fu = analysis[analysis[FOLLOWUP].astype(bool)] if FOLLOWUP in analysis.columns else analysis.iloc[0:0]
+    if "attrited" in analysis.columns and len(fu):
+        attrition = attrition_table(fu, spec_params, study, alpha)
+        rates = attrition_rates(analysis)
+        att_p = {}
+        for _, r in attrition.iterrows():
+            if r["term"].startswith("arm: ") and r["model"] in ("pooled", "women_only", "men_only"):
+                att_p[(r["sample"], r["term"][len("arm: "):])] = r["p_value"]
+        if "arm" in analysis.columns:
+            lee = lee_table = inference.lee_bounds_table(
+                fu, primary, treatments=spec.treatments, cells=sp["lee_cells"],
+                cluster=spec.cluster or "firm_id", reps=int(sp["bootstrap_reps"]), seed=seed,
+                alpha=alpha, attrition_p=att_p)
+            lee_table.insert(0, "study", study)
+    else:
+        notes.append("attrition and Lee bounds skipped (no attrited / followup columns)")
+
+    # Balance at baseline.
+    balance, balance_joint = pd.DataFrame(), pd.DataFrame()
+    if FOLLOWUP in analysis.columns and "arm" in analysis.columns:
+        bl_rows = analysis[~analysis[FOLLOWUP].astype(bool)]
+        if "interviewed" in bl_rows.columns:
+            bl_rows = bl_rows[bl_rows["interviewed"] == 1]
+        covs = [c for c in sp["balance_covariates"] if c in bl_rows.columns]
+        if len(bl_rows) and covs:
+            balance, balance_joint = inference.balance_tables(
+                bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
+                permutations=int(sp["permutations"]), seed=seed)
+            balance.insert(0, "study", study)
+            balance_joint.insert(0, "study", study)
+        else:
+            notes.append("balance skipped (no baseline rows or covariates)")
+
+    # Quantile treatment effects (primary outcome, level).
+    qte_tab = qte.qte_table(
+        analysis, primary, spec.treatments, sp["qte_quantiles"], reps=int(sp["bootstrap_reps"]),
+        seed=seed, cluster=spec.cluster or "firm_id", baseline_control=spec.baseline_control,
+        fixed_effects=[f for f in sp["qte_fixed_effects"] if f in analysis.columns],
+        interact=spec.interact_treatments, n_jobs=int(sp["n_jobs"]), alpha=alpha, study=study,
+        followup_only=spec.followup_only,
+        samples=("women", "men") if GENDER in analysis.columns else ("all",))
+    if spec.weights is not None:
+        notes.append("weights are not used by QuantReg, Lee bounds or the balance table")
+
+    coefs = coefficients_by_gender(results, primary)
+    key = _key_estimates(study, primary, results, attrition, balance_joint, lee, qte_tab)
+    summary = {"study": study, "outcomes": outcomes, "primary_outcome": primary, "rows": len(results),
+               "skipped_outcomes": [o for o in sp["outcomes"] if o not in outcomes],
+               "transforms": list(pd.unique(results["transform"])),
+               "models": list(pd.unique(results["model"])),
+               "tables": {"attrition": len(attrition), "balance": len(balance),
+                          "balance_joint": len(balance_joint), "lee_bounds": len(lee), "qte": len(qte_tab)},
+               "attrition_rates": rates.to_dict("records") if len(rates) else [],
+               "notes": notes}
+    return {"results": results, "descriptive": descriptive, "attrition": attrition,
+            "attrition_rates": rates, "balance": balance, "balance_joint": balance_joint,
+            "lee_bounds": lee, "qte": qte_tab, "coefficients_by_gender": coefs,
+            "key_estimates": key, "summary": summary}
+
+
+OUTPUT_FILES = {
+    "results": "results.csv",
+    "attrition": "attrition.csv",
+    "balance": "balance.csv",
+    "balance_joint": "balance_joint.csv",
+    "lee_bounds": "lee_bounds.csv",
+    "qte": "qte.csv",
+    "coefficients_by_gender": "coefficients_by_gender.csv",
+    "key_estimates": "estimate_metrics.json",
+    "summary": "estimate_summary.json",
+}
 
 
 def run(study: str, params: dict) -> dict:
-    """The estimate stage: analysis table -> tidy results for every outcome and model."""
+    """The estimate stage: analysis table -> every table of :func:`estimate_all`, written to
+    ``data/processed/<study>/`` (``OUTPUT_FILES``) only after everything is computed."""
     from pipeline import paths
     from pipeline.io import write_csv, write_json
 
     analysis = pd.read_parquet(paths.processed_dir(study) / "analysis.parquet")
-    outcomes = [o for o in params["outcomes"] if o in analysis.columns and analysis[o].notna().any()]
-    if not outcomes:
-        raise ValueError(f"{study}: none of the outcomes {params['outcomes']} is in the analysis table")
-    spec_params = {k: v for k, v in params.items() if k not in STAGE_KEYS}
-    results = estimate_study(analysis, outcomes, spec_params, study)
-    out = paths.processed_dir(study)
-    write_csv(out / "results.csv", results)
-    summary = {"study": study, "outcomes": outcomes, "rows": len(results),
-               "skipped_outcomes": [o for o in params["outcomes"] if o not in outcomes]}
-    write_json(out / "estimate_summary.json", summary)
-    return {"results": results, "summary": summary}
+    out = estimate_all(analysis, params, study)
+    folder = paths.processed_dir(study)
+    for key, name in OUTPUT_FILES.items():
+        if name.endswith(".json"):
+            write_json(folder / name, out[key])
+        else:
+            write_csv(folder / name, out[key])
+    return out

@@ -41,6 +41,8 @@ def load_results(studies: list[str]) -> pd.DataFrame:
 def gender_effects(results: pd.DataFrame, study: str, outcome: str) -> pd.DataFrame:
     """Effects for women, for men and their difference, one row per effect (by_gender model)."""
     sub = results[(results["study"] == study) & (results["outcome"] == outcome) & (results["model"] == "by_gender")]
+    if "transform" in sub.columns:
+        sub = sub[sub["transform"] == "level"]
     rows = []
     for key, (term, label) in EFFECTS.items():
         for sex in ("women", "men", "diff"):

@@ -151,3 +151,12 @@ def test_not_interviewed_rows_are_kept_and_flagged(cfg, interim):
     c = by_firm_round(out["clean"])
     assert c.loc[(5, 0), "interviewed"] == 0 and c.loc[(1, 0), "interviewed"] == 1
     assert out["flow"].set_index("step").loc["clean and interviewed", "all"] == len(c) - 1
+
+
+def test_closed_business_keeps_zero_flows_even_without_a_recall_period(cfg, interim):
+    """A closed business answers 'not applicable' (-88) to the recall period too: its flows are 0."""
+    interim.loc[interim["submission_id"] == "s06", "recall_period"] = -88
+    out = clean.clean(interim, cfg, PARAMS)
+    row = out["clean"].set_index(["firm_id", "round"]).loc[(3, 1)]
+    assert row["business_closed"] == 1
+    assert row["profit_lcu_month"] == 0 and row["revenue_lcu_month"] == 0

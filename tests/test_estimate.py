@@ -438,3 +438,195 @@ def test_gender_specific_strata_collinearity_is_handled():
     assert len(part.estimate_info.dropped_columns) == 1
     assert part.estimate_info.dropped_columns[0].startswith("stratum[")
     assert np.linalg.matrix_rank(part.model.exog) == part.model.exog.shape[1]
+
+
+# ------------------------------------------------------------------------------------------
+# Transforms, round-by-round models, q-values, MDE
+# ------------------------------------------------------------------------------------------
+def with_extras(df, seed=0):
+    """Add what the construct stage provides beyond make_data: an unwinsorised outcome with
+    outliers (and its baseline), arm labels, attrition, covariates."""
+    rng = np.random.default_rng(seed)
+    df = df.copy()
+    big = rng.random(len(df)) < 0.02
+    df[f"{Y}_unwinsorised"] = df[Y] + big * 2000.0
+    bl = df.loc[df["round"] == 0].set_index("firm_id")[f"{Y}_unwinsorised"]
+    vals = df["firm_id"].map(bl).where(df[f"{Y}_bl_missing"] == 0)
+    df[f"{Y}_unwinsorised_bl_missing"] = vals.isna().astype(int)
+    df[f"{Y}_unwinsorised_bl"] = vals.fillna(0.0)
+    labels = {(0, 0): "Control", (1, 0): "Training only", (0, 1): "Grant only", (1, 1): "Training + grant"}
+    df["arm"] = [labels[(s, c)] for s, c in zip(df["treat_skills"], df["treat_capital"])]
+    df["interviewed"] = np.where(df["followup"], df[Y].notna().astype(int), 1)
+    df["attrited"] = 1 - df["interviewed"]
+    df["skills_index"] = np.clip(rng.normal(0.3, 0.15, len(df)), 0, 1)
+    df["credit_access"] = (rng.random(len(df)) < 0.2).astype(float)
+    df.loc[rng.random(len(df)) < 0.05, "skills_index"] = np.nan
+    df["owner_age_bl"] = rng.normal(38, 9, len(df)).round()
+    df["owner_age"] = df["owner_age_bl"]
+    df["owner_age_bl_missing"] = 0
+    return df
+
+
+def test_transform_outcome_by_hand():
+    df = with_extras(make_data(seed=21, n_clusters=24), seed=1)
+    df.loc[df.index[:40], Y] = -5.0       # some non-positive profits
+    df.loc[df.index[40:50], Y] = 0.0
+    d, name = est.transform_outcome(df, Y, "log")
+    y = df[Y]
+    np.testing.assert_allclose(d[name], np.log(y.where(y > 0)))
+    assert d[name].isna().sum() == (y.isna() | (y <= 0)).sum()
+    v = df[f"{Y}_bl"]
+    ok = (df[f"{Y}_bl_missing"] == 0) & (v > 0)
+    np.testing.assert_allclose(d[f"{name}_bl"], np.where(ok, np.log(v.where(ok)), 0.0))
+    np.testing.assert_array_equal(d[f"{name}_bl_missing"], (~ok).astype(int))
+    d, name = est.transform_outcome(df, Y, "ihs")
+    np.testing.assert_allclose(d[name], np.arcsinh(y))
+    d, name = est.transform_outcome(df, Y, "unwinsorised")
+    np.testing.assert_array_equal(d[f"{name}_bl"], df[f"{Y}_unwinsorised_bl"])
+    # trimmed: per round, values above the 90th percentile of that round (unwinsorised) dropped
+    d, name = est.transform_outcome(df, Y, "trimmed", trim_top_pct=10)
+    for r, g in df.groupby("round"):
+        u = g[f"{Y}_unwinsorised"]
+        thr = np.quantile(u.dropna(), 0.9)
+        kept = d.loc[g.index, name]
+        assert kept.notna().sum() == (u <= thr).sum()
+        assert kept.max() <= thr
+    np.testing.assert_array_equal(d[f"{name}_bl"], df[f"{Y}_bl"])
+    d, name = est.transform_outcome(df, Y, "level")
+    assert d is df and name == Y
+    with pytest.raises(ValueError, match="unknown transform"):
+        est.transform_outcome(df, Y, "sqrt")
+
+
+def test_study_with_transforms_rounds_q_and_mde():
+    df = with_extras(make_data(seed=22, n_clusters=40, n_followups=2), seed=2)
+    df.loc[df.index[:30], Y] = -1.0
+    out = estimate_study(df, [Y, "revenue_usd_ppp_month"], {"treatments": TREATS}, "s",
+                         transforms=["log", "level", "ihs", "trimmed", "unwinsorised"], by_round=True)
+    assert list(out.columns) == est.TIDY_COLUMNS
+    # level first; revenue has no unwinsorised column -> that transform skipped for it
+    assert list(pd.unique(out.loc[out["outcome"] == Y, "transform"])) == [
+        "level", "log", "ihs", "trimmed", "unwinsorised"]
+    assert "unwinsorised" not in set(out.loc[out["outcome"] != Y, "transform"])
+    assert list(pd.unique(out["model"])) == ["pooled", "by_gender", "women_only", "men_only",
+                                             "round_1", "round_2"]
+    # round_2 = the pooled specification on round-2 rows, by hand
+    sub = df[df["round"] == 2]
+    d, X, names = hand_design(sub)
+    beta, V, dft = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
+    r2 = out[(out["outcome"] == Y) & (out["transform"] == "level") & (out["model"] == "round_2")].set_index("term")
+    rel_close(r2["estimate"], beta[1:4])
+    rel_close(r2["std_error"], np.sqrt(np.diag(V))[1:4])
+    # MDE: (t_0.8 + t_0.975)(G - 1) x SE, and as % of the control mean
+    rel_close(r2["mde"], (stats.t.ppf(0.8, dft) + stats.t.ppf(0.975, dft)) * r2["std_error"], 1e-12)
+    rel_close(r2["mde_pct_of_control_mean"], 100 * r2["mde"] / r2["control_mean"].abs(), 1e-12)
+    # log: sample is y > 0; pct columns NaN for log and ihs
+    lg = out[(out["outcome"] == Y) & (out["transform"] == "log") & (out["model"] == "pooled")]
+    assert (lg["n_obs"] == (df["followup"] & (df[Y] > 0)).sum()).all()
+    nonlin = out["transform"].isin(["log", "ihs"])
+    assert out.loc[nonlin, "effect_pct_of_control_mean"].isna().all()
+    assert out.loc[nonlin, "mde_pct_of_control_mean"].isna().all()
+    assert out.loc[~nonlin & out["control_mean"].notna(), "effect_pct_of_control_mean"].notna().all()
+    # q-values: Anderson q of the two outcomes' p-values, per transform / model / sample / term
+    both = out[out["transform"].isin(["level", "log", "ihs", "trimmed"])]
+    for _, g in both.groupby(["transform", "model", "sample", "term"]):
+        assert len(g) == 2
+        rel_close(g["q_value"], inf_q(g["p_value"]), 1e-12)
+    solo = out[out["transform"] == "unwinsorised"]     # a family of one (revenue has none)
+    rel_close(solo["q_value"], [inf_q([p])[0] for p in solo["p_value"]], 1e-12)
+    # separate families: each outcome alone
+    sep = est.add_q_values(out, {"a": [Y], "b": ["revenue_usd_ppp_month"]})
+    rel_close(sep["q_value"], [inf_q([p])[0] for p in sep["p_value"]], 1e-12)
+
+
+def inf_q(p):
+    from pipeline.inference import sharpened_qvalues
+    return sharpened_qvalues(np.asarray(p, float))
+
+
+def test_descriptive_model_matches_hand_ols():
+    df = with_extras(make_data(seed=23, n_clusters=40), seed=3)
+    spec = Spec(Y, TREATS)
+    t = est.fit_descriptive(df, spec, ["skills_index", "credit_access"], ["owner_age_bl"], study="s")
+    assert t["model"].tolist() == ["descriptive"] * 2 and (t["sample"] == "women").all()
+    d = df[(df["female_owner"] == 1) & df["skills_index"].notna()]
+    extra = [(c, (lambda c: lambda x: x[c].to_numpy(float))(c))
+             for c in ("skills_index", "credit_access", "owner_age_bl")]
+    dd, X, names = hand_design(d, extra=extra)
+    beta, V, _ = hand_ols(X, dd[Y].to_numpy(), dd["cluster_id"].to_numpy())
+    for term in ("skills_index", "credit_access"):
+        i = names.index(term)
+        row = t.set_index("term").loc[term]
+        rel_close(row["estimate"], beta[i])
+        rel_close(row["std_error"], np.sqrt(V[i, i]))
+    ctrl = dd[(dd["treat_skills"] == 0) & (dd["treat_capital"] == 0)]
+    rel_close(t["control_mean"], np.full(2, ctrl[Y].mean()))
+    assert t["q_value"].isna().all() and t["mde"].isna().all()
+    # control group only: no treatment dummies, control rows only
+    t0 = est.fit_descriptive(df, spec, ["skills_index"], [], control_only=True)
+    c = d[(d["treat_skills"] == 0) & (d["treat_capital"] == 0)]
+    dd, X, names = hand_design(c, treats=(), interact=False,
+                               extra=[("skills_index", lambda x: x["skills_index"].to_numpy(float))])
+    beta, _, _ = hand_ols(X, dd[Y].to_numpy(), dd["cluster_id"].to_numpy())
+    rel_close(t0["estimate"].iloc[0], beta[names.index("skills_index")])
+
+
+def test_attrition_table_by_hand():
+    df = with_extras(make_data(seed=24, n_clusters=40), seed=4)
+    fu = df[df["followup"]]
+    tab = est.attrition_table(fu, {"treatments": TREATS}, "s")
+    pooled = tab[tab["model"] == "pooled"].set_index("term")
+    d, X, names = hand_design(fu.assign(**{Y: fu["attrited"].astype(float)}), baseline=False)
+    beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
+    rel_close(pooled.loc[["treat_skills", "treat_capital", "treat_skills_x_treat_capital"], "estimate"], beta[1:4])
+    assert pooled.loc["treat_skills", "n_obs"] == len(fu)          # every planned firm-round
+    # combined arm vs control = sum of the three coefficients; SE from the covariance
+    rel_close(pooled.loc["arm: Training + grant", "estimate"], beta[1:4].sum())
+    rel_close(pooled.loc["arm: Training + grant", "std_error"], np.sqrt(V[1:4, 1:4].sum()))
+    rel_close(pooled.loc["arm: Grant only", "estimate"], beta[2])
+    ctrl = fu[(fu["treat_skills"] == 0) & (fu["treat_capital"] == 0)]
+    rel_close(pooled["control_mean"], np.full(len(pooled), ctrl["attrited"].mean()))
+    # joint F-test of the three terms: Wald with the CR1 covariance, F(3, G - 1)
+    b, Vb = beta[1:4], V[1:4, 1:4]
+    F = b @ np.linalg.solve(Vb, b) / 3
+    rel_close(pooled["joint_f_stat"].iloc[0], F, 1e-8)
+    rel_close(pooled["joint_p_value"].iloc[0], stats.f.sf(F, 3, fu["cluster_id"].nunique() - 1), 1e-7)
+    assert set(tab["model"]) == {"pooled", "by_gender", "women_only", "men_only"}
+
+
+def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
+    from pipeline import paths
+    df = with_extras(make_data(seed=25, n_clusters=48, firms_per_cluster=5), seed=5)
+    params = {"outcomes": [Y, "revenue_usd_ppp_month", "not_there"], "primary_outcome": Y,
+              "treatments": TREATS, "bootstrap_reps": 5, "permutations": 9, "seed": 3,
+              "qte_quantiles": [0.25, 0.5], "balance_covariates": ["owner_age", Y, "female_owner"],
+              "descriptive_controls": ["owner_age_bl"]}
+    (tmp_path / "s").mkdir()
+    df.to_parquet(tmp_path / "s" / "analysis.parquet")
+    monkeypatch.setattr(paths, "processed_dir", lambda study: tmp_path / study)
+    out = est.run("s", params)
+    for key, name in est.OUTPUT_FILES.items():
+        assert (tmp_path / "s" / name).exists(), name
+    res = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert list(res.columns) == est.TIDY_COLUMNS
+    assert set(res["transform"]) == set(est.TRANSFORMS)   # stage default: all five
+    assert "descriptive" in set(res["model"]) and "round_2" in set(res["model"])
+    assert out["summary"]["skipped_outcomes"] == ["not_there"]
+    coefs = pd.read_csv(tmp_path / "s" / "coefficients_by_gender.csv")
+    assert list(coefs.columns) == ["effect", "sex", "estimate", "ci_low", "ci_high"]
+    assert len(coefs) == 9 and set(coefs["sex"]) == {"women", "men", "diff"}
+    bg = res[(res["outcome"] == Y) & (res["transform"] == "level") & (res["model"] == "by_gender")]
+    rel_close(coefs["estimate"], bg["estimate"], 1e-9)
+    qt = pd.read_csv(tmp_path / "s" / "qte.csv")
+    assert set(qt["sample"]) == {"women", "men", "diff"} and set(qt["quantile"]) == {0.25, 0.5}
+    lee = pd.read_csv(tmp_path / "s" / "lee_bounds.csv")
+    assert len(lee) == 9 and (lee["lower"] <= lee["upper"]).all()
+    bal = pd.read_csv(tmp_path / "s" / "balance.csv")
+    assert {"normdiff_training_only", "ri_p_value", "f_p_value"} <= set(bal.columns)
+    m = out["key_estimates"]
+    assert set(m["effects"]) == {f"{e}_{s}" for e in ("skills", "capital", "skills_x_capital")
+                                 for s in ("women", "men", "diff")}
+    # deterministic: a second run gives identical tables
+    again = est.estimate_all(df, params, "s")
+    for key in ("results", "qte", "lee_bounds", "balance", "balance_joint", "attrition"):
+        pd.testing.assert_frame_equal(out[key], again[key])

@@ -1,0 +1,216 @@
+"""Quantile treatment effects of skills and capital, by owner gender, with cluster-bootstrap CIs.
+
+Model, per sex and quantile tau (statsmodels ``QuantReg``, its default IRLS solver):
+
+    Q_tau(y | ...) = a + treatment terms (skills, capital, skills x capital where crossed)
+                     + b * y_bl + c * y_bl_missing + fixed-effect dummies (default: round only)
+
+on the pooled follow-up rounds. The coefficients are *conditional* quantile effects (given the
+baseline outcome and round), not effects on the unconditional quantiles of profit. Strata fixed
+effects are left out by default (``fixed_effects=("round",)``; add ``"stratum"`` to include
+them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
+independent of strata and the coefficients remain effects conditional on baseline and round;
+with strata dummies they would be effects conditional on strata too -- a different estimand,
+since quantile effects do not average over covariates the way mean effects do -- and QuantReg
+is much slower with many dummies. Weights are not supported (QuantReg has none).
+
+Inference: clusters are resampled with replacement within strata (the unit of randomisation, all
+rounds and both sexes of a drawn cluster together), ``reps`` times, from
+``inference.stratified_cluster_draws(..., seed)``; the CI is the percentile interval of the
+bootstrap estimates and ``std_error`` their standard deviation. Women's and men's estimates come
+from the same resamples, so the ``diff`` rows (women - men) have a valid bootstrap CI too.
+The draws are made up front in the parent process, so results do not depend on ``n_jobs``
+(``n_jobs > 1`` runs the replications in that many forked processes, each limited to one
+OpenBLAS thread).
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+
+from pipeline import inference
+
+log = logging.getLogger(__name__)
+
+QTE_COLUMNS = ["study", "outcome", "transform", "sample", "term", "quantile", "estimate", "std_error",
+               "ci_low", "ci_high", "n_obs", "n_clusters", "n_boot"]
+
+_WORKER: dict = {}
+
+
+def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int,
+                   max_iter: int, p_tol: float) -> np.ndarray:
+    """Coefficients of columns 1..n_terms for each quantile (NaN where QuantReg fails)."""
+    out = np.full((len(quantiles), n_terms), np.nan)
+    model = sm.QuantReg(y, X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, q in enumerate(quantiles):
+            try:
+                out[i] = model.fit(q=q, max_iter=max_iter, p_tol=p_tol).params[1:1 + n_terms]
+            except (ValueError, np.linalg.LinAlgError):  # pragma: no cover - degenerate resample
+                pass
+    return out
+
+
+def _estimate(rows: np.ndarray | None, payload: dict) -> np.ndarray:
+    """samples x quantiles x terms for the rows given (None = the original sample)."""
+    y, X, sample_masks, cols = payload["y"], payload["X"], payload["sample_masks"], payload["cols"]
+    out = np.full((len(sample_masks), len(payload["quantiles"]), payload["n_terms"]), np.nan)
+    for s, (mask, keep) in enumerate(zip(sample_masks, cols)):
+        r = np.flatnonzero(mask) if rows is None else rows[mask[rows]]
+        if len(r) <= len(keep):
+            continue
+        out[s] = _fit_quantiles(y[r], X[np.ix_(r, keep)], payload["quantiles"], payload["n_terms"],
+                                payload["max_iter"], payload["p_tol"])
+    return out
+
+
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
+
+
+def limit_blas_threads(n: int = 1) -> bool:
+    """Best effort: set the number of threads of every OpenBLAS loaded in this process (what
+    threadpoolctl does, without the dependency). The regressions here are small: n worker
+    processes x n BLAS threads on n cores run at half speed. Returns whether a setter was found."""
+    import ctypes
+
+    found = False
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return False
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _BLAS_SETTERS:
+            if hasattr(lib, name):
+                getattr(lib, name)(int(n))
+                found = True
+    return found
+
+
+def _init_worker(payload: dict, blas_threads: int | None = None) -> None:
+    if blas_threads:
+        limit_blas_threads(blas_threads)
+    _WORKER.clear()
+    _WORKER.update(payload)
+
+
+def _boot_chunk(draws: np.ndarray) -> np.ndarray:
+    p = _WORKER
+    return np.stack([_estimate(inference.rows_for_draw(p["rows_by_cluster"], d), p) for d in draws])
+
+
+def _crossed(treat: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    names = list(treat)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if ((treat[a] == 1) & (treat[b] == 1)).any()]
+
+
+def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantiles: Sequence[float], *,
+              reps: int = 200, seed: int = 0, strata: str = "stratum", cluster: str = "cluster_id",
+              baseline_control: bool = True, fixed_effects: Sequence[str] = ("round",),
+              interact: bool = True, samples: Sequence[str] = ("women", "men"),
+              followup_only: bool = True, n_jobs: int = 1, alpha: float = 0.05,
+              gender: str = "female_owner", study: str | None = None, transform: str = "level",
+              max_iter: int = 1000, p_tol: float = 1e-6) -> pd.DataFrame:
+    """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``."""
+    quantiles = [float(q) for q in quantiles]
+    if not quantiles or not all(0 < q < 1 for q in quantiles):
+        raise ValueError(f"quantiles must be in (0, 1), got {quantiles}")
+    for c in [outcome, *treatments, strata, cluster, *fixed_effects]:
+        if c not in df.columns:
+            raise ValueError(f"required column {c!r} is missing from the data")
+    keep = np.array(df[outcome].notna().to_numpy(), dtype=bool)
+    if followup_only:
+        keep &= df["followup"].astype(bool).to_numpy()
+    if any(s != "all" for s in samples):
+        keep &= df[gender].notna().to_numpy()
+    d = df.loc[keep].reset_index(drop=True)
+    if d.empty:
+        raise ValueError(f"no observations of {outcome!r} for quantile regressions")
+    treat = {t: d[t].astype("float64").to_numpy() for t in treatments}
+    terms = dict(treat)
+    if interact:
+        for a, b in _crossed(treat):
+            terms[f"{a}_x_{b}"] = treat[a] * treat[b]
+    cols = {"const": np.ones(len(d)), **terms}
+    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
+    if baseline_control and bl in d.columns and miss in d.columns:
+        cols[bl] = d[bl].astype("float64").to_numpy()
+        cols[miss] = d[miss].astype("float64").to_numpy()
+    for fe in fixed_effects:
+        codes, levels = pd.factorize(d[fe], sort=True)
+        for c in range(1, len(levels)):
+            cols[f"{fe}[{levels[c]}]"] = (codes == c).astype(float)
+    X = np.column_stack(list(cols.values()))
+    y = d[outcome].astype("float64").to_numpy()
+    female = d[gender].to_numpy() if gender in d.columns else None
+    masks, names = [], []
+    for s in samples:
+        if s == "all":
+            m = np.ones(len(d), dtype=bool)
+        else:
+            m = female == (1 if s == "women" else 0)
+        if m.sum() > X.shape[1]:
+            masks.append(m)
+            names.append(s)
+    col_keep = []
+    for m in masks:   # columns with variation in the sample (always the constant and the terms)
+        sd = X[m].std(axis=0)
+        k = [j for j in range(X.shape[1]) if j <= len(terms) or sd[j] > 0]
+        col_keep.append(np.asarray(k))
+    cl_codes, cl_levels = pd.factorize(d[cluster], sort=True)
+    cl_strata = d.groupby(cl_codes)[strata].first().astype(str).to_numpy()
+    payload = {"y": y, "X": X, "sample_masks": masks, "cols": col_keep, "quantiles": quantiles,
+               "n_terms": len(terms), "max_iter": max_iter, "p_tol": p_tol,
+               "rows_by_cluster": inference.cluster_rows(cl_codes, len(cl_levels))}
+    point = _estimate(None, payload)
+    boot = np.empty((0, *point.shape))
+    if reps:
+        draws = inference.stratified_cluster_draws(cl_strata, reps, seed)
+        if n_jobs and n_jobs > 1:
+            chunks = np.array_split(draws, min(len(draws), 4 * n_jobs))
+            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"),
+                                     initializer=_init_worker, initargs=(payload, 1)) as ex:
+                boot = np.concatenate(list(ex.map(_boot_chunk, chunks)))
+        else:
+            _init_worker(payload)
+            boot = _boot_chunk(draws)
+    if {"women", "men"} <= set(names):
+        iw, im = names.index("women"), names.index("men")
+        point = np.concatenate([point, (point[iw] - point[im])[None]])
+        if len(boot):
+            boot = np.concatenate([boot, (boot[:, iw] - boot[:, im])[:, None]], axis=1)
+        names = names + ["diff"]
+    rows = []
+    term_names = list(terms)
+    for s, sname in enumerate(names):
+        n_obs = int(masks[s].sum()) if sname != "diff" else int(sum(m.sum() for m in masks[:2]))
+        m_rows = masks[s] if sname != "diff" else (masks[0] | masks[1])
+        n_cl = int(np.unique(cl_codes[m_rows]).size)
+        for qi, q in enumerate(quantiles):
+            for ti, t in enumerate(term_names):
+                b = boot[:, s, qi, ti] if len(boot) else np.empty(0)
+                b = b[np.isfinite(b)]
+                rows.append({
+                    "study": study, "outcome": outcome, "transform": transform, "sample": sname,
+                    "term": t, "quantile": q, "estimate": float(point[s, qi, ti]),
+                    "std_error": float(np.std(b, ddof=1)) if len(b) > 1 else np.nan,
+                    "ci_low": float(np.quantile(b, alpha / 2)) if len(b) else np.nan,
+                    "ci_high": float(np.quantile(b, 1 - alpha / 2)) if len(b) else np.nan,
+                    "n_obs": n_obs, "n_clusters": n_cl, "n_boot": int(len(b)),
+                })
+    return pd.DataFrame(rows, columns=QTE_COLUMNS)

@@ -1,0 +1,109 @@
+"""Tests for scripts/simulation_study.py: the summary statistics on cases with a known answer,
+and the whole machinery at a small size (few draws, few firms)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sim():
+    spec = importlib.util.spec_from_file_location("simulation_study", REPO / "scripts" / "simulation_study.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulation_study"] = module       # worker processes find _work by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("simulation_study", None)
+
+
+def draws_frame(estimates, se, truth, ci_half=None):
+    est = np.asarray(estimates, float)
+    se = np.broadcast_to(np.asarray(se, float), est.shape)
+    half = 1.96 * se if ci_half is None else np.broadcast_to(ci_half, est.shape)
+    return pd.DataFrame({"variant": "v", "outcome": "o", "effect": "e", "sex": "women",
+                         "truth": truth, "estimate": est, "std_error": se,
+                         "ci_low": est - half, "ci_high": est + half})
+
+
+def test_summary_on_a_hand_computed_case(sim):
+    """20 draws: estimates 0.1, 0.2, ..., 2.0 around truth 1 with CI half-width 0.75: covered iff
+    |e - 1| <= 0.75, i.e. e in [0.25, 1.75] -> 0.3..1.7 = 15 draws (coverage 0.75).
+    Bias = mean(e) - 1 = 0.05; SD = sd(0.1..2.0) = 0.1 x sd(1..20) = 0.1 x sqrt(35) ."""
+    e = np.arange(1, 21) / 10
+    s = sim.summarise(draws_frame(e, 0.5, 1.0, ci_half=0.75)).iloc[0]
+    assert s["draws"] == 20
+    assert s["coverage"] == pytest.approx(0.75)
+    assert s["bias"] == pytest.approx(0.05)
+    assert s["sd_estimate"] == pytest.approx(0.1 * np.sqrt(35))
+    assert s["bias_in_sd"] == pytest.approx(0.05 / (0.1 * np.sqrt(35)))
+    assert s["se_over_sd"] == pytest.approx(0.5 / (0.1 * np.sqrt(35)))
+    assert s["mc_se_coverage"] == pytest.approx(np.sqrt(0.75 * 0.25 / 20))
+    assert s["mc_se_bias_in_sd"] == pytest.approx(1 / np.sqrt(20))
+    assert not s["coverage_ok"] and not s["bias_ok"]
+    # boundary: a CI that ends exactly at the truth covers it
+    s2 = sim.summarise(draws_frame([1.5, 0.5], 1.0, 1.0, ci_half=0.5)).iloc[0]
+    assert s2["coverage"] == 1.0
+
+
+def test_summary_on_normal_draws_with_known_coverage(sim):
+    """Estimates ~ N(theta, 1) with the exact SE: 95% CIs cover 95% of the time, no bias."""
+    rng = np.random.default_rng(1)
+    R = 20000
+    s = sim.summarise(draws_frame(3.0 + rng.normal(size=R), 1.0, 3.0)).iloc[0]
+    assert s["coverage"] == pytest.approx(0.95, abs=3 * np.sqrt(0.95 * 0.05 / R))
+    assert abs(s["bias_in_sd"]) < 3 / np.sqrt(R)
+    assert s["se_over_sd"] == pytest.approx(1.0, abs=0.02)
+    # an SE too small by half: coverage = P(|Z| <= 0.98) = 0.673
+    s = sim.summarise(draws_frame(3.0 + rng.normal(size=R), 0.5, 3.0)).iloc[0]
+    assert s["coverage"] == pytest.approx(2 * 0.5 * (1 + math.erf(0.98 / np.sqrt(2))) - 1, abs=0.015)
+
+
+def test_closed_as_zero_fills_only_interviewed_closed_rows(sim):
+    t = pd.DataFrame({"y": [np.nan, np.nan, 5.0, np.nan], "business_closed": [1, 0, 1, 1],
+                      "interviewed": [1, 1, 1, 0]})
+    out = sim.closed_as_zero(t, "y")
+    np.testing.assert_array_equal(out["y"], [0.0, np.nan, 5.0, np.nan])
+
+
+def test_small_study_end_to_end(sim, tmp_path):
+    settings = sim.build_settings(synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2},
+                                  base_seed=100)
+    draws = sim.run_study(20, settings, workers=2)
+    assert len(draws) == 20 * 2 * 4 * 9
+    assert sorted(draws["seed"].unique()) == list(range(100, 120))
+    # truth from the generator's params; the difference is women - men
+    d0 = draws[(draws["effect"] == "capital")]
+    assert set(d0.loc[d0["sex"] == "women", "truth"]) == {8.0}
+    assert set(d0.loc[d0["sex"] == "diff", "truth"]) == {8.0 - 30.0}
+    # deterministic and independent of the number of workers: draws 0-1 again, serially
+    again = sim.run_study(2, settings, workers=1)
+    pd.testing.assert_frame_equal(draws[draws["draw"] < 2].reset_index(drop=True), again)
+    # seed_i = base + i: draw 1 of a study based at 99 is draw 2 of this one
+    shifted = sim.run_study(1, {**settings, "base_seed": 101}, workers=1)
+    pd.testing.assert_frame_equal(
+        draws[draws["draw"] == 1].drop(columns="draw").reset_index(drop=True),
+        shifted[shifted["draw"] == 0].drop(columns="draw").reset_index(drop=True))
+    # closed businesses add observations (none are lost)
+    n = draws.groupby("outcome")["n_obs"].sum()
+    assert n["unwinsorised_closed_zero"] >= n["unwinsorised"]
+    summary = sim.summarise(draws)
+    assert len(summary) == 2 * 4 * 9 and (summary["draws"] == 20).all()
+    # coverage recomputed from the draws
+    g = draws[(draws["variant"] == "no_typos") & (draws["outcome"] == "unwinsorised")
+              & (draws["effect"] == "skills") & (draws["sex"] == "men")]
+    row = summary[(summary["variant"] == "no_typos") & (summary["outcome"] == "unwinsorised")
+                  & (summary["effect"] == "skills") & (summary["sex"] == "men")].iloc[0]
+    assert row["coverage"] == pytest.approx(((g["ci_low"] <= g["truth"]) & (g["truth"] <= g["ci_high"])).mean())
+    meta = sim.write_outputs(draws, summary, settings, tmp_path)
+    assert (tmp_path / "simulation.csv").exists() and (tmp_path / "simulation_draws.parquet").exists()
+    loaded = json.loads((tmp_path / "simulation.json").read_text())
+    assert loaded["draws"] == 20 and len(loaded["summary"]) == 72 and meta["base_seed"] == 100
