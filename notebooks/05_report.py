@@ -17,7 +17,7 @@ from pipeline.io import load_params
 params = load_params()
 stage_params = stage_params if stage_params is not None else params["report"]
 result = report.run(stage_params, list(params["studies"]), params["estimate"]["primary_outcome"],
-                    params["clean"]["flow_period"])
+                    params["clean"]["flow_period"], params["estimate"])
 
 # %% [markdown]
 # ## Estimates beside the truth (synthetic study)

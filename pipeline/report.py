@@ -226,6 +226,217 @@ def metrics(per_study: dict[str, pd.DataFrame], primary: str) -> dict:
     return out
 
 
+
+# ------------------------------------------------------------------------------------------
+# Tables for the reviewer: each is {"caption", "columns", "rows", "notes"} with text cells,
+# rendered by one macro in the template (which escapes every cell).
+# ------------------------------------------------------------------------------------------
+TERM_LABELS = {"treat_skills": "Training only (skills)", "treat_capital": "Grant only (capital)",
+               "treat_skills_x_treat_capital": "Skills × capital"}
+SEX_LABELS = {"women": "women", "men": "men", "diff": "women − men"}
+
+
+def stars(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return ""
+    return "***" if p < 0.01 else "**" if p < 0.05 else "*" if p < 0.10 else ""
+
+
+def pval(p) -> str:
+    if p is None or (isinstance(p, float) and not np.isfinite(p)):
+        return "–"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _level(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["transform"] == "level"] if "transform" in results.columns else results
+
+
+def publication_table(results: pd.DataFrame, outcomes: list[str], decimals: int, spec_note: str) -> dict | None:
+    """Main results in journal style: effects by gender (by_gender model), SEs in parentheses,
+    stars, the p-value of equal effects, N, clusters and control means; one column per outcome."""
+    sub = _level(results)
+    sub = sub[sub["model"] == "by_gender"]
+    outcomes = [o for o in outcomes if o in set(sub["outcome"])]
+    if sub.empty or not outcomes:
+        return None
+    rows = []
+    for term, label in TERM_LABELS.items():
+        if not (sub["term"] == f"{term}_women").any():
+            continue
+        for sex in ("women", "men"):
+            cells_est, cells_se = [f"{label}: {SEX_LABELS[sex]}"], [""]
+            for o in outcomes:
+                r = sub[(sub["outcome"] == o) & (sub["term"] == f"{term}_{sex}")]
+                if r.empty:
+                    cells_est.append(""), cells_se.append("")
+                    continue
+                r = r.iloc[0]
+                cells_est.append(f"{fmt(r['estimate'], decimals)}{stars(r['p_value'])}")
+                cells_se.append(f"({fmt(r['std_error'], decimals)})")
+            rows += [cells_est, cells_se]
+        diff = [f"p-value, equal effects ({label})"]
+        for o in outcomes:
+            r = sub[(sub["outcome"] == o) & (sub["term"] == f"{term}_diff")]
+            diff.append(pval(r.iloc[0]["p_value"]) if not r.empty else "")
+        rows.append(diff)
+    first = sub[sub["outcome"] == outcomes[0]]
+    footer = [["Observations"] + [str(int(sub[sub["outcome"] == o]["n_obs"].iloc[0])) for o in outcomes],
+              ["Clusters"] + [_int(sub[sub["outcome"] == o]["n_clusters"].iloc[0]) for o in outcomes]]
+    for sex in ("women", "men"):
+        footer.append([f"Control mean, {sex}"] + [
+            fmt(_first(sub[(sub["outcome"] == o) & (sub["term"].str.endswith(f"_{sex}"))]["control_mean"]), decimals)
+            for o in outcomes])
+    del first
+    return {"caption": "Main results: intention-to-treat effects by owner gender",
+            "columns": [""] + outcomes, "rows": rows + footer, "first_col_left": True,
+            "notes": spec_note + " * p < 0.10, ** p < 0.05, *** p < 0.01."}
+
+
+def _first(series: pd.Series):
+    series = series.dropna()
+    return float(series.iloc[0]) if len(series) else float("nan")
+
+
+def _int(value) -> str:
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "–"
+
+
+def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict | None:
+    """The gender effects of the primary outcome under each outcome transform."""
+    sub = results[(results["outcome"] == outcome) & (results["model"] == "by_gender")]
+    if sub.empty or "transform" not in sub.columns:
+        return None
+    transforms = list(dict.fromkeys(sub["transform"]))
+    rows = []
+    for term, label in TERM_LABELS.items():
+        for sex in ("women", "men"):
+            row = [f"{label}: {SEX_LABELS[sex]}"]
+            for t in transforms:
+                r = sub[(sub["transform"] == t) & (sub["term"] == f"{term}_{sex}")]
+                row.append("" if r.empty else f"{fmt(r.iloc[0]['estimate'], decimals if t not in ('log', 'ihs') else 3)}"
+                                              f"{stars(r.iloc[0]['p_value'])} ({fmt(r.iloc[0]['std_error'], decimals if t not in ('log', 'ihs') else 3)})")
+            if len(row) > 1 and any(row[1:]):
+                rows.append(row)
+    return {"caption": f"Robustness: {outcome} under other outcome definitions", "columns": ["Effect"] + transforms,
+            "rows": rows, "first_col_left": True,
+            "notes": "level: winsorised as cleaned; unwinsorised; log: log profit among firms with positive profit "
+                     "(a selected sample, not an ITT); ihs: inverse hyperbolic sine (not a percentage effect when many "
+                     "values are zero, Chen & Roth); trimmed: top percentile per round dropped. Estimate (SE)."}
+
+
+def multiple_testing_table(results: pd.DataFrame) -> dict | None:
+    """Plain p-values beside Anderson (2008) sharpened q-values across the family of outcomes."""
+    sub = _level(results)
+    sub = sub[(sub["model"] == "by_gender") & ~sub["term"].str.endswith("_diff")]
+    if sub.empty or "q_value" not in sub.columns:
+        return None
+    rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]), SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""),
+             pval(r["p_value"]), pval(r["q_value"]), fmt(r.get("mde"), 1)] for _, r in sub.iterrows()]
+    return {"caption": "Multiple testing and power", "columns": ["Outcome", "Effect", "Owners", "p", "q (sharpened FDR)", "MDE"],
+            "rows": rows, "first_col_left": True,
+            "notes": "q: Anderson (2008) sharpened false-discovery-rate q-values within the family of business-income "
+                     "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE."}
+
+
+def balance_table(study: str, decimals: int) -> dict | None:
+    path = paths.processed_dir(study) / "balance.csv"
+    if not path.exists():
+        return None
+    bal = pd.read_csv(path)
+    bal = bal[bal["sample"] == "all"] if "sample" in bal.columns else bal
+    arms = [c[len("mean_"):] for c in bal.columns if c.startswith("mean_")]
+    rows = []
+    for _, r in bal.iterrows():
+        row = [r["covariate"]] + [fmt(r[f"mean_{a}"], 2) for a in arms]
+        row += [fmt(r[f"normdiff_{a}"], 2) for a in arms if f"normdiff_{a}" in bal.columns]
+        row += [pval(r.get("f_p_value")), pval(r.get("ri_p_value"))]
+        rows.append(row)
+    nd = [a for a in arms if f"normdiff_{a}" in bal.columns]
+    joint_path = paths.processed_dir(study) / "balance_joint.csv"
+    notes = "Baseline means by arm; normalised differences against control; p-values of the F-test of equal means " \
+            "across arms and its randomisation-inference (RI) counterpart (assignment re-drawn within strata)."
+    if joint_path.exists():
+        joint = pd.read_csv(joint_path)
+        joint = joint[joint["sample"] == "all"] if "sample" in joint.columns else joint
+        notes += " Joint tests of all covariates: " + "; ".join(
+            f"{r['comparison']}: F p = {pval(r['f_p_value'])}, RI p = {pval(r['ri_p_value'])}" for _, r in joint.iterrows()) + "."
+    return {"caption": "Balance at baseline", "first_col_left": True,
+            "columns": ["Covariate"] + [f"mean: {a.replace('_', ' ')}" for a in arms] + [f"nd: {a.replace('_', ' ')}" for a in nd]
+                       + ["p (F)", "p (RI)"], "rows": rows, "notes": notes}
+
+
+def attrition_tables(study: str, decimals: int) -> list[dict]:
+    out = []
+    path = paths.processed_dir(study) / "attrition.csv"
+    if path.exists():
+        att = pd.read_csv(path)
+        att = att[(att["model"] == "pooled") & (att["sample"] == "all")] if "model" in att.columns else att
+        rows = [[TERM_LABELS.get(r["term"], r["term"]), fmt(r["estimate"], 3), f"({fmt(r['std_error'], 3)})", pval(r["p_value"]),
+                 fmt(r["control_mean"], 3)] for _, r in att.iterrows()]
+        joint = pval(att["joint_p_value"].iloc[0]) if "joint_p_value" in att.columns and len(att) else "–"
+        out.append({"caption": "Attrition by arm (follow-up interviews missing)", "first_col_left": True,
+                    "columns": ["Regressor", "Effect on attrition", "SE", "p", "Control attrition"], "rows": rows,
+                    "notes": f"Linear probability model with strata and round fixed effects, clustered SEs; joint test p = {joint}."})
+    path = paths.processed_dir(study) / "lee_bounds.csv"
+    if path.exists():
+        lee = pd.read_csv(path)
+        rows = [[r["comparison"], r["sample"], fmt(r["lower"], decimals), fmt(r["upper"], decimals),
+                 f"[{fmt(r['ci_low'], decimals)}, {fmt(r['ci_high'], decimals)}]", fmt(r["trim_share"], 3)]
+                for _, r in lee.iterrows()]
+        out.append({"caption": "Lee (2009) bounds on the effect on the primary outcome", "first_col_left": True,
+                     "columns": ["Comparison", "Owners", "Lower bound", "Upper bound", "95% CI (identified set)", "Share trimmed"],
+                     "rows": rows, "notes": "Trimming within strata the arm with less attrition; cluster-bootstrap CI."})
+    return out
+
+
+def qte_figure(study: str, unit: str) -> str | None:
+    path = paths.processed_dir(study) / "qte.csv"
+    if not path.exists():
+        return None
+    qte = pd.read_csv(path)
+    qte = qte[qte["sample"].isin(["women", "men"])]
+    terms = [t for t in ("treat_skills", "treat_capital") if t in set(qte["term"])]
+    if qte.empty or not terms:
+        return None
+    fig, axes = plt.subplots(1, len(terms), figsize=(4.2 * len(terms), 3.2), sharey=True, squeeze=False)
+    colours = {"women": "#b2182b", "men": "#2166ac"}
+    for ax, term in zip(axes[0], terms):
+        for k, sex in enumerate(("women", "men")):
+            d = qte[(qte["term"] == term) & (qte["sample"] == sex)].sort_values("quantile")
+            if d.empty:
+                continue
+            x = d["quantile"] + (k - 0.5) * 0.012
+            ax.errorbar(x, d["estimate"], yerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
+                        fmt="o-", color=colours[sex], capsize=2, ms=4, label=SEXES[sex])
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(TERM_LABELS[term], fontsize=10)
+        ax.set_xlabel("Quantile of profit")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"Quantile treatment effect ({unit})")
+    axes[0][0].legend(fontsize=8, frameon=False)
+    return figure_png(fig)
+
+
+def simulation_table() -> dict | None:
+    path = paths.reports_dir() / "simulation" / "simulation.csv"
+    if not path.exists():
+        return None
+    sim = pd.read_csv(path)
+    meta = read_json(paths.reports_dir() / "simulation" / "simulation.json")
+    rows = [[str(r.get("variant", "")), str(r.get("outcome", "")), str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
+             fmt(r["mean_estimate"], 2), fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
+            for _, r in sim.iterrows()]
+    return {"caption": f"Simulation study: {meta.get('draws', '?')} datasets drawn from the generator", "first_col_left": True,
+            "columns": ["Variant", "Outcome", "Effect", "Owners", "Truth", "Mean estimate", "Bias (SD)", "95% CI coverage",
+                        "SE / SD"], "rows": rows,
+            "notes": "Targets: |bias| below 0.05 standard deviations of the estimate; coverage between 93% and 97%. "
+                     "See scripts/simulation_study.py."}
+
+
 TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"),
                               autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
@@ -234,8 +445,11 @@ def render_index(context: dict) -> str:
     return TEMPLATE.get_template("index.html.j2").render(**context)
 
 
-def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str) -> dict:
+def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str,
+        spec_params: dict | None = None) -> dict:
     """The report stage: collect results, compare with truth, write index.html and metrics."""
+    spec_params = spec_params or {}
+    outcomes = list(spec_params.get("outcomes") or [primary_outcome])
     decimals = int(params.get("decimals", 1))
     results = load_results(studies)
     unit = f"USD PPP per {flow_period.replace('_', ' ')}"
@@ -251,8 +465,19 @@ def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str
         flow = pd.read_csv(flow_path) if flow_path.exists() else pd.DataFrame()
         study_results = results[results["study"] == study]
         fig = figure_png(gender_figure(eff, f"{study}: effects on {primary_outcome}", unit)) if not eff.empty else None
+        spec_note = (f"ANCOVA on pooled follow-up rounds with the baseline outcome (and a missing-baseline dummy), "
+                     f"fixed effects: {', '.join(spec_params.get('fixed_effects') or []) or 'none'} (interacted with "
+                     f"gender); standard errors {'clustered by ' + spec_params['cluster'] if spec_params.get('cluster') else 'HC1'}"
+                     f"{' (' + spec_params['vcov'] + ')' if spec_params.get('vcov') else ''}, in parentheses. Outcomes in {unit}.")
+        tables = [t for t in (publication_table(study_results, outcomes, decimals, spec_note),
+                              robustness_table(study_results, primary_outcome, decimals),
+                              multiple_testing_table(study_results)) if t]
+        design_tables = [t for t in [balance_table(study, decimals), *attrition_tables(study, decimals)] if t]
         sections.append({
             "study": study,
+            "tables": tables,
+            "design_tables": design_tables,
+            "qte_figure": qte_figure(study, unit),
             "effects": eff.to_dict("records"),
             "has_truth": truth is not None,
             "all_within_2se": bool(eff["within_2se"].all()) if truth is not None and not eff.empty else None,
@@ -261,8 +486,8 @@ def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str
             "flow_columns": list(flow.columns),
             "flow": flow.to_dict("records"),
             "table": study_results.to_dict("records"),
-            "notebooks": [f"notebooks/{study}/{name}.html" for name in
-                          ("01_ingest", "02_clean", "03_construct", "04_estimate")],
+            "notebooks": ([f"notebooks/00_synthetic"] if study == "synthetic" else []) +
+                         [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],
         })
     context = {
         "title": params.get("title", "Results"),
@@ -274,6 +499,7 @@ def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str
         "fmt": fmt,
         "packages": package_versions(),
         "params": params,
+        "simulation": simulation_table(),
     }
     m = metrics(per_study, primary_outcome)
     context["provenance"] = {"git": git_state(), "inputs": input_hashes()}
