@@ -52,7 +52,8 @@ import scipy.sparse.csgraph
 import scipy.sparse.linalg
 from scipy import stats
 
-__all__ = ["FEResult", "TTest", "fe_ols", "t_test", "COLLINEARITY_TOL", "MAX_DENSE_LEVELS"]
+__all__ = ["FEResult", "TTest", "fe_ols", "t_test", "absorb", "COLLINEARITY_TOL", "MAX_DENSE_LEVELS",
+           "VCOV_TYPES"]
 
 # A regressor is collinear (ValueError) when the share of its (weighted) sum of squares not
 # explained by the fixed effects, the intercept and the regressors before it is below this
@@ -62,6 +63,20 @@ COLLINEARITY_TOL = 1e-9
 # (sparse LU above), and of all FEs but the largest together for the rank count with three or
 # more FEs.
 MAX_DENSE_LEVELS = 2000
+# Covariance estimators: CR1 (statsmodels' cluster default; HC1 without clusters) and CR3, the
+# cluster jackknife (MacKinnon, Nielsen & Webb 2023):
+#     V_CR3 = (G - 1) / G * sum_g (b_(g) - b)(b_(g) - b)'
+# with b_(g) the estimate with cluster g left out, *refitted with the fixed effects* (exactly
+# what leave-one-cluster-out refits of the dummy-variable regression give). Inference t(G - 1).
+VCOV_TYPES = ("CR1", "CR2", "CR3")
+# CR2 (Bell & McCaffrey 2002): V = B^-1 [sum_g X_g' A_g u_g u_g' A_g X_g] B^-1 with
+# A_g = (I - H_gg)^(-1/2), H the hat matrix of the *full* model (fixed-effect dummies included,
+# Pustejovsky & Tipton 2018), no further small-sample factor, t(G - 1) inference. Needs at most
+# MAX_JACKKNIFE_DUMMIES fixed-effect levels (dense [X, dummies]).
+# CR3: with at most this many fixed-effect levels in all, the leave-one-cluster-out estimates
+# come from downdating the (k + levels)-square Gram matrix of [X, dummies] (fast); above it,
+# from G refits with absorbed fixed effects.
+MAX_JACKKNIFE_DUMMIES = 400
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +101,7 @@ class FEResult:
     df_inference: int
     n_clusters: int | None
     k_absorbed: int
-    cov_type: str                      # "cluster" (CR1) or "HC1"
+    cov_type: str                      # "cluster" (CR1), "CR3" (cluster jackknife) or "HC1"
     weighted: bool = False
     fe_method: str = "none"            # "none" | "exact" | "direct" | "map"
     fe_iterations: int = 0             # sweeps used by the alternating projections
@@ -419,7 +434,7 @@ def _rank_of_dummies(fes) -> int:
 # Estimator
 # --------------------------------------------------------------------------------------------
 def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
-           tol: float = 1e-12, maxiter: int = 10_000) -> FEResult:
+           tol: float = 1e-12, maxiter: int = 10_000, vcov: str = "CR1") -> FEResult:
     """OLS (WLS with ``weights``) of ``y`` on ``X`` with the fixed effects ``fe`` absorbed.
 
     Parameters
@@ -436,6 +451,9 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
         is always exact; three or more always use alternating projections.
     tol, maxiter : convergence of the alternating projections (largest change of a column in a
         sweep relative to its root mean square; sweeps before ``RuntimeError``).
+    vcov : ``"CR1"`` (default; HC1 when ``cluster`` is None) or ``"CR3"`` (cluster jackknife,
+        ``VCOV_TYPES``; needs ``cluster``): leave-one-cluster-out estimates with the fixed effects
+        re-estimated, ``(G-1)/G * sum_g (b_(g) - b)(b_(g) - b)'``, t(G-1) inference.
 
     Raises ``ValueError`` for missing values, mismatched lengths, non-positive weights, a
     regressor collinear with the fixed effects or the other regressors, fewer than two clusters,
@@ -443,7 +461,12 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
     """
     if method not in ("direct", "map"):
         raise ValueError(f"method must be 'direct' or 'map', got {method!r}")
+    if vcov not in VCOV_TYPES:
+        raise ValueError(f"vcov must be one of {VCOV_TYPES}, got {vcov!r}")
+    if vcov in ("CR2", "CR3") and cluster is None:
+        raise ValueError(f"vcov={vcov!r} (small-sample cluster-robust) needs cluster codes")
     Z, names = _stack(y, X)
+    Z0 = Z.copy() if vcov in ("CR2", "CR3") else None     # the raw data, for the jackknife
     k = len(names)
     n = Z.shape[1]
     if n == 0:
@@ -535,6 +558,14 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
         corr = n / (n - K)
         df_inf, cov_type = n - K, "HC1"
     cov = bread @ meat @ bread * corr
+    if vcov == "CR2":
+        cov = _cr2_cov(Z0, fes, w, groups, n_clusters)
+        cov_type = "CR2"
+    if vcov == "CR3":
+        loo = _loo_cluster_estimates(Z0, fes, w, groups, n_clusters, method, tol, maxiter)
+        dev = loo - beta[None, :]
+        cov = (n_clusters - 1.0) / n_clusters * (dev.T @ dev)
+        cov_type = "CR3"
     cov = (cov + cov.T) / 2.0
 
     idx = pd.Index(names)
@@ -567,3 +598,143 @@ def _check_collinear(XtX: np.ndarray, raw_ss: np.ndarray, names: Sequence[str]) 
                              f"(no independent variation)")
         L[j, :j] = v
         L[j, j] = np.sqrt(d)
+
+
+# --------------------------------------------------------------------------------------------
+# Cluster jackknife (CR3)
+# --------------------------------------------------------------------------------------------
+def _loo_cluster_estimates(Z0, fes, w, groups, n_clusters, method, tol, maxiter) -> np.ndarray:
+    """(G, k) leave-one-cluster-out coefficients, the fixed effects re-estimated without the
+    cluster (the same as refitting the dummy-variable regression on the other clusters)."""
+    k = Z0.shape[0] - 1
+    n = Z0.shape[1]
+    n_levels = sum(L for _, L, _ in fes)
+    out = np.empty((n_clusters, k))
+    order = np.argsort(groups, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=n_clusters))])
+    if n_levels <= MAX_JACKKNIFE_DUMMIES:
+        # Downdate the Gram matrix of M = [X, every dummy of every FE] (or [X, 1]) cluster by
+        # cluster. The dummies are linearly dependent (one per connected component, and levels
+        # only present in the left-out cluster): minimum-norm least squares on the
+        # Jacobi-scaled system, whose X block is unique while X is identified.
+        blocks = [Z0[1:].T]
+        if fes:
+            for codes, L, _ in fes:
+                D = np.zeros((n, L))
+                D[np.arange(n), codes] = 1.0
+                blocks.append(D)
+        else:
+            blocks.append(np.ones((n, 1)))
+        M = np.hstack(blocks)[order]
+        yv = Z0[0][order]
+        Mw = M if w is None else M * w[order][:, None]
+        A = Mw.T @ M
+        c = Mw.T @ yv
+        # Jacobi scaling by the full-sample diagonal: a column that loses all its variation
+        # without cluster g stays ~0 and is caught by the identification check.
+        d = np.sqrt(np.diag(A))
+        d[d == 0] = 1.0
+        dd = np.outer(d, d)
+        for g in range(n_clusters):
+            a, b = bounds[g], bounds[g + 1]
+            S = (A - Mw[a:b].T @ M[a:b]) / dd
+            cg = (c - Mw[a:b].T @ yv[a:b]) / d
+            _check_loo_identified(S, k, g)
+            sol = np.linalg.lstsq(S, cg, rcond=1e-11)[0]
+            out[g] = (sol / d)[:k]
+        return out
+    for g in range(n_clusters):
+        keep = groups != g
+        r = fe_ols(Z0[0][keep], Z0[1:, keep].T, fe=[c[keep] for c, _, _ in fes] or None,
+                   weights=None if w is None else w[keep], method=method, tol=tol,
+                   maxiter=maxiter)
+        out[g] = r.params.to_numpy()
+    return out
+
+
+def _dense_design(Z0, fes) -> np.ndarray:
+    """[X, every dummy of every FE] (or [X, 1] without FE), n x (k + levels)."""
+    n = Z0.shape[1]
+    blocks = [Z0[1:].T]
+    if fes:
+        for codes, L, _ in fes:
+            D = np.zeros((n, L))
+            D[np.arange(n), codes] = 1.0
+            blocks.append(D)
+    else:
+        blocks.append(np.ones((n, 1)))
+    return np.hstack(blocks)
+
+
+def _cr2_cov(Z0, fes, w, groups, n_clusters) -> np.ndarray:
+    """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix."""
+    k = Z0.shape[0] - 1
+    n_levels = sum(L for _, L, _ in fes)
+    if n_levels > MAX_JACKKNIFE_DUMMIES:
+        raise ValueError(f"vcov='CR2' supports at most {MAX_JACKKNIFE_DUMMIES} fixed-effect "
+                         f"levels in all ({n_levels} here); use 'CR3'")
+    M = _dense_design(Z0, fes)
+    y = Z0[0].copy()
+    if w is not None:
+        sw = np.sqrt(w)
+        M *= sw[:, None]
+        y *= sw
+    A = M.T @ M
+    d = np.sqrt(np.diag(A))
+    d[d == 0] = 1.0
+    Ainv = np.linalg.pinv(A / np.outer(d, d), rcond=1e-11, hermitian=True) / np.outer(d, d)
+    u = y - M @ (Ainv @ (M.T @ y))
+    order = np.argsort(groups, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=n_clusters))])
+    meat = np.zeros((M.shape[1], M.shape[1]))
+    for g in range(n_clusters):
+        idx = order[bounds[g]:bounds[g + 1]]
+        Mg = M[idx]
+        H = Mg @ Ainv @ Mg.T
+        ev, vec = np.linalg.eigh(np.eye(len(idx)) - (H + H.T) / 2.0)
+        inv_sqrt = np.where(ev > 1e-12, 1.0 / np.sqrt(np.clip(ev, 1e-12, None)), 0.0)
+        sg = Mg.T @ (vec @ (inv_sqrt * (vec.T @ u[idx])))
+        meat += np.outer(sg, sg)
+    V = Ainv @ meat @ Ainv
+    return V[:k, :k]
+
+
+def _check_loo_identified(S: np.ndarray, k: int, g: int) -> None:
+    """ValueError when, without cluster g, a regressor is collinear with the others and the
+    fixed effects (its leave-one-out estimate would not be identified): the Schur complement
+    of the dummy block in the scaled Gram matrix ``S`` must stay positive definite."""
+    Sxx, Sxd, Sdd = S[:k, :k], S[:k, k:], S[k:, k:]
+    schur = Sxx - Sxd @ np.linalg.pinv(Sdd, rcond=1e-11, hermitian=True) @ Sxd.T
+    if np.linalg.eigvalsh((schur + schur.T) / 2.0).min() <= COLLINEARITY_TOL:
+        raise ValueError(f"CR3: the regressors are collinear (not identified) without "
+                         f"cluster {g}; use vcov='CR1'")
+
+
+def absorb(X, fe=None, weights=None, *, method: str = "direct", tol: float = 1e-12,
+           maxiter: int = 10_000) -> tuple[np.ndarray, int]:
+    """The columns of ``X`` (n, k) with the fixed effects (and intercept) partialled out, as a
+    (k, n) array, and the number of absorbed dummies (rank of [1, D1, ...])."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 1:
+        X = X[:, None]
+    n = X.shape[0]
+    Z = np.ascontiguousarray(X.T).copy()
+    w = None if weights is None else _to_1d_float(weights, "weights", n)
+    fes = _fe_list(fe, n)
+    if not fes:
+        _demean_one(Z, np.zeros(n, dtype=np.intp), 1, w)
+        return Z, 1
+    if len(fes) == 1:
+        codes, L, _ = fes[0]
+        _demean_one(Z, codes, L, w)
+        return Z, L
+    if len(fes) == 2 and method == "direct":
+        fe1, fe2 = sorted(fes, key=lambda f: -f[1])
+        return Z, _demean_two_direct(Z, fe1, fe2, w)
+    if len(fes) == 2:
+        (f1, L1, _), (f2, L2, _) = fes
+        k_abs = L1 + L2 - _components(f1, L1, f2, L2)[0]
+    else:
+        k_abs = _rank_of_dummies(fes)
+    _demean_map(Z, sorted(fes, key=lambda f: -f[1]), w, tol, maxiter)
+    return Z, k_abs

@@ -42,6 +42,7 @@ KNOWN_KEYS = set(REQUIRED_KEYS) | set(TEXT_KEYS) | {
     "strata", "cluster", "weight", "female_owner", "takeup", "recall_period", "currency", "usd_ppp_per_lcu",
     "business_open", "not_interviewed", "valid_ranges", "allowed_codes", "number_format", "skills_index",
     "credit_access", "covariates", "controls", "clean_params",
+    "estimate",   # per-study estimation specification, read by pipeline.estimate.study_params
 }
 FILE_KEYS = {"path", "format", "sha256", "sheet", "strip_group_prefixes", "rename", "sep", "encoding", "notes"}
 FORMATS = {"dta": "dta", "sav": "sav", "zsav": "sav", "csv": "csv", "tsv": "csv", "txt": "csv",

@@ -6,7 +6,8 @@ params with ``seed = base_seed + i``) writes a messy survey; it goes through the
 ingest step (identifiers dropped, rows numbered, in memory), ``pipeline.clean.clean`` and
 ``pipeline.construct.construct`` with ``studies/synthetic.yaml`` and the ``clean:`` /
 ``construct:`` params, and the ``by_gender`` ANCOVA model of ``pipeline.estimate`` (the
-``estimate:`` specification: strata and round FE, cluster SE) is fitted. For the effects of
+``estimate:`` specification: strata and round FE, cluster SE with the ``estimate.vcov``
+covariance, CR1 when absent; ``--vcov`` overrides it) is fitted. For the effects of
 training, the grant and their interaction, for women, for men and their difference, we report:
 
 * ``bias_in_sd``: (mean estimate - truth) / SD of the estimates across draws; its Monte Carlo
@@ -28,15 +29,10 @@ of the generator, each on two outcomes:
 ``as_configured``  the project's synthetic params unchanged (typos included);
 
 and outcomes ``unwinsorised`` (``profit_usd_ppp_month_unwinsorised``) and ``winsorised``
-(``profit_usd_ppp_month``, winsorised per round at the ``clean:`` percentiles), each as the
-pipeline delivers it and as ``*_closed_zero``: the same column with interviewed closed businesses
-set to 0 profit (METHODS.md: "a closed business has profit 0, not missing"). At the time of
-writing the clean stage leaves closed businesses' money flows missing (their recall period is the
--88 code, so the normalised flow is 0 x NaN); closures are independent of treatment in the
-generator, but the generator scales each open taker's gain by 1 / P(open at t) so that the ITT
-over all firms is the stated effect, hence dropping closed firms inflates every effect by about
-1 / P(open) (4-13%). The ``*_closed_zero`` outcomes measure the estimator on correctly measured
-data and become identical to the plain ones once the clean stage is fixed. Bias of the winsorised
+(``profit_usd_ppp_month``, winsorised per round at the ``clean:`` percentiles), as the pipeline
+delivers them. The clean stage gives closed businesses 0 profit (METHODS.md: "a closed business
+has profit 0, not missing"), so the former ``*_closed_zero`` variants (closed firms set to 0 here)
+equal these (``--outcomes unwinsorised winsorised`` skips them). Bias of the winsorised
 estimates relative to the truth is winsorising's (clipping the tails) and is reported as found.
 
 Usage::
@@ -78,6 +74,8 @@ EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
 SEXES = ("women", "men", "diff")
 # name -> (column of the analysis table, closed businesses set to 0 here?)
+# The clean stage now gives closed businesses 0 profit, so the ``*_closed_zero`` variants equal
+# the plain outcomes (kept for tests/test_simulation.py; ``--outcomes`` runs a subset).
 OUTCOMES = {
     "unwinsorised": ("profit_usd_ppp_month_unwinsorised", False),
     "winsorised": ("profit_usd_ppp_month", False),
@@ -195,10 +193,13 @@ def summarise(draws: pd.DataFrame, keys=("variant", "outcome", "effect", "sex"))
 # --------------------------------------------------------------------------------------------
 def build_settings(params: dict | None = None, synthetic_overrides: dict | None = None,
                    base_seed: int | None = None, variants=tuple(VARIANTS),
-                   outcomes=tuple(OUTCOMES)) -> dict:
+                   outcomes=tuple(OUTCOMES), vcov: str | None = None) -> dict:
+    """Settings of the study; the estimator is the ``estimate:`` params group (incl. ``vcov``,
+    CR1 when absent), ``vcov`` overriding it."""
     params = params or load_params()
     synth = {**params["synthetic"], **(synthetic_overrides or {})}
     spec_params, _ = estimate.split_params(params["estimate"])
+    spec_params = {**spec_params, "vcov": vcov or spec_params.get("vcov", "CR1")}
     return {"synthetic": synth, "clean": params["clean"], "construct": params["construct"],
             "spec_params": spec_params, "cfg": load_study("synthetic"),
             "base_seed": int(synth["seed"] if base_seed is None else base_seed),
@@ -252,9 +253,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed of draw 0 (default: synthetic.seed of params.yaml)")
     ap.add_argument("--n-firms", type=int, default=None, help="override synthetic.n_firms")
     ap.add_argument("--out", default=str(REPO / "reports" / "simulation"))
+    ap.add_argument("--vcov", choices=["CR1", "CR2", "CR3"], default=None,
+                    help="override estimate.vcov of params.yaml")
+    ap.add_argument("--outcomes", nargs="+", choices=list(OUTCOMES), default=list(OUTCOMES),
+                    help="outcomes to run (default: all)")
     args = ap.parse_args(argv)
     overrides = {"n_firms": args.n_firms} if args.n_firms else {}
-    settings = build_settings(synthetic_overrides=overrides, base_seed=args.base_seed)
+    settings = build_settings(synthetic_overrides=overrides, base_seed=args.base_seed,
+                              vcov=args.vcov, outcomes=tuple(args.outcomes))
     t0 = time.perf_counter()
     draws = run_study(args.draws, settings, workers=args.workers)
     summary = summarise(draws)

@@ -9,6 +9,8 @@ observation per cluster (G = N). Inference uses t(G-1) (cluster) or t(N-K) (HC1)
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -630,3 +632,157 @@ def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
     again = est.estimate_all(df, params, "s")
     for key in ("results", "qte", "lee_bounds", "balance", "balance_joint", "attrition"):
         pd.testing.assert_frame_equal(out[key], again[key])
+
+
+# ------------------------------------------------------------------------------------------
+# fastols engine and the CR3 (cluster jackknife) covariance
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fit_kw,spec_kw,data_kw", [
+    ({}, {}, {}),
+    ({}, {"weights": "weight"}, {"weights": True}),
+    ({}, {"cluster": None}, {}),
+    ({"by_gender": True}, {}, {}),
+    ({"by_gender": True}, {"weights": "weight", "controls": ["revenue_usd_ppp_month_bl"]},
+     {"weights": True}),
+    ({"by_gender": True}, {"gender_interact_all": False}, {}),
+    ({"by_gender": True}, {"fixed_effects": ()}, {}),
+    ({"sample": "women"}, {"fixed_effects": ["stratum"]}, {}),
+], ids=["pooled", "wls", "hc1", "by_gender", "by_gender_wls_controls", "by_gender_partial",
+        "by_gender_no_fe", "women_one_fe"])
+def test_fastols_engine_equals_statsmodels_engine(fit_kw, spec_kw, data_kw):
+    df = make_data(seed=21, **data_kw)
+    sm_res = fit(df, Spec(Y, TREATS, **spec_kw), **fit_kw)
+    fo_res = fit(df, Spec(Y, TREATS, engine="fastols", **spec_kw), **fit_kw)
+    assert isinstance(fo_res, est.AbsorbedResults)
+    a, b = tidy(sm_res), tidy(fo_res)
+    assert a["term"].tolist() == b["term"].tolist()
+    for c in ["estimate", "std_error", "ci_low", "ci_high", "p_value", "mde"]:
+        rel_close(b[c], a[c], 1e-8)
+    np.testing.assert_allclose(b["control_mean"], a["control_mean"], rtol=1e-12, equal_nan=True)
+    assert (a["n_obs"] == b["n_obs"]).all()
+    assert fo_res.estimate_info.df_t == sm_res.estimate_info.df_t
+    # every non-FE parameter and its covariance
+    names = list(fo_res.params.index)
+    rel_close(fo_res.params.to_numpy(), sm_res.params[names].to_numpy())
+    rel_close(fo_res.cov_params().to_numpy(), sm_res.cov_params().loc[names, names].to_numpy())
+    R = np.zeros((2, len(names)))
+    R[0, 0] = R[1, 1] = 1.0
+    Rs = np.zeros((2, len(sm_res.params)))
+    for i in range(2):
+        Rs[i, list(sm_res.params.index).index(names[i])] = 1.0
+    fa, fb = sm_res.f_test(Rs), fo_res.f_test(R)
+    rel_close(float(np.squeeze(fb.fvalue)), float(np.squeeze(fa.fvalue)))
+    rel_close(float(np.squeeze(fb.pvalue)), float(np.squeeze(fa.pvalue)))
+
+
+def test_fastols_engine_drops_collinear_female_with_sex_specific_strata():
+    df = make_data(seed=15)
+    df["stratum"] = df["stratum"] + "_" + df["female_owner"].astype(str)
+    spec = Spec(Y, TREATS, gender_interact_all=False)
+    a = tidy(fit(df, spec, by_gender=True))
+    res = fit(df, replace(spec, engine="fastols"), by_gender=True)
+    assert res.estimate_info.dropped_columns == ("female_owner",)
+    rel_close(tidy(res)["std_error"], a["std_error"], 1e-8)
+
+
+def _cr3_by_refits(d, X, names, groups, w=None):
+    """Reference CR3: statsmodels OLS/WLS on the hand design without each cluster in turn
+    (dummy columns all zero without the cluster removed; pinv handles them)."""
+    import statsmodels.api as sm
+    y = d[Y].to_numpy()
+
+    def coefs(m):
+        Xm = X[m][:, np.abs(X[m]).sum(axis=0) > 0]
+        mod = sm.OLS(y[m], Xm) if w is None else sm.WLS(y[m], Xm, weights=w[m])
+        keep = np.flatnonzero(np.abs(X[m]).sum(axis=0) > 0)
+        return pd.Series(mod.fit().params, index=[names[j] for j in keep])
+
+    full = coefs(np.ones(len(d), dtype=bool))
+    levels = pd.unique(groups)
+    dev = []
+    for g in levels:
+        b = coefs(groups != g)
+        dev.append((b[full.index] - full).to_numpy())
+    dev = np.array(dev)
+    G = len(levels)
+    return full, pd.DataFrame((G - 1) / G * dev.T @ dev, index=full.index, columns=full.index), G
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cr3_matches_leave_one_cluster_out_statsmodels_refits(weighted):
+    df = make_data(seed=22, n_clusters=24, weights=weighted)
+    spec = Spec(Y, TREATS, vcov="CR3", weights="weight" if weighted else None)
+    res = fit(df, spec)
+    d, X, names = hand_design(df)
+    w = d["weight"].to_numpy() if weighted else None
+    b, V, G = _cr3_by_refits(d, X, names, d["cluster_id"].to_numpy(), w)
+    terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
+    rel_close(res.params[terms].to_numpy(), b[terms].to_numpy())
+    rel_close(res.cov_params().loc[terms, terms].to_numpy(), V.loc[terms, terms].to_numpy(), 1e-7)
+    t = tidy(res).set_index("term")
+    q = stats.t.ppf(0.975, G - 1)
+    for term in terms:
+        se = np.sqrt(V.loc[term, term])
+        row = t.loc[term.replace(":", "_x_")]
+        rel_close(row["std_error"], se, 1e-7)
+        rel_close([row["ci_low"], row["ci_high"]], [b[term] - q * se, b[term] + q * se], 1e-7)
+        rel_close(row["p_value"], 2 * stats.t.sf(abs(b[term] / se), G - 1), 1e-6)
+
+
+def test_cr3_by_gender_diff_uses_jackknife_covariance():
+    df = make_data(seed=23, n_clusters=24)
+    res = fit(df, Spec(Y, TREATS, vcov="CR3"), by_gender=True)
+    cr1 = fit(df, Spec(Y, TREATS), by_gender=True)
+    assert res.fe_result.cov_type == "CR3"
+    rel_close(res.params.to_numpy(), cr1.params[list(res.params.index)].to_numpy())
+    V = res.cov_params()
+    t = tidy(res).set_index("term")
+    f, m = "treat_capital:female", "treat_capital:male"
+    rel_close(t.loc["treat_capital_diff", "std_error"],
+              np.sqrt(V.loc[f, f] + V.loc[m, m] - 2 * V.loc[f, m]), 1e-10)
+    # the women coefficients' jackknife equals the women-only jackknife when, as here, the
+    # model is the two regressions stacked (same leave-one-out refits per sex)
+    women = fit(df, Spec(Y, TREATS, vcov="CR3"), sample="women")
+    G_all, G_w = res.estimate_info.n_clusters, women.estimate_info.n_clusters
+    if G_all == G_w:
+        rel_close(res.bse[f], women.bse["treat_capital"], 1e-7)
+
+
+def test_vcov_and_engine_validation():
+    with pytest.raises(ValueError, match="vcov"):
+        Spec(Y, TREATS, vcov="HC3")
+    with pytest.raises(ValueError, match="needs Spec.cluster"):
+        Spec(Y, TREATS, vcov="CR3", cluster=None)
+    with pytest.raises(ValueError, match="engine"):
+        Spec(Y, TREATS, engine="pyfixest")
+    spec = Spec.from_params({"treatments": TREATS, "vcov": "CR3"}, Y)
+    assert spec.vcov == "CR3" and Spec(Y, TREATS).vcov == "CR1"
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
+    """CR2: (X'WX)^-1 sum_g X_g'W^1/2 A_g u*_g u*_g' A_g W^1/2 X_g (X'WX)^-1, A_g = (I - H*_gg)^-1/2,
+    H* the hat matrix of the full dummy-variable design in the sqrt(w) metric (scipy sqrtm)."""
+    import scipy.linalg
+    df = make_data(seed=30, n_clusters=24, weights=weighted)
+    res = fit(df, Spec(Y, TREATS, vcov="CR2", weights="weight" if weighted else None))
+    d, X, names = hand_design(df)
+    w = d["weight"].to_numpy() if weighted else np.ones(len(d))
+    Xs, ys = X * np.sqrt(w)[:, None], d[Y].to_numpy() * np.sqrt(w)
+    B = np.linalg.inv(Xs.T @ Xs)
+    u = ys - Xs @ (B @ Xs.T @ ys)
+    meat = np.zeros((X.shape[1], X.shape[1]))
+    for g in pd.unique(d["cluster_id"]):
+        m = (d["cluster_id"] == g).to_numpy()
+        A = np.linalg.inv(scipy.linalg.sqrtm(np.eye(m.sum()) - Xs[m] @ B @ Xs[m].T).real)
+        s = Xs[m].T @ A @ u[m]
+        meat += np.outer(s, s)
+    V = B @ meat @ B
+    terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
+    ix = [names.index(t) for t in terms]
+    rel_close(res.cov_params().loc[terms, terms].to_numpy(), V[np.ix_(ix, ix)], 1e-8)
+    G = d["cluster_id"].nunique()
+    t = tidy(res).set_index("term")
+    se = np.sqrt(V[ix[1], ix[1]])
+    rel_close(t.loc["treat_capital", "p_value"],
+              2 * stats.t.sf(abs(t.loc["treat_capital", "estimate"] / se), G - 1), 1e-7)

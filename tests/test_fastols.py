@@ -278,3 +278,96 @@ def test_t_test_errors(data):
         t_test(fit, {"nope": 1.0})
     with pytest.raises(ValueError, match="non-empty"):
         t_test(fit, {})
+
+
+# ------------------------------------------------------------------------------------------
+# CR3: cluster jackknife against explicit leave-one-cluster-out statsmodels refits
+# ------------------------------------------------------------------------------------------
+def jackknife_reference(df, regs, fes, cluster, weights):
+    """(G-1)/G sum_g (b_(g) - b)(b_(g) - b)' with every b_(g) from statsmodels OLS/WLS with
+    explicit (full-rank) dummies on the data without cluster g."""
+    def coefs(d):
+        exog = np.column_stack([d[regs].to_numpy(), full_rank_dummies(d, fes)])
+        y = d["y"].to_numpy()
+        m = sm.OLS(y, exog) if weights is None else sm.WLS(y, exog, weights=d[weights].to_numpy())
+        return m.fit().params[:len(regs)]
+    b = coefs(df)
+    levels = df[cluster].unique()
+    dev = np.array([coefs(df[df[cluster] != g].reset_index(drop=True)) - b for g in levels])
+    G = len(levels)
+    return b, (G - 1) / G * dev.T @ dev, G
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["downdate", "refits"])
+@pytest.mark.parametrize("weights", [None, "w"], ids=["ols", "wls"])
+@pytest.mark.parametrize("cluster,fes", [
+    pytest.param("cluster", "strata_x_round", id="cl_in_strata"),
+    pytest.param("district", "strata", id="cl_nests_fe"),
+    pytest.param("crossed", "strata_x_round", id="cl_crossed", marks=pytest.mark.slow),
+    pytest.param("cluster", "none", id="no_fe")])
+def test_cr3_matches_leave_one_cluster_out_refits(data, cluster, fes, weights, dense, monkeypatch):
+    if not dense:
+        monkeypatch.setattr(fastols, "MAX_JACKKNIFE_DUMMIES", 0)
+    # every third cluster (15 of 45) and the singleton: a stratum present in one cluster only
+    data = data[(data["cluster"] % 3 == 0) | (data["stratum"] == data["stratum"].max())]
+    data = data.reset_index(drop=True)
+    fe_cols = FE_SETS[fes]
+    b, V, G = jackknife_reference(data, REGS, fe_cols, cluster, weights)
+    fit = fe_ols(data["y"], data[REGS], fe=[data[c] for c in fe_cols] or None,
+                 cluster=data[cluster], weights=None if weights is None else data[weights],
+                 vcov="CR3")
+    assert fit.cov_type == "CR3" and fit.df_inference == G - 1
+    np.testing.assert_allclose(fit.params.to_numpy(), b, rtol=RTOL)
+    np.testing.assert_allclose(fit.cov.to_numpy(), V, rtol=1e-7, atol=1e-7 * np.abs(V).max())
+    np.testing.assert_allclose(fit.bse.to_numpy(), np.sqrt(np.diag(V)), rtol=1e-7)
+    from scipy import stats
+    np.testing.assert_allclose(fit.pvalues.to_numpy(),
+                               2 * stats.t.sf(np.abs(b / np.sqrt(np.diag(V))), G - 1), rtol=1e-6)
+    # CR1 of the same fit is unchanged by the option
+    cr1 = fe_ols(data["y"], data[REGS], fe=[data[c] for c in fe_cols] or None,
+                 cluster=data[cluster], weights=None if weights is None else data[weights])
+    assert cr1.cov_type == "cluster"
+    np.testing.assert_allclose(cr1.params.to_numpy(), fit.params.to_numpy(), rtol=1e-12)
+
+
+def test_cr3_errors(data):
+    with pytest.raises(ValueError, match="vcov must be"):
+        fe_ols(data["y"], data[REGS], cluster=data["cluster"], vcov="CR4")
+    for v in ("CR2", "CR3"):
+        with pytest.raises(ValueError, match="needs cluster"):
+            fe_ols(data["y"], data[REGS], vcov=v)
+    # a regressor that only varies in one cluster is not identified without it
+    d = data.assign(only=(data["cluster"] == 3).astype(float) * data["x"])
+    with pytest.raises(ValueError, match="CR3"):
+        fe_ols(d["y"], d[["treat", "only"]], cluster=d["cluster"], vcov="CR3")
+
+
+@pytest.mark.parametrize("weights", [None, "w"], ids=["ols", "wls"])
+@pytest.mark.parametrize("cluster,fes", [("cluster", "strata_x_round"), ("district", "strata"),
+                                         ("cluster", "none")],
+                         ids=["cl_in_strata", "cl_nests_fe", "no_fe"])
+def test_cr2_matches_bell_mccaffrey_with_dummies(data, cluster, fes, weights):
+    """CR2 against the textbook formula on [X, full-rank dummies] in the sqrt(w) metric, with
+    (I - H_gg)^-1/2 from an eigendecomposition (pseudo-inverse square root where I - H_gg is
+    singular, e.g. the singleton stratum)."""
+    data = data[(data["cluster"] % 3 == 0) | (data["stratum"] == data["stratum"].max())]
+    data = data.reset_index(drop=True)
+    fe_cols = FE_SETS[fes]
+    w = np.ones(len(data)) if weights is None else data[weights].to_numpy()
+    Xs = np.column_stack([data[REGS].to_numpy(), full_rank_dummies(data, fe_cols)]) * np.sqrt(w)[:, None]
+    ys = data["y"].to_numpy() * np.sqrt(w)
+    B = np.linalg.inv(Xs.T @ Xs)
+    u = ys - Xs @ (B @ Xs.T @ ys)
+    meat = np.zeros((Xs.shape[1],) * 2)
+    for g in data[cluster].unique():
+        m = (data[cluster] == g).to_numpy()
+        ev, vec = np.linalg.eigh(np.eye(m.sum()) - Xs[m] @ B @ Xs[m].T)
+        isq = np.where(ev > 1e-10, 1 / np.sqrt(np.clip(ev, 1e-10, None)), 0.0)
+        s = Xs[m].T @ (vec @ np.diag(isq) @ vec.T) @ u[m]
+        meat += np.outer(s, s)
+    V = (B @ meat @ B)[:3, :3]
+    fit = fe_ols(data["y"], data[REGS], fe=[data[c] for c in fe_cols] or None,
+                 cluster=data[cluster], weights=None if weights is None else data[weights],
+                 vcov="CR2")
+    assert fit.cov_type == "CR2" and fit.df_inference == data[cluster].nunique() - 1
+    np.testing.assert_allclose(fit.cov.to_numpy(), V, rtol=1e-7, atol=1e-7 * np.abs(V).max())
