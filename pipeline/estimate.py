@@ -411,6 +411,26 @@ def _check_variation(terms: dict[str, np.ndarray], where: str) -> None:
                              f"(all values {v[0]:g})")
 
 
+def _sex_masks(s: _Sample, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Row masks of women and men owners; each sex must be present with treatment variation."""
+    masks = {"female": s.female == 1, "male": s.female == 0}
+    for sex, m in masks.items():
+        if not m.any():
+            raise ValueError(f"by_gender model needs both sexes; no {sex} owners in the sample")
+        _check_variation({k: v[m] for k, v in terms.items()}, f"{sex} sample")
+    return masks
+
+
+def _by_sex(X: dict[str, np.ndarray], columns: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> list[str]:
+    """Add ``<name>:female`` and ``<name>:male`` (the column times each sex's mask) to X."""
+    names = []
+    for name, v in columns.items():
+        for sex, m in masks.items():
+            X[f"{name}:{sex}"] = v * m
+            names.append(f"{name}:{sex}")
+    return names
+
+
 def _design(s: _Sample, spec: Spec, pairs, by_gender: bool, sample: str):
     """Columns of X in order (dict name -> array) and the names of the terms of interest."""
     terms = _terms(s, pairs)
@@ -423,22 +443,11 @@ def _design(s: _Sample, spec: Spec, pairs, by_gender: bool, sample: str):
             X.update(_fe_dummies(values, c))
         return X, list(terms)
 
-    fem = s.female
-    masks = {"female": fem == 1, "male": fem == 0}
-    for sex, m in masks.items():
-        if not m.any():
-            raise ValueError(f"by_gender model needs both sexes; no {sex} owners in the sample")
-        _check_variation({k: v[m] for k, v in terms.items()}, f"{sex} sample")
-    X[GENDER] = fem.copy()
-    interest = []
-    for name, v in terms.items():
-        for sex, m in masks.items():
-            X[f"{name}:{sex}"] = v * m
-            interest.append(f"{name}:{sex}")
+    masks = _sex_masks(s, terms)
+    X[GENDER] = s.female.copy()
+    interest = _by_sex(X, terms, masks)
     if spec.gender_interact_all:
-        for c, v in s.covariates.items():
-            for sex, m in masks.items():
-                X[f"{c}:{sex}"] = v * m
+        _by_sex(X, s.covariates, masks)
         for c, values in s.fe.items():
             for sex, m in masks.items():
                 X.update({f"{k}:{sex}": d for k, d in _fe_dummies(values, c, m).items()})
@@ -638,24 +647,13 @@ def _design_absorbed(s: _Sample, spec: Spec, pairs, by_gender: bool, sample: str
         X.update(terms)
         X.update(s.covariates)
         return X, list(terms), fe_codes
-    fem = s.female
-    masks = {"female": fem == 1, "male": fem == 0}
-    for sex, m in masks.items():
-        if not m.any():
-            raise ValueError(f"by_gender model needs both sexes; no {sex} owners in the sample")
-        _check_variation({k: v[m] for k, v in terms.items()}, f"{sex} sample")
-    sex_code = fem.astype(np.int64)
+    masks = _sex_masks(s, terms)
+    sex_code = s.female.astype(np.int64)
     if not spec.gender_interact_all:
-        X[GENDER] = fem.copy()
-    interest = []
-    for name, v in terms.items():
-        for sex, m in masks.items():
-            X[f"{name}:{sex}"] = v * m
-            interest.append(f"{name}:{sex}")
+        X[GENDER] = s.female.copy()
+    interest = _by_sex(X, terms, masks)
     if spec.gender_interact_all:
-        for c, v in s.covariates.items():
-            for sex, m in masks.items():
-                X[f"{c}:{sex}"] = v * m
+        _by_sex(X, s.covariates, masks)
         fe_codes = [c.astype(np.int64) * 2 + sex_code for c in fe_codes] or [sex_code]
     else:
         X.update(s.covariates)
