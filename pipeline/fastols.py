@@ -617,15 +617,7 @@ def _loo_cluster_estimates(Z0, fes, w, groups, n_clusters, method, tol, maxiter)
         # cluster. The dummies are linearly dependent (one per connected component, and levels
         # only present in the left-out cluster): minimum-norm least squares on the
         # Jacobi-scaled system, whose X block is unique while X is identified.
-        blocks = [Z0[1:].T]
-        if fes:
-            for codes, L, _ in fes:
-                D = np.zeros((n, L))
-                D[np.arange(n), codes] = 1.0
-                blocks.append(D)
-        else:
-            blocks.append(np.ones((n, 1)))
-        M = np.hstack(blocks)[order]
+        M = _dense_design(Z0, fes)[order]
         yv = Z0[0][order]
         Mw = M if w is None else M * w[order][:, None]
         A = Mw.T @ M
