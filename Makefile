@@ -17,7 +17,7 @@ export MKL_NUM_THREADS := 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup repro test test-fast bench lab clean-outputs
+.PHONY: help setup repro evidence test test-fast bench lab clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,6 +36,10 @@ setup: $(STAMP)  ## create .venv, install pinned dependencies, register the Jupy
 repro: $(STAMP)  ## set up, then run the whole pipeline (dvc repro) on the embedded synthetic survey
 	$(BIN)/dvc repro
 	@echo "Open reports/index.html"
+
+evidence: $(STAMP)  ## run every real study in params.yaml `evidence.studies` (data in ../shared/data), pool them, report
+	$(BIN)/dvc repro evidence/dvc.yaml
+	@echo "Open reports/evidence/index.html"
 
 test: $(STAMP)  ## run the test suite (same environment)
 	$(BIN)/python -m pytest

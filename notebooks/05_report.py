@@ -7,6 +7,8 @@
 
 # %% tags=["parameters"]
 stage_params = None  # None: the `report:` group of params.yaml
+studies = None       # None: the studies of `pipeline` in params.yaml
+pipeline = "main"    # main: the default run (reports/); evidence: the real studies (reports/evidence/)
 
 # %%
 import pandas as pd
@@ -14,13 +16,21 @@ import pandas as pd
 from pipeline import report
 from pipeline.io import load_params
 
+from pipeline.run_stage import studies_of
+
 params = load_params()
 stage_params = stage_params if stage_params is not None else params["report"]
-result = report.run(stage_params, list(params["studies"]), params["estimate"]["primary_outcome"],
-                    params["clean"]["flow_period"], params["estimate"])
+studies = studies if studies is not None else list(studies_of(params, pipeline))
+result = report.run(stage_params, studies, params["clean"]["flow_period"], pipeline)
 
 # %% [markdown]
-# ## Estimates beside the truth (synthetic study)
+# ## Effects by owner gender, per study (beside the truth for the synthetic study)
 
 # %%
 pd.concat(result["effects"], names=["study"]).reset_index(level=0).round(3)
+
+# %% [markdown]
+# ## Key estimates tracked by `dvc metrics`
+
+# %%
+result["metrics"]

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.study import (FACTOR_COLUMN, ValidationError, assert_no_identifiers, assign_arms,  # noqa: F401
-                            flow_column, load_study, norm_codes, normalise, validate_frame, write_outputs)
+                            analysis_column, flow_column, load_study, norm_codes, normalise, validate_frame, write_outputs)
 
 
 class ConstructError(ValueError):
@@ -140,12 +140,13 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     pre_columns = {}
     for name, out in cfg["outcomes"].items():
         base = flow_column(name, out, currency, flow_period)
-        new = f"{name}_usd_ppp_{flow_period}" if out.get("flow", True) else f"{name}_usd_ppp"
-        rows[new] = clean[f"{base}_w"] * factor
-        rows[f"{new}_unwinsorised"] = clean[base] * factor
+        new = analysis_column(name, out, flow_period)
+        scale = factor if out.get("money", True) else 1.0   # money: false: not in a currency
+        rows[new] = clean[f"{base}_w"] * scale
+        rows[f"{new}_unwinsorised"] = clean[base] * scale
         if out["baseline_column"]:
-            pre_columns[new] = clean[f"{base}_pre_w"] * factor
-            pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * factor
+            pre_columns[new] = clean[f"{base}_pre_w"] * scale
+            pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * scale
     rows["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
     if cfg.get("skills_index"):
         rows = rows.join(skills_scores(clean, cfg["skills_index"], float(params.get("skills_min_answered_share", 0.5))))
@@ -215,7 +216,7 @@ def analysis_schema(cfg: dict, table: pd.DataFrame, flow_period: str):
                  *[c for c in table.columns if c.startswith("arm_")]):
         columns[flag] = pa.Column("int8", checks=binary, nullable=False)
     for name, out in cfg["outcomes"].items():
-        new = f"{name}_usd_ppp_{flow_period}" if out.get("flow", True) else f"{name}_usd_ppp"
+        new = analysis_column(name, out, flow_period)
         checks = [] if out.get("allow_negative") else [pa.Check.ge(0)]
         for col in (new, f"{new}_unwinsorised", f"{new}_bl", f"{new}_unwinsorised_bl"):
             if col in table.columns or col in (new, f"{new}_unwinsorised"):

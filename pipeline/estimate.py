@@ -3,7 +3,10 @@
 Estimation follows the "Estimation and inference" section of ``METHODS.md``:
 
 * **ANCOVA**: the firm's baseline value of the outcome (``Y_bl``, 0 where missing) and a
-  missing-baseline dummy (``Y_bl_missing``) are controls, so firms without a baseline are kept.
+  missing-baseline dummy (``Y_bl_missing``) are controls, so firms without a baseline are kept
+  (``Spec.missing_baseline = "dummy"``). With ``"listwise"`` the rows whose baseline is missing
+  (``Y_bl_missing == 1``) leave the estimation sample instead and ``Y_bl`` alone is the control
+  (complete-case ANCOVA; ``n_obs`` counts the rows kept).
   When a study has no baseline (neither column exists) the model is the plain regression.
 * Follow-up rounds are **pooled** (``followup`` is True) with **round fixed effects**, and
   **strata fixed effects** enter every regression (dummy variables, first sorted level dropped).
@@ -108,6 +111,9 @@ MDE_POWER = 0.8
 # by the columns kept before it is below this.
 COLLINEARITY_TOL = 1e-9
 ENGINES = ("statsmodels", "fastols")
+# Units without a baseline value of the outcome (Spec.missing_baseline): "dummy" keeps them with
+# Y_bl = 0 and Y_bl_missing = 1 as controls; "listwise" drops them from the estimation sample.
+MISSING_BASELINE = ("dummy", "listwise")
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +145,9 @@ class Spec:
     # absorbed by pipeline.fastols.fe_ols; only the non-FE parameters reported; same estimates
     # and CR1/HC1 covariance to ~1e-10).
     engine: str = "statsmodels"
+    # ANCOVA rows without a baseline: "dummy" (Y_bl = 0 plus the Y_bl_missing dummy) or
+    # "listwise" (left out of the estimation sample). See MISSING_BASELINE.
+    missing_baseline: str = "dummy"
 
     def __post_init__(self) -> None:
         for name in ("treatments", "fixed_effects", "controls"):
@@ -163,6 +172,9 @@ class Spec:
             raise ValueError(f"Spec.vcov={self.vcov!r} needs Spec.cluster")
         if self.engine not in ENGINES:
             raise ValueError(f"Spec.engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.missing_baseline not in MISSING_BASELINE:
+            raise ValueError(f"Spec.missing_baseline must be one of {MISSING_BASELINE}, "
+                             f"got {self.missing_baseline!r}")
         for name in ("cluster", "weights"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -231,7 +243,9 @@ def _as_float(s: pd.Series, name: str) -> np.ndarray:
 
 
 def _baseline_columns(df: pd.DataFrame, spec: Spec) -> tuple[str, ...]:
-    """The ANCOVA controls to use: (Y_bl, Y_bl_missing), or () for a study without a baseline."""
+    """The ANCOVA controls to use: (Y_bl, Y_bl_missing), (Y_bl,) with
+    ``missing_baseline="listwise"`` (the rows with Y_bl_missing = 1 are then left out by
+    :func:`_prepare`), or () for a study without a baseline."""
     if not spec.baseline_control:
         return ()
     bl, miss = f"{spec.outcome}_bl", f"{spec.outcome}_bl_missing"
@@ -240,7 +254,13 @@ def _baseline_columns(df: pd.DataFrame, spec: Spec) -> tuple[str, ...]:
         log.info("no baseline columns for %s: plain (non-ANCOVA) regression", spec.outcome)
         return ()
     _require(df, [bl, miss], f"baseline control for {spec.outcome}")
-    return (bl, miss)
+    return (bl,) if spec.missing_baseline == "listwise" else (bl, miss)
+
+
+def _baseline_observed(df: pd.DataFrame, spec: Spec) -> np.ndarray:
+    """Rows whose baseline of ``spec.outcome`` is observed (``Y_bl_missing == 0``)."""
+    miss = f"{spec.outcome}_bl_missing"
+    return _as_float(df[miss], miss) == 0.0
 
 
 @dataclass
@@ -287,9 +307,13 @@ def _prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool
         g = _as_float(df[GENDER], GENDER)
         keep &= g == (1.0 if sample == "women" else 0.0)
     keep &= ~np.isnan(y_all)
+    if baseline and spec.missing_baseline == "listwise":
+        keep &= _baseline_observed(df, spec)    # complete cases: baseline observed
     if not keep.any():
         raise ValueError(f"outcome {spec.outcome!r} has no non-missing observations "
-                         f"in sample {sample!r}")
+                         f"in sample {sample!r}"
+                         + (" with a baseline (missing_baseline: listwise)" if baseline
+                            and spec.missing_baseline == "listwise" else ""))
     sub = df.loc[keep]
 
     def design_var(col: str, binary: bool = False) -> np.ndarray:
@@ -1204,6 +1228,11 @@ STAGE_DEFAULTS: dict = {
     "gender_control": False,   # add female_owner as a control where it varies in the sample
 }
 STAGE_KEYS = tuple(STAGE_DEFAULTS)
+# Every key an ``estimate:`` block may set (the params group, or a study's block on top of it, see
+# study_params): the regression-specification fields of Spec (but ``outcome``) and the stage keys.
+# pipeline.study.load_study rejects any other key in a study's block; docs/study_config.md
+# documents each one (tests/test_study.py checks both).
+ESTIMATE_KEYS = tuple(sorted(({f.name for f in fields(Spec)} - {"outcome"}) | set(STAGE_DEFAULTS)))
 EFFECT_KEYS = {"treat_skills": "skills", "treat_capital": "capital",
                "treat_skills_x_treat_capital": "skills_x_capital"}
 
@@ -1305,7 +1334,10 @@ def coefficients_by_gender(results: pd.DataFrame, outcome: str) -> pd.DataFrame:
         term, sex = r["term"].rsplit("_", 1)
         rows.append({"effect": EFFECT_KEYS.get(term, term), "sex": sex, "estimate": r["estimate"],
                      "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
-    return pd.DataFrame(rows, columns=["effect", "sex", "estimate", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=COEFFICIENTS_BY_GENDER_COLUMNS)
+
+
+COEFFICIENTS_BY_GENDER_COLUMNS = ["effect", "sex", "estimate", "ci_low", "ci_high"]
 
 
 def _key_estimates(study, primary, results, attrition, balance_joint, lee, qte) -> dict:
@@ -1480,6 +1512,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
             qte_tab = qte.qte_table(
                 analysis, primary, spec.treatments, sp["qte_quantiles"], reps=int(sp["bootstrap_reps"]),
                 seed=seed, cluster=spec.cluster or "firm_id", baseline_control=spec.baseline_control,
+                listwise_baseline=spec.missing_baseline == "listwise",
                 fixed_effects=[f for f in sp["qte_fixed_effects"] if f in analysis.columns],
                 interact=spec.interact_treatments, n_jobs=int(sp["n_jobs"]), alpha=alpha, study=study,
                 followup_only=spec.followup_only,
@@ -1494,22 +1527,61 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
 
     coefs = coefficients_by_gender(results, primary)
     key = _key_estimates(study, primary, results, attrition, balance_joint, lee, qte_tab)
+    tables = {"results": results, "attrition": attrition, "balance": balance,
+              "balance_joint": balance_joint, "lee_bounds": lee, "qte": qte_tab,
+              "coefficients_by_gender": coefs}
+    tables = {name: _with_header(table, TABLE_COLUMNS[name]) for name, table in tables.items()}
     summary = {"study": study, "outcomes": outcomes, "primary_outcome": primary, "rows": len(results),
                "skipped_outcomes": [o for o, c in resolved.items() if c not in outcomes],
                "transforms": list(pd.unique(results["transform"])),
                "models": list(pd.unique(results["model"])),
-               "tables": {"attrition": len(attrition), "balance": len(balance),
-                          "balance_joint": len(balance_joint), "lee_bounds": len(lee), "qte": len(qte_tab)},
+               "tables": {name: table_status(name, table, skipped) for name, table in tables.items()},
                "attrition_rates": rates.to_dict("records") if len(rates) else [],
                "specification": {**{k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in spec.__dict__.items() if k != "outcome"},
                                  "sample": sp["sample"]},
                "skipped": skipped,
                "notes": notes}
-    return {"results": results, "descriptive": descriptive, "attrition": attrition,
-            "attrition_rates": rates, "balance": balance, "balance_joint": balance_joint,
-            "lee_bounds": lee, "qte": qte_tab, "coefficients_by_gender": coefs,
+    return {**tables, "descriptive": descriptive, "attrition_rates": rates,
             "key_estimates": key, "summary": summary}
+
+
+# The header of every CSV the stage writes (OUTPUT_FILES), whatever the study: a table with nothing
+# to report is written with these columns and no rows (never as an empty, header-less file), and
+# ``summary["tables"]`` says why (table_status). The balance table has, besides these, n / mean /
+# sd / normdiff columns per arm (inference.balance_columns) where it has rows.
+TABLE_COLUMNS: dict[str, list[str]] = {
+    "results": TIDY_COLUMNS,
+    "attrition": ATTRITION_COLUMNS,
+    "balance": ["study", *inference.balance_columns()],
+    "balance_joint": ["study", *inference.BALANCE_JOINT_COLUMNS],
+    "lee_bounds": ["study", *inference.LEE_BOUNDS_COLUMNS],
+    "qte": qte.QTE_COLUMNS,
+    "coefficients_by_gender": COEFFICIENTS_BY_GENDER_COLUMNS,
+}
+# The ``skipped`` entry of estimate_all that explains each table's absence.
+TABLE_SKIP_KEYS = {"attrition": "attrition", "balance": "balance", "balance_joint": "balance",
+                   "lee_bounds": "lee_bounds", "qte": "qte", "coefficients_by_gender": "gender_models"}
+TABLE_STATUSES = ("estimated", "not_applicable", "failed")
+
+
+def _with_header(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """``table`` unchanged where it has rows; else no rows with ``columns`` (and any of its own)."""
+    if len(table):
+        return table
+    return pd.DataFrame(columns=list(dict.fromkeys([*columns, *table.columns])))
+
+
+def table_status(name: str, table: pd.DataFrame, skipped: dict[str, str]) -> dict:
+    """``{"rows": n, "status": ..., "reason": ...}`` of one output table: ``estimated`` (it has
+    rows; reason null), ``failed`` (the add-on raised; reason ``failed: <error>``) or
+    ``not_applicable`` (nothing to report, e.g. no balance covariates, no attrition; reason why)."""
+    why = skipped.get(TABLE_SKIP_KEYS.get(name, name))
+    if len(table):
+        return {"rows": int(len(table)), "status": "estimated", "reason": None}
+    if why and why.startswith("failed"):
+        return {"rows": 0, "status": "failed", "reason": why}
+    return {"rows": 0, "status": "not_applicable", "reason": why or "nothing to report (no rows)"}
 
 
 OUTPUT_FILES = {

@@ -284,6 +284,24 @@ def _joint_stat(Z: np.ndarray, arm_codes: np.ndarray, a: int, strata: np.ndarray
                         k_extra=int(np.count_nonzero(np.bincount(s))), pvalue=pvalue)
 
 
+# The columns of the tables below (the estimate stage writes them even where a table has no rows).
+BALANCE_JOINT_COLUMNS = ["sample", "comparison", "arm", "n_obs", "n_clusters", "n_regressors", "f_stat",
+                         "f_df_num", "f_df_denom", "f_p_value", "ri_p_value", "n_permutations", "regressors"]
+LEE_BOUNDS_COLUMNS = ["outcome", "sample", "comparison", "arm", "n_obs", "n_observed", "observed_share_arm",
+                      "observed_share_control", "attrition_p_value", "trimmed_arm", "trim_share", "lower",
+                      "upper", "ci_low", "ci_high", "lower_se", "upper_se", "cells", "cells_dropped",
+                      "cells_reversed", "n_boot"]
+
+
+def balance_columns(arms: Sequence[str] = (), control: str | None = None) -> list[str]:
+    """The columns of the per-covariate balance table: n / mean / sd per arm and the normalised
+    difference of every arm but ``control`` (none without arms), between the fixed ones."""
+    per_arm = [f"{k}_{slug(a)}" for a in arms for k in ("n", "mean", "sd")]
+    normdiff = [f"normdiff_{slug(a)}" for a in arms if a != control]
+    return ["sample", "covariate", *per_arm, *normdiff, "f_stat", "f_df_num", "f_df_denom", "f_p_value",
+            "ri_p_value", "n_clusters"]
+
+
 def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "arm",
                    treatments: Sequence[str] = ("treat_skills", "treat_capital"),
                    strata: str = "stratum", cluster: str = "cluster_id",
@@ -391,7 +409,8 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
                 "ri_p_value": (1 + exceed) / (1 + len(perms)) if np.isfinite(obs["f_stat"]) else np.nan,
                 "n_permutations": len(perms), "regressors": " ".join(znames),
             })
-    return pd.DataFrame(rows), pd.DataFrame(joint_rows)
+    return (pd.DataFrame(rows, columns=balance_columns(arms, control)),
+            pd.DataFrame(joint_rows, columns=BALANCE_JOINT_COLUMNS))
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,4 +570,4 @@ def lee_bounds_table(df: pd.DataFrame, outcome: str, *, arm: str = "arm",
                 "cells": est["cells"], "cells_dropped": est["cells_dropped"],
                 "cells_reversed": est["cells_reversed"], "n_boot": int(good.sum()),
             })
-    return pd.DataFrame(out)
+    return pd.DataFrame(out, columns=LEE_BOUNDS_COLUMNS)

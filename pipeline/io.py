@@ -91,9 +91,20 @@ def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
 
 
 def write_csv(path: str | os.PathLike, df: pd.DataFrame, float_format: str | None = "%.10g") -> Path:
+    """A CSV with its header always: a table without columns would be a header-less file that
+    ``pd.read_csv`` cannot read (EmptyDataError), so it is refused; give an empty table its
+    columns (no rows) instead."""
+    check_csv_table(path, df)
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False, float_format=float_format, lineterminator="\n")
     return Path(path)
+
+
+def check_csv_table(name: str | os.PathLike, df: pd.DataFrame) -> None:
+    """Refuse to write a CSV without a header (a frame with no columns)."""
+    if len(df.columns) == 0:
+        raise ValueError(f"{Path(name).name}: the table has no columns; a CSV is always written with "
+                         f"its header (an empty table: its columns and no rows)")
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

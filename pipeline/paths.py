@@ -18,7 +18,13 @@ STAGE_NOTEBOOKS = {
     "construct": "03_construct",
     "estimate": "04_estimate",
     "report": "05_report",
+    "synthesize": "06_synthesize",
 }
+
+# Two DVC pipelines share the stages: the default run on the embedded synthetic survey
+# (`dvc repro`, studies from `studies:`) and the real evidence (`dvc repro evidence/dvc.yaml`,
+# studies from `evidence.studies:`), whose pipeline-level outputs go under reports/evidence/.
+PIPELINE_FILES = {"main": "dvc.yaml", "evidence": "evidence/dvc.yaml"}
 
 
 def root() -> Path:
@@ -37,8 +43,17 @@ def processed_dir(study: str) -> Path:
     return REPO_ROOT / "data" / "processed" / study
 
 
-def reports_dir() -> Path:
-    return REPO_ROOT / "reports"
+def reports_dir(pipeline: str = "main") -> Path:
+    """reports/ for the default run, reports/evidence/ for the evidence pipeline."""
+    return REPO_ROOT / "reports" if pipeline == "main" else REPO_ROOT / "reports" / pipeline
+
+
+def synthesis_dir() -> Path:
+    return REPO_ROOT / "data" / "synthesis"  # beside processed/: it reads every study folder there
+
+
+def pipeline_file(pipeline: str) -> Path:
+    return REPO_ROOT / PIPELINE_FILES[pipeline]
 
 
 def study_config_path(study: str) -> Path:
@@ -49,7 +64,8 @@ def notebook_source(stage: str) -> Path:
     return REPO_ROOT / "notebooks" / f"{STAGE_NOTEBOOKS[stage]}.ipynb"
 
 
-def executed_notebook_dir(stage: str, study: str | None) -> Path:
-    """reports/notebooks/<study>/ for per-study stages, reports/notebooks/ otherwise."""
-    base = REPO_ROOT / "reports" / "notebooks"
-    return base / study if study else base
+def executed_notebook_dir(stage: str, study: str | None, pipeline: str = "main") -> Path:
+    """reports/notebooks/<study>/ for per-study stages, <reports_dir(pipeline)>/notebooks/ otherwise."""
+    if study:
+        return REPO_ROOT / "reports" / "notebooks" / study
+    return reports_dir(pipeline) / "notebooks"

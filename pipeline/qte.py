@@ -125,8 +125,12 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
               interact: bool = True, samples: Sequence[str] = ("women", "men"),
               followup_only: bool = True, n_jobs: int = 1, alpha: float = 0.05,
               gender: str = "female_owner", study: str | None = None, transform: str = "level",
-              max_iter: int = 1000, p_tol: float = 1e-6) -> pd.DataFrame:
-    """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``."""
+              max_iter: int = 1000, p_tol: float = 1e-6, listwise_baseline: bool = False) -> pd.DataFrame:
+    """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``.
+
+    ``listwise_baseline`` (the estimate specification's ``missing_baseline: listwise``): rows whose
+    baseline is missing (``<outcome>_bl_missing == 1``) are left out and the baseline enters alone,
+    instead of 0 plus the missing-baseline dummy."""
     quantiles = [float(q) for q in quantiles]
     if not quantiles or not all(0 < q < 1 for q in quantiles):
         raise ValueError(f"quantiles must be in (0, 1), got {quantiles}")
@@ -138,6 +142,10 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         keep &= df["followup"].astype(bool).to_numpy()
     if any(s != "all" for s in samples):
         keep &= df[gender].notna().to_numpy()
+    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
+    has_baseline = baseline_control and bl in df.columns and miss in df.columns
+    if has_baseline and listwise_baseline:
+        keep &= (df[miss].astype("float64") == 0).to_numpy()
     d = df.loc[keep].reset_index(drop=True)
     if d.empty:
         raise ValueError(f"no observations of {outcome!r} for quantile regressions")
@@ -147,10 +155,10 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         for a, b in _crossed(treat):
             terms[f"{a}_x_{b}"] = treat[a] * treat[b]
     cols = {"const": np.ones(len(d)), **terms}
-    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
-    if baseline_control and bl in d.columns and miss in d.columns:
+    if has_baseline:
         cols[bl] = d[bl].astype("float64").to_numpy()
-        cols[miss] = d[miss].astype("float64").to_numpy()
+        if not listwise_baseline:
+            cols[miss] = d[miss].astype("float64").to_numpy()
     for fe in fixed_effects:
         codes, levels = pd.factorize(d[fe], sort=True)
         for c in range(1, len(levels)):

@@ -211,11 +211,16 @@ def headline_sentence(row: pd.Series, unit: str, decimals: int) -> str:
             f"95% CI {fmt(row['ci_low'], decimals)} to {fmt(row['ci_high'], decimals)}")
 
 
-def metrics(per_study: dict[str, pd.DataFrame], primary: str) -> dict:
-    """Key estimates for ``dvc metrics``: by study, effect and sex (primary outcome)."""
-    out: dict = {"primary_outcome": primary}
+def metrics(per_study: dict[str, pd.DataFrame], results: pd.DataFrame, studies: list[str]) -> dict:
+    """Key estimates for ``dvc metrics``: per study, the pooled effect of every arm on the primary
+    outcome and, where estimable, the effects for women and men and their difference."""
+    out: dict = {}
     for study, eff in per_study.items():
-        block = {}
+        primary = study_spec(study)["primary_outcome"]
+        block: dict = {"primary_outcome": primary}
+        pooled = _level(results[(results["study"] == study) & (results["outcome"] == primary) & (results["model"] == "pooled")])
+        for _, r in pooled.iterrows():
+            block[f"pooled_{r['term']}"] = {"estimate": round(float(r["estimate"]), 6), "se": round(float(r["std_error"]), 6)}
         for _, r in eff.iterrows():
             entry = {"estimate": round(float(r["estimate"]), 6), "se": round(float(r["std_error"]), 6)}
             if "truth" in eff.columns:
@@ -246,6 +251,55 @@ def pval(p) -> str:
     if p is None or (isinstance(p, float) and not np.isfinite(p)):
         return "–"
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def spec_note(spec: dict, outcomes: list[str], unit_note: str) -> str:
+    """The method note of one study, from the specification its estimate stage recorded."""
+    fe = [f for f in spec.get("fixed_effects") or []]
+    parts = ["OLS intention-to-treat effects"]
+    if spec.get("baseline_control"):
+        rule = spec.get("missing_baseline", "dummy")
+        parts.append("controlling for the baseline value of the outcome" +
+                     (" (0 plus a missing-baseline dummy where absent)" if rule == "dummy" else
+                      " (units with a missing baseline left out)"))
+    else:
+        parts.append("without a baseline control")
+    if "round" in fe:
+        parts.append("follow-up rounds pooled")
+    parts.append(f"fixed effects: {', '.join(fe) if fe else 'none'}")
+    if spec.get("controls"):
+        parts.append(f"controls: {', '.join(spec['controls'])}")
+    if spec.get("weights"):
+        parts.append(f"weighted by {spec['weights']}")
+    if spec.get("sample"):
+        parts.append(f"sample: {spec['sample']}")
+    gender = " By owner gender, every term (controls and fixed effects too) interacted with gender." \
+        if spec.get("gender_interact_all") else ""
+    se = (f"clustered by {spec['cluster']} ({spec.get('vcov', 'CR1')})" if spec.get("cluster") else "heteroskedasticity-robust (HC1)")
+    return (f"{'; '.join(parts)}.{gender} Standard errors {se}, in parentheses. "
+            f"Outcomes: {', '.join(outcomes)}. {unit_note}").strip()
+
+
+def pooled_table(results: pd.DataFrame, outcomes: list[str], decimals: int, note: str) -> dict | None:
+    """Effects of every arm on every outcome, all owners (the pooled model): one column per outcome."""
+    sub = _level(results)
+    sub = sub[sub["model"] == "pooled"]
+    outcomes = [o for o in outcomes if o in set(sub["outcome"])]
+    if sub.empty or not outcomes:
+        return None
+    rows = []
+    for term in dict.fromkeys(sub["term"]):
+        est, se = [TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))], [""]
+        for o in outcomes:
+            r = sub[(sub["outcome"] == o) & (sub["term"] == term)]
+            est.append(f"{fmt(r.iloc[0]['estimate'], decimals)}{stars(r.iloc[0]['p_value'])}" if not r.empty else "")
+            se.append(f"({fmt(r.iloc[0]['std_error'], decimals)})" if not r.empty else "")
+        rows += [est, se]
+    footer = [["Observations"] + [_int(_first(sub[sub["outcome"] == o]["n_obs"])) for o in outcomes],
+              ["Clusters"] + [_int(_first(sub[sub["outcome"] == o]["n_clusters"])) for o in outcomes],
+              ["Control mean"] + [fmt(_first(sub[sub["outcome"] == o]["control_mean"]), decimals) for o in outcomes]]
+    return {"caption": "Intention-to-treat effects, all owners", "columns": [""] + outcomes,
+            "rows": rows + footer, "first_col_left": True, "notes": note + " * p < 0.10, ** p < 0.05, *** p < 0.01."}
 
 
 def _level(results: pd.DataFrame) -> pd.DataFrame:
@@ -342,11 +396,22 @@ def multiple_testing_table(results: pd.DataFrame) -> dict | None:
                      "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE."}
 
 
-def balance_table(study: str, decimals: int) -> dict | None:
-    path = paths.processed_dir(study) / "balance.csv"
+def read_table(path: Path) -> pd.DataFrame | None:
+    """A stage's CSV, or None when it is absent or has no rows ("nothing to report": the
+    estimate stage's summary says why), so a section that does not apply is left out."""
     if not path.exists():
         return None
-    bal = pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+    return None if table.empty else table
+
+
+def balance_table(study: str, decimals: int) -> dict | None:
+    bal = read_table(paths.processed_dir(study) / "balance.csv")
+    if bal is None:
+        return None
     bal = bal[bal["sample"] == "all"] if "sample" in bal.columns else bal
     arms = [c[len("mean_"):] for c in bal.columns if c.startswith("mean_")]
     rows = []
@@ -359,8 +424,8 @@ def balance_table(study: str, decimals: int) -> dict | None:
     joint_path = paths.processed_dir(study) / "balance_joint.csv"
     notes = "Baseline means by arm; normalised differences against control; p-values of the F-test of equal means " \
             "across arms and its randomisation-inference (RI) counterpart (assignment re-drawn within strata)."
-    if joint_path.exists():
-        joint = pd.read_csv(joint_path)
+    joint = read_table(joint_path)
+    if joint is not None:
         joint = joint[joint["sample"] == "all"] if "sample" in joint.columns else joint
         notes += " Joint tests of all covariates: " + "; ".join(
             f"{r['comparison']}: F p = {pval(r['f_p_value'])}, RI p = {pval(r['ri_p_value'])}" for _, r in joint.iterrows()) + "."
@@ -369,21 +434,20 @@ def balance_table(study: str, decimals: int) -> dict | None:
                        + ["p (F)", "p (RI)"], "rows": rows, "notes": notes}
 
 
-def attrition_tables(study: str, decimals: int) -> list[dict]:
+def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
     out = []
-    path = paths.processed_dir(study) / "attrition.csv"
-    if path.exists():
-        att = pd.read_csv(path)
+    att = read_table(paths.processed_dir(study) / "attrition.csv")
+    if att is not None:
         att = att[(att["model"] == "pooled") & (att["sample"] == "all")] if "model" in att.columns else att
+    if att is not None and not att.empty:
         rows = [[TERM_LABELS.get(r["term"], r["term"]), fmt(r["estimate"], 3), f"({fmt(r['std_error'], 3)})", pval(r["p_value"]),
                  fmt(r["control_mean"], 3)] for _, r in att.iterrows()]
         joint = pval(att["joint_p_value"].iloc[0]) if "joint_p_value" in att.columns and len(att) else "–"
         out.append({"caption": "Attrition by arm (follow-up interviews missing)", "first_col_left": True,
                     "columns": ["Regressor", "Effect on attrition", "SE", "p", "Control attrition"], "rows": rows,
-                    "notes": f"Linear probability model with strata and round fixed effects, clustered SEs; joint test p = {joint}."})
-    path = paths.processed_dir(study) / "lee_bounds.csv"
-    if path.exists():
-        lee = pd.read_csv(path)
+                    "notes": f"Linear probability model of attrition on the arms ({design_note}); joint test p = {joint}."})
+    lee = read_table(paths.processed_dir(study) / "lee_bounds.csv")
+    if lee is not None:
         rows = [[r["comparison"], r["sample"], fmt(r["lower"], decimals), fmt(r["upper"], decimals),
                  f"[{fmt(r['ci_low'], decimals)}, {fmt(r['ci_high'], decimals)}]", fmt(r["trim_share"], 3)]
                 for _, r in lee.iterrows()]
@@ -394,10 +458,9 @@ def attrition_tables(study: str, decimals: int) -> list[dict]:
 
 
 def qte_figure(study: str, unit: str) -> str | None:
-    path = paths.processed_dir(study) / "qte.csv"
-    if not path.exists():
+    qte = read_table(paths.processed_dir(study) / "qte.csv")
+    if qte is None:
         return None
-    qte = pd.read_csv(path)
     qte = qte[qte["sample"].isin(["women", "men"])]
     terms = [t for t in ("treat_skills", "treat_capital") if t in set(qte["term"])]
     if qte.empty or not terms:
@@ -449,68 +512,109 @@ def render_index(context: dict) -> str:
     return TEMPLATE.get_template("index.html.j2").render(**context)
 
 
-def run(params: dict, studies: list[str], primary_outcome: str, flow_period: str,
-        spec_params: dict | None = None) -> dict:
-    """The report stage: collect results, compare with truth, write index.html and metrics."""
-    spec_params = spec_params or {}
-    outcomes = list(spec_params.get("outcomes") or [primary_outcome])
-    decimals = int(params.get("decimals", 1))
-    results = load_results(studies)
+def study_spec(study: str) -> dict:
+    """What the study's estimate stage recorded: its resolved specification and outcomes."""
+    summary = read_json(paths.processed_dir(study) / "estimate_summary.json")
+    conversion = {}
+    ingest_path = paths.interim_dir(study) / "ingest_summary.json"
+    if ingest_path.exists():
+        conversion = read_json(ingest_path).get("conversion") or {}
+    construct_path = paths.processed_dir(study) / "construct_summary.json"
+    currency = read_json(construct_path).get("currency") if construct_path.exists() else None
+    return {"specification": summary.get("specification", {}), "outcomes": list(summary.get("outcomes") or []),
+            "primary_outcome": summary.get("primary_outcome"), "notes": summary.get("notes") or [],
+            "tables": summary.get("tables") or {}, "currency": currency,
+            "usd_ppp_per_lcu": conversion.get("usd_ppp_per_lcu")}
+
+
+def unit_note(spec: dict, flow_period: str) -> str:
+    rate = spec.get("usd_ppp_per_lcu")
+    if spec.get("currency") and rate:
+        return (f"Money outcomes in USD PPP per {flow_period.replace('_', ' ')}, converted from {spec['currency']} "
+                f"at {rate:.6g} USD PPP per {spec['currency']} (1 USD PPP = {1 / rate:,.4g} {spec['currency']}).")
+    return f"Money outcomes in USD PPP per {flow_period.replace('_', ' ')}."
+
+
+def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals: int) -> tuple[dict, pd.DataFrame]:
+    """One study's section of the report, true to the specification that study was estimated with."""
+    spec = study_spec(study)
+    primary = spec["primary_outcome"]
+    outcomes = spec["outcomes"] or [primary]
     unit = f"USD PPP per {flow_period.replace('_', ' ')}"
+    eff = gender_effects(results, study, primary)
+    truth_path = paths.raw_synthetic_dir() / "truth.json" if study == "synthetic" else None
+    truth = read_json(truth_path) if truth_path and truth_path.exists() else None
+    if truth is not None and not eff.empty:
+        eff = truth_comparison(eff, truth)
+    flow = read_table(paths.interim_dir(study) / "flow.csv")
+    flow = flow if flow is not None else pd.DataFrame()
+    study_results = results[results["study"] == study]
+    note = spec_note(spec["specification"], outcomes, unit_note(spec, flow_period))
+    fe = spec["specification"].get("fixed_effects") or []
+    design = f"fixed effects: {', '.join(fe) or 'none'}; " + (
+        f"SEs clustered by {spec['specification']['cluster']}" if spec["specification"].get("cluster") else "HC1 SEs")
+    tables = [t for t in (pooled_table(study_results, outcomes, decimals, note),
+                          publication_table(study_results, outcomes, decimals, note),
+                          robustness_table(study_results, primary, decimals),
+                          multiple_testing_table(study_results)) if t]
+    design_tables = [t for t in [balance_table(study, decimals), *attrition_tables(study, decimals, design)] if t]
+    not_applicable = [f"{name.replace('_', ' ')}: {info.get('reason', 'not applicable')}"
+                      for name, info in spec["tables"].items() if isinstance(info, dict) and info.get("status") == "not_applicable"]
+    if eff.empty:
+        not_applicable.insert(0, "effects by owner gender: not estimable (the study's owners are all of one gender, "
+                                 "or gender is not recorded)")
+    fig = figure_png(gender_figure(eff, f"{study}: effects on {primary}", unit)) if not eff.empty else None
+    section = {
+        "study": study, "spec_note": note, "primary_outcome": primary, "currency": spec["currency"],
+        "tables": tables, "design_tables": design_tables, "not_applicable": not_applicable,
+        "qte_figure": qte_figure(study, unit), "effects": eff.to_dict("records"), "has_truth": truth is not None,
+        "all_within_2se": bool(eff["within_2se"].all()) if truth is not None and not eff.empty else None,
+        "headlines": [headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()] if not eff.empty else [],
+        "figure": fig, "flow_columns": list(flow.columns), "flow": flow.to_dict("records"),
+        "notebooks": (["notebooks/00_synthetic"] if study == "synthetic" else []) +
+                     [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],
+    }
+    return section, eff
+
+
+def run(params: dict, studies: list[str], flow_period: str, pipeline: str = "main") -> dict:
+    """The report stage: collect every study's results (each described by its own recorded
+    specification), add the cross-study synthesis in the evidence pipeline, write index.html,
+    results.csv, metrics.json and every table as CSV and LaTeX under tables/."""
+    from pipeline import report_evidence
+
+    decimals = int(params["decimals"])
+    results = load_results(studies)
     per_study, sections = {}, []
     for study in studies:
-        eff = gender_effects(results, study, primary_outcome)
-        truth_path = paths.raw_synthetic_dir() / "truth.json" if study == "synthetic" else None
-        truth = read_json(truth_path) if truth_path and truth_path.exists() else None
-        if truth is not None and not eff.empty:
-            eff = truth_comparison(eff, truth)
+        section, eff = study_section(study, results, flow_period, decimals)
         per_study[study] = eff
-        flow_path = paths.interim_dir(study) / "flow.csv"
-        flow = pd.read_csv(flow_path) if flow_path.exists() else pd.DataFrame()
-        study_results = results[results["study"] == study]
-        fig = figure_png(gender_figure(eff, f"{study}: effects on {primary_outcome}", unit)) if not eff.empty else None
-        spec_note = (f"ANCOVA on pooled follow-up rounds with the baseline outcome (and a missing-baseline dummy), "
-                     f"fixed effects: {', '.join(spec_params.get('fixed_effects') or []) or 'none'} (interacted with "
-                     f"gender); standard errors {'clustered by ' + spec_params['cluster'] if spec_params.get('cluster') else 'HC1'}"
-                     f"{' (' + spec_params['vcov'] + ')' if spec_params.get('vcov') else ''}, in parentheses. Outcomes in {unit}.")
-        tables = [t for t in (publication_table(study_results, outcomes, decimals, spec_note),
-                              robustness_table(study_results, primary_outcome, decimals),
-                              multiple_testing_table(study_results)) if t]
-        design_tables = [t for t in [balance_table(study, decimals), *attrition_tables(study, decimals)] if t]
-        sections.append({
-            "study": study,
-            "tables": tables,
-            "design_tables": design_tables,
-            "qte_figure": qte_figure(study, unit),
-            "effects": eff.to_dict("records"),
-            "has_truth": truth is not None,
-            "all_within_2se": bool(eff["within_2se"].all()) if truth is not None and not eff.empty else None,
-            "headlines": [headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()],
-            "figure": fig,
-            "flow_columns": list(flow.columns),
-            "flow": flow.to_dict("records"),
-            "table": study_results.to_dict("records"),
-            "notebooks": ([f"notebooks/00_synthetic"] if study == "synthetic" else []) +
-                         [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],
-        })
+        sections.append(section)
+    out = paths.reports_dir(pipeline)
+    link_prefix = "../" if pipeline != "main" else ""
+    for section in sections:
+        section["notebooks"] = [link_prefix + nb for nb in section["notebooks"]]
+    evidence = report_evidence.evidence_context(paths.synthesis_dir(), decimals) if pipeline == "evidence" else None
     context = {
-        "title": params.get("title", "Results"),
-        "version": project_version(),
-        "unit": unit,
-        "primary_outcome": primary_outcome,
-        "sections": sections,
-        "decimals": decimals,
-        "fmt": fmt,
-        "packages": package_versions(),
-        "params": params,
-        "simulation": simulation_table(),
+        "title": params["title"], "version": project_version(), "unit": f"USD PPP per {flow_period.replace('_', ' ')}",
+        "sections": sections, "decimals": decimals, "fmt": fmt, "packages": package_versions(), "params": params,
+        "simulation": simulation_table() if pipeline == "main" else None, "evidence": evidence,
+        "self_check_link": "../index.html" if pipeline == "evidence" else None,
+        "stage_notebooks": ([f"notebooks/06_synthesize", "notebooks/05_report"] if pipeline == "evidence" else []),
     }
-    m = metrics(per_study, primary_outcome)
-    context["provenance"] = {"git": git_state(), "inputs": input_hashes()}
-    context["changes"] = metric_changes(m, previous_metrics())
+    m = metrics(per_study, results, studies)
+    if evidence is not None:
+        m["synthesis"] = evidence["metrics"]
+    metrics_path = out / "metrics.json"
+    context["provenance"] = {"git": git_state(), "inputs": input_hashes(paths.pipeline_file(pipeline).with_suffix(".lock"))}
+    context["changes"] = metric_changes(m, previous_metrics(str(metrics_path.relative_to(paths.root()))))
     html = render_index(context)
-    out = paths.reports_dir()
+    tables = [t for s in sections for t in s["tables"] + s["design_tables"]] + (evidence["tables"] if evidence else [])
+    table_files = report_evidence.export_tables(tables, [s["study"] for s in sections for _ in s["tables"] + s["design_tables"]]
+                                                + ["synthesis"] * len(evidence["tables"] if evidence else []))
     write_text(out / "index.html", html)
+    for name, text in table_files.items():
+        write_text(out / "tables" / name, text)
     write_csv(out / "results.csv", results)
-    write_json(out / "metrics.json", m)
+    write_json(metrics_path, m)
     return {"results": results, "effects": per_study, "metrics": m, "html": html}

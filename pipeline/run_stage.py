@@ -68,9 +68,17 @@ def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
     return body
 
 
-def stage_outs(stage: str, study: str | None) -> list[Path]:
-    """The outputs dvc.yaml declares for this stage (with ${key} filled in for per-study stages)."""
-    dvc_yaml = read_yaml(REPO_ROOT / "dvc.yaml")
+def studies_of(params: dict, pipeline: str) -> dict:
+    """The studies a pipeline runs: ``studies:`` (default run) or ``evidence.studies:``."""
+    if pipeline == "main":
+        return dict(params.get("studies") or {})
+    return dict((params.get(pipeline) or {}).get("studies") or {})
+
+
+def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:
+    """The outputs the pipeline's dvc.yaml declares for this stage (with ${key} filled in for
+    per-study stages). Paths are relative to the stage's ``wdir`` (the repository root)."""
+    dvc_yaml = read_yaml(paths.pipeline_file(pipeline))
     spec = dvc_yaml["stages"][stage]
     outs = []
     if "foreach" in spec:
@@ -90,17 +98,32 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def run(stage: str, study: str | None = None, params_path: Path | None = None) -> Path:
+def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: str) -> dict:
+    """What papermill injects: the stage's params group, and the study (per-study stages) or
+    the pipeline's study list (pipeline-level stages), so the executed notebook records them."""
+    studies = studies_of(params, pipeline)
+    parameters = {"stage_params": params.get(stage, {}) or {}}
+    if study is not None:
+        if study not in studies:
+            raise KeyError(f"study {study!r} is not listed in the {pipeline!r} pipeline's studies "
+                           f"({', '.join(studies) or 'none'})")
+        parameters["study"] = study
+        if stage == "ingest":
+            parameters["data_dir"] = studies[study]["data_dir"]
+    elif stage in ("report", "synthesize"):
+        parameters["studies"] = list(studies)
+        parameters["pipeline"] = pipeline
+    return parameters
+
+
+def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main") -> Path:
     import papermill as pm
 
     params = load_params(params_path)
-    stage_params = params.get(stage, {}) or {}
-    parameters = {"stage_params": stage_params}
-    if study is not None:
-        parameters["study"] = study
+    parameters = notebook_parameters(stage, study, params, pipeline)
 
     name = paths.STAGE_NOTEBOOKS[stage]
-    out_dir = paths.executed_notebook_dir(stage, study)
+    out_dir = paths.executed_notebook_dir(stage, study, pipeline)
     executed_path = out_dir / f"{name}.ipynb"
     logging.getLogger("papermill").setLevel(logging.WARNING)
     # The kernel must import this checkout's pipeline package (not another editable install).
@@ -119,7 +142,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None) -
                 report_mode=False,
             )
         except BaseException:
-            for out in stage_outs(stage, study):
+            for out in stage_outs(stage, study, pipeline):
                 _remove(out)
             failed_dir = REPO_ROOT / "logs" / "failed"
             failed_dir.mkdir(parents=True, exist_ok=True)
@@ -140,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(paths.STAGE_NOTEBOOKS))
     parser.add_argument("--study", default=None, help="study name for per-study stages")
+    parser.add_argument("--pipeline", default="main", choices=sorted(paths.PIPELINE_FILES),
+                        help="main: the default run (dvc.yaml); evidence: the real studies (evidence/dvc.yaml)")
     args = parser.parse_args(argv)
     os.chdir(REPO_ROOT)
-    run(args.stage, args.study)
+    run(args.stage, args.study, pipeline=args.pipeline)
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.io import REPO_ROOT, _clean_floats, _json_default, atomic_path, read_yaml
+from pipeline.io import REPO_ROOT, _clean_floats, _json_default, atomic_path, check_csv_table, read_yaml
 
 # Periods per year: a value over period A becomes value * PER_YEAR[A] / PER_YEAR[B] over B.
 PER_YEAR = {"day": 365.0, "week": 52.0, "two_weeks": 26.0, "month": 12.0, "quarter": 4.0, "year": 1.0}
@@ -48,6 +48,23 @@ FILE_KEYS = {"path", "format", "sha256", "sheet", "strip_group_prefixes", "renam
 FORMATS = {"dta": "dta", "sav": "sav", "zsav": "sav", "csv": "csv", "tsv": "csv", "txt": "csv",
            "xlsx": "xlsx", "xlsm": "xlsx", "parquet": "parquet", "pq": "parquet"}
 CLEAN_PARAM_KEYS = {"duplicate_rule", "winsor_upper_pct", "winsor_lower_pct", "winsor_by_round", "outlier_method"}
+# The keys of each nested block (an unknown one is rejected with a "did you mean" hint). The
+# ``estimate:`` block's keys are pipeline.estimate.ESTIMATE_KEYS (derived from the Spec fields and
+# the stage keys that consume them), its ``sample:`` keys pipeline.estimate.SAMPLE_KEYS.
+OUTCOME_KEYS = {"column", "flow", "allow_negative", "baseline_column", "label", "money"}
+TREATMENT_KEYS = {"column", "arms", "dummies", "control"}
+ARM_KEYS = {"label", "slug", "skills", "capital"}
+IDENTIFIER_KEYS = {"column", "action"}
+SUBMISSION_KEYS = {"id", "time"}
+FEMALE_OWNER_KEYS = {"column", "female_codes", "male_codes", "value"}
+RECALL_KEYS = {"column", "codes", "value"}
+FACTOR_KEYS = {"value", "lcu_per_usd_ppp", "lookup", "converts_to", "source"}
+LOOKUP_KEYS = {"file", "sha256", "where", "column"}
+BUSINESS_OPEN_KEYS = {"column", "closed_codes"}
+NOT_INTERVIEWED_KEYS = {"when_all_missing", "column", "codes"}
+NUMBER_FORMAT_KEYS = {"decimal", "thousands"}
+SKILLS_INDEX_KEYS = {"columns", "areas"}
+TAKEUP_KEYS = {"skills", "capital"}
 # columns the pipeline adds to a study's tables (never raw survey answers)
 ROW_ID = "_row_id"              # generated unit id where a survey has none (one row = one unit)
 FACTOR_COLUMN = "usd_ppp_per_lcu"  # per-row conversion factor written by ingest
@@ -122,6 +139,26 @@ def slugify(text: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Loading and checking a configuration
 # ------------------------------------------------------------------------------------------------
+def did_you_mean(unknown: Iterable, known: Iterable) -> str:
+    """`` ('weight': did you mean 'weights'?)`` for the unknown keys close to a known one, else ''."""
+    known = sorted(str(k) for k in known)
+    hints = {k: difflib.get_close_matches(str(k), known, n=1) for k in unknown}
+    hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
+    return f" ({hint})" if hint else ""
+
+
+def check_keys(block: Any, where: str, known: Iterable, fail) -> None:
+    """Fail (``fail(message)``) if the mapping ``block`` has keys outside ``known``; the message
+    names the block, the unknown keys with a "did you mean" hint, and the known keys."""
+    if not isinstance(block, Mapping):
+        return
+    known = set(known)
+    unknown = sorted((k for k in block if k not in known and not str(k).startswith("_")), key=str)
+    if unknown:
+        fail(f"{where}: unknown keys {unknown}{did_you_mean(unknown, known)}; the known keys are "
+             f"{sorted(known)} (docs/study_config.md)")
+
+
 def load_study(study: str | Path) -> dict[str, Any]:
     """Read and check a study configuration by name (``studies/<name>.yaml``) or by path."""
     path = Path(study) if str(study).endswith((".yaml", ".yml")) else paths.study_config_path(str(study))
@@ -155,9 +192,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         fail(f"missing required keys {missing}")
     unknown = sorted(k for k in cfg if k not in KNOWN_KEYS and not str(k).startswith("_"))
     if unknown:
-        hints = {k: difflib.get_close_matches(str(k), KNOWN_KEYS, n=1) for k in unknown}
-        hint = "; ".join(f"{k!r}: did you mean {m[0]!r}?" for k, m in hints.items() if m)
-        fail(f"unknown keys {unknown}{' (' + hint + ')' if hint else ''}; the known keys are "
+        fail(f"unknown keys {unknown}{did_you_mean(unknown, KNOWN_KEYS)}; the known keys are "
              f"{sorted(KNOWN_KEYS)} (docs/study_config.md)")
     if not isinstance(cfg["study"], str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", cfg["study"]):
         fail(f"study: {cfg['study']!r} is not a usable name (letters, digits, _ . -)")
@@ -168,9 +203,9 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     files = []
     for i, entry in enumerate(cfg["files"]):
         entry = {"path": entry} if isinstance(entry, str) else dict(entry)
-        bad = sorted(set(entry) - FILE_KEYS)
-        if bad or "path" not in entry:
-            fail(f"files[{i}]: unknown keys {bad} or no path (known: {sorted(FILE_KEYS)})")
+        check_keys(entry, f"files[{i}]", FILE_KEYS, fail)
+        if "path" not in entry:
+            fail(f"files[{i}]: no path (known keys: {sorted(FILE_KEYS)})")
         fmt = str(entry.get("format") or Path(entry["path"]).suffix.lstrip(".")).lower()
         if fmt not in FORMATS:
             fail(f"files[{i}] ({entry['path']}): format {fmt!r} unknown; expected one of {sorted(set(FORMATS))}")
@@ -191,6 +226,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     # identifiers: names to drop, names to replace by a salted hash
     drop, hashed = [], []
     for item in cfg.get("identifiers") or []:
+        check_keys(item, "identifiers", IDENTIFIER_KEYS, fail)
         if isinstance(item, str):
             drop.append(item)
         elif isinstance(item, dict) and "column" in item and item.get("action", "drop") in ("drop", "hash"):
@@ -220,6 +256,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg["rounds"] and cfg["baseline_round"] not in cfg["rounds"]:
             fail(f"baseline_round {cfg['baseline_round']!r} is not one of rounds {cfg['rounds']}")
     cfg.setdefault("submission", None)
+    check_keys(cfg["submission"], "submission", SUBMISSION_KEYS, fail)
     strata = cfg.get("strata") or []
     cfg["strata"] = [strata] if isinstance(strata, str) else list(strata)
     cfg.setdefault("cluster", None)
@@ -233,6 +270,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(female, dict) or ("column" not in female and "value" not in female):
         fail("female_owner: required, either {column: ..., female_codes: [...]} or {value: 1} "
              "(value: null where unknown)")
+    check_keys(female, "female_owner", FEMALE_OWNER_KEYS, fail)
     if "column" in female:
         if not female.get("female_codes"):
             fail("female_owner: female_codes is required with column")
@@ -251,15 +289,22 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         spec = {"column": spec} if isinstance(spec, str) else dict(spec or {})
         if not _NAME_RE.match(str(name)) or "column" not in spec:
             fail(f"outcomes.{name}: needs a lower-case name and a column")
-        bad = sorted(set(spec) - {"column", "flow", "allow_negative", "baseline_column", "label"})
-        if bad:
-            fail(f"outcomes.{name}: unknown keys {bad}")
+        check_keys(spec, f"outcomes.{name}", OUTCOME_KEYS, fail)
+        spec.setdefault("money", True)
+        if not spec["money"]:   # already transformed (e.g. the authors' log): no period, no currency
+            if spec.get("flow"):
+                fail(f"outcomes.{name}: money: false outcomes are not money flows (drop flow: true)")
+            if str(name) in RESERVED_NAMES or str(name).startswith(("arm_", "takeup_", "skills_")):
+                fail(f"outcomes.{name}: a money: false outcome keeps its name in the analysis table, "
+                     f"which is taken by a canonical column; choose another")
+            spec["flow"] = False
         spec.setdefault("flow", True)
         spec.setdefault("allow_negative", False)
         spec.setdefault("baseline_column", None)
         outcomes[str(name)] = spec
     cfg["outcomes"] = outcomes
     recall = cfg.get("recall_period")
+    check_keys(recall, "recall_period", RECALL_KEYS, fail)
     if any(o["flow"] for o in outcomes.values()):
         if not isinstance(recall, dict) or ("column" not in recall and "value" not in recall):
             fail("recall_period: required for money flows, {column: ..., codes: {...}} or {value: month}")
@@ -276,10 +321,12 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
 
     # cleaning rules
     business = cfg.get("business_open")
+    check_keys(business, "business_open", BUSINESS_OPEN_KEYS, fail)
     if business:
         business["closed_codes"] = [norm_code(c) for c in business.get("closed_codes", [])]
     cfg["business_open"] = business or None
     ni = cfg.get("not_interviewed")
+    check_keys(ni, "not_interviewed", NOT_INTERVIEWED_KEYS, fail)
     if ni:
         if not (("when_all_missing" in ni) ^ ("column" in ni and "codes" in ni)):
             fail("not_interviewed: expected {when_all_missing: [columns]} or {column: ..., codes: [...]}")
@@ -291,6 +338,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         if len(rng) != 2:
             fail(f"valid_ranges.{col}: expected [low, high] (null for open)")
     cfg["allowed_codes"] = {c: [norm_code(x) for x in v] for c, v in (cfg.get("allowed_codes") or {}).items()}
+    check_keys(cfg.get("number_format"), "number_format", NUMBER_FORMAT_KEYS, fail)
     fmt = {"decimal": ".", "thousands": ",", **(cfg.get("number_format") or {})}
     if fmt["decimal"] == fmt["thousands"]:
         fail("number_format: decimal and thousands separators must differ")
@@ -298,12 +346,15 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     overrides = cfg.get("clean_params") or {}
     bad = sorted(set(overrides) - CLEAN_PARAM_KEYS)
     if bad:
-        fail(f"clean_params: {bad} cannot be set per study (allowed: {sorted(CLEAN_PARAM_KEYS)})")
+        fail(f"clean_params: {bad} cannot be set per study{did_you_mean(bad, CLEAN_PARAM_KEYS)} "
+             f"(allowed: {sorted(CLEAN_PARAM_KEYS)})")
     cfg["clean_params"] = dict(overrides)
 
     # what the analysis table carries
     cfg.setdefault("skills_index", None)
+    check_keys(cfg["skills_index"], "skills_index", SKILLS_INDEX_KEYS, fail)
     cfg.setdefault("credit_access", None)
+    check_keys(cfg.get("takeup"), "takeup", TAKEUP_KEYS, fail)
     cfg["takeup"] = dict(cfg.get("takeup") or {})
     covariates = cfg.get("covariates") or {}
     if isinstance(covariates, list):
@@ -316,6 +367,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     unknown_controls = [c for c in cfg["controls"] if c not in cfg["covariates"]]
     if unknown_controls:
         fail(f"controls: {unknown_controls} are not names under covariates")
+    _check_estimate_block(cfg.get("estimate"), fail)
     for key in TEXT_KEYS:
         cfg.setdefault(key, "")
     cfg.setdefault("_path", where)
@@ -323,12 +375,27 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
+def _check_estimate_block(block: Any, fail) -> None:
+    """The study's ``estimate:`` block: a mapping whose keys are keys of the estimate stage
+    (pipeline.estimate.ESTIMATE_KEYS, the Spec fields and stage keys that read them)."""
+    if block is None:
+        return
+    if not isinstance(block, Mapping):
+        fail(f"estimate: expected a mapping of estimate keys, got {block!r}")
+    from pipeline import estimate   # lazily: the estimate stage's own definitions
+
+    check_keys(block, "estimate", estimate.ESTIMATE_KEYS, fail)
+    if isinstance(block.get("sample"), Mapping):
+        check_keys(block["sample"], "estimate.sample", estimate.SAMPLE_KEYS, fail)
+    rule = block.get("missing_baseline")
+    if rule is not None and rule not in estimate.MISSING_BASELINE:
+        fail(f"estimate.missing_baseline: {rule!r} unknown; expected one of {list(estimate.MISSING_BASELINE)}")
+
+
 def _normalise_treatment(spec: Any, fail) -> dict:
     def arm(key, raw: Any) -> dict:
         raw = dict(raw or {})
-        bad = sorted(set(raw) - {"label", "slug", "skills", "capital"})
-        if bad:
-            fail(f"treatment arm {key!r}: unknown keys {bad}")
+        check_keys(raw, f"treatment arm {key!r}", ARM_KEYS, fail)
         for kind in ("skills", "capital"):
             if raw.get(kind, 0) not in (0, 1):
                 fail(f"treatment arm {key!r}: {kind} must be 0 or 1")
@@ -338,6 +405,7 @@ def _normalise_treatment(spec: Any, fail) -> dict:
 
     if not isinstance(spec, dict):
         fail("treatment: expected {column: ..., arms: {...}} or {dummies: {...}, control: {...}}")
+    check_keys(spec, "treatment", TREATMENT_KEYS, fail)
     if "column" in spec and spec.get("column") and "arms" in spec:
         arms = {norm_code(k): arm(k, v) for k, v in spec["arms"].items()}
         out = {"column": spec["column"], "dummies": None, "arms": arms}
@@ -366,9 +434,7 @@ def _normalise_factor(spec: Any, recall: dict, fail) -> dict:
         spec = {"value": float(spec)}
     if not isinstance(spec, dict):
         fail(f"usd_ppp_per_lcu: expected a number or a mapping, got {spec!r}")
-    bad = sorted(set(spec) - {"value", "lcu_per_usd_ppp", "lookup", "converts_to", "source"})
-    if bad:
-        fail(f"usd_ppp_per_lcu: unknown keys {bad}")
+    check_keys(spec, "usd_ppp_per_lcu", FACTOR_KEYS, fail)
     forms = [k for k in ("value", "lcu_per_usd_ppp", "lookup") if spec.get(k) is not None]
     if len(forms) != 1:
         fail("usd_ppp_per_lcu: give exactly one of value, lcu_per_usd_ppp or lookup")
@@ -378,6 +444,7 @@ def _normalise_factor(spec: Any, recall: dict, fail) -> dict:
     elif "lcu_per_usd_ppp" in forms:
         out["value"] = 1.0 / float(spec["lcu_per_usd_ppp"])
     else:
+        check_keys(spec["lookup"], "usd_ppp_per_lcu.lookup", LOOKUP_KEYS, fail)
         lookup = dict(spec["lookup"])
         if not {"file", "where", "column"} <= set(lookup):
             fail("usd_ppp_per_lcu.lookup: needs file, where ({column: value}) and column")
@@ -457,8 +524,20 @@ def numeric_columns(cfg: dict) -> list[str]:
 
 
 def flow_column(name: str, spec: dict, currency: str, period: str) -> str:
-    """The clean table's column for an outcome: ``profit_lcu_month`` (flows) or ``capital_stock_lcu``."""
+    """The clean table's column for an outcome: ``profit_lcu_month`` (flows), ``capital_stock_lcu``
+    (stocks) or ``log_profit_value`` (``money: false``: not in a currency)."""
+    if not spec.get("money", True):
+        return f"{name}_value"
     return f"{name}_{currency}_{period}" if spec.get("flow", True) else f"{name}_{currency}"
+
+
+def analysis_column(name: str, spec: dict, period: str) -> str:
+    """The analysis table's column for an outcome: ``profit_usd_ppp_month`` (flows),
+    ``capital_stock_usd_ppp`` (stocks) or the outcome's own name (``money: false``: carried as
+    cleaned, not converted)."""
+    if not spec.get("money", True):
+        return name
+    return f"{name}_usd_ppp_{period}" if spec.get("flow", True) else f"{name}_usd_ppp"
 
 
 def effective_clean_params(cfg: dict, params: Mapping) -> dict:
@@ -794,6 +873,7 @@ def render(name: str, obj: Any) -> bytes:
         obj.to_parquet(buffer, index=False, engine="pyarrow", compression="snappy")
         return buffer.getvalue()
     if name.endswith(".csv"):
+        check_csv_table(name, obj)
         return obj.to_csv(index=False, float_format="%.10g", lineterminator="\n").encode("utf-8")
     if name.endswith(".json"):
         text = json.dumps(_clean_floats(json.loads(json.dumps(obj, default=_json_default))),

@@ -83,3 +83,26 @@ def test_unknown_female_code_is_missing_not_male(cfg, interim):
     assert (out["log"]["rule"].str.startswith("unknown_code")).sum() == 2
     table = construct.construct(out["clean"], cfg, {}, "month").set_index(["firm_id", "round"])
     assert np.isnan(table.loc[("2", 0), "female_owner"]) and table.loc[("4", 0), "female_owner"] == 0
+
+
+def test_outcome_already_transformed_is_carried_as_is(cfg, interim):
+    """``money: false`` (e.g. the authors' log profit): no recall period, no currency conversion,
+    not zeroed for a closed business; the analysis column keeps the outcome's own name."""
+    from pipeline.study import StudyConfigError, analysis_column, flow_column, normalise
+
+    interim = interim.assign(log_profit=np.log(interim["profit"].clip(lower=1)))
+    cfg = {**cfg, "outcomes": {**cfg["outcomes"],
+                               "log_profit": {"column": "log_profit", "money": False, "allow_negative": True}}}
+    spec = normalise(cfg)["outcomes"]["log_profit"]
+    assert spec["flow"] is False
+    assert flow_column("log_profit", spec, "lcu", "month") == "log_profit_value"
+    assert analysis_column("log_profit", spec, "month") == "log_profit"
+    cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
+    t = construct.construct(cleaned, cfg, {"skills_min_answered_share": 0.5}, "month")
+    assert "log_profit" in t.columns and "log_profit_unwinsorised" in t.columns
+    assert not any(c.startswith("log_profit_usd_ppp") for c in t.columns)
+    got = t.set_index(["firm_id", "round"]).loc[("1", 1), "log_profit"]
+    firm1 = interim[(interim["firm_id"] == 1) & (interim["round"] == 1)]["log_profit"]
+    assert got == pytest.approx(float(firm1.iloc[-1]))     # unchanged (weekly or monthly recall alike)
+    with pytest.raises(StudyConfigError, match="money: false"):
+        normalise({**cfg, "outcomes": {"x": {"column": "log_profit", "money": False, "flow": True}}})

@@ -786,3 +786,120 @@ def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
     se = np.sqrt(V[ix[1], ix[1]])
     rel_close(t.loc["treat_capital", "p_value"],
               2 * stats.t.sf(abs(t.loc["treat_capital", "estimate"] / se), G - 1), 1e-7)
+
+
+# ------------------------------------------------------------------------------------------
+# Missing baselines: the dummy rule (default) or listwise deletion (issue 8)
+# ------------------------------------------------------------------------------------------
+def _statsmodels_reference(d, with_dummy):
+    """statsmodels OLS, CR1 by cluster with t(G-1), on the rows ``d`` (follow-up, outcome observed):
+    treatments, their interaction, the baseline (and its missing dummy), strata and round dummies."""
+    import statsmodels.api as sm
+    X = pd.DataFrame({"const": 1.0, "treat_skills": d["treat_skills"].astype(float),
+                      "treat_capital": d["treat_capital"].astype(float),
+                      "treat_skills:treat_capital": (d["treat_skills"] * d["treat_capital"]).astype(float),
+                      f"{Y}_bl": d[f"{Y}_bl"]})
+    if with_dummy:
+        X[f"{Y}_bl_missing"] = d[f"{Y}_bl_missing"].astype(float)
+    for f in ("stratum", "round"):
+        X = X.join(pd.get_dummies(d[f], prefix=f, drop_first=True, dtype=float))
+    groups = pd.factorize(d["cluster_id"])[0]
+    return sm.OLS(d[Y].to_numpy(), X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+
+
+@pytest.mark.parametrize("engine", ["statsmodels", "fastols"])
+def test_listwise_missing_baseline_is_ols_on_the_complete_cases(engine):
+    df = make_data(seed=41, p_missing_bl=0.3)
+    res = fit(df, Spec(Y, TREATS, missing_baseline="listwise", engine=engine))
+    d = df[df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)]
+    assert len(d) < (df["followup"] & df[Y].notna()).sum()      # some rows had no baseline
+    ref = _statsmodels_reference(d, with_dummy=False)
+    names = ["treat_skills", "treat_capital", "treat_skills:treat_capital", f"{Y}_bl"]
+    rel_close(res.params[names].to_numpy(), ref.params[names].to_numpy())
+    rel_close(res.bse[names].to_numpy(), ref.bse[names].to_numpy())
+    assert f"{Y}_bl_missing" not in res.params.index
+    t = tidy(res)
+    assert (t["n_obs"] == len(d)).all()                           # the n reported is the complete cases
+    rel_close(t.set_index("term").loc["treat_capital", "std_error"], ref.bse["treat_capital"])
+
+
+def test_dummy_missing_baseline_reproduces_todays_numbers():
+    df = make_data(seed=42, p_missing_bl=0.3)
+    default, explicit = fit(df, Spec(Y, TREATS)), fit(df, Spec(Y, TREATS, missing_baseline="dummy"))
+    assert Spec(Y, TREATS).missing_baseline == "dummy"
+    pd.testing.assert_frame_equal(tidy(default), tidy(explicit))
+    d = df[df["followup"] & df[Y].notna()]
+    ref = _statsmodels_reference(d, with_dummy=True)
+    names = ["treat_skills", "treat_capital", "treat_skills:treat_capital", f"{Y}_bl", f"{Y}_bl_missing"]
+    rel_close(default.params[names].to_numpy(), ref.params[names].to_numpy())
+    rel_close(default.bse[names].to_numpy(), ref.bse[names].to_numpy())
+    assert (tidy(default)["n_obs"] == len(d)).all()
+
+
+def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
+    df = with_extras(make_data(seed=43, n_clusters=32, firms_per_cluster=5, p_missing_bl=0.3), seed=4)
+    kw = {"transforms": ["level", "ihs"], "by_round": True}
+    dummy = estimate_study(df, [Y], {"treatments": TREATS}, "s", **kw)
+    listwise = estimate_study(df, [Y], {"treatments": TREATS, "missing_baseline": "listwise"}, "s", **kw)
+    assert len(dummy) == len(listwise)
+    complete = df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)
+    for frame, n in ((dummy, (df["followup"] & df[Y].notna()).sum()), (listwise, complete.sum())):
+        pooled = frame[(frame["model"] == "pooled") & (frame["transform"] == "level")]
+        assert (pooled["n_obs"] == n).all()
+    women = listwise[(listwise["model"] == "women_only") & (listwise["transform"] == "level")]
+    assert (women["n_obs"] == (complete & (df["female_owner"] == 1)).sum()).all()
+    params = {"outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
+              "bootstrap_reps": 3, "permutations": 5, "qte_quantiles": [0.5], "balance_covariates": [],
+              "descriptive_regressors": []}
+    out = est.estimate_all(df, params, "s", {"estimate": {"missing_baseline": "listwise"}})
+    assert out["summary"]["specification"]["missing_baseline"] == "listwise"
+    qt = out["qte"]
+    assert (qt.loc[qt["sample"] == "women", "n_obs"] == (complete & (df["female_owner"] == 1)).sum()).all()
+    with pytest.raises(ValueError, match="missing_baseline"):
+        Spec(Y, TREATS, missing_baseline="drop")
+
+
+# ------------------------------------------------------------------------------------------
+# Every CSV has its header; "nothing to report" is explicit in the summary (issue 8)
+# ------------------------------------------------------------------------------------------
+def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path, monkeypatch):
+    import json
+    from pipeline import paths
+    df = with_extras(make_data(seed=44, n_clusters=24, firms_per_cluster=5), seed=6)
+    df["attrited"] = 0                       # every planned interview observed: no attrition
+    df["female_owner"] = 1                   # all women: no gender models
+    params = {"outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
+              "bootstrap_reps": 3, "qte_quantiles": [0.5], "balance_covariates": ["not_in_the_data"]}
+    (tmp_path / "s").mkdir()
+    df.to_parquet(tmp_path / "s" / "analysis.parquet")
+    monkeypatch.setattr(paths, "processed_dir", lambda study: tmp_path / study)
+    est.run("s", params)
+    summary = json.loads((tmp_path / "s" / "estimate_summary.json").read_text())
+    for key, name in est.OUTPUT_FILES.items():
+        if not name.endswith(".csv"):
+            continue
+        table = pd.read_csv(tmp_path / "s" / name)       # never EmptyDataError
+        assert list(table.columns)[:len(est.TABLE_COLUMNS[key])] == est.TABLE_COLUMNS[key], name
+        info = summary["tables"][key]
+        assert info["rows"] == len(table)
+        assert info["status"] == ("estimated" if len(table) else "not_applicable"), name
+    tables = summary["tables"]
+    for name in ("balance", "balance_joint", "attrition", "lee_bounds", "coefficients_by_gender"):
+        assert tables[name]["rows"] == 0 and tables[name]["status"] == "not_applicable", name
+    assert "no balance covariates" in tables["balance"]["reason"]
+    assert "no attrition" in tables["attrition"]["reason"] and "no attrition" in tables["lee_bounds"]["reason"]
+    assert "sex" in tables["coefficients_by_gender"]["reason"]
+    assert tables["results"] == {"rows": summary["rows"], "status": "estimated", "reason": None}
+    assert (tmp_path / "s" / "balance.csv").read_text().startswith("study,sample,covariate,")
+
+
+def test_a_table_without_columns_is_never_written(tmp_path):
+    from pipeline.io import write_csv
+    from pipeline.study import write_outputs
+    with pytest.raises(ValueError, match="no columns"):
+        write_csv(tmp_path / "x.csv", pd.DataFrame())
+    with pytest.raises(ValueError, match="no columns"):
+        write_outputs(tmp_path, {"x.csv": pd.DataFrame()})
+    assert not (tmp_path / "x.csv").exists()
+    write_csv(tmp_path / "y.csv", pd.DataFrame(columns=["a", "b"]))
+    assert (tmp_path / "y.csv").read_text() == "a,b\n"

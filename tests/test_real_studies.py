@@ -1,4 +1,4 @@
-"""The real studies (acz2018, field2013, the seven meager sites) through ingest -> clean ->
+"""The real studies (acz2018, field2013, berge2015, the seven meager sites) through ingest -> clean ->
 construct, checked against the raw files read independently (pyreadstat for Stata, the csv
 module for CSV): every row accounted for, money converted exactly, the design carried into the
 analysis table, no identifier in any output, and the published headline estimates reproduced.
@@ -22,6 +22,7 @@ from pipeline.study import PER_YEAR, assert_no_identifiers, load_study
 
 MEAGER_SITES = ["angelucci", "attanasio", "augsberg", "banerjee", "crepon", "karlan", "tarozzi"]
 STUDIES = {"acz2018": ("acz2018", "acz2018.dta"), "field2013": ("field2013", "Grace-Period-Data.dta"),
+           "berge2015": ("berge2015", "DataBBT2014.dta"),
            **{f"meager_{s}": ("meager", f"{s}.csv") for s in MEAGER_SITES}}
 # the stages' params as in params.yaml; meager in USD PPP per two weeks (Meager's unit)
 CLEAN = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 99, "winsor_lower_pct": 1,
@@ -107,6 +108,7 @@ def test_rows_add_up_to_the_raw_file(study, results, out_root):
 EXPECTED_COUNTS = {  # raw, clean, rejected (by rule), not interviewed
     "acz2018": (2556, 2556, {}, 423),
     "field2013": (845, 845, {}, 76),
+    "berge2015": (644, 644, {}, 36),
     "meager_angelucci": (21523, 16560, {"invalid_row": 4963}, None),
     "meager_attanasio": (961, 961, {}, None),
     "meager_augsberg": (1196, 1195, {"invalid_row": 1}, None),
@@ -245,6 +247,28 @@ def test_field_analysis_table(results):
     assert t["cluster_id"].nunique() == raw["sec_group_name"].nunique() == 169
     assert t["cluster_id"].str.fullmatch(r"[0-9a-f]{16}").all()
     assert pd.crosstab(t["cluster_id"], r["sec_group_name"]).gt(0).sum(axis=1).eq(1).all()
+
+
+def test_berge_analysis_table(results):
+    res = results("berge2015")
+    raw = read_dta_independently("berge2015")
+    t = res["construct"]["analysis"]
+    assert len(t) == 644 and (t["round"] == 0).all() and t["firm_id"].is_unique
+    r = raw.loc[t["firm_id"].astype(int).to_numpy()]     # no client id: firm_id is the row number
+    # 2x2: training = skills, grant = capital, both = both
+    assert (t["arm_training"].to_numpy() == r["trainonly"].to_numpy()).all()
+    assert (t["arm_grant"].to_numpy() == r["bgonly"].to_numpy()).all()
+    assert (t["arm_training_grant"].to_numpy() == r["dtreat_bg"].to_numpy()).all()
+    assert (t["treat_skills"].to_numpy() == ((r["trainonly"] == 1) | (r["dtreat_bg"] == 1)).to_numpy()).all()
+    assert (t["treat_capital"].to_numpy() == ((r["bgonly"] == 1) | (r["dtreat_bg"] == 1)).to_numpy()).all()
+    assert (t["female_owner"].to_numpy() == r["female"].to_numpy()).all()
+    # the authors' logs carried unchanged (money: false; pipeline winsorising off), not as USD PPP
+    np.testing.assert_allclose(t["log_profit"], r["lnisoprofit0911f"], rtol=1e-6)
+    np.testing.assert_allclose(t["log_revenue_unwinsorised"], r["lnisales0911f"], rtol=1e-6)
+    assert not [c for c in t.columns if c.startswith("log_") and "usd_ppp" in c]
+    assert t["cluster_id"].nunique() == 64 and t["stratum"].nunique() == 2
+    assert int(t["attrited"].sum()) == int(r["atr0911"].sum()) == 36
+    assert int(t["log_profit"].notna().sum()) == 602
 
 
 @pytest.mark.parametrize("site", MEAGER_SITES)

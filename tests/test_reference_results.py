@@ -8,7 +8,8 @@ mean.
 
 Units: the analysis table is in USD PPP per ``clean.flow_period`` (month). The reference table
 is in the raw currency (acz: rand per month; field: rupees per week, capital in rupees) or, for
-meager, in USD PPP per two weeks. The pipeline's estimates are converted back by the study's
+meager, in USD PPP per two weeks; berge2015's outcome is the authors' log profit, carried
+unconverted (``money: false``), so its scale is 1. The pipeline's estimates are converted back by the study's
 conversion factor as recorded by ingest (``ingest_summary.json``: ``conversion.usd_ppp_per_lcu``) and the
 period factor; nothing is re-estimated here. Meager's comparison uses the raw (not winsorised)
 profit: the ``unwinsorised`` transform rows of the pipeline's table.
@@ -28,7 +29,7 @@ from pipeline import clean, construct, estimate, ingest, paths
 from pipeline.io import load_params
 from pipeline.study import PER_YEAR
 
-FOLDERS = {"acz2018": "acz2018", "field2013": "field2013",
+FOLDERS = {"acz2018": "acz2018", "field2013": "field2013", "berge2015": "berge2015",
            **{f"meager_{s}": "meager" for s in ("karlan", "attanasio", "crepon", "banerjee")}}
 SALT = "test-salt-not-a-secret"
 REL = 0.01      # 1%
@@ -67,11 +68,12 @@ def run_study(tmp_path_factory, stage_params):
                 period = stage_params["clean"]["flow_period"]
                 ing = ingest.run(study, directory, stage_params["ingest"])
                 clean.run(study, stage_params["clean"])
-                construct.run(study, stage_params["construct"], period)
+                co = construct.run(study, stage_params["construct"], period)
                 out = estimate.run(study, stage_params["estimate"])
             summary = json.loads((root / "processed" / study / "estimate_summary.json").read_text())
             cache[study] = {"estimate": out, "factor": ing["summary"]["conversion"]["usd_ppp_per_lcu"],
-                            "period": period, "summary": summary}
+                            "period": period, "summary": summary,
+                            "analysis": co["analysis"]}
         return cache[study]
 
     return get
@@ -144,6 +146,47 @@ def test_field2013_profit_and_capital(run_study):
     # all clients are women: no gender models, recorded as skipped
     assert set(t["model"]) & {"by_gender", "women_only", "men_only"} == set()
     assert "gender_models" in res["summary"]["skipped"]
+
+
+# ------------------------------------------------------------------------------------- berge2015
+
+# lnisoprofit0911f ~ trainonly + bgonly + dtreat_bg + branch dummies, by sex; CR1 by mecid
+BERGE = {"men_only": {"arm_training_grant": (0.377, 0.177), "arm_training": (0.020, 0.143),
+                      "arm_grant": (0.043, 0.166), "n": 208},
+         "women_only": {"arm_training_grant": (0.066, 0.119), "arm_training": (-0.014, 0.103),
+                        "arm_grant": (0.107, 0.129), "n": 394}}
+
+
+@pytest.mark.parametrize("model", list(BERGE))
+def test_berge2015_log_profit_by_sex(model, run_study):
+    res = run_study("berge2015")
+    t = res["estimate"]["results"]
+    ref = BERGE[model]
+    for term in ("arm_training_grant", "arm_training", "arm_grant"):
+        # the outcome is the authors' log (money: false): no conversion, scale 1
+        r = row(t, "log_profit", term, model=model)
+        check(r, 1.0, *ref[term], n=ref["n"])
+        assert r["n_clusters"] > 50                     # loan groups (64 in all)
+    spec = res["summary"]["specification"]
+    assert spec["cluster"] == "cluster_id" and spec["vcov"] == "CR1" and spec["fixed_effects"] == ["stratum"]
+    assert set(t["transform"]) == {"level"}
+
+
+def test_berge2015_two_by_two_parameterisation(run_study):
+    """The same model as treat_skills x treat_capital: training only = skills, grant only = capital,
+    and the interaction = both - training - grant (the reference gives no SE for it)."""
+    res = run_study("berge2015")
+    analysis = res["analysis"]
+    spec = estimate.Spec(outcome="log_profit", treatments=["treat_skills", "treat_capital"],
+                         interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
+                         cluster="cluster_id", vcov="CR1", engine="statsmodels")
+    for model, sample in (("men_only", "men"), ("women_only", "women")):
+        fit = estimate.fit(analysis, spec, sample)
+        ref = BERGE[model]
+        both, train, grant = ref["arm_training_grant"][0], ref["arm_training"][0], ref["arm_grant"][0]
+        assert close(fit.params["treat_skills"], train) and close(fit.params["treat_capital"], grant)
+        assert close(fit.params["treat_skills:treat_capital"], both - train - grant)
+        assert int(fit.nobs) == ref["n"]
 
 
 # ----------------------------------------------------------------------------------------- meager

@@ -1,0 +1,117 @@
+"""Study effects on one scale, ready to pool: the first half of the synthesize stage.
+
+Each study's estimate stage writes tidy ITT estimates (``results.csv``) for its own primary
+outcome. This module picks, for every treatment arm, the effect of **skills** (business
+training) or **capital** (grants, loans, credit) on the primary outcome, overall and for women
+and for men where the study estimated them, and expresses it on two scales:
+
+- ``usd_ppp_month``: the estimate itself when the outcome is a monthly money flow in USD PPP;
+- ``pct_of_control_mean``: 100 x effect / control mean (unit-free, for comparing training and
+  capital studies), or 100 x the coefficient when the outcome is already a log (log points).
+
+The control mean is treated as known when the SE is rescaled (its sampling error is ignored,
+as is usual when meta-analyses standardise by a control-group mean).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+INTERVENTIONS = ("skills", "capital")
+GROUPS = ("all", "women", "men")
+EFFECT_COLUMNS = ["study", "arm", "intervention", "group", "outcome", "scale", "effect", "std_error",
+                  "ci_low", "ci_high", "estimate_native", "std_error_native", "native_unit", "control_mean",
+                  "n_obs", "n_clusters", "model", "term", "share_female_owners", "lender_targeted_women",
+                  "source", "citation"]
+
+
+def arm_interventions(arms: Mapping[str, Mapping]) -> dict[str, str]:
+    """Result term of each single-intervention arm -> 'skills' or 'capital'.
+
+    Arms that bundle both interventions are left out: in a 2x2 design their extra effect is the
+    ``treat_skills_x_treat_capital`` interaction, which is not an effect of either alone."""
+    terms = {"treat_skills": "skills", "treat_capital": "capital"}
+    for arm in arms.values():
+        kinds = [k for k in INTERVENTIONS if int(arm.get(k, 0))]
+        if len(kinds) == 1:
+            terms[f"arm_{arm['slug']}"] = kinds[0]
+    return terms
+
+
+def _rows_for_group(results: pd.DataFrame, term: str, group: str, all_women: bool) -> pd.DataFrame:
+    """The estimate of ``term`` for one group: the pooled model for ``all``, the by-gender model's
+    ``<term>_women`` / ``<term>_men`` otherwise (a women-only study's pooled effect is its women's)."""
+    if group == "all":
+        return results[(results["model"] == "pooled") & (results["term"] == term)]
+    hit = results[(results["model"] == "by_gender") & (results["term"] == f"{term}_{group}")]
+    if hit.empty and group == "women" and all_women:
+        hit = results[(results["model"] == "pooled") & (results["term"] == term)]
+    return hit
+
+
+def study_effects(results: pd.DataFrame, *, study: str, arms: Mapping[str, Mapping], primary_outcome: str,
+                  outcome_is_log: bool, share_female_owners: float, lender_targeted_women: float,
+                  citation: str) -> pd.DataFrame:
+    """One row per (arm, group, scale) for the study's primary outcome at the level transform."""
+    level = results[(results["outcome"] == primary_outcome) & (results["transform"] == "level")]
+    all_women = share_female_owners == 1.0
+    rows = []
+    for term, intervention in arm_interventions(arms).items():
+        for group in GROUPS:
+            hit = _rows_for_group(level, term, group, all_women)
+            if hit.empty:
+                continue
+            r = hit.iloc[0]
+            base = {"study": study, "arm": term, "intervention": intervention, "group": group,
+                    "outcome": primary_outcome, "estimate_native": r["estimate"],
+                    "std_error_native": r["std_error"], "native_unit": "log points" if outcome_is_log else "USD PPP per month",
+                    "control_mean": r["control_mean"], "n_obs": r["n_obs"], "n_clusters": r["n_clusters"],
+                    "model": r["model"], "term": r["term"], "share_female_owners": share_female_owners,
+                    "lender_targeted_women": lender_targeted_women, "source": "microdata", "citation": citation}
+            for scale, (effect, se) in _on_scales(r["estimate"], r["std_error"], r["control_mean"], outcome_is_log).items():
+                rows.append({**base, "scale": scale, "effect": effect, "std_error": se,
+                             "ci_low": effect - 1.959963984540054 * se, "ci_high": effect + 1.959963984540054 * se})
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def _on_scales(estimate: float, se: float, control_mean: float, outcome_is_log: bool) -> dict:
+    if outcome_is_log:
+        return {"pct_of_control_mean": (100.0 * estimate, 100.0 * se)}
+    out = {"usd_ppp_month": (float(estimate), float(se))}
+    if np.isfinite(control_mean) and control_mean > 0:
+        out["pct_of_control_mean"] = (100.0 * estimate / control_mean, 100.0 * se / control_mean)
+    return out
+
+
+def published_effects(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Studies known only from a publication, in the study-effects layout (one row each).
+
+    Required columns: study, citation, intervention, sex, outcome, scale, effect, std_error."""
+    required = ["study", "citation", "intervention", "sex", "outcome", "scale", "effect", "std_error"]
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; expected {required}")
+    bad = table[~table["intervention"].isin(INTERVENTIONS) | ~table["sex"].isin(GROUPS)
+                | ~table["scale"].isin(["usd_ppp_month", "pct_of_control_mean"])
+                | ~np.isfinite(pd.to_numeric(table["std_error"], errors="coerce")) | (pd.to_numeric(table["std_error"], errors="coerce") <= 0)]
+    if not bad.empty:
+        raise ValueError(f"{source}: rows {list(bad.index + 2)} (file lines) have an intervention outside {INTERVENTIONS}, "
+                         f"a sex outside {GROUPS}, an unknown scale or a non-positive standard error")
+    out = pd.DataFrame({"study": table["study"], "arm": "published", "intervention": table["intervention"],
+                        "group": table["sex"], "outcome": table["outcome"], "scale": table["scale"],
+                        "effect": table["effect"].astype(float), "std_error": table["std_error"].astype(float)})
+    out["ci_low"] = out["effect"] - 1.959963984540054 * out["std_error"]
+    out["ci_high"] = out["effect"] + 1.959963984540054 * out["std_error"]
+    for col in ("share_female_owners", "lender_targeted_women"):
+        out[col] = table[col].astype(float) if col in table.columns else np.nan
+    out["source"], out["citation"] = "publication", table["citation"]
+    return out.reindex(columns=EFFECT_COLUMNS)
+
+
+def synthesis_groups(effects: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Every (scale, intervention, group) that has at least one study effect, in a stable order."""
+    keys = effects[["scale", "intervention", "group"]].drop_duplicates()
+    order = {v: i for i, v in enumerate(["pct_of_control_mean", "usd_ppp_month", *INTERVENTIONS, *GROUPS])}
+    return sorted(map(tuple, keys.to_numpy()), key=lambda k: tuple(order[x] for x in k))
