@@ -180,7 +180,8 @@ def export_tables(tables: list[dict], owners: list[str]) -> dict[str, str]:
     files, counts = {}, {}
     for table, owner in zip(tables, owners):
         counts[owner] = counts.get(owner, 0) + 1
-        stem = f"{owner}_{counts[owner]:02d}_{re.sub(r"[^a-z0-9]+", "_", table["caption"].casefold()).strip("_")[:48]}"
+        slug = re.sub(r"[^a-z0-9]+", "_", table["caption"].casefold()).strip("_")[:48]
+        stem = f"{owner}_{counts[owner]:02d}_{slug}"
         files[f"{stem}.csv"] = table_csv(table)
         files[f"{stem}.tex"] = table_latex(table)
     return dict(sorted(files.items()))
