@@ -41,5 +41,4 @@ result["log"].groupby(["rule", "column"]).size().rename("values").unstack(0, fil
 # ## Money flows after cleaning (one period), before and after winsorising
 
 # %%
-flows = [c for c in result["clean"].columns if c.endswith(f"_{stage_params['flow_period']}") or c.endswith(f"_{stage_params['flow_period']}_w")]
-result["clean"][flows].describe(percentiles=[0.01, 0.5, 0.99]).T.round(1)
+clean.flow_summary(result["clean"], stage_params["flow_period"])

@@ -547,3 +547,12 @@ def run(study: str, params: dict) -> dict:
         "clean_summary.json": summary,
     })
     return {"config": cfg, **result, "summary": summary}
+
+
+def flow_summary(clean: pd.DataFrame, flow_period: str) -> pd.DataFrame:
+    """Distribution of the money flows after cleaning (plain and winsorised); a study whose outcomes
+    are not money flows (e.g. already logs) gets a one-line note instead."""
+    flows = [c for c in clean.columns if c.endswith(f"_{flow_period}") or c.endswith(f"_{flow_period}_w")]
+    if not flows:
+        return pd.DataFrame({"note": [f"no money-flow outcome per {flow_period} in this study"]})
+    return clean[flows].describe(percentiles=[0.01, 0.5, 0.99]).T.round(1)

@@ -160,3 +160,11 @@ def test_closed_business_keeps_zero_flows_even_without_a_recall_period(cfg, inte
     row = out["clean"].set_index(["firm_id", "round"]).loc[(3, 1)]
     assert row["business_closed"] == 1
     assert row["profit_lcu_month"] == 0 and row["revenue_lcu_month"] == 0
+
+
+def test_flow_summary_of_a_study_without_money_flows_is_a_note_not_an_error():
+    from pipeline.clean import flow_summary
+
+    assert list(flow_summary(pd.DataFrame({"log_profit": [0.1, 0.2]}), "month").columns) == ["note"]
+    summary = flow_summary(pd.DataFrame({"profit_usd_ppp_month": [1.0, 3.0]}), "month")
+    assert summary.loc["profit_usd_ppp_month", "mean"] == 2.0
