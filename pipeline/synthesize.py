@@ -376,6 +376,11 @@ def _study_inputs(study: str) -> dict:
     from pipeline.study import load_study
 
     cfg = load_study(study)
+    needed = [paths.processed_dir(study) / name for name in ("estimate_summary.json", "construct_summary.json", "results.csv")]
+    missing = [p.relative_to(paths.REPO_ROOT).as_posix() for p in needed if not p.exists()]
+    if missing:  # the synthesis reads what the evidence pipeline wrote; say how to get it
+        raise FileNotFoundError(f"synthesize: study {study!r} has no estimate outputs ({', '.join(missing)}); "
+                                "run `make evidence` (dvc repro evidence/dvc.yaml) first, or drop it from evidence.studies")
     summary = read_json(paths.processed_dir(study) / "estimate_summary.json")
     construct = read_json(paths.processed_dir(study) / "construct_summary.json")
     primary = summary["primary_outcome"]
