@@ -30,9 +30,7 @@ analysis = result["analysis"]
 analysis.pivot_table(index="arm", columns="round", values="interviewed", aggfunc="mean").round(3)
 
 # %% [markdown]
-# ## Outcomes by round, owner gender and arm (means)
+# ## The study's first outcome by round, owner gender and arm (means)
 
 # %%
-outcome = f"profit_usd_ppp_{flow_period}"
-analysis.assign(owner=analysis["female_owner"].map({1.0: "women", 0.0: "men"})).pivot_table(
-    index=["owner", "arm"], columns="round", values=outcome, aggfunc="mean").round(1)
+construct.outcome_means(analysis, result["config"], flow_period)

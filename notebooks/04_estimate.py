@@ -21,12 +21,21 @@ result = estimate.run(study, stage_params)
 results = result["results"]
 
 # %% [markdown]
-# ## Effects for women and for men (primary outcome)
+# ## The primary outcome: pooled, and for women and for men where the study records owner gender
+#
+# The primary outcome and the specification are the study's own, as the stage resolved them
+# (its `estimate:` block on top of the params group), recorded in `estimate_summary.json`.
 
 # %%
-primary = stage_params["primary_outcome"]
-cols = ["term", "estimate", "std_error", "ci_low", "ci_high", "p_value", "control_mean", "effect_pct_of_control_mean", "n_obs", "n_clusters"]
-results[(results["outcome"] == primary) & (results["model"] == "by_gender")][cols].round(3)
+summary = result["summary"]
+pd.Series({k: v for k, v in summary["specification"].items() if v not in (None, [], ())}, name="value",
+          dtype="object").to_frame()
+
+# %%
+primary = summary["primary_outcome"]
+cols = ["model", "term", "estimate", "std_error", "ci_low", "ci_high", "p_value", "control_mean", "effect_pct_of_control_mean", "n_obs", "n_clusters"]
+results[(results["outcome"] == primary) & (results["transform"] == "level")
+        & results["model"].isin(["pooled", "by_gender"])][cols].round(3)
 
 # %% [markdown]
 # ## All models and outcomes

@@ -9,6 +9,7 @@
 stage_params = None  # None: the `report:` group of params.yaml
 studies = None       # None: the studies of `pipeline` in params.yaml
 pipeline = "main"    # main: the default run (reports/); evidence: the real studies (reports/evidence/)
+flow_period = None   # None: `clean.flow_period`
 
 # %%
 import pandas as pd
@@ -21,7 +22,8 @@ from pipeline.run_stage import studies_of
 params = load_params()
 stage_params = stage_params if stage_params is not None else params["report"]
 studies = studies if studies is not None else list(studies_of(params, pipeline))
-result = report.run(stage_params, studies, params["clean"]["flow_period"], pipeline)
+flow_period = flow_period if flow_period is not None else params["clean"]["flow_period"]
+result = report.run(stage_params, studies, flow_period, pipeline)
 
 # %% [markdown]
 # ## Effects by owner gender, per study (beside the truth for the synthetic study)

@@ -197,6 +197,17 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     return table
 
 
+def outcome_means(analysis: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:
+    """Means of the study's first configured outcome by owner gender, arm and round (the first
+    table a reader checks); owners whose gender is not recorded form their own row."""
+    cfg = normalise(cfg)
+    name, out = next(iter(cfg["outcomes"].items()))
+    column = analysis_column(name, out, flow_period)
+    owner = analysis["female_owner"].map({1.0: "women", 0.0: "men"}).fillna("not recorded")
+    return analysis.assign(owner=owner).pivot_table(index=["owner", "arm"], columns="round", values=column,
+                                                    aggfunc="mean").round(1)
+
+
 def analysis_schema(cfg: dict, table: pd.DataFrame, flow_period: str):
     """The analysis table's contract (pandera)."""
     import pandera.pandas as pa

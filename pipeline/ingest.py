@@ -312,6 +312,45 @@ def conversion_factor(cfg: dict, data_dir: str | Path) -> tuple[float, dict]:
 # ------------------------------------------------------------------------------------------------
 # The stage
 # ------------------------------------------------------------------------------------------------
+def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, cfg: dict, entry: dict,
+                 salt: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One parsed file -> (interim rows, codebook rows): columns renamed, required columns checked,
+    identifiers dropped or hashed, the rest scanned for undeclared identifiers, rows numbered.
+
+    Pure (no I/O): the ingest stage calls it on every file it reads, and the simulation study on
+    every survey the generator draws, so both take the same path from raw table to interim table."""
+    source = entry["path"]
+    data = data.copy(deep=False)  # the caller's frame stays as it was
+    data.attrs = {}
+    data, mapping = rename_columns(data, entry, source)
+    value_labels = {mapping.get(k, k): v for k, v in value_labels.items()}
+    variable_labels = {mapping.get(k, k): v for k, v in variable_labels.items()}
+    if data.empty:
+        raise IngestError(f"{source}: file has no rows")
+    require_columns(data, configured_columns(cfg), source)
+    book = codebook(data.drop(columns=[c for c in cfg["identifiers"] if c in data.columns]),
+                    value_labels, variable_labels, cfg["identifiers"], source, cfg["hash_identifiers"])
+    data = drop_identifiers(data, cfg["identifiers"], source)
+    data = hash_identifiers(data, cfg["hash_identifiers"], salt, source)
+    try:
+        assert_no_identifiers(data, cfg=cfg, source=source)
+    except IdentifierLeakError as exc:
+        raise IngestError(f"{cfg['study']}: {exc}") from None
+    data.insert(0, "source_row", range(len(data)))
+    data.insert(0, "source_file", source)
+    return data, book
+
+
+def interim_table(tables: list[pd.DataFrame], cfg: dict, usd_ppp_per_lcu: float) -> pd.DataFrame:
+    """The files' interim rows stacked, with a generated unit id where the survey has none and
+    the study's conversion factor on every row."""
+    interim = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+    if cfg["_generated_unit_id"]:
+        interim.insert(2, ROW_ID, range(len(interim)))
+    interim[FACTOR_COLUMN] = usd_ppp_per_lcu
+    return interim
+
+
 def ingest(cfg: dict, data_dir: str | Path, salt: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Read every configured file; return (interim table, codebook, summary).
 
@@ -322,41 +361,19 @@ def ingest(cfg: dict, data_dir: str | Path, salt: str | None = None) -> tuple[pd
     """
     cfg = normalise(cfg)
     tables, books, files = [], [], []
-    required = configured_columns(cfg)
     for entry in cfg["files"]:
         path = resolve_file(entry, data_dir)
-        source = entry["path"]
         check_file(path)
         sha = verify_checksum(path, entry.get("sha256"))
         data, value_labels, variable_labels = read_raw(path, entry["format"], entry)
-        user_missing = check_user_missing(data, cfg, source)
-        data.attrs = {}
-        n_raw = len(data)
-        data, mapping = rename_columns(data, entry, source)
-        value_labels = {mapping.get(k, k): v for k, v in value_labels.items()}
-        variable_labels = {mapping.get(k, k): v for k, v in variable_labels.items()}
-        if data.empty:
-            raise IngestError(f"{source}: file has no rows")
-        require_columns(data, required, source)
-        book = codebook(data.drop(columns=[c for c in cfg["identifiers"] if c in data.columns]),
-                        value_labels, variable_labels, cfg["identifiers"], source, cfg["hash_identifiers"])
-        data = drop_identifiers(data, cfg["identifiers"], source)
-        data = hash_identifiers(data, cfg["hash_identifiers"], salt, source)
-        try:
-            assert_no_identifiers(data, cfg=cfg, source=source)
-        except IdentifierLeakError as exc:
-            raise IngestError(f"{cfg['study']}: {exc}") from None
-        data.insert(0, "source_row", range(len(data)))
-        data.insert(0, "source_file", source)
+        user_missing = check_user_missing(data, cfg, entry["path"])
+        data, book = ingest_frame(data, value_labels, variable_labels, cfg, entry, salt)
         tables.append(data)
         books.append(book)
-        files.append({"path": source, "sha256": sha, "rows": n_raw, "columns": data.shape[1] - 2,
+        files.append({"path": entry["path"], "sha256": sha, "rows": len(data), "columns": data.shape[1] - 2,
                       "format": entry["format"], **({"spss_user_missing": user_missing} if user_missing else {})})
-    interim = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
-    if cfg["_generated_unit_id"]:
-        interim.insert(2, ROW_ID, range(len(interim)))
     factor, factor_info = conversion_factor(cfg, data_dir)
-    interim[FACTOR_COLUMN] = factor
+    interim = interim_table(tables, cfg, factor)
     summary = {"study": cfg["study"], "config": cfg["_path"], "files": files, "rows": len(interim),
                "identifiers_dropped": list(cfg["identifiers"]), "identifiers_hashed": list(cfg["hash_identifiers"]),
                "unit_id": "generated: one unit per row" if cfg["_generated_unit_id"] else cfg["unit_id"],

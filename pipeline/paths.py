@@ -19,6 +19,7 @@ STAGE_NOTEBOOKS = {
     "estimate": "04_estimate",
     "report": "05_report",
     "synthesize": "06_synthesize",
+    "simulation": "07_simulation",
 }
 
 # Two DVC pipelines share the stages: the default run on the embedded synthetic survey
@@ -46,6 +47,10 @@ def processed_dir(study: str) -> Path:
 def reports_dir(pipeline: str = "main") -> Path:
     """reports/ for the default run, reports/evidence/ for the evidence pipeline."""
     return REPO_ROOT / "reports" if pipeline == "main" else REPO_ROOT / "reports" / pipeline
+
+
+def simulation_dir() -> Path:
+    return REPO_ROOT / "reports" / "simulation"
 
 
 def synthesis_dir() -> Path:

@@ -485,13 +485,13 @@ def qte_figure(study: str, unit: str) -> str | None:
 
 
 def simulation_table() -> dict | None:
-    path = paths.reports_dir() / "simulation" / "simulation.csv"
+    path = paths.simulation_dir() / "simulation.csv"
     if not path.exists():
         return None
     sim = pd.read_csv(path)
     if "outcome" in sim.columns:  # *_closed_zero repeat the plain outcomes now that clean keeps closed firms at 0
         sim = sim[~sim["outcome"].astype(str).str.endswith("_closed_zero")]
-    meta = read_json(paths.reports_dir() / "simulation" / "simulation.json")
+    meta = read_json(paths.simulation_dir() / "simulation.json")
     rows = [[str(r.get("variant", "")), str(r.get("outcome", "")), str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
              fmt(r["mean_estimate"], 2), fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
             for _, r in sim.iterrows()]
@@ -501,7 +501,7 @@ def simulation_table() -> dict | None:
             "notes": f"Standard errors: {meta.get('vcov', meta.get('estimator', {}).get('vcov', 'see params'))}. "
                      "Targets: |bias| below 0.05 standard deviations of the estimate; coverage between 93% and 97%. "
                      "no_typos: the generator without extra-zero typing errors, so the unwinsorised outcome is exactly "
-                     "the one the truth is defined on; as_configured: the default survey. See scripts/simulation_study.py."}
+                     "the one the truth is defined on; as_configured: the default survey. See pipeline/simulation.py."}
 
 
 TEMPLATE = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"),

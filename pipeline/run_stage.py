@@ -98,11 +98,45 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+# What a stage's notebook receives from params.yaml beyond its own group (injected as
+# ``stage_params``): notebook parameter -> params key. With the study's entry (per-study stages) or
+# the pipeline's study list (report, synthesize) this is everything a stage reads; dvc.yaml declares
+# exactly these keys (tests/test_dvc_wiring.py), and the executed notebook records their values.
+EXTRA_PARAMS: dict[str, dict[str, str]] = {
+    "construct": {"flow_period": "clean.flow_period"},
+    "report": {"flow_period": "clean.flow_period"},
+    "simulation": {"synthetic_params": "synthetic", "clean_params": "clean", "construct_params": "construct",
+                   "estimate_params": "estimate"},
+}
+
+
+def params_value(params: dict, key: str):
+    """``params["a"]["b"]`` for key ``a.b``, naming the key when it is absent."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"params.yaml has no {key!r} (read by a stage; see pipeline/run_stage.py EXTRA_PARAMS)")
+        node = node[part]
+    return node
+
+
+def declared_params(stage: str, pipeline: str = "main") -> list[str]:
+    """The params keys a stage reads, as its dvc.yaml entry must list them (``${key}``: the study)."""
+    studies_key = "studies" if pipeline == "main" else f"{pipeline}.studies"
+    keys = [stage] + ([f"{studies_key}.${{key}}"] if stage == "ingest" else [])
+    keys += list(EXTRA_PARAMS.get(stage, {}).values())
+    if stage in ("report", "synthesize"):
+        keys.append(studies_key)
+    return keys
+
+
 def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: str) -> dict:
-    """What papermill injects: the stage's params group, and the study (per-study stages) or
-    the pipeline's study list (pipeline-level stages), so the executed notebook records them."""
+    """What papermill injects: the stage's params group, the keys of EXTRA_PARAMS, and the study
+    (per-study stages) or the pipeline's study list (pipeline-level stages), so the executed
+    notebook records everything the stage used."""
     studies = studies_of(params, pipeline)
     parameters = {"stage_params": params.get(stage, {}) or {}}
+    parameters.update({name: params_value(params, key) for name, key in EXTRA_PARAMS.get(stage, {}).items()})
     if study is not None:
         if study not in studies:
             raise KeyError(f"study {study!r} is not listed in the {pipeline!r} pipeline's studies "

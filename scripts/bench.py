@@ -37,9 +37,7 @@ def stage_commands() -> list[tuple[str, list[str]]]:
     for stage in ("ingest", "clean", "construct", "estimate"):
         for study in params["studies"]:
             out.append((f"{stage}@{study}", [sys.executable, "-m", "pipeline.run_stage", stage, "--study", study]))
-    sim = params["simulation"]
-    out.append(("simulation", [sys.executable, "scripts/simulation_study.py", "--draws", str(sim["draws"]),
-                               "--workers", str(sim["workers"])]))
+    out.append(("simulation", [sys.executable, "-m", "pipeline.run_stage", "simulation"]))
     out.append(("report", [sys.executable, "-m", "pipeline.run_stage", "report"]))
     return out
 

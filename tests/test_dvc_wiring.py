@@ -36,3 +36,100 @@ def test_every_evidence_study_has_a_configuration_and_is_not_reserved():
     assert "bdgk2015" not in studies
     for study in studies:
         assert paths.study_config_path(study).exists(), study
+
+
+# -- every stage declares exactly the code and the params it reads --------------------------------
+import ast  # noqa: E402
+import re  # noqa: E402
+
+from pipeline import run_stage  # noqa: E402
+
+PIPELINE_DIR = paths.REPO_ROOT / "pipeline"
+
+
+def pipeline_imports(source: str) -> set[str]:
+    """Modules of the pipeline package a source text imports (anywhere, function bodies included)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+    return {m for m in found if (PIPELINE_DIR / f"{m}.py").exists()}
+
+
+def closure(modules: set[str]) -> set[str]:
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += pipeline_imports((PIPELINE_DIR / f"{module}.py").read_text())
+    return seen
+
+
+def stage_entries(pipeline: str):
+    for name, spec in read_yaml(paths.pipeline_file(pipeline))["stages"].items():
+        yield name, spec.get("do", spec)
+
+
+def stage_of(entry: dict) -> str:
+    match = re.match(r"python -m pipeline\.run_stage (\w+)", entry["cmd"])
+    assert match, f"every stage runs through pipeline.run_stage (one module, one notebook): {entry['cmd']}"
+    return match.group(1)
+
+
+def test_every_stage_runs_a_notebook_through_run_stage_and_names_it():
+    for pipeline in paths.PIPELINE_FILES:
+        for name, entry in stage_entries(pipeline):
+            stage = stage_of(entry)
+            assert name == stage, (pipeline, name)
+            assert f"notebooks/{paths.STAGE_NOTEBOOKS[stage]}.ipynb" in entry["deps"], (pipeline, name)
+
+
+def test_every_stage_depends_on_exactly_the_pipeline_modules_it_imports():
+    """The notebook's imports and run_stage's, followed through the package: a module the stage
+    imports but does not declare would leave DVC's cache stale after an edit; a module declared
+    but not imported reruns the stage for nothing."""
+    for pipeline in paths.PIPELINE_FILES:
+        for name, entry in stage_entries(pipeline):
+            notebook = paths.REPO_ROOT / "notebooks" / f"{paths.STAGE_NOTEBOOKS[stage_of(entry)]}.py"
+            imported = closure(pipeline_imports(notebook.read_text()) | {"run_stage"})
+            declared = {d.removeprefix("pipeline/").removesuffix(".py") for d in entry["deps"]
+                        if d.startswith("pipeline/") and d.endswith(".py")}
+            assert declared == imported, (pipeline, name, "missing:", sorted(imported - declared),
+                                          "not imported:", sorted(declared - imported))
+
+
+def test_every_stage_depends_on_the_templates_it_renders_with():
+    for pipeline in paths.PIPELINE_FILES:
+        for name, entry in stage_entries(pipeline):
+            assert "pipeline/templates/offline.html.j2" in entry["deps"], (pipeline, name)  # run_stage's HTML export
+            if name == "report":
+                assert "pipeline/templates/index.html.j2" in entry["deps"], pipeline
+
+
+def test_every_stage_declares_exactly_the_params_its_notebook_is_given():
+    """run_stage injects the stage's group and EXTRA_PARAMS; the notebooks read nothing else
+    (their load_params() fallback is for JupyterLab only), so this is what DVC must track."""
+    for pipeline in paths.PIPELINE_FILES:
+        for name, entry in stage_entries(pipeline):
+            assert sorted(entry.get("params", [])) == sorted(run_stage.declared_params(name, pipeline)), (pipeline, name)
+
+
+def test_notebook_parameters_cover_the_declared_params():
+    params = load_params()
+    for name in ("construct", "report", "simulation"):
+        injected = run_stage.notebook_parameters(name, "synthetic" if name == "construct" else None, params, "main")
+        for parameter, key in run_stage.EXTRA_PARAMS[name].items():
+            assert injected[parameter] == run_stage.params_value(params, key)
+        assert injected["stage_params"] == params[name]
+
+
+def test_only_run_stage_reads_params_yaml():
+    """Stage functions receive resolved values; none reaches for params.yaml itself."""
+    for module in sorted(PIPELINE_DIR.glob("*.py")):
+        if module.name not in ("run_stage.py", "io.py"):
+            assert "load_params(" not in module.read_text(), module.name

@@ -1,28 +1,25 @@
-"""Tests for scripts/simulation_study.py: the summary statistics on cases with a known answer,
+"""Tests for pipeline/simulation.py: the summary statistics on cases with a known answer,
 and the whole machinery at a small size (few draws, few firms)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+@pytest.fixture(scope="module")
+def sim():
+    from pipeline import simulation
+    return simulation
 
 
 @pytest.fixture(scope="module")
-def sim():
-    spec = importlib.util.spec_from_file_location("simulation_study", REPO / "scripts" / "simulation_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["simulation_study"] = module       # worker processes find _work by name
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("simulation_study", None)
+def groups():
+    from pipeline.io import load_params
+    params = load_params()
+    return {g: params[g] for g in ("synthetic", "clean", "construct", "estimate")}
 
 
 def draws_frame(estimates, se, truth, ci_half=None):
@@ -74,9 +71,11 @@ def test_closed_as_zero_fills_only_interviewed_closed_rows(sim):
     np.testing.assert_array_equal(out["y"], [0.0, np.nan, 5.0, np.nan])
 
 
-def test_small_study_end_to_end(sim, tmp_path):
-    settings = sim.build_settings(synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2},
-                                  base_seed=100)
+def test_small_study_end_to_end(sim, groups, tmp_path):
+    from pipeline.study import load_study
+    settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
+                                  load_study("synthetic"),
+                                  synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100)
     draws = sim.run_study(20, settings, workers=2)
     assert len(draws) == 20 * 2 * 4 * 9
     assert sorted(draws["seed"].unique()) == list(range(100, 120))
@@ -107,3 +106,31 @@ def test_small_study_end_to_end(sim, tmp_path):
     assert (tmp_path / "simulation.csv").exists() and (tmp_path / "simulation_draws.parquet").exists()
     loaded = json.loads((tmp_path / "simulation.json").read_text())
     assert loaded["draws"] == 20 and len(loaded["summary"]) == 72 and meta["base_seed"] == 100
+
+
+def test_a_draw_enters_through_the_ingest_stage_path(sim, groups, tmp_path):
+    """The generator's survey, taken in memory by the simulation, gives the interim table (and
+    codebook) that the ingest stage gives when it reads the same survey from the written .dta."""
+    from pipeline import ingest, paths, synthetic
+    from pipeline.study import load_study, normalise
+
+    survey, value_labels, variable_labels, truth = synthetic.generate(
+        {**groups["synthetic"], "n_firms": 120, "n_regions": 2, "n_sectors": 2})
+    cfg = normalise(load_study("synthetic"))
+    synthetic.write(survey, value_labels, variable_labels, truth, tmp_path)
+    from_file, book_from_file, _ = ingest.ingest(cfg, tmp_path)
+    in_memory, book = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None)
+    in_memory = ingest.interim_table([in_memory], cfg, ingest.conversion_factor(cfg, paths.raw_synthetic_dir())[0])
+    pd.testing.assert_frame_equal(in_memory, from_file)
+    pd.testing.assert_frame_equal(book, book_from_file)
+    assert not set(cfg["identifiers"]) & set(in_memory.columns)
+
+
+def test_progress_reports_draws_done_and_rate_and_always_the_last(sim):
+    import io
+    stream = io.StringIO()
+    progress = sim.Progress(5, every=3600, stream=stream)
+    for _ in range(5):
+        progress.advance()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simulation: 5/5 draws (100%)") and "draws/s" in lines[0]

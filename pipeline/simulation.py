@@ -1,9 +1,9 @@
-#!/usr/bin/env python
 """Simulation study: does the main estimator recover the generator's true effects?
 
 For draw i = 0..R-1 the project's generator (``pipeline.synthetic.generate``, the ``synthetic:``
-params with ``seed = base_seed + i``) writes a messy survey; it goes through the pipeline's own
-ingest step (identifiers dropped, rows numbered, in memory), ``pipeline.clean.clean`` and
+params with ``seed = base_seed + i``) writes a messy survey; it goes through the ingest stage's own
+pure function (:func:`pipeline.ingest.ingest_frame`: columns checked, identifiers dropped, rows
+numbered, in memory) and :func:`pipeline.ingest.interim_table`, ``pipeline.clean.clean`` and
 ``pipeline.construct.construct`` with ``studies/synthetic.yaml`` and the ``clean:`` /
 ``construct:`` params, and the ``by_gender`` ANCOVA model of ``pipeline.estimate`` (the
 ``estimate:`` specification: strata and round FE, cluster SE with the ``estimate.vcov``
@@ -35,40 +35,27 @@ has profit 0, not missing"), so the former ``*_closed_zero`` variants (closed fi
 equal these (``--outcomes unwinsorised winsorised`` skips them). Bias of the winsorised
 estimates relative to the truth is winsorising's (clipping the tails) and is reported as found.
 
-Usage::
-
-    python scripts/simulation_study.py --draws 2000 --workers 2
-
-writes ``reports/simulation/simulation.json`` (settings, summary, verdicts),
+The ``simulation`` stage (``python -m pipeline.run_stage simulation``, notebook
+``07_simulation``, params group ``simulation:``) writes ``reports/simulation/simulation.json`` (settings, summary, verdicts),
 ``reports/simulation/simulation.csv`` (the summary table) and
 ``reports/simulation/simulation_draws.parquet`` (every draw's estimates). The outputs depend only
-on the inputs (no time stamps); the wall time is printed.
+on the inputs (no time stamps); progress (draws done, rate) goes to the terminal, not to the outputs.
 """
 from __future__ import annotations
 
-import os
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):   # before numpy
-    os.environ.setdefault(_var, "1")
+import numpy as np
+import pandas as pd
 
-import argparse  # noqa: E402
-import multiprocessing as mp  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from pipeline import clean, construct, estimate, synthetic  # noqa: E402
-from pipeline.io import load_params, write_csv, write_json, write_parquet  # noqa: E402
-from pipeline.qte import limit_blas_threads  # noqa: E402
-from pipeline.study import load_study  # noqa: E402
+from pipeline import clean, construct, estimate, ingest, paths, synthetic
+from pipeline.io import write_csv, write_json, write_parquet
+from pipeline.qte import limit_blas_threads
+from pipeline.study import load_study, normalise
 
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
@@ -94,10 +81,11 @@ TARGETS = {"abs_bias_in_sd_max": 0.05, "coverage_min": 0.93, "coverage_max": 0.9
 def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_params: dict
                    ) -> tuple[pd.DataFrame, dict]:
     """Generator -> in-memory ingest -> clean -> construct. Returns (analysis table, truth)."""
-    survey, _, _, truth = synthetic.generate(synth_params)
-    interim = survey.drop(columns=list(cfg["identifiers"]))
-    interim.insert(0, "source_row", np.arange(len(interim)))
-    interim.insert(0, "source_file", cfg["files"][0]["path"])
+    survey, value_labels, variable_labels, truth = synthetic.generate(synth_params)
+    # the generator writes one file (studies/synthetic.yaml files[0]); it has no hashed identifiers
+    interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None)
+    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
+    interim = ingest.interim_table([interim], cfg, factor)
     cleaned = clean.clean(interim, cfg, clean_params)["clean"]
     table = construct.construct(cleaned, cfg, construct_params, clean_params.get("flow_period", "month"))
     return table, truth
@@ -191,29 +179,59 @@ def summarise(draws: pd.DataFrame, keys=("variant", "outcome", "effect", "sex"))
 # --------------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------------
-def build_settings(params: dict | None = None, synthetic_overrides: dict | None = None,
-                   base_seed: int | None = None, variants=tuple(VARIANTS),
-                   outcomes=tuple(OUTCOMES), vcov: str | None = None) -> dict:
-    """Settings of the study; the estimator is the ``estimate:`` params group (incl. ``vcov``,
-    CR1 when absent), ``vcov`` overriding it."""
-    params = params or load_params()
-    synth = {**params["synthetic"], **(synthetic_overrides or {})}
-    spec_params, _ = estimate.split_params(params["estimate"])
+def build_settings(synthetic_params: dict, clean_params: dict, construct_params: dict, estimate_params: dict,
+                   cfg: dict, synthetic_overrides: dict | None = None, base_seed: int | None = None,
+                   variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None) -> dict:
+    """Settings of the study from resolved params groups; the estimator is the ``estimate:``
+    specification (``vcov`` CR1 when absent), ``vcov`` overriding it."""
+    synth = {**synthetic_params, **(synthetic_overrides or {})}
+    spec_params, _ = estimate.split_params(estimate_params)
     spec_params = {**spec_params, "vcov": vcov or spec_params.get("vcov", "CR1")}
-    return {"synthetic": synth, "clean": params["clean"], "construct": params["construct"],
-            "spec_params": spec_params, "cfg": load_study("synthetic"),
+    return {"synthetic": synth, "clean": clean_params, "construct": construct_params,
+            "spec_params": spec_params, "cfg": normalise(cfg),
             "base_seed": int(synth["seed"] if base_seed is None else base_seed),
             "variants": list(variants), "outcomes": list(outcomes)}
 
 
-def run_study(n_draws: int, settings: dict, workers: int = 2) -> pd.DataFrame:
-    """Every draw's estimates (sorted by draw, variant, outcome, effect, sex)."""
+class Progress:
+    """Draws done / total with a rate, on the terminal (the process's stderr: inside a notebook
+    kernel that is the terminal that started the stage, not a cell output, so outputs carry no
+    timings). At most one line per ``every`` seconds, and the last."""
+
+    def __init__(self, total: int, label: str = "simulation", every: float = 15.0, stream=None):
+        self.total, self.label, self.every = total, label, every
+        self.stream = stream if stream is not None else sys.__stderr__
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        now = time.perf_counter()
+        if self.stream is None or (now - self.last < self.every and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.start, 1e-9)
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        print(f"{self.label}: {self.done}/{self.total} draws ({100 * self.done / self.total:.0f}%), "
+              f"{rate:.2f} draws/s, about {left / 60:.1f} min left", file=self.stream, flush=True)
+
+
+def run_study(n_draws: int, settings: dict, workers: int = 2, progress: Progress | None = None) -> pd.DataFrame:
+    """Every draw's estimates (sorted by draw, variant, outcome, effect, sex). Draw i uses seed
+    base_seed + i whatever the number of workers, and results are gathered in draw order."""
+    chunks = []
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
                                  initializer=_init, initargs=(settings,)) as ex:
-            chunks = list(ex.map(_work, range(n_draws), chunksize=max(1, min(10, n_draws // (4 * workers)))))
+            for rows in ex.map(_work, range(n_draws), chunksize=max(1, min(10, n_draws // (4 * workers)))):
+                chunks.append(rows)
+                if progress is not None:
+                    progress.advance()
     else:
-        chunks = [one_draw(i, settings) for i in range(n_draws)]
+        for i in range(n_draws):
+            chunks.append(one_draw(i, settings))
+            if progress is not None:
+                progress.advance()
     draws = pd.DataFrame([r for c in chunks for r in c], columns=DRAW_COLUMNS)
     return draws.sort_values(["draw"], kind="stable").reset_index(drop=True)
 
@@ -222,7 +240,7 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
     out_dir = Path(out_dir)
     meta = {
         "description": "Simulation study of the by_gender ANCOVA estimator against the generator's "
-                       "true ITT effects (see scripts/simulation_study.py).",
+                       "true ITT effects (see pipeline/simulation.py).",
         "draws": int(draws["draw"].nunique()),
         "base_seed": settings["base_seed"],
         "seeds": "seed_i = base_seed + i",
@@ -245,34 +263,14 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
     return meta
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--draws", type=int, default=500)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--base-seed", type=int, default=None,
-                    help="seed of draw 0 (default: synthetic.seed of params.yaml)")
-    ap.add_argument("--n-firms", type=int, default=None, help="override synthetic.n_firms")
-    ap.add_argument("--out", default=str(REPO / "reports" / "simulation"))
-    ap.add_argument("--vcov", choices=["CR1", "CR2", "CR3"], default=None,
-                    help="override estimate.vcov of params.yaml")
-    ap.add_argument("--outcomes", nargs="+", choices=list(OUTCOMES), default=list(OUTCOMES),
-                    help="outcomes to run (default: all)")
-    args = ap.parse_args(argv)
-    overrides = {"n_firms": args.n_firms} if args.n_firms else {}
-    settings = build_settings(synthetic_overrides=overrides, base_seed=args.base_seed,
-                              vcov=args.vcov, outcomes=tuple(args.outcomes))
-    t0 = time.perf_counter()
-    draws = run_study(args.draws, settings, workers=args.workers)
+def run(stage_params: dict, synthetic_params: dict, clean_params: dict, construct_params: dict,
+        estimate_params: dict, out_dir: Path | None = None) -> dict:
+    """The simulation stage: ``stage_params`` is the ``simulation:`` group (draws, workers); the
+    other groups are the ones the default run's stages use, as ``run_stage`` injects them."""
+    settings = build_settings(synthetic_params, clean_params, construct_params, estimate_params,
+                              load_study("synthetic"))
+    n_draws, workers = int(stage_params["draws"]), int(stage_params["workers"])
+    draws = run_study(n_draws, settings, workers=workers, progress=Progress(n_draws))
     summary = summarise(draws)
-    write_outputs(draws, summary, settings, Path(args.out))
-    wall = time.perf_counter() - t0
-    cols = ["variant", "outcome", "effect", "sex", "truth", "mean_estimate", "bias", "bias_in_sd",
-            "se_over_sd", "coverage"]
-    with pd.option_context("display.width", 200, "display.max_rows", 200):
-        print(summary[cols].round(3).to_string(index=False))
-    print(f"{args.draws} draws, {args.workers} workers: {wall:.1f} s wall time")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    meta = write_outputs(draws, summary, settings, Path(out_dir) if out_dir else paths.simulation_dir())
+    return {"draws": draws, "summary": summary, "meta": meta}
