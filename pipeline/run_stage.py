@@ -68,6 +68,25 @@ def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
     return body
 
 
+def ipc_kernel_manager(socket_dir: str):
+    """A kernel manager whose kernel talks over Unix sockets in ``socket_dir`` (a private temporary
+    folder) instead of TCP on localhost: no open port, and no "running over TCP without encryption"
+    warning on every stage."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(socket_dir, "kernel")
+
+    return IPCKernelManager
+
+
 def studies_of(params: dict, pipeline: str) -> dict:
     """The studies a pipeline runs: ``studies:`` (default run) or ``evidence.studies:``."""
     if pipeline == "main":
@@ -174,6 +193,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
                 progress_bar=False,
                 log_output=False,
                 report_mode=False,
+                kernel_manager_class=ipc_kernel_manager(tmp),
             )
         except BaseException:
             for out in stage_outs(stage, study, pipeline):
