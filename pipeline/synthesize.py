@@ -415,6 +415,56 @@ def collect_effects(studies: Sequence[str], published: pd.DataFrame, published_s
     return effects, left_out
 
 
+# Study moderators of the meta-regression: each alone (a handful of studies supports one slope),
+# across skills and capital studies together so that the intervention type is one of them.
+MODERATORS = ("capital_intervention", "share_female_owners", "lender_targeted_women")
+
+
+def moderator_regressions(effects: pd.DataFrame) -> pd.DataFrame:
+    """Per (scale, owners) and moderator: the mixed-effects meta-regression of the study effects on
+    the moderator, over the effects where it is recorded, when it varies among at least three
+    studies. Arms of one study enter as separate effects (their correlation is ignored: stated in
+    ``note``)."""
+    frames = []
+    effects = effects.assign(capital_intervention=(effects["intervention"] == "capital").astype(float))
+    for (scale, group), rows in effects.groupby(["scale", "group"], sort=True):
+        for moderator in MODERATORS:
+            known = rows[rows[moderator].notna()]
+            if known["study"].nunique() < 3 or known[moderator].nunique() < 2:
+                continue
+            fit = frequentist_meta_regression(known["effect"], known["std_error"], known[[moderator]])
+            if fit.empty:
+                continue
+            several_arms = known["study"].duplicated().any()
+            frames.append(fit.assign(scale=scale, group=group, moderator=moderator,
+                                     studies=", ".join(sorted(known["study"].unique())),
+                                     note="arms of one study treated as independent" if several_arms else ""))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def attach_moderators(effects: pd.DataFrame, moderators: pd.DataFrame, source: str,
+                      known_studies: Sequence[str]) -> pd.DataFrame:
+    """Study-level moderators from the moderators file (one row per study) onto the microdata
+    studies' effects; a value in the effects (a publication's own row) is kept."""
+    required = ["study", "lender_targeted_women", "source"]
+    missing = [c for c in required if c not in moderators.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {missing}; expected {required}")
+    dup = moderators[moderators["study"].duplicated(keep=False)]
+    if not dup.empty:
+        raise ValueError(f"{source}: studies listed more than once (file lines {list(dup.index + 2)})")
+    values = pd.to_numeric(moderators["lender_targeted_women"], errors="coerce")
+    bad = moderators[(moderators["lender_targeted_women"].notna() & values.isna()) | ~values.isin([0, 1]) & values.notna()]
+    if not bad.empty:
+        raise ValueError(f"{source}: lender_targeted_women must be 0, 1 or empty (file lines {list(bad.index + 2)})")
+    unknown = sorted(set(moderators["study"]) - set(known_studies))
+    if unknown:
+        raise ValueError(f"{source}: studies {unknown} are neither configured (studies/<name>.yaml) nor in the "
+                         "published effects (misspelt?)")
+    mapped = effects["study"].map(dict(zip(moderators["study"], values)))
+    return effects.assign(lender_targeted_women=effects["lender_targeted_women"].astype(float).fillna(mapped))
+
+
 def synthesize(effects: pd.DataFrame, settings: Mapping) -> dict:
     """Pool every (scale, intervention, group) with at least ``min_studies`` distinct studies."""
     from pipeline import harmonise
@@ -431,10 +481,7 @@ def synthesize(effects: pd.DataFrame, settings: Mapping) -> dict:
         out = pool_group(group, key, settings)
         pooled.append(out["pooled"]), shrunk.append(out["shrunk"]), loo.append(out["leave_one_out"])
         priors["/".join(key)] = vars(out["priors"])
-        share = group["share_female_owners"]
-        if share.notna().all() and share.nunique() > 1:
-            meta.append(frequentist_meta_regression(group["effect"], group["std_error"], group[["share_female_owners"]]).assign(
-                scale=key[0], intervention=key[1], group=key[2]))
+    meta = moderator_regressions(effects)
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
     return {"pooled": cat(pooled), "shrunk": cat(shrunk), "leave_one_out": cat(loo), "meta_regression": cat(meta),
             "not_pooled": not_pooled, "priors": priors}
@@ -448,9 +495,15 @@ def run(studies: Sequence[str], params: Mapping) -> dict:
     source = str(params["published_effects"])
     published = pd.read_csv(REPO_ROOT / source)
     effects, left_out = collect_effects(studies, published, source)
+    moderators_source = str(params["moderators"])
+    configured = [p.stem for p in (REPO_ROOT / "studies").glob("*.yaml")]
+    effects = attach_moderators(effects, pd.read_csv(REPO_ROOT / moderators_source), moderators_source,
+                                [*configured, *published["study"]])
     out = synthesize(effects, params)
     frequentist = out["pooled"].filter(regex="^(scale|intervention|group|n_studies|re_)") if not out["pooled"].empty else out["pooled"]
     summary = {"studies": list(studies), "published_effects": source, "n_published": int(len(published)),
+               "moderators": {"file": moderators_source, "regressed_on": list(MODERATORS),
+                              "note": "one moderator per regression, skills and capital studies together"},
                "settings": dict(params), "left_out": left_out, "not_pooled": out["not_pooled"], "priors": out["priors"],
                "priors_note": "Priors: baggr's defaults for the rubin model, per group: hypermean ~ normal(0, 10 × max |effect|), "
                               "between-study SD ~ uniform(0, 10 × SD of the effects)."}

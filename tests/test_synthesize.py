@@ -283,3 +283,65 @@ def test_half_cauchy_tail_is_integrated_without_truncation():
     coarse, fine = (fit([2.0], [1.0], priors, n_grid=n).pooled["tau_mean"].iloc[0] for n in (2000, 16000))
     assert coarse == pytest.approx(fine, rel=1e-4)
     assert 1.0 < fine < 50.0
+
+
+# -- the frequentist meta-regression on study moderators ------------------------------------------
+def test_intercept_only_meta_regression_is_dersimonian_laird():
+    d = meta_file("bangertdrowns2004.csv")
+    fit_ = sz.frequentist_meta_regression(d["tau"], d["se"], pd.DataFrame(index=d.index))
+    ref = sz.frequentist_random_effects(d["tau"], d["se"], method="dl", interval=0.95)  # = metafor, above
+    assert fit_["estimate"].iloc[0] == pytest.approx(ref["estimate"], rel=1e-10)
+    assert fit_["std_error"].iloc[0] == pytest.approx(ref["se"], rel=1e-10)
+    assert fit_["tau2"].iloc[0] == pytest.approx(ref["tau2"], rel=1e-10)
+
+
+def test_meta_regression_given_its_tau2_is_statsmodels_wls_with_known_variances():
+    import statsmodels.api as sm
+
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, 20)
+    se = rng.uniform(0.1, 0.4, 20)
+    y = 0.2 + 0.5 * x + rng.normal(0, np.sqrt(se ** 2 + 0.3))
+    fit_ = sz.frequentist_meta_regression(y, se, pd.DataFrame({"x": x}))
+    tau2 = fit_["tau2"].iloc[0]
+    assert tau2 > 0
+    ref = sm.WLS(y, sm.add_constant(x), weights=1 / (se ** 2 + tau2)).fit(cov_type="fixed scale")
+    np.testing.assert_allclose(fit_["estimate"], ref.params, rtol=1e-10)
+    np.testing.assert_allclose(fit_["std_error"], ref.bse, rtol=1e-10)
+
+
+def _effects(rows):
+    return pd.DataFrame(rows, columns=["study", "intervention", "group", "scale", "effect", "std_error",
+                                       "share_female_owners", "lender_targeted_women"])
+
+
+def test_moderators_are_attached_per_study_and_bad_files_are_refused():
+    eff = _effects([("a", "capital", "all", "pct_of_control_mean", 1.0, 0.5, 0.5, np.nan),
+                    ("b", "capital", "all", "pct_of_control_mean", 2.0, 0.5, 0.9, 1.0)])
+    mods = pd.DataFrame({"study": ["a", "b"], "lender_targeted_women": [1, 0], "source": ["x", "y"]})
+    out = sz.attach_moderators(eff, mods, "m.csv", ["a", "b"])
+    assert out["lender_targeted_women"].tolist() == [1.0, 1.0]  # a from the file, b's own value kept
+    with pytest.raises(ValueError, match=r"\['c'\].*misspelt"):
+        sz.attach_moderators(eff, pd.concat([mods, pd.DataFrame({"study": ["c"], "lender_targeted_women": [0],
+                                                                  "source": ["z"]})]), "m.csv", ["a", "b"])
+    with pytest.raises(ValueError, match=r"0, 1 or empty \(file lines \[3\]\)"):
+        sz.attach_moderators(eff, mods.assign(lender_targeted_women=["1", "yes"]), "m.csv", ["a", "b"])
+    with pytest.raises(ValueError, match="more than once"):
+        sz.attach_moderators(eff, pd.concat([mods, mods]).reset_index(drop=True), "m.csv", ["a", "b"])
+
+
+def test_moderator_regressions_run_each_moderator_where_it_varies_among_three_studies():
+    eff = _effects([("a", "capital", "women", "pct_of_control_mean", 10.0, 4.0, 1.0, 1.0),
+                    ("b", "capital", "women", "pct_of_control_mean", 2.0, 3.0, 0.6, 0.0),
+                    ("c", "skills", "women", "pct_of_control_mean", 5.0, 5.0, 0.8, np.nan),
+                    ("d", "capital", "women", "pct_of_control_mean", 7.0, 4.0, 0.7, 1.0),
+                    ("d", "capital", "men", "pct_of_control_mean", 7.0, 4.0, 0.7, 1.0)])
+    out = sz.moderator_regressions(eff)
+    assert set(out["group"]) == {"women"}  # one study of men: nothing to regress
+    slopes = out[out["term"] != "intercept"].set_index("moderator")
+    assert set(slopes.index) == {"capital_intervention", "share_female_owners", "lender_targeted_women"}
+    assert slopes.loc["lender_targeted_women", "n_studies"] == 3  # c has no lender: left out
+    assert slopes.loc["capital_intervention", "studies"] == "a, b, c, d"
+    direct = sz.frequentist_meta_regression(eff["effect"][:4], eff["std_error"][:4],
+                                            eff[["share_female_owners"]][:4])
+    assert slopes.loc["share_female_owners", "estimate"] == pytest.approx(direct["estimate"].iloc[1])
