@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.io import read_json  # noqa: E402
@@ -106,15 +107,46 @@ def pooled_table(pooled: pd.DataFrame, decimals: int) -> dict:
              _fmt(r["mu_mean"], decimals), f"[{_fmt(r['mu_lower'], decimals)}, {_fmt(r['mu_upper'], decimals)}]",
              _fmt(r["tau_mean"], decimals), f"[{_fmt(r['predictive_lower'], decimals)}, {_fmt(r['predictive_upper'], decimals)}]",
              _fmt(r["pooling_overall"], 2), _fmt(r.get("re_pm_estimate"), decimals),
-             f"[{_fmt(r.get('re_pm_ci_low'), decimals)}, {_fmt(r.get('re_pm_ci_high'), decimals)}]"]
+             f"[{_fmt(r.get('re_pm_ci_low'), decimals)}, {_fmt(r.get('re_pm_ci_high'), decimals)}]",
+             _coverage(r)]
             for _, r in pooled.iterrows()]
     return {"caption": "Pooled effects across studies (Bayesian normal-normal hierarchical model)", "first_col_left": True,
             "columns": ["Intervention", "Owners", "Scale", "Studies", "Pooled mean", "95% interval", "Between-study SD",
-                        "New site, 95%", "Pooling", "Random effects (PM)", "95% CI (PM)"],
+                        "New site, 95%", "Pooling", "Random effects (PM)", "95% CI (PM)", "Coverage of the interval"],
             "rows": rows,
             "notes": "Posterior of the hypermean computed exactly by integration over the between-study SD; "
                      "priors as recorded in data/synthesis/synthesize_summary.json. Pooling: the Gelman-Pardoe pooling factor "
-                     "(0 = no pooling, 1 = full pooling). PM: frequentist random effects, Paule-Mandel tau², as a cross-check."}
+                     "(0 = no pooling, 1 = full pooling). PM: frequentist random effects, Paule-Mandel tau², as a cross-check. "
+                     "Coverage: the share of meta-analyses simulated at the pooled mean and the median between-study SD, with "
+                     "these studies' standard errors and the same priors, whose interval contains the pooled mean (Monte Carlo SE)."}
+
+
+def _coverage(r) -> str:
+    value = r.get("coverage_mu")
+    if value is None or not np.isfinite(value):
+        return "not simulated"
+    return f"{100 * value:.1f}% ({100 * r['coverage_mu_mc_se']:.1f}), {int(r['coverage_draws'])} draws"
+
+
+def meta_regression_table(meta: pd.DataFrame, decimals: int) -> dict:
+    """The slope of each moderator (the intercepts are in data/synthesis/meta_regression.csv)."""
+    rows = []
+    if "moderator" in meta.columns:
+        for _, r in meta[meta["term"] != "intercept"].iterrows():
+            rows.append([MODERATOR_WORDS.get(r["moderator"], r["moderator"]), r["group"], SCALE_WORDS[r["scale"]],
+                         str(int(r["n_studies"])), _fmt(r["estimate"], decimals), _fmt(r["std_error"], decimals),
+                         f"[{_fmt(r['ci_low'], decimals)}, {_fmt(r['ci_high'], decimals)}]", _fmt(r["tau2"], decimals),
+                         str(r["note"]) if isinstance(r["note"], str) and r["note"] else "–"])
+    return {"caption": "Meta-regression on study moderators (one moderator at a time)", "first_col_left": True,
+            "columns": ["Moderator", "Owners", "Scale", "Effects", "Slope", "SE", "95% CI", "Residual tau²", "Note"],
+            "rows": rows or [["no moderator varies among three or more studies", "", "", "", "", "", "", "", ""]],
+            "notes": "Mixed-effects meta-regression (method-of-moments tau², truncated at 0; z intervals), skills and capital "
+                     "studies together, over the effects where the moderator is recorded. With this few studies a slope is "
+                     "descriptive, not causal: moderators vary together with everything else about a study."}
+
+
+MODERATOR_WORDS = {"capital_intervention": "Capital (vs skills) intervention", "share_female_owners": "Share of women owners",
+                   "lender_targeted_women": "Lender targeted women"}
 
 
 def evidence_context(synthesis_dir: Path, decimals: int) -> dict:
@@ -123,6 +155,7 @@ def evidence_context(synthesis_dir: Path, decimals: int) -> dict:
     effects = pd.read_csv(synthesis_dir / "study_effects.csv")
     shrunk = pd.read_csv(synthesis_dir / "shrunk.csv")
     summary = read_json(synthesis_dir / "synthesize_summary.json")
+    meta = pd.read_csv(synthesis_dir / "meta_regression.csv")
     forests = []
     for _, row in pooled.iterrows():
         key = (effects["scale"] == row["scale"]) & (effects["intervention"] == row["intervention"]) & (effects["group"] == row["group"])
@@ -144,7 +177,7 @@ def evidence_context(synthesis_dir: Path, decimals: int) -> dict:
                      "notes": "Percent of the control mean: 100 × effect / control mean (the control mean taken as known), or 100 × "
                               "the coefficient for outcomes already in logs (log points)."}
     return {"headline": headline(pooled, decimals), "gender_figure": gender_pooled_png(pooled), "forests": forests,
-            "tables": [pooled_table(pooled, decimals), effects_table], "not_pooled": summary.get("not_pooled", []),
+            "tables": [pooled_table(pooled, decimals), effects_table, meta_regression_table(meta, decimals)], "not_pooled": summary.get("not_pooled", []),
             "priors": summary.get("priors_note", ""), "n_studies": int(effects["study"].nunique()), "metrics": metrics}
 
 

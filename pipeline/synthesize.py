@@ -348,6 +348,29 @@ def resolve_priors(effects: np.ndarray, hypermean: str, hypersd: str) -> "Priors
     return baggr_default_priors(effects)
 
 
+def interval_coverage(se, mu: float, tau: float, priors: Priors, *, interval: float, n_grid: int, draws: int,
+                      seed_sequence: np.random.SeedSequence) -> dict:
+    """Frequentist coverage of the pooled-mean interval at fixed (mu, tau) and the studies' own SEs:
+    ``draws`` meta-analyses theta_j ~ N(mu, tau^2), y_j ~ N(theta_j, se_j^2), each fitted with the same
+    (fixed) priors; the share whose interval contains mu, with its Monte Carlo SE."""
+    se = np.asarray(se, float)
+    rng = np.random.default_rng(seed_sequence)
+    theta = mu + tau * rng.standard_normal((draws, len(se)))
+    y = theta + se * rng.standard_normal((draws, len(se)))
+    fits = fit_batch(y, se, priors, interval=interval, n_grid=n_grid)
+    covered = ((fits["mu_lower"] <= mu) & (mu <= fits["mu_upper"])).to_numpy()
+    share = float(covered.mean())
+    return {"coverage_mu": share, "coverage_mu_mc_se": float(np.sqrt(share * (1 - share) / draws)),
+            "coverage_at_mu": float(mu), "coverage_at_tau": float(tau), "coverage_draws": int(draws)}
+
+
+def group_seed(seed: int, key: tuple[str, ...]) -> np.random.SeedSequence:
+    """A seed per synthesis group from the params seed and the group's name (not its position, so
+    adding a group leaves the others' draws unchanged)."""
+    import zlib
+    return np.random.SeedSequence([int(seed), zlib.crc32("/".join(key).encode())])
+
+
 def pool_group(effects: pd.DataFrame, key: tuple[str, str, str], settings: Mapping) -> dict:
     """Pool one (scale, intervention, group): the hierarchical model, its leave-one-out and the
     frequentist random-effects cross-checks."""
@@ -363,6 +386,14 @@ def pool_group(effects: pd.DataFrame, key: tuple[str, str, str], settings: Mappi
         fre = frequentist_random_effects(y, se, method=method, interval=settings["interval_level"])
         for name, value in fre.items():
             pooled[f"re_{method}_{name}"] = value
+    if settings["coverage_draws"]:
+        # at the posterior mean of mu and median of tau: how often would this interval cover?
+        row = fit.pooled.iloc[0]
+        coverage = interval_coverage(se, float(row["mu_mean"]), float(row["tau_median"]), priors,
+                                     interval=settings["interval_level"], n_grid=settings["tau_grid_points"],
+                                     draws=int(settings["coverage_draws"]), seed_sequence=group_seed(settings["seed"], key))
+        for name, value in coverage.items():
+            pooled[name] = value
     studies = fit.studies.assign(**ids, arm=list(effects["arm"]))
     loo = leave_one_out(y, se, labels, priors=priors, interval=settings["interval_level"],
                         n_grid=settings["tau_grid_points"]).assign(**ids)
@@ -469,7 +500,7 @@ def synthesize(effects: pd.DataFrame, settings: Mapping) -> dict:
     """Pool every (scale, intervention, group) with at least ``min_studies`` distinct studies."""
     from pipeline import harmonise
 
-    pooled, shrunk, loo, meta, not_pooled, priors = [], [], [], [], [], {}
+    pooled, shrunk, loo, not_pooled, priors = [], [], [], [], {}
     effects = effects[effects["scale"].isin(settings["scales"])]
     for key in harmonise.synthesis_groups(effects):
         mask = (effects["scale"] == key[0]) & (effects["intervention"] == key[1]) & (effects["group"] == key[2])
@@ -483,7 +514,7 @@ def synthesize(effects: pd.DataFrame, settings: Mapping) -> dict:
         priors["/".join(key)] = vars(out["priors"])
     meta = moderator_regressions(effects)
     cat = lambda frames: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()  # noqa: E731
-    return {"pooled": cat(pooled), "shrunk": cat(shrunk), "leave_one_out": cat(loo), "meta_regression": cat(meta),
+    return {"pooled": cat(pooled), "shrunk": cat(shrunk), "leave_one_out": cat(loo), "meta_regression": meta,
             "not_pooled": not_pooled, "priors": priors}
 
 

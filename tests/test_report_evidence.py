@@ -1,0 +1,64 @@
+"""The evidence report's parts from a synthesis computed here on published-style summary data."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import harmonise, report_evidence, synthesize
+from pipeline.io import load_params, write_csv, write_json
+
+
+@pytest.fixture(scope="module")
+def synthesis_dir(tmp_path_factory):
+    rows = []
+    for i, (effect, se, share, lender) in enumerate([(12.0, 5.0, 1.0, 1), (4.0, 3.0, 0.6, 0), (9.0, 6.0, 0.8, 1),
+                                                     (-1.0, 4.0, 0.5, 0)]):
+        rows.append({"study": f"s{i}", "citation": f"Author {i}", "intervention": "capital", "sex": "women",
+                     "outcome": "profit", "scale": "pct_of_control_mean", "effect": effect, "std_error": se,
+                     "share_female_owners": share, "lender_targeted_women": lender})
+    rows.append({"study": "s9", "citation": "Author 9", "intervention": "skills", "sex": "women", "outcome": "profit",
+                 "scale": "pct_of_control_mean", "effect": 3.0, "std_error": 2.0, "share_female_owners": 0.7,
+                 "lender_targeted_women": np.nan})
+    effects = harmonise.published_effects(pd.DataFrame(rows), "fixture.csv")
+    settings = {**load_params()["synthesize"], "coverage_draws": 200, "tau_grid_points": 800}
+    out = synthesize.synthesize(effects, settings)
+    folder = tmp_path_factory.mktemp("synthesis")
+    for name in ("pooled", "shrunk", "meta_regression"):
+        write_csv(folder / f"{name}.csv", out[name])
+    write_csv(folder / "study_effects.csv", effects)
+    write_json(folder / "synthesize_summary.json", {"not_pooled": out["not_pooled"], "priors_note": "fixture priors"})
+    return folder, out
+
+
+def test_headline_states_the_pooled_effect_its_interval_and_the_number_of_studies(synthesis_dir):
+    folder, out = synthesis_dir
+    context = report_evidence.evidence_context(folder, 1)
+    row = out["pooled"].iloc[0]
+    assert len(context["headline"]) == 1  # skills: one study, not pooled
+    sentence = context["headline"][0]
+    assert f"{row['mu_mean']:.1f}% of the control mean" in sentence and "4 studies" in sentence
+    assert f"{row['mu_lower']:.1f} to {row['mu_upper']:.1f}" in sentence
+    assert any("skills" in note for note in context["not_pooled"])
+
+
+def test_pooled_table_reports_the_simulated_coverage_and_the_meta_regression_its_slopes(synthesis_dir):
+    folder, out = synthesis_dir
+    tables = report_evidence.evidence_context(folder, 1)["tables"]
+    pooled, _, meta = tables
+    coverage = out["pooled"].iloc[0]["coverage_mu"]
+    assert pooled["rows"][0][-1].startswith(f"{100 * coverage:.1f}%") and "200 draws" in pooled["rows"][0][-1]
+    assert 0.5 < coverage <= 1.0
+    moderators = {r[0] for r in meta["rows"]}
+    # the skills study has no lender: lender targeting varies among the 4 capital studies only
+    assert moderators == {"Capital (vs skills) intervention", "Share of women owners", "Lender targeted women"}
+    lender = next(r for r in meta["rows"] if r[0] == "Lender targeted women")
+    assert lender[3] == "4"
+    direct = synthesize.frequentist_meta_regression([12.0, 4.0, 9.0, -1.0], [5.0, 3.0, 6.0, 4.0],
+                                                    pd.DataFrame({"lender": [1.0, 0.0, 1.0, 0.0]}))
+    assert lender[4] == f"{direct['estimate'].iloc[1]:.1f}"
+
+
+def test_a_synthesis_without_moderator_variation_says_so(tmp_path):
+    empty = report_evidence.meta_regression_table(pd.DataFrame(), 1)
+    assert empty["rows"][0][0].startswith("no moderator varies")
