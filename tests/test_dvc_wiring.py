@@ -133,3 +133,17 @@ def test_only_run_stage_reads_params_yaml():
     for module in sorted(PIPELINE_DIR.glob("*.py")):
         if module.name not in ("run_stage.py", "io.py"):
             assert "load_params(" not in module.read_text(), module.name
+
+
+def test_evidence_synthesis_and_report_depend_on_each_evidence_study_and_not_on_the_default_run():
+    """DVC cannot loop inside a deps list, so the evidence pipeline's pipeline-level stages list
+    each study's folders; a dep on all of data/processed would make `make evidence` run the default
+    pipeline's stages too. Adding a study to evidence.studies: add its lines here (this test says which)."""
+    stages = read_yaml(paths.pipeline_file("evidence"))["stages"]
+    studies = list(load_params()["evidence"]["studies"])
+    want = {"synthesize": [f"data/processed/{s}" for s in studies],
+            "report": [f"data/processed/{s}" for s in studies] + [f"data/interim/{s}" for s in studies]}
+    for stage, folders in want.items():
+        declared = [d for d in stages[stage]["deps"] if d.startswith(("data/processed", "data/interim"))]
+        assert sorted(declared) == sorted(folders), (stage, "missing:", sorted(set(folders) - set(declared)),
+                                                     "extra:", sorted(set(declared) - set(folders)))
