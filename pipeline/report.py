@@ -221,6 +221,11 @@ def metrics(per_study: dict[str, pd.DataFrame], results: pd.DataFrame, studies: 
         pooled = _level(results[(results["study"] == study) & (results["outcome"] == primary) & (results["model"] == "pooled")])
         for _, r in pooled.iterrows():
             block[f"pooled_{r['term']}"] = {"estimate": round(float(r["estimate"]), 6), "se": round(float(r["std_error"]), 6)}
+        if eff.empty:  # arms coded as their own dummies (real studies): the by-gender rows as estimated
+            by_gender = _level(results[(results["study"] == study) & (results["outcome"] == primary)
+                                       & (results["model"] == "by_gender")])
+            for _, r in by_gender.iterrows():
+                block[str(r["term"])] = {"estimate": round(float(r["estimate"]), 6), "se": round(float(r["std_error"]), 6)}
         for _, r in eff.iterrows():
             entry = {"estimate": round(float(r["estimate"]), 6), "se": round(float(r["std_error"]), 6)}
             if "truth" in eff.columns:

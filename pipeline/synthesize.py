@@ -381,7 +381,8 @@ def pool_group(effects: pd.DataFrame, key: tuple[str, str, str], settings: Mappi
     fit = fit_hierarchical(y, se, labels, priors=priors, interval=settings["interval_level"],
                            n_grid=settings["tau_grid_points"])
     ids = dict(zip(("scale", "intervention", "group"), key))
-    pooled = fit.pooled.assign(**ids)
+    # the model pools effects (arms); a study with two arms is still one study in what is reported
+    pooled = fit.pooled.assign(**ids, n_effects=len(y), n_studies=effects["study"].nunique())
     for method in ("dl", "pm"):
         fre = frequentist_random_effects(y, se, method=method, interval=settings["interval_level"])
         for name, value in fre.items():

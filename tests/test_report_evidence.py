@@ -62,3 +62,14 @@ def test_pooled_table_reports_the_simulated_coverage_and_the_meta_regression_its
 def test_a_synthesis_without_moderator_variation_says_so(tmp_path):
     empty = report_evidence.meta_regression_table(pd.DataFrame(), 1)
     assert empty["rows"][0][0].startswith("no moderator varies")
+
+
+def test_a_study_with_two_arms_counts_once(tmp_path):
+    rows = [{"study": s, "citation": s, "intervention": "skills", "sex": "all", "outcome": "profit",
+             "scale": "pct_of_control_mean", "effect": e, "std_error": 5.0}
+            for s, e in (("a", 10.0), ("a", 14.0), ("b", 2.0))]
+    effects = harmonise.published_effects(pd.DataFrame(rows), "fixture.csv")
+    settings = {**load_params()["synthesize"], "coverage_draws": 0, "tau_grid_points": 400}
+    pooled = synthesize.synthesize(effects, settings)["pooled"].iloc[0]
+    assert pooled["n_studies"] == 2 and pooled["n_effects"] == 3
+    assert "2 studies" in report_evidence.headline(synthesize.synthesize(effects, settings)["pooled"], 1)[0]
