@@ -36,8 +36,8 @@ import pandas as pd
 from pipeline import paths
 from pipeline.study import (EMAIL_RE, FACTOR_COLUMN, PER_YEAR, PHONE_RE, PIPELINE_COLUMNS,  # noqa: F401
                             ValidationError, arm_labels, assert_no_identifiers, assign_arms, effective_clean_params,
-                            flow_column, load_study, norm_codes, normalise, numeric_columns, validate_frame,
-                            write_outputs)
+                            codes_in, flow_column, load_study, map_distinct, norm_code, norm_codes, normalise,
+                            numeric_columns, validate_frame, write_outputs)
 
 REJECTED_COLUMNS = ["source_file", "source_row", "rule", "reason"]
 LOG_COLUMNS = ["source_file", "source_row", "column", "old_value", "old_text", "new_value", "rule"]
@@ -68,15 +68,16 @@ def _redact(text: str, limit: int = 60) -> str:
 
 
 def _log(df: pd.DataFrame, mask: pd.Series, column: str, new_value, rule: str) -> pd.DataFrame:
-    old = df.loc[mask, column]
+    pos = np.flatnonzero(mask.to_numpy(dtype=bool))
+    old = df[column].iloc[pos]
     numeric = pd.api.types.is_numeric_dtype(old) and not pd.api.types.is_bool_dtype(old)
     return pd.DataFrame({
-        "source_file": df.loc[mask, "source_file"].to_numpy(),
-        "source_row": df.loc[mask, "source_row"].to_numpy(),
+        "source_file": df["source_file"].to_numpy()[pos],
+        "source_row": df["source_row"].to_numpy()[pos],
         "column": column,
         "old_value": old.astype("float64").to_numpy() if numeric else np.nan,
-        "old_text": "" if numeric else old.map(lambda v: "" if pd.isna(v) else _redact(v)).to_numpy(dtype=object),
-        "new_value": new_value.loc[mask].to_numpy().astype("float64") if isinstance(new_value, pd.Series) else new_value,
+        "old_text": "" if numeric else map_distinct(old, _redact, na_value="").to_numpy(dtype=object),
+        "new_value": new_value.to_numpy()[pos].astype("float64") if isinstance(new_value, pd.Series) else new_value,
         "rule": rule,
     })
 
@@ -108,10 +109,9 @@ def reject_invalid_rows(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.D
         no_round = df[round_col].isna() & (reasons == "")
         reasons[no_round] = f"{round_col} is missing"
     if round_col and cfg.get("rounds"):
-        rounds = set(cfg["rounds"])
-        known = norm_codes(df[round_col]).map(lambda c: c in rounds).astype(bool)
+        known = codes_in(df[round_col], cfg["rounds"])
         bad_round = ~known & df[round_col].notna() & (reasons == "")
-        reasons[bad_round] = df.loc[bad_round, round_col].map(lambda v: f"{round_col}={v} is not a defined round")
+        reasons[bad_round] = map_distinct(df.loc[bad_round, round_col], lambda v: f"{round_col}={v} is not a defined round")
     mask = reasons != ""
     return df.loc[~mask], _rejected(df, mask, "invalid_row", reasons)
 
@@ -211,9 +211,9 @@ def parse_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFra
         if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
             continue
         raw = df[col].astype("object")
-        uniques = {v: parse_number(v, fmt["decimal"], fmt["thousands"]) for v in pd.unique(raw.dropna())}
-        values = raw.map(lambda v: np.nan if pd.isna(v) else uniques[v]).astype("float64")
-        blank = raw.map(lambda v: not pd.isna(v) and str(v).strip() == "").astype(bool)
+        values = map_distinct(raw, lambda v: parse_number(v, fmt["decimal"], fmt["thousands"]),
+                              na_value=np.nan).astype("float64")
+        blank = map_distinct(raw, lambda v: str(v).strip() == "", na_value=False).astype(bool)
         bad = raw.notna() & values.isna() & ~blank
         if bad.any():
             logs.append(_log(df.assign(**{col: raw}), bad, col, np.nan, "unparseable_number"))
@@ -233,8 +233,7 @@ def flag_not_interviewed(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.
     if "when_all_missing" in spec:
         mask = df[list(spec["when_all_missing"])].isna().all(axis=1)
     else:
-        codes = set(spec["codes"])
-        mask = norm_codes(df[spec["column"]]).map(lambda c: c in codes).astype(bool)
+        mask = codes_in(df[spec["column"]], spec["codes"])
     df["interviewed"] = (~mask).astype("int8")
     logs = []
     for out in cfg["outcomes"].values():
@@ -247,19 +246,29 @@ def flag_not_interviewed(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.
 
 
 def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Survey codes to missing; the log keeps which code (hence why) each value was."""
-    df = df.copy()
-    logs = []
-    for col in columns:
-        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
-            continue
-        coded = df[col].isin(list(codes))
-        if coded.any():
-            log = _log(df, coded, col, np.nan, "missing_code")
-            log["rule"] = "missing_code:" + df.loc[coded, col].astype("int64").map(codes).to_numpy()
-            logs.append(log)
-            df[col] = df[col].astype("float64").mask(coded)
-    return df, _concat_logs(logs)
+    """Survey codes to missing; the log keeps which code (hence why) each value was.
+    One pass over the numeric answer columns as a 2-D block (no loop over rows)."""
+    numeric = [c for c in columns
+               if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+    if not numeric or not codes:
+        return df.copy(), _concat_logs([])
+    block = df[numeric].to_numpy(dtype="float64", na_value=np.nan)
+    coded = np.isin(block, np.array(list(codes), dtype="float64"))
+    if not coded.any():
+        return df.copy(), _concat_logs([])
+    col_pos, row_pos = np.nonzero(coded.T)     # column by column, rows in order within each
+    old_value = block[row_pos, col_pos]
+    log = pd.DataFrame({
+        "source_file": df["source_file"].to_numpy()[row_pos],
+        "source_row": df["source_row"].to_numpy()[row_pos],
+        "column": np.asarray(numeric, dtype=object)[col_pos],
+        "old_value": old_value,
+        "old_text": "",
+        "new_value": np.nan,
+        "rule": "missing_code:" + pd.Series(old_value.astype("int64")).map(codes).to_numpy(dtype=object),
+    })
+    replaced = {c: df[c].astype("float64").mask(coded[:, k]) for k, c in enumerate(numeric) if coded[:, k].any()}
+    return df.assign(**replaced), _concat_logs([log])
 
 
 def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -274,7 +283,7 @@ def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd
     logs = []
     for col, allowed in checks.items():
         allowed = set(allowed)
-        bad = norm_codes(df[col]).map(lambda c: c is not None and c not in allowed).astype(bool)
+        bad = norm_codes(df[col]).notna() & ~codes_in(df[col], allowed)
         if bad.any():
             logs.append(_log(df, bad, col, np.nan, f"unknown_code:not in {sorted(allowed, key=str)}"))
             df[col] = df[col].mask(bad)
@@ -289,8 +298,7 @@ def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFr
     if not spec:
         df["business_closed"] = np.int8(0)
         return df, _concat_logs([])
-    closed_codes = set(spec["closed_codes"])
-    closed = norm_codes(df[spec["column"]]).map(lambda c: c in closed_codes).astype(bool)
+    closed = codes_in(df[spec["column"]], spec["closed_codes"])
     if "interviewed" in df.columns:
         closed &= df["interviewed"] == 1
     df["business_closed"] = closed.astype("int8")
@@ -339,7 +347,7 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     if "column" in spec:
         raw = df[spec["column"]]
         codes = norm_codes(raw)
-        period = codes.map(lambda c: spec["codes"].get(c) if c is not None else None)
+        period = map_distinct(raw, lambda v: None if norm_code(v) is None else spec["codes"].get(norm_code(v)))
         unknown = codes.notna() & period.isna()
         if unknown.any():
             raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {sorted(raw[unknown].unique().tolist(), key=str)} "
@@ -414,7 +422,7 @@ def flow_table(raw: pd.DataFrame, steps: list[tuple[str, pd.DataFrame]], cfg: di
 
     def counts(frame: pd.DataFrame) -> dict:
         keys, _ = assign_arms(frame, cfg)
-        arm = keys.map(lambda k: labels.get(k, "undefined arm") if k is not None else "undefined arm")
+        arm = map_distinct(keys, lambda k: labels.get(k, "undefined arm"), na_value="undefined arm")
         out = arm.value_counts().to_dict()
         out["all"] = len(frame)
         return out
@@ -441,7 +449,7 @@ def clean_schema(cfg: dict, flow_period: str):
     columns = {unit: pa.Column(nullable=False, required=True)}
     if round_col:
         rounds = cfg["rounds"]
-        checks = [pa.Check(lambda s: norm_codes(s).map(lambda c: c in set(rounds)).astype(bool),
+        checks = [pa.Check(lambda s: codes_in(s, rounds),
                            name=f"round in {rounds}")] if rounds else []
         columns[round_col] = pa.Column(nullable=False, checks=checks)
     for name, out in cfg["outcomes"].items():

@@ -18,7 +18,8 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.study import (FACTOR_COLUMN, ValidationError, assert_no_identifiers, assign_arms,  # noqa: F401
-                            analysis_column, flow_column, load_study, norm_codes, normalise, validate_frame, write_outputs)
+                            analysis_column, codes_in, flow_column, load_study, map_distinct, norm_codes, normalise,
+                            validate_frame, write_outputs)
 
 
 class ConstructError(ValueError):
@@ -58,9 +59,9 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     shown = treatment["column"] or "/".join(treatment["dummies"])
     arm = _firm_level(clean.assign(_arm_key=keys), unit, "_arm_key", study, "treatment arm", shown).reindex(units)
     arms = treatment["arms"]
-    firms["arm"] = arm.map(lambda a: arms[a]["label"])
-    firms["treat_skills"] = arm.map(lambda a: arms[a]["skills"]).astype("int8")
-    firms["treat_capital"] = arm.map(lambda a: arms[a]["capital"]).astype("int8")
+    firms["arm"] = map_distinct(arm, lambda a: arms[a]["label"])
+    firms["treat_skills"] = map_distinct(arm, lambda a: arms[a]["skills"]).astype("int8")
+    firms["treat_capital"] = map_distinct(arm, lambda a: arms[a]["capital"]).astype("int8")
     reference = reference_arm(cfg)
     for key, spec in arms.items():
         if key != reference:
@@ -68,23 +69,33 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     strata = [_firm_level(clean, unit, s, study, "stratum").rename(s) for s in cfg.get("strata", [])]
     if strata:
         parts = pd.concat(strata, axis=1).reindex(units)
-        firms["stratum"] = parts.apply(lambda r: "|".join(f"{c}={_fmt(v)}" for c, v in r.items()), axis=1)
+        # "district=3|sector=retail"; a missing stratum value reads "nan" (its own stratum)
+        labelled = [f"{c}=" + format_ids(parts[c]) for c in parts.columns]
+        stratum = labelled[0]
+        for part in labelled[1:]:
+            stratum = stratum + "|" + part
+        firms["stratum"] = stratum.astype("str")
     else:
         firms["stratum"] = "all"
     if cfg.get("cluster"):
-        firms["cluster_id"] = _firm_level(clean, unit, cfg["cluster"], study, "cluster").reindex(units).map(_fmt)
+        cluster = _firm_level(clean, unit, cfg["cluster"], study, "cluster").reindex(units)
+        if cluster.isna().any():
+            # one "missing" cluster would pool unrelated firms into a single cluster
+            raise ConstructError(f"{study}: cluster ({cfg['cluster']}) is missing in every round for "
+                                 f"{int(cluster.isna().sum())} units, e.g. {cluster.index[cluster.isna()][:5].tolist()}")
+        firms["cluster_id"] = format_ids(cluster)
     else:
-        firms["cluster_id"] = [_fmt(u) for u in units]
+        firms["cluster_id"] = format_ids(units.to_series(index=units))
     female = cfg["female_owner"]
     if "value" in female:
         firms["female_owner"] = np.nan if female["value"] is None else float(female["value"])
     else:
         codes = clean.assign(_sex=norm_codes(clean[female["column"]]))
         sex = _firm_level(codes, unit, "_sex", study, "owner gender", female["column"]).reindex(units)
-        is_female = sex.map(lambda c: c in set(female["female_codes"]) if c is not None and c == c else False)
+        # sex holds normalised codes already (norm_code is idempotent)
+        is_female = codes_in(sex, female["female_codes"])
         if female.get("male_codes") is not None:
-            known = sex.map(lambda c: c in set(female["female_codes"]) | set(female["male_codes"])
-                            if c is not None and c == c else False)
+            known = codes_in(sex, set(female["female_codes"]) | set(female["male_codes"]))
         else:
             known = sex.notna()
         firms["female_owner"] = is_female.astype("float64").where(known.astype(bool))
@@ -98,14 +109,31 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def format_ids(values: pd.Series, na_value: str = "nan") -> pd.Series:
+    """:func:`_fmt` over a column; vectorised for numeric ids (ids are distinct by nature, so
+    computing once per distinct value would still be once per firm)."""
+    if pd.api.types.is_integer_dtype(values) and not values.isna().any():
+        return pd.Series(values.to_numpy().astype(str), index=values.index, dtype="str")
+    if pd.api.types.is_float_dtype(values):
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        if not (np.abs(numbers[np.isfinite(numbers)]) < 2 ** 53).all():
+            return map_distinct(values, _fmt, na_value=na_value)   # beyond exact integers
+        integral = np.isfinite(numbers) & (np.mod(numbers, 1) == 0)
+        as_int = np.where(integral, numbers, 0).astype("int64").astype(str)
+        text = np.where(integral, as_int, numbers.astype(str))     # numpy's float text = str(float)
+        text = np.where(np.isnan(numbers), na_value, text)
+        return pd.Series(text.astype(object), index=values.index, dtype="str")
+    return map_distinct(values, _fmt, na_value=na_value)
+
+
 def round_numbers(values: pd.Series, cfg: dict) -> pd.Series:
     """The analysis table's ``round``: the round code where codes are integers, else its position
     in ``rounds`` (text codes such as ``baseline`` / ``endline``)."""
     codes = norm_codes(values)
-    if codes.map(lambda c: isinstance(c, int)).all():
+    if map_distinct(codes, lambda c: isinstance(c, int), na_value=False).all():
         return codes.astype("int64")
     rounds = cfg.get("rounds") or sorted(set(codes.dropna()), key=str)
-    return codes.map(lambda c: rounds.index(c)).astype("int64")
+    return map_distinct(codes, rounds.index).astype("int64")
 
 
 def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) -> pd.DataFrame:
@@ -187,7 +215,7 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     table = table.drop(columns=[c for c in added if c in table.columns])
     table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
     table.insert(0, "study", study)
-    table["firm_id"] = table[key].map(_fmt)
+    table["firm_id"] = format_ids(table[key])
     table = table.sort_values([key, "round"], kind="stable").drop(columns=[key]).reset_index(drop=True)
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]

@@ -23,7 +23,7 @@ import pandas as pd
 from pipeline import paths
 from pipeline.io import file_sha256
 from pipeline.study import (FACTOR_COLUMN, ROW_ID, IdentifierLeakError, assert_no_identifiers,
-                            configured_columns, currency_factor, hash_salt, load_study, norm_code, normalise,
+                            configured_columns, currency_factor, hash_salt, load_study, map_distinct, norm_code, normalise,
                             resolve_file, salted_hash, write_outputs)
 
 
@@ -162,11 +162,10 @@ def tidy_object_columns(data: pd.DataFrame) -> pd.DataFrame:
     for col in data.columns:
         if data[col].dtype == object:
             values = data[col].dropna()
-            kinds = {type(v) for v in values}
-            if kinds and not kinds <= {str}:
+            if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
                 inferred = pd.Series(values.tolist()).infer_objects()
                 if inferred.dtype == object:
-                    data[col] = data[col].map(lambda v: None if pd.isna(v) else str(v)).astype("object")
+                    data[col] = map_distinct(data[col], str)
                 else:
                     data[col] = data[col].infer_objects()
     return data
@@ -293,7 +292,7 @@ def conversion_factor(cfg: dict, data_dir: str | Path) -> tuple[float, dict]:
         for col, value in lookup["where"].items():
             if col not in table.columns:
                 raise IngestError(f"{where}: column {col!r} not in the file")
-            mask &= table[col].map(norm_code) == norm_code(value)
+            mask &= map_distinct(table[col], norm_code) == norm_code(value)
         if lookup["column"] not in table.columns:
             raise IngestError(f"{where}: column {lookup['column']!r} not in the file")
         if mask.sum() != 1:

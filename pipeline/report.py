@@ -494,8 +494,6 @@ def simulation_table() -> dict | None:
     if not path.exists():
         return None
     sim = pd.read_csv(path)
-    if "outcome" in sim.columns:  # *_closed_zero repeat the plain outcomes now that clean keeps closed firms at 0
-        sim = sim[~sim["outcome"].astype(str).str.endswith("_closed_zero")]
     meta = read_json(paths.simulation_dir() / "simulation.json")
     rows = [[str(r.get("variant", "")), str(r.get("outcome", "")), str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
              fmt(r["mean_estimate"], 2), fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]

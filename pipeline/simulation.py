@@ -31,8 +31,8 @@ of the generator, each on two outcomes:
 and outcomes ``unwinsorised`` (``profit_usd_ppp_month_unwinsorised``) and ``winsorised``
 (``profit_usd_ppp_month``, winsorised per round at the ``clean:`` percentiles), as the pipeline
 delivers them. The clean stage gives closed businesses 0 profit (METHODS.md: "a closed business
-has profit 0, not missing"), so the former ``*_closed_zero`` variants (closed firms set to 0 here)
-equal these (``--outcomes unwinsorised winsorised`` skips them). Bias of the winsorised
+has profit 0, not missing"), so no outcome variant with closed firms set to 0 is needed: a test
+checks that no interviewed closed firm has a missing profit in the analysis table. Bias of the winsorised
 estimates relative to the truth is winsorising's (clipping the tails) and is reported as found.
 
 The ``simulation`` stage (``python -m pipeline.run_stage simulation``, notebook
@@ -60,15 +60,8 @@ from pipeline.study import load_study, normalise
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
 SEXES = ("women", "men", "diff")
-# name -> (column of the analysis table, closed businesses set to 0 here?)
-# The clean stage now gives closed businesses 0 profit, so the ``*_closed_zero`` variants equal
-# the plain outcomes (kept for tests/test_simulation.py; ``--outcomes`` runs a subset).
-OUTCOMES = {
-    "unwinsorised": ("profit_usd_ppp_month_unwinsorised", False),
-    "winsorised": ("profit_usd_ppp_month", False),
-    "unwinsorised_closed_zero": ("profit_usd_ppp_month_unwinsorised", True),
-    "winsorised_closed_zero": ("profit_usd_ppp_month", True),
-}
+# name -> column of the analysis table
+OUTCOMES = {"unwinsorised": "profit_usd_ppp_month_unwinsorised", "winsorised": "profit_usd_ppp_month"}
 VARIANTS = {"no_typos": {"share_typo_extra_zero": 0.0}, "as_configured": {}}
 DRAW_COLUMNS = ["draw", "seed", "variant", "outcome", "effect", "sex", "truth", "estimate",
                 "std_error", "ci_low", "ci_high", "n_obs", "n_clusters"]
@@ -92,14 +85,6 @@ def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_
     return table, truth
 
 
-def closed_as_zero(table: pd.DataFrame, column: str) -> pd.DataFrame:
-    """METHODS.md: a closed business has profit 0, not missing. Where an interviewed firm-round
-    is flagged ``business_closed`` and the outcome is missing, set it to 0 (a no-op once the
-    clean stage itself gives closed businesses 0)."""
-    fill = (table["business_closed"] == 1) & (table["interviewed"] == 1) & table[column].isna()
-    return table.assign(**{column: table[column].mask(fill, 0.0)})
-
-
 def true_value(truth: dict, effect: str, sex: str) -> float:
     itt = truth["itt"][effect]
     return float(itt["women"]) - float(itt["men"]) if sex == "diff" else float(itt[sex])
@@ -115,10 +100,8 @@ def one_draw(i: int, settings: dict) -> list[dict]:
         synth = {**settings["synthetic"], **VARIANTS[variant], "seed": seed}
         table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"])
         for oname in settings["outcomes"]:
-            column, zero = OUTCOMES[oname]
-            data = closed_as_zero(table, column) if zero else table
-            spec = estimate.Spec.from_params(spec_params, column, data)
-            t = estimate.tidy(estimate.fit(data, spec, by_gender=True)).set_index("term")
+            spec = estimate.Spec.from_params(spec_params, OUTCOMES[oname], table)
+            t = estimate.tidy(estimate.fit(table, spec, by_gender=True)).set_index("term")
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
                     r = t.loc[f"{term}_{sex}"]
@@ -247,8 +230,7 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
         "seeds": "seed_i = base_seed + i",
         "synthetic_params": {k: v for k, v in settings["synthetic"].items() if k != "seed"},
         "variants": {v: VARIANTS[v] for v in settings["variants"]},
-        "outcomes": {o: {"column": OUTCOMES[o][0], "closed_businesses_set_to_zero": OUTCOMES[o][1]}
-                     for o in settings["outcomes"]},
+        "outcomes": {o: {"column": OUTCOMES[o]} for o in settings["outcomes"]},
         "estimator": {"model": "by_gender", **{k: (list(v) if isinstance(v, tuple) else v)
                                               for k, v in settings["spec_params"].items()}},
         "targets": TARGETS,

@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import clean
 
@@ -168,3 +170,34 @@ def test_flow_summary_of_a_study_without_money_flows_is_a_note_not_an_error():
     assert list(flow_summary(pd.DataFrame({"log_profit": [0.1, 0.2]}), "month").columns) == ["note"]
     summary = flow_summary(pd.DataFrame({"profit_usd_ppp_month": [1.0, 3.0]}), "month")
     assert summary.loc["profit_usd_ppp_month", "mean"] == 2.0
+
+
+def _missing_codes_column_by_column(df, columns, codes):
+    """The rule written the obvious way (a second implementation to check the 2-D block version)."""
+    df, logs = df.copy(), []
+    for col in columns:
+        if not pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+            continue
+        coded = df[col].isin(list(codes))
+        for i in np.flatnonzero(coded.to_numpy()):
+            logs.append((df["source_file"].iat[i], int(df["source_row"].iat[i]), col, float(df[col].iat[i]),
+                         "missing_code:" + codes[int(df[col].iat[i])]))
+        if coded.any():
+            df[col] = df[col].astype("float64").mask(coded)
+    return df, logs
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1.0, -99.0, -98.0, 7.5, np.nan]), st.sampled_from([3, -99, 0]),
+                          st.sampled_from([-98.0, 2.0])), min_size=1, max_size=30))
+def test_missing_codes_equal_a_column_by_column_reference(rows):
+    df = pd.DataFrame(rows, columns=["profit", "hh_size", "bp_1"]).assign(
+        source_file="survey.dta", source_row=lambda d: np.arange(len(d)), note="x")
+    codes = {-99: "refused", -98: "dont_know"}
+    got, log = clean.replace_missing_codes(df, ["profit", "hh_size", "bp_1", "note"], codes)
+    expected, expected_log = _missing_codes_column_by_column(df, ["profit", "hh_size", "bp_1", "note"], codes)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert list(log.columns) == clean.LOG_COLUMNS
+    assert sorted(zip(log["source_file"], log["source_row"], log["column"], log["old_value"], log["rule"])) == \
+        sorted(expected_log)
+    assert log["new_value"].isna().all() and (log["old_text"] == "").all()

@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import clean, construct
 from pipeline.study import ValidationError
@@ -106,3 +108,22 @@ def test_outcome_already_transformed_is_carried_as_is(cfg, interim):
     assert got == pytest.approx(float(firm1.iloc[-1]))     # unchanged (weekly or monthly recall alike)
     with pytest.raises(StudyConfigError, match="money: false"):
         normalise({**cfg, "outcomes": {"x": {"column": "log_profit", "money": False, "flow": True}}})
+
+
+def test_a_firm_without_a_cluster_stops_the_stage(cfg, interim):
+    """A missing cluster id would otherwise pool unrelated firms into one "nan" cluster."""
+    cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
+    cleaned.loc[cleaned["firm_id"] == 3, "market_id"] = np.nan
+    with pytest.raises(construct.ConstructError, match=r"cluster \(market_id\) is missing .* 1 units, e\.g\. \[3\]"):
+        construct.construct(cleaned, cfg, {}, "month")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-10**6, 10**6).map(float), st.floats(-1e6, 1e6), st.just(np.nan)),
+                max_size=40))
+def test_format_ids_equals_the_scalar_rule(values):
+    """Vectorised id text (12.0 -> "12", 2.5 -> "2.5") equals construct._fmt value by value."""
+    floats = pd.Series(values, dtype="float64")
+    assert construct.format_ids(floats).tolist() == [construct._fmt(v) for v in floats]
+    integers = pd.Series([int(v) for v in values if v == v and float(v).is_integer()], dtype="int64")
+    assert construct.format_ids(integers).tolist() == [construct._fmt(v) for v in integers]
