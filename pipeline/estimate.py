@@ -75,6 +75,7 @@ symmetrically for only men).
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass, fields, replace
 from typing import Iterable, Sequence
 
@@ -84,7 +85,7 @@ import scipy.linalg
 import scipy.stats
 import statsmodels.api as sm
 
-from pipeline import fastols, inference, qte
+from pipeline import fastols, inference, qte, wild_bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +97,11 @@ SAMPLES = ("all", "women", "men")
 GENDER_SUFFIX = {"women": "female", "men": "male"}
 TIDY_COLUMNS = [
     "study", "outcome", "transform", "model", "sample", "term", "estimate", "std_error", "ci_low",
-    "ci_high", "p_value", "q_value", "n_obs", "n_clusters", "control_mean",
+    "ci_high", "p_value", "wild_p_value", "q_value", "n_obs", "n_clusters", "control_mean",
     "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean",
 ]
 TEXT_COLUMNS = ("study", "outcome", "transform", "model", "sample", "term")
-FLOAT_COLUMNS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "q_value", "control_mean",
+FLOAT_COLUMNS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "wild_p_value", "q_value", "control_mean",
                  "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean")
 # Outcome transforms (see transform_outcome). For log and ihs the effect is not in the outcome's
 # units, so no "% of the control mean" is given for them.
@@ -486,6 +487,45 @@ def _design(s: _Sample, spec: Spec, pairs, by_gender: bool, sample: str):
 # Fitting
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class WildDesign:
+    """What the wild cluster bootstrap refits: outcome, regressors (named as the parameters),
+    fixed-effect codes to absorb, clusters and weights of the estimation sample."""
+
+    y: np.ndarray
+    X: pd.DataFrame
+    fe: list | None
+    groups: np.ndarray | None
+    weights: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class WildSettings:
+    """The ``estimate.wild_bootstrap_*`` keys: WCR p-values (pipeline.wild_bootstrap) for every
+    term of a model whose estimation sample has fewer than ``below_clusters`` clusters."""
+
+    below_clusters: int
+    reps: int
+    weights: str
+    seed: int
+
+    def applies(self, n_clusters: int | None) -> bool:
+        return n_clusters is not None and 2 <= n_clusters < self.below_clusters
+
+
+def wild_p_value(results, td: TermDef, wild: WildSettings, key: str) -> float:
+    """WCR bootstrap p-value of one tidy term; the seed is keyed by the term (order-free)."""
+    design: WildDesign = results.wild_design
+    names = list(design.X.columns)
+    restriction = np.zeros(len(names))
+    for param, weight in td.weights:
+        restriction[names.index(param)] = weight
+    seed = np.random.SeedSequence([wild.seed, zlib.crc32(key.encode("utf-8"))])
+    return wild_bootstrap.wild_cluster_test(design.y, design.X.to_numpy(), design.groups, restriction,
+                                            fe=design.fe, weights=design.weights, reps=wild.reps,
+                                            weight_type=wild.weights, seed=seed).p_value
+
+
+@dataclass(frozen=True)
 class TermDef:
     """One row of the tidy table: a linear combination of parameters."""
 
@@ -571,6 +611,8 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
 
     _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
                  interest, dropped, n_clusters)
+    # the intercept is partialled out by the wild bootstrap; the FE dummies stay regressors
+    res.wild_design = WildDesign(s.y, exog.drop(columns="const"), None, s.groups, s.weights)
     return res
 
 
@@ -733,6 +775,8 @@ def _fit_absorbed(s: _Sample, spec: Spec, pairs, by_gender, sample, model, trans
     res = AbsorbedResults(r)
     _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
                  interest, dropped, n_clusters)
+    res.wild_design = WildDesign(s.y, pd.DataFrame({k: X[k] for k in kept}), fe_codes or None, s.groups,
+                                 s.weights)
     return res
 
 
@@ -748,7 +792,8 @@ def _empty_tidy() -> pd.DataFrame:
     return out
 
 
-def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = MDE_POWER) -> pd.DataFrame:
+def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = MDE_POWER,
+         wild: WildSettings | None = None) -> pd.DataFrame:
     """One row per term of interest of a :func:`fit` result, columns ``TIDY_COLUMNS``.
 
     Single coefficients come from ``params`` / ``bse`` / ``conf_int()`` / ``pvalues``; linear
@@ -758,6 +803,8 @@ def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = 
     ``mde`` is the minimum detectable effect at ``power`` (80%) and two-sided level ``alpha`` from
     the estimated SE, ``(t_power + t_{1-alpha/2}) * SE`` with the model's t degrees of freedom (G - 1
     clustered, N - K with HC1); ``q_value`` is NaN here (filled by :func:`estimate_study`).
+    ``wild_p_value``: the wild cluster restricted bootstrap p-value where ``wild`` applies to the
+    model's number of clusters, else NaN.
     For the log and ihs transforms the ``_pct_`` columns are NaN (not percentage effects).
     """
     info: FitInfo = getattr(results, "estimate_info", None)
@@ -780,6 +827,11 @@ def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = 
             est, se = float(np.squeeze(tt.effect)), float(np.squeeze(tt.sd))
             lo, hi = (float(x) for x in np.asarray(tt.conf_int(alpha=alpha)).ravel())
             pv = float(np.squeeze(tt.pvalue))
+        wild_p = np.nan
+        if wild is not None and wild.applies(info.n_clusters):
+            key = "|".join(str(x) for x in (study, info.outcome_label or info.spec.outcome, info.transform,
+                                             info.model, info.sample, td.term))
+            wild_p = wild_p_value(results, td, wild, key)
         cm = td.control_mean
         pct_ok = np.isfinite(cm) and cm != 0 and info.transform not in NONLINEAR_TRANSFORMS
         m = float(inference.mde(se, info.df_t, power=power, alpha=alpha))
@@ -787,7 +839,8 @@ def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = 
             "study": study, "outcome": info.outcome_label or info.spec.outcome,
             "transform": info.transform, "model": info.model,
             "sample": info.sample, "term": td.term, "estimate": est, "std_error": se,
-            "ci_low": lo, "ci_high": hi, "p_value": pv, "q_value": np.nan, "n_obs": info.n_obs,
+            "ci_low": lo, "ci_high": hi, "p_value": pv, "wild_p_value": wild_p, "q_value": np.nan,
+            "n_obs": info.n_obs,
             "n_clusters": info.n_clusters, "control_mean": cm,
             "effect_pct_of_control_mean": 100.0 * est / cm if pct_ok else np.nan,
             "mde": m, "mde_pct_of_control_mean": 100.0 * m / abs(cm) if pct_ok else np.nan,
@@ -824,7 +877,7 @@ def _sexes_present(df: pd.DataFrame, spec: Spec) -> set[str]:
 
 def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None, *,
                             alpha: float = 0.05, power: float = MDE_POWER,
-                            **fit_kwargs) -> pd.DataFrame:
+                            wild: WildSettings | None = None, **fit_kwargs) -> pd.DataFrame:
     """``by_gender``, ``women_only`` and ``men_only`` rows for one outcome (tidy table).
 
     With one sex only (e.g. a women-only study), only that sex's split regression is run.
@@ -834,10 +887,10 @@ def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = No
     present = _sexes_present(df, spec)
     parts = []
     if present == {"women", "men"}:
-        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha, power))
+        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha, power, wild))
     for sex in ("women", "men"):
         if sex in present:
-            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha, power))
+            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha, power, wild))
         else:
             log.info("%s: no %s in the sample; %s_only skipped", spec.outcome, sex, sex)
     return _concat(parts)
@@ -988,14 +1041,15 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
                    study: str, *, transforms: Sequence[str] = ("level",), by_round: bool = False,
                    trim_top_pct: float = 1.0, q_families: dict | None = None,
                    alpha: float = 0.05, power: float = MDE_POWER,
-                   gender_models: bool = True) -> pd.DataFrame:
+                   gender_models: bool = True, wild: WildSettings | None = None) -> pd.DataFrame:
     """All models for every outcome and transform of one study, as one tidy table.
 
     ``spec_params``: the regression-specification keys of the ``estimate:`` params group (Spec
     fields except ``outcome``). Models: ``pooled``, ``by_gender``, ``women_only``, ``men_only``
     and, with ``by_round``, ``round_<r>`` (the pooled specification on the rows of follow-up round
     r only). ``transforms`` (see :func:`transform_outcome`); one not available for an outcome is
-    skipped with a log message. ``q_value``: :func:`add_q_values` with ``q_families``.
+    skipped with a log message. ``q_value``: :func:`add_q_values` with ``q_families``;
+    ``wild_p_value`` where ``wild`` applies (see :func:`tidy`).
     Rows are ordered by outcome (as given), transform (``level`` first, then as given), model,
     then term.
     """
@@ -1021,13 +1075,14 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
             data, column = transform_outcome(df, outcome, transform, trim_top_pct=trim_top_pct)
             spec = replace(base, outcome=column)
             kw = {"transform": transform, "outcome_label": outcome}
-            parts.append(tidy(fit(data, spec, **kw), study, alpha, power))
+            parts.append(tidy(fit(data, spec, **kw), study, alpha, power, wild))
             if gender_models:    # False: owner's sex unknown or constant (no gender models)
-                parts.append(estimate_gender_effects(data, spec, study, alpha=alpha, power=power, **kw))
+                parts.append(estimate_gender_effects(data, spec, study, alpha=alpha, power=power, wild=wild,
+                                                     **kw))
             if by_round:
                 for r in _round_models(data, spec):
                     sub = data[data["round"] == r]
-                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha, power))
+                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha, power, wild))
     out = _concat(parts)
     out = add_q_values(out, q_families)
     return _sort_table(out, outcomes, transforms)
@@ -1223,6 +1278,9 @@ STAGE_DEFAULTS: dict = {
     "descriptive_controls": ["owner_age_bl", "owner_age_bl_missing", "owner_educ_years_bl",
                              "owner_educ_years_bl_missing", "hh_size_bl", "hh_size_bl_missing"],
     "descriptive_sample": "all_arms",
+    "wild_bootstrap_below_clusters": 50,   # WCR p-values for models with fewer clusters (0: never)
+    "wild_bootstrap_reps": 9999,
+    "wild_bootstrap_weights": "auto",      # rademacher | webb | auto (Webb at or below 12 clusters)
     # per-study keys (usually set in a study's ``estimate:`` block, see study_params)
     "sample": None,            # {rounds: [...], survivors_only: bool}: rows of the effect models
     "gender_control": False,   # add female_owner as a control where it varies in the sample
@@ -1235,6 +1293,18 @@ STAGE_KEYS = tuple(STAGE_DEFAULTS)
 ESTIMATE_KEYS = tuple(sorted(({f.name for f in fields(Spec)} - {"outcome"}) | set(STAGE_DEFAULTS)))
 EFFECT_KEYS = {"treat_skills": "skills", "treat_capital": "capital",
                "treat_skills_x_treat_capital": "skills_x_capital"}
+
+
+def wild_settings(stage: dict) -> WildSettings:
+    """The wild bootstrap settings from the resolved stage keys (checked here, once)."""
+    weights = stage["wild_bootstrap_weights"]
+    if weights not in wild_bootstrap.WEIGHT_TYPES:
+        raise ValueError(f"estimate.wild_bootstrap_weights must be one of {wild_bootstrap.WEIGHT_TYPES}, "
+                         f"got {weights!r}")
+    below, reps = int(stage["wild_bootstrap_below_clusters"]), int(stage["wild_bootstrap_reps"])
+    if below < 0 or reps < 99:
+        raise ValueError("estimate.wild_bootstrap_below_clusters must be >= 0 and wild_bootstrap_reps >= 99")
+    return WildSettings(below_clusters=below, reps=reps, weights=weights, seed=int(stage["seed"]))
 
 
 def split_params(params: dict) -> tuple[dict, dict]:
@@ -1421,7 +1491,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
     results = estimate_study(analysis, outcomes, spec_params, study, transforms=sp["transforms"],
                              by_round=bool(sp["by_round"]), trim_top_pct=float(sp["trim_top_pct"]),
                              q_families=q_families, alpha=alpha, power=power,
-                             gender_models=gender_models)
+                             gender_models=gender_models, wild=wild_settings(sp))
     spec = Spec.from_params(spec_params, primary, analysis)
 
     # Descriptive, non-causal: women's profits and the skills index / credit access.
@@ -1540,6 +1610,8 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                "specification": {**{k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in spec.__dict__.items() if k != "outcome"},
                                  "sample": sp["sample"]},
+               "wild_bootstrap": {**wild_settings(sp).__dict__,
+                                  "rows_with_wild_p_value": int(results["wild_p_value"].notna().sum())},
                "skipped": skipped,
                "notes": notes}
     return {**tables, "descriptive": descriptive, "attrition_rates": rates,

@@ -393,12 +393,19 @@ def multiple_testing_table(results: pd.DataFrame) -> dict | None:
     sub = sub[(sub["model"] == "by_gender") & ~sub["term"].str.endswith("_diff")]
     if sub.empty or "q_value" not in sub.columns:
         return None
+    wild = "wild_p_value" in sub.columns and sub["wild_p_value"].notna().any()
     rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]), SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""),
-             pval(r["p_value"]), pval(r["q_value"]), fmt(r.get("mde"), 1)] for _, r in sub.iterrows()]
-    return {"caption": "Multiple testing and power", "columns": ["Outcome", "Effect", "Owners", "p", "q (sharpened FDR)", "MDE"],
-            "rows": rows, "first_col_left": True,
-            "notes": "q: Anderson (2008) sharpened false-discovery-rate q-values within the family of business-income "
-                     "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE."}
+             pval(r["p_value"]), *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
+            for _, r in sub.iterrows()]
+    notes = ("q: Anderson (2008) sharpened false-discovery-rate q-values within the family of business-income "
+             "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE.")
+    if wild:
+        notes += (" Wild p: wild cluster restricted bootstrap (few clusters: "
+                  f"{int(sub['n_clusters'].max())} or fewer in these models), the field's test when cluster-robust "
+                  "SEs over-reject.")
+    return {"caption": "Multiple testing and power",
+            "columns": ["Outcome", "Effect", "Owners", "p", *(["Wild p"] if wild else []), "q (sharpened FDR)", "MDE"],
+            "rows": rows, "first_col_left": True, "notes": notes}
 
 
 def read_table(path: Path) -> pd.DataFrame | None:

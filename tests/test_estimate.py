@@ -661,6 +661,12 @@ def test_fastols_engine_equals_statsmodels_engine(fit_kw, spec_kw, data_kw):
     np.testing.assert_allclose(b["control_mean"], a["control_mean"], rtol=1e-12, equal_nan=True)
     assert (a["n_obs"] == b["n_obs"]).all()
     assert fo_res.estimate_info.df_t == sm_res.estimate_info.df_t
+    if spec_kw.get("cluster", "cluster_id") is not None:
+        # the wild bootstrap refits the same model with FE absorbed or as dummies: same draws, same p
+        wild = est.WildSettings(below_clusters=1000, reps=499, weights="rademacher", seed=5)
+        wa, wb = tidy(sm_res, wild=wild)["wild_p_value"], tidy(fo_res, wild=wild)["wild_p_value"]
+        assert wa.notna().all() and (wa > 0).any()
+        np.testing.assert_array_equal(wa, wb)
     # every non-FE parameter and its covariance
     names = list(fo_res.params.index)
     rel_close(fo_res.params.to_numpy(), sm_res.params[names].to_numpy())
@@ -903,3 +909,28 @@ def test_a_table_without_columns_is_never_written(tmp_path):
     assert not (tmp_path / "x.csv").exists()
     write_csv(tmp_path / "y.csv", pd.DataFrame(columns=["a", "b"]))
     assert (tmp_path / "y.csv").read_text() == "a,b\n"
+
+
+def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
+    from pipeline import wild_bootstrap
+    df = make_data(seed=3, n_clusters=14)
+    spec_params = {"treatments": list(TREATS), "engine": "fastols", "vcov": "CR2"}
+    few = est.WildSettings(below_clusters=15, reps=999, weights="auto", seed=9)
+    table = estimate_study(df, [Y], spec_params, "s", wild=few)
+    assert table["wild_p_value"].notna().all() and table["wild_p_value"].between(0, 1).all()
+    none = estimate_study(df, [Y], spec_params, "s", wild=est.WildSettings(14, 999, "auto", 9))
+    assert none["wild_p_value"].isna().all()                          # 14 clusters, not fewer than 14
+    pd.testing.assert_frame_equal(none.drop(columns="wild_p_value"), table.drop(columns="wild_p_value"))
+    # one term by hand: the pooled skills effect, Webb weights (14 clusters > 12: Rademacher under auto)
+    res = fit(df, Spec(Y, TREATS, engine="fastols", vcov="CR2"))
+    d = res.wild_design
+    r = np.array([1.0 if c == "treat_skills" else 0.0 for c in d.X.columns])
+    key = "|".join(["s", Y, "level", "pooled", "all", "treat_skills"])
+    import zlib
+    by_hand = wild_bootstrap.wild_cluster_test(d.y, d.X.to_numpy(), d.groups, r, fe=d.fe, reps=999,
+                                               weight_type="rademacher",
+                                               seed=np.random.SeedSequence([9, zlib.crc32(key.encode())]))
+    row = table[(table["model"] == "pooled") & (table["term"] == "treat_skills")].iloc[0]
+    assert row["wild_p_value"] == by_hand.p_value
+    with pytest.raises(ValueError, match="wild_bootstrap_weights"):
+        est.wild_settings({**est.STAGE_DEFAULTS, "wild_bootstrap_weights": "mammen"})
