@@ -35,6 +35,12 @@ has profit 0, not missing"), so no outcome variant with closed firms set to 0 is
 checks that no interviewed closed firm has a missing profit in the analysis table. Bias of the winsorised
 estimates relative to the truth is winsorising's (clipping the tails) and is reported as found.
 
+**Few clusters** (``simulation.few_cluster_draws`` draws, ``FEW_CLUSTERS``): the same generator with
+20 markets (2 regions x 2 sectors x 5 markets of 150 firms, no typos) and the same ``by_gender``
+model; for each effect the coverage of the true value by the CR1 and the CR2 95% intervals and by
+the wild cluster restricted bootstrap test (``pipeline.wild_bootstrap``: H0 effect = truth, not
+rejected at 5%), on the same draws. Written to ``few_clusters.csv`` and ``simulation.json``.
+
 The ``simulation`` stage (``python -m pipeline.run_stage simulation``, notebook
 ``07_simulation``, params group ``simulation:``) writes ``reports/simulation/simulation.json`` (settings, summary, verdicts),
 ``reports/simulation/simulation.csv`` (the summary table) and
@@ -46,16 +52,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import clean, construct, estimate, ingest, paths, synthetic
-from pipeline.io import write_csv, write_json, write_parquet
+from pipeline import clean, construct, estimate, ingest, paths, synthetic, wild_bootstrap
 from pipeline.qte import limit_blas_threads
 from pipeline.study import load_study, normalise
+from pipeline.study import write_outputs as write_study_outputs
 
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
@@ -66,6 +73,12 @@ VARIANTS = {"no_typos": {"share_typo_extra_zero": 0.0}, "as_configured": {}}
 DRAW_COLUMNS = ["draw", "seed", "variant", "outcome", "effect", "sex", "truth", "estimate",
                 "std_error", "ci_low", "ci_high", "n_obs", "n_clusters"]
 TARGETS = {"abs_bias_in_sd_max": 0.05, "coverage_min": 0.93, "coverage_max": 0.97}
+# Few clusters: 2 regions x 2 sectors = 4 strata of 5 markets of 150 firms (20 clusters), no typos,
+# so the unwinsorised outcome measures the truth; CR1 and CR2 intervals and the wild bootstrap side by side
+FEW_CLUSTERS = {"n_regions": 2, "n_sectors": 2, "firms_per_market": 150, "share_typo_extra_zero": 0.0}
+FEW_CLUSTER_METHODS = ("CR1", "CR2", "wild")
+FEW_CLUSTER_COLUMNS = ["draw", "seed", "effect", "sex", "truth", "estimate", "n_clusters",
+                       *[f"covered_{m.lower()}" for m in FEW_CLUSTER_METHODS]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -113,6 +126,67 @@ def one_draw(i: int, settings: dict) -> list[dict]:
     return rows
 
 
+def few_cluster_draw(i: int, settings: dict) -> list[dict]:
+    """Draw i of the few-clusters study: does each method's 95% test accept the true effect?
+    CR1 / CR2: the truth is inside the t(G-1) interval; wild: the WCR bootstrap test of
+    H0: effect = truth (estimate.wild_bootstrap_weights, simulation.wild_bootstrap_reps) has p >= 0.05."""
+    seed = int(settings["base_seed"]) + int(i)
+    synth = {**settings["synthetic"], **FEW_CLUSTERS, "seed": seed}
+    table, truth = analysis_table(synth, settings["cfg"], settings["clean"], settings["construct"])
+    column = OUTCOMES["unwinsorised"]
+    fits = {vcov: estimate.fit(table, estimate.Spec.from_params({**settings["spec_params"], "vcov": vcov},
+                                                                column, table), by_gender=True)
+            for vcov in ("CR1", "CR2")}
+    tidy = {vcov: estimate.tidy(res).set_index("term") for vcov, res in fits.items()}
+    design = fits["CR2"].wild_design
+    names = list(design.X.columns)
+    rows = []
+    for td in fits["CR2"].estimate_info.terms:
+        effect, sex = _effect_and_sex(td.term)
+        if effect is None:
+            continue
+        value = true_value(truth, effect, sex)
+        restriction = np.zeros(len(names))
+        for param, weight in td.weights:
+            restriction[names.index(param)] = weight
+        wild = wild_bootstrap.wild_cluster_test(
+            design.y, design.X.to_numpy(), design.groups, restriction, value=value, fe=design.fe,
+            weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
+            seed=np.random.SeedSequence([seed, zlib.crc32(td.term.encode("utf-8"))]))
+        row = {"draw": int(i), "seed": seed, "effect": effect, "sex": sex, "truth": value,
+               "estimate": float(tidy["CR2"].loc[td.term, "estimate"]), "n_clusters": wild.n_clusters,
+               "covered_wild": bool(wild.p_value >= 0.05)}
+        for vcov in ("CR1", "CR2"):
+            r = tidy[vcov].loc[td.term]
+            row[f"covered_{vcov.lower()}"] = bool(r["ci_low"] <= value <= r["ci_high"])
+        rows.append(row)
+    return rows
+
+
+def _effect_and_sex(term: str) -> tuple[str | None, str | None]:
+    """'treat_skills_x_treat_capital_diff' -> ('skills_x_capital', 'diff')."""
+    for effect, prefix in EFFECTS.items():
+        for sex in SEXES:
+            if term == f"{prefix}_{sex}":
+                return effect, sex
+    return None, None
+
+
+def summarise_few_clusters(draws: pd.DataFrame) -> pd.DataFrame:
+    """Coverage of each method per effect and sex, with Monte Carlo SEs."""
+    rows = []
+    for (effect, sex), g in draws.groupby(["effect", "sex"], sort=False):
+        row = {"effect": effect, "sex": sex, "draws": len(g), "n_clusters": int(g["n_clusters"].median()),
+               "truth": float(g["truth"].iloc[0])}
+        for m in FEW_CLUSTER_METHODS:
+            c = float(g[f"covered_{m.lower()}"].mean())
+            row[f"coverage_{m.lower()}"] = c
+            row[f"mc_se_{m.lower()}"] = float(np.sqrt(c * (1 - c) / len(g)))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+_DRAW_FUNCTIONS = {"main": one_draw, "few_clusters": few_cluster_draw}
 _SETTINGS: dict = {}
 
 
@@ -122,8 +196,9 @@ def _init(settings: dict) -> None:
     _SETTINGS.update(settings)
 
 
-def _work(i: int) -> list[dict]:
-    return one_draw(i, _SETTINGS)
+def _work(task: tuple[str, int]) -> list[dict]:
+    kind, i = task
+    return _DRAW_FUNCTIONS[kind](i, _SETTINGS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,16 +240,20 @@ def summarise(draws: pd.DataFrame, keys=("variant", "outcome", "effect", "sex"))
 # --------------------------------------------------------------------------------------------
 def build_settings(synthetic_params: dict, clean_params: dict, construct_params: dict, estimate_params: dict,
                    cfg: dict, synthetic_overrides: dict | None = None, base_seed: int | None = None,
-                   variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None) -> dict:
+                   variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None,
+                   wild_reps: int = 999) -> dict:
     """Settings of the study from resolved params groups; the estimator is the ``estimate:``
-    specification (``vcov`` CR1 when absent), ``vcov`` overriding it."""
+    specification (``vcov`` CR1 when absent), ``vcov`` overriding it; the few-clusters study's wild
+    bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` samples."""
     synth = {**synthetic_params, **(synthetic_overrides or {})}
-    spec_params, _ = estimate.split_params(estimate_params)
+    spec_params, stage = estimate.split_params(estimate_params)
+    wild = estimate.wild_settings(stage)
     spec_params = {**spec_params, "vcov": vcov or spec_params.get("vcov", "CR1")}
     return {"synthetic": synth, "clean": clean_params, "construct": construct_params,
             "spec_params": spec_params, "cfg": normalise(cfg),
             "base_seed": int(synth["seed"] if base_seed is None else base_seed),
-            "variants": list(variants), "outcomes": list(outcomes)}
+            "variants": list(variants), "outcomes": list(outcomes),
+            "wild_weights": wild.weights, "wild_reps": int(wild_reps)}
 
 
 class Progress:
@@ -200,27 +279,33 @@ class Progress:
               f"{rate:.2f} draws/s, about {left / 60:.1f} min left", file=self.stream, flush=True)
 
 
-def run_study(n_draws: int, settings: dict, workers: int = 2, progress: Progress | None = None) -> pd.DataFrame:
-    """Every draw's estimates (sorted by draw, variant, outcome, effect, sex). Draw i uses seed
-    base_seed + i whatever the number of workers, and results are gathered in draw order."""
+def run_study(n_draws: int, settings: dict, workers: int = 2, progress: Progress | None = None,
+              kind: str = "main") -> pd.DataFrame:
+    """Every draw's rows (sorted by draw, then as the draw returns them). Draw i uses seed
+    base_seed + i whatever the number of workers, and results are gathered in draw order.
+    ``kind``: ``main`` (:func:`one_draw`) or ``few_clusters`` (:func:`few_cluster_draw`)."""
     chunks = []
+    tasks = [(kind, i) for i in range(n_draws)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
                                  initializer=_init, initargs=(settings,)) as ex:
-            for rows in ex.map(_work, range(n_draws), chunksize=max(1, min(10, n_draws // (4 * workers)))):
+            for rows in ex.map(_work, tasks, chunksize=max(1, min(10, n_draws // (4 * workers)))):
                 chunks.append(rows)
                 if progress is not None:
                     progress.advance()
     else:
-        for i in range(n_draws):
-            chunks.append(one_draw(i, settings))
+        for kind_i, i in tasks:
+            chunks.append(_DRAW_FUNCTIONS[kind_i](i, settings))
             if progress is not None:
                 progress.advance()
-    draws = pd.DataFrame([r for c in chunks for r in c], columns=DRAW_COLUMNS)
+    columns = DRAW_COLUMNS if kind == "main" else FEW_CLUSTER_COLUMNS
+    draws = pd.DataFrame([r for c in chunks for r in c], columns=columns)
     return draws.sort_values(["draw"], kind="stable").reset_index(drop=True)
 
 
-def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, out_dir: Path) -> dict:
+def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, out_dir: Path,
+                  few: pd.DataFrame | None = None) -> dict:
+    """simulation.json, simulation.csv, simulation_draws.parquet and few_clusters.csv, all or none."""
     out_dir = Path(out_dir)
     meta = {
         "description": "Simulation study of the by_gender ANCOVA estimator against the generator's "
@@ -240,9 +325,16 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
                                      for k in ("bias_ok", "coverage_ok")}
                         for v in settings["variants"] for o in settings["outcomes"]},
     }
-    write_json(out_dir / "simulation.json", meta)
-    write_csv(out_dir / "simulation.csv", summary)
-    write_parquet(out_dir / "simulation_draws.parquet", draws)
+    outputs = {"simulation.csv": summary, "simulation_draws.parquet": draws}
+    if few is not None:
+        meta["few_clusters"] = {
+            "description": "Coverage of the true effect with 20 clusters: CR1 and CR2 95% intervals (t(G-1)) "
+                           "and the wild cluster restricted bootstrap test at 5%, same draws.",
+            "synthetic_overrides": FEW_CLUSTERS, "draws": int(few["draw"].nunique()) if len(few) else 0,
+            "wild_bootstrap": {"weights": settings["wild_weights"], "reps": settings["wild_reps"]},
+            "summary": summarise_few_clusters(few).to_dict("records")}
+        outputs["few_clusters.csv"] = summarise_few_clusters(few)
+    write_study_outputs(out_dir, {"simulation.json": meta, **outputs})
     return meta
 
 
@@ -251,9 +343,14 @@ def run(stage_params: dict, synthetic_params: dict, clean_params: dict, construc
     """The simulation stage: ``stage_params`` is the ``simulation:`` group (draws, workers); the
     other groups are the ones the default run's stages use, as ``run_stage`` injects them."""
     settings = build_settings(synthetic_params, clean_params, construct_params, estimate_params,
-                              load_study("synthetic"))
+                              load_study("synthetic"), wild_reps=int(stage_params["wild_bootstrap_reps"]))
     n_draws, workers = int(stage_params["draws"]), int(stage_params["workers"])
+    n_few = int(stage_params["few_cluster_draws"])
+    if n_few < 20:
+        raise ValueError(f"simulation.few_cluster_draws = {n_few}: at least 20 are needed for a coverage")
     draws = run_study(n_draws, settings, workers=workers, progress=Progress(n_draws))
+    few = run_study(n_few, settings, workers=workers, progress=Progress(n_few, label="few clusters"),
+                    kind="few_clusters")
     summary = summarise(draws)
-    meta = write_outputs(draws, summary, settings, Path(out_dir) if out_dir else paths.simulation_dir())
-    return {"draws": draws, "summary": summary, "meta": meta}
+    meta = write_outputs(draws, summary, settings, Path(out_dir) if out_dir else paths.simulation_dir(), few)
+    return {"draws": draws, "summary": summary, "few_clusters": few, "meta": meta}

@@ -81,9 +81,10 @@ def _partial_out(Z: np.ndarray, fe, w: np.ndarray | None) -> np.ndarray:
     return fastols.absorb(Z / root[:, None], fe, w)[0].T * root[:, None]
 
 
-def wild_cluster_test(y, X, groups, restriction, *, fe=None, weights=None, reps: int = 9999,
-                      weight_type: str = "auto", seed: np.random.SeedSequence | int | None = None) -> WildTest:
-    """WCR bootstrap test of ``restriction . beta = 0``.
+def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None, weights=None,
+                      reps: int = 9999, weight_type: str = "auto",
+                      seed: np.random.SeedSequence | int | None = None) -> WildTest:
+    """WCR bootstrap test of ``restriction . beta = value``.
 
     ``X``: (n, k) regressors without constant or fixed-effect dummies; ``fe``: fixed-effect codes as
     for :func:`pipeline.fastols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
@@ -93,17 +94,18 @@ def wild_cluster_test(y, X, groups, restriction, *, fe=None, weights=None, reps:
     n_clusters = int(g.max()) + 1
     kind = resolve_weight_type(weight_type, n_clusters)
     V, enumerated = draw_weights(kind, n_clusters, int(reps), np.random.default_rng(seed))
-    t_stat, t_boot = bootstrap_t(y, X, g, restriction, V, fe=fe, weights=weights)
+    t_stat, t_boot = bootstrap_t(y, X, g, restriction, V, value=value, fe=fe, weights=weights)
     # |t*| > |t|; within rounding of |t| counts as a tie (the all-ones draw reproduces t exactly)
     p_value = float(np.mean(np.abs(t_boot) > abs(t_stat) * (1 + TIE_TOL)))
     return WildTest(p_value=p_value, t_stat=t_stat, n_clusters=n_clusters, weight_type=kind,
                     reps=int(V.shape[0]), enumerated=enumerated)
 
 
-def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, fe=None, weights=None
+def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0, fe=None, weights=None
                 ) -> tuple[float, np.ndarray]:
-    """(t, t*_b for each row of V): the CR1 t-statistic of r'beta (no small-sample factor) on the
-    data and on each bootstrap sample y*_b = restricted fit + V[b, g] * restricted residual."""
+    """(t, t*_b for each row of V): the CR1 t-statistic of r'beta - value (no small-sample factor)
+    on the data and on each bootstrap sample y*_b = restricted fit + V[b, g] * restricted residual
+    (the restricted fit imposes r'beta = value)."""
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     X = X[:, None] if X.ndim == 1 else X
@@ -129,11 +131,11 @@ def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, fe=None, weights=No
     q = r @ A
     z = Xd @ q                                                  # q X_i' for every row i
     u_hat = yd - Xd @ beta
-    t_stat = float(r @ beta / np.sqrt(np.sum(np.bincount(g, weights=z * u_hat, minlength=G) ** 2)))
+    t_stat = float((r @ beta - value) / np.sqrt(np.sum(np.bincount(g, weights=z * u_hat, minlength=G) ** 2)))
 
-    beta_r = beta - A @ r * (r @ beta) / (r @ A @ r)           # restricted: r'beta = 0
+    beta_r = beta - A @ r * (r @ beta - value) / (r @ A @ r)   # restricted: r'beta = value
     u_r = yd - Xd @ beta_r
-    a = np.bincount(g, weights=z * u_r, minlength=G)            # numerators: V @ a
+    a = np.bincount(g, weights=z * u_r, minlength=G)            # numerators r'beta*_b - value: V @ a
 
     # E = M_D U, U[:, h] = u~ on cluster h's rows; F = M_X E; Q[g, h] = sum_{i in g} z_i F[i, h]
     U = np.zeros((n, G))

@@ -136,3 +136,22 @@ def test_progress_reports_draws_done_and_rate_and_always_the_last(sim):
         progress.advance()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simulation: 5/5 draws (100%)") and "draws/s" in lines[0]
+
+
+def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, tmp_path):
+    from pipeline.study import load_study
+    settings = sim.build_settings({**groups["synthetic"], "n_firms": 600}, groups["clean"], groups["construct"],
+                                  groups["estimate"], load_study("synthetic"), base_seed=7, wild_reps=199)
+    few = sim.run_study(3, settings, workers=1, kind="few_clusters")
+    assert list(few.columns) == sim.FEW_CLUSTER_COLUMNS and len(few) == 3 * 9
+    assert (few["n_clusters"] == 16).all()         # 4 strata x 4 markets (one per arm) with 600 firms
+    assert few[["covered_cr1", "covered_cr2", "covered_wild"]].dtypes.eq(bool).all()
+    again = sim.run_study(3, settings, workers=2, kind="few_clusters")
+    pd.testing.assert_frame_equal(few, again)
+    summary = sim.summarise_few_clusters(few)
+    assert len(summary) == 9 and summary["draws"].eq(3).all()
+    main = sim.run_study(2, settings, workers=1)
+    meta = sim.write_outputs(main, sim.summarise(main), settings, tmp_path, few)
+    assert meta["few_clusters"]["draws"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few_clusters.csv", "simulation.csv", "simulation.json",
+                                                          "simulation_draws.parquet"]

@@ -23,7 +23,7 @@ def panel(n_clusters=12, per_cluster=25, seed=0, weights=False):
     return y, np.column_stack([treat, x]), market, [stratum, rnd], w
 
 
-def brute_force_t(y, X, groups, r, V, fe, w):
+def brute_force_t(y, X, groups, r, V, fe, w, value=0.0):
     """Refit each bootstrap sample by least squares with a constant and explicit FE dummies."""
     dummies = [pd.get_dummies(codes, drop_first=True, dtype=float).to_numpy() for codes in (fe or [])]
     D = np.column_stack([np.ones(len(y)), *dummies])
@@ -38,13 +38,13 @@ def brute_force_t(y, X, groups, r, V, fe, w):
         beta = A @ Xw.T @ yw
         resid = yw - Xw @ beta
         scores = np.array([Xw[groups == c].T @ resid[groups == c] for c in np.unique(groups)])
-        return (R @ beta) / np.sqrt(R @ A @ (scores.T @ scores) @ A @ R)
+        return (R @ beta - value) / np.sqrt(R @ A @ (scores.T @ scores) @ A @ R)
 
     # restricted fit: drop the restricted direction (r is a unit vector or a contrast of two terms)
     Xw, yw = full * root[:, None], y * root
     A = np.linalg.pinv(Xw.T @ Xw)
     beta = A @ Xw.T @ yw
-    beta_r = beta - A @ R * (R @ beta) / (R @ A @ R)
+    beta_r = beta - A @ R * (R @ beta - value) / (R @ A @ R)
     fitted, resid = full @ beta_r, y - full @ beta_r
     _, g = np.unique(groups, return_inverse=True)
     assert k == len(r)
@@ -52,12 +52,12 @@ def brute_force_t(y, X, groups, r, V, fe, w):
 
 
 @pytest.mark.parametrize("weights", [False, True])
-@pytest.mark.parametrize("restriction", [[1.0, 0.0], [1.0, -1.0]])
-def test_fast_algebra_equals_refitting_with_dummies(weights, restriction):
+@pytest.mark.parametrize("restriction,value", [([1.0, 0.0], 0.0), ([1.0, -1.0], 0.0), ([1.0, 0.0], 0.3)])
+def test_fast_algebra_equals_refitting_with_dummies(weights, restriction, value):
     y, X, market, fe, w = panel(weights=weights)
     V = np.random.default_rng(1).choice([-1.0, 1.0], size=(60, 12))
-    t, t_boot = wb.bootstrap_t(y, X, market, restriction, V, fe=fe, weights=w)
-    t_ref, t_boot_ref = brute_force_t(y, X, market, np.array(restriction), V, fe, w)
+    t, t_boot = wb.bootstrap_t(y, X, market, restriction, V, value=value, fe=fe, weights=w)
+    t_ref, t_boot_ref = brute_force_t(y, X, market, np.array(restriction), V, fe, w, value)
     assert t == pytest.approx(t_ref, rel=1e-9)
     np.testing.assert_allclose(t_boot, t_boot_ref, rtol=1e-8)
 
