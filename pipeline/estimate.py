@@ -1609,7 +1609,12 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                "attrition_rates": rates.to_dict("records") if len(rates) else [],
                "specification": {**{k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in spec.__dict__.items() if k != "outcome"},
-                                 "sample": sp["sample"]},
+                                 "sample": sp["sample"],
+                                 # resolved against the data: ANCOVA only where the outcome has a baseline
+                                 "baseline_control_by_outcome": {
+                                     o: bool(_baseline_columns(analysis, replace(spec, outcome=o))) for o in outcomes},
+                                 "gender_models": gender_models, "by_round": bool(sp["by_round"]),
+                                 "q_families": q_families},
                "wild_bootstrap": {**wild_settings(sp).__dict__,
                                   "rows_with_wild_p_value": int(results["wild_p_value"].notna().sum())},
                "skipped": skipped,
