@@ -38,16 +38,25 @@ def baseline_words(spec: dict, outcomes: list[str]) -> str:
 
 
 def fixed_effect_words(spec: dict) -> str:
-    fe = list(spec.get("fixed_effects") or [])
-    strata = "" if "stratum" in fe else " (no strata fixed effects)"
-    return f"Fixed effects: {_names(fe) if fe else 'none'}{strata}."
+    """The fixed effects that absorb something: a column with one level among the rows (a study
+    without strata has stratum "all") is named as such, not counted as a fixed effect."""
+    levels = spec.get("fixed_effect_levels") or {}
+    fe = [f for f in spec.get("fixed_effects") or [] if levels.get(f, 2) > 1]
+    single = [f for f in spec.get("fixed_effects") or [] if f not in fe]
+    text = f"Fixed effects: {_names(fe) if fe else 'none'}"
+    if "stratum" not in fe:
+        text += " (no strata fixed effects)"
+    if single:
+        text += f"; {_names(single)} {'has' if len(single) == 1 else 'have'} a single level here"
+    return text + "."
 
 
 def variance_words(spec: dict, wild: dict | None) -> str:
     """Standard errors as computed: clustered (with the estimator) or HC1, and any wild bootstrap p-values."""
     if spec.get("cluster"):
         vcov = spec.get("vcov") or "CR1"
-        text = f"Standard errors clustered by {spec['cluster']} ({VCOV_WORDS.get(vcov, vcov)})."
+        unit = ", each unit its own cluster," if spec.get("clusters") and spec.get("clusters") == spec.get("units") else ""
+        text = f"Standard errors clustered by {spec['cluster']}{unit} ({VCOV_WORDS.get(vcov, vcov)})."
     else:
         text = "Heteroskedasticity-robust standard errors (HC1), not clustered."
     if wild and wild.get("rows_with_wild_p_value"):
