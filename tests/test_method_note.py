@@ -76,7 +76,7 @@ LIGHT = {"transforms": ["level", "log"], "by_round": False, "bootstrap_reps": 10
 
 @pytest.fixture(scope="module")
 def sections(tmp_path_factory):
-    """study -> (report section, params group used); each study run once, outputs in a tmp folder."""
+    """study -> (report section, estimate params used, output root); each study run once, outputs in a tmp folder."""
     root = tmp_path_factory.mktemp("method_note")
     params = load_params()
     est = {**params["estimate"], **LIGHT}
@@ -93,7 +93,7 @@ def sections(tmp_path_factory):
                 construct.run(study, params["construct"], params["clean"]["flow_period"])
                 out = estimate.run(study, est)
                 section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1)
-            cache[study] = (section, est)
+            cache[study] = (section, est, root)
         return cache[study]
 
     return get
@@ -105,7 +105,7 @@ def _outcome(name: str) -> str:
 
 @pytest.mark.parametrize("study", list(STUDIES))
 def test_the_method_note_states_what_the_study_yaml_specifies(study, sections):
-    section, est = sections(study)
+    section, est, _ = sections(study)
     note = section["spec_note"]
     raw = read_yaml(paths.study_config_path(study))
     block = raw["estimate"]
