@@ -1,35 +1,38 @@
 # %% [markdown]
 # # Stage 4 · Estimate: intention-to-treat effects of skills and capital, by owner gender
 #
-# ANCOVA on the pooled follow-up rounds (baseline outcome as a control, with a missing-baseline
-# dummy), strata and round fixed effects, standard errors clustered at the unit of randomisation.
-# Models: `pooled`; `by_gender` (each treatment term separately for women and men, plus their
-# difference with the test of equal effects); `women_only` and `men_only`.
+# Each study is estimated with its own specification: the `estimate:` params group with the
+# study's `estimate:` block on top, checked against its data (which outcomes exist, whether they
+# have a baseline, whether owner gender varies). The stage records that resolved specification in
+# `estimate_summary.json`; it is stated in words below. Models: `pooled`; `by_gender` (each
+# treatment for women and for men and their difference) with `women_only` and `men_only`, where
+# the study records both sexes; `round_<r>` for each follow-up round.
 
 # %% tags=["parameters"]
 study = "synthetic"
-stage_params = None  # None: the `estimate:` group of params.yaml
+stage_params = None  # None: the `estimate:` group of params.yaml (the study's own `estimate:` block wins, key by key)
 
 # %%
 import pandas as pd
+from IPython.display import Markdown
 
 from pipeline import estimate
 from pipeline.io import load_params
+from pipeline.method_note import method_note
 
 stage_params = stage_params if stage_params is not None else load_params()["estimate"]
 result = estimate.run(study, stage_params)
 results = result["results"]
 
 # %% [markdown]
-# ## The primary outcome: pooled, and for women and for men where the study records owner gender
-#
-# The primary outcome and the specification are the study's own, as the stage resolved them
-# (its `estimate:` block on top of the params group), recorded in `estimate_summary.json`.
+# ## The specification this study was estimated with (from `estimate_summary.json`)
 
 # %%
 summary = result["summary"]
-pd.Series({k: v for k, v in summary["specification"].items() if v not in (None, [], ())}, name="value",
-          dtype="object").to_frame()
+Markdown(method_note(summary))
+
+# %% [markdown]
+# ## The primary outcome: pooled, and for women and for men where the study records owner gender
 
 # %%
 primary = summary["primary_outcome"]

@@ -290,6 +290,7 @@ def run(study: str, params: dict, flow_period: str) -> dict:
         "covariates": sorted(cfg["covariates"]),
         "controls": list(cfg["controls"]),
         "currency": cfg.get("currency"),
+        "usd_ppp_per_lcu": float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns else cfg["usd_ppp_per_lcu"]["value"],
         "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
     }
     assert_no_identifiers(table, cfg=cfg, source=f"{cfg['study']} analysis table")

@@ -1609,13 +1609,28 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                "attrition_rates": rates.to_dict("records") if len(rates) else [],
                "specification": {**{k: (list(v) if isinstance(v, tuple) else v)
                                     for k, v in spec.__dict__.items() if k != "outcome"},
-                                 "sample": sp["sample"]},
+                                 "sample": sp["sample"],
+                                 # resolved against the data: ANCOVA only where the outcome has a baseline
+                                 "baseline_control_by_outcome": {
+                                     o: bool(_baseline_columns(analysis, replace(spec, outcome=o))) for o in outcomes},
+                                 "gender_models": gender_models, "by_round": bool(sp["by_round"]),
+                                 "q_families": q_families,
+                                 # levels among the effect models' follow-up rows (1: absorbs nothing)
+                                 **_design_levels(analysis, spec)},
                "wild_bootstrap": {**wild_settings(sp).__dict__,
                                   "rows_with_wild_p_value": int(results["wild_p_value"].notna().sum())},
                "skipped": skipped,
                "notes": notes}
     return {**tables, "descriptive": descriptive, "attrition_rates": rates,
             "key_estimates": key, "summary": summary}
+
+
+def _design_levels(analysis: pd.DataFrame, spec: Spec) -> dict:
+    """Distinct fixed-effect levels, clusters and units among the follow-up rows (for the method note)."""
+    fu = analysis[analysis[FOLLOWUP].astype(bool)] if FOLLOWUP in analysis.columns else analysis
+    return {"fixed_effect_levels": {c: int(fu[c].nunique()) for c in spec.fixed_effects},
+            "clusters": int(fu[spec.cluster].nunique()) if spec.cluster else None,
+            "units": int(fu["firm_id"].nunique()) if "firm_id" in fu.columns else None}
 
 
 # The header of every CSV the stage writes (OUTPUT_FILES), whatever the study: a table with nothing

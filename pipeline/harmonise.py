@@ -51,10 +51,25 @@ def _rows_for_group(results: pd.DataFrame, term: str, group: str, all_women: boo
     return hit
 
 
+def native_unit(currency: str | None, usd_ppp_per_lcu: float | None, recall_period: Mapping) -> tuple[str, float]:
+    """The study's own unit for a money flow estimated in USD PPP per month, and the factor to it:
+    its currency per its recall period (``recall_period.value``), or per month where the recall
+    period varies by respondent. USD PPP per month (factor 1) without a currency and a rate."""
+    from pipeline.study import PER_YEAR
+
+    if not currency or not usd_ppp_per_lcu:
+        return "USD PPP per month", 1.0
+    period = recall_period.get("value") or "month"
+    return f"{currency} per {period.replace('_', ' ')}", PER_YEAR["month"] / PER_YEAR[period] / float(usd_ppp_per_lcu)
+
+
 def study_effects(results: pd.DataFrame, *, study: str, arms: Mapping[str, Mapping], primary_outcome: str,
                   outcome_is_log: bool, share_female_owners: float, lender_targeted_women: float,
-                  citation: str) -> pd.DataFrame:
-    """One row per (arm, group, scale) for the study's primary outcome at the level transform."""
+                  citation: str, native: tuple[str, float] = ("USD PPP per month", 1.0)) -> pd.DataFrame:
+    """One row per (arm, group, scale) for the study's primary outcome at the level transform.
+    ``native``: the study's own unit and the factor from USD PPP per month to it (:func:`native_unit`);
+    a log outcome is in log points."""
+    unit, factor = ("log points", 1.0) if outcome_is_log else native
     level = results[(results["outcome"] == primary_outcome) & (results["transform"] == "level")]
     all_women = share_female_owners == 1.0
     rows = []
@@ -65,8 +80,8 @@ def study_effects(results: pd.DataFrame, *, study: str, arms: Mapping[str, Mappi
                 continue
             r = hit.iloc[0]
             base = {"study": study, "arm": term, "intervention": intervention, "group": group,
-                    "outcome": primary_outcome, "estimate_native": r["estimate"],
-                    "std_error_native": r["std_error"], "native_unit": "log points" if outcome_is_log else "USD PPP per month",
+                    "outcome": primary_outcome, "estimate_native": r["estimate"] * factor,
+                    "std_error_native": r["std_error"] * factor, "native_unit": unit,
                     "control_mean": r["control_mean"], "n_obs": r["n_obs"], "n_clusters": r["n_clusters"],
                     "model": r["model"], "term": r["term"], "share_female_owners": share_female_owners,
                     "lender_targeted_women": lender_targeted_women, "source": "microdata", "citation": citation}

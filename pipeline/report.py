@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline import paths  # noqa: E402
+from pipeline.method_note import fixed_effect_words, method_note, variance_words  # noqa: E402
 from pipeline.io import read_json, write_csv, write_json, write_text  # noqa: E402
 
 # Truth keys (truth.json "itt") and the by_gender terms that estimate them.
@@ -258,33 +259,6 @@ def pval(p) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def spec_note(spec: dict, outcomes: list[str], unit_note: str) -> str:
-    """The method note of one study, from the specification its estimate stage recorded."""
-    fe = [f for f in spec.get("fixed_effects") or []]
-    parts = ["OLS intention-to-treat effects"]
-    if spec.get("baseline_control"):
-        rule = spec.get("missing_baseline", "dummy")
-        parts.append("controlling for the baseline value of the outcome" +
-                     (" (0 plus a missing-baseline dummy where absent)" if rule == "dummy" else
-                      " (units with a missing baseline left out)"))
-    else:
-        parts.append("without a baseline control")
-    if "round" in fe:
-        parts.append("follow-up rounds pooled")
-    parts.append(f"fixed effects: {', '.join(fe) if fe else 'none'}")
-    if spec.get("controls"):
-        parts.append(f"controls: {', '.join(spec['controls'])}")
-    if spec.get("weights"):
-        parts.append(f"weighted by {spec['weights']}")
-    if spec.get("sample"):
-        parts.append(f"sample: {spec['sample']}")
-    gender = " By owner gender, every term (controls and fixed effects too) interacted with gender." \
-        if spec.get("gender_interact_all") else ""
-    se = (f"clustered by {spec['cluster']} ({spec.get('vcov', 'CR1')})" if spec.get("cluster") else "heteroskedasticity-robust (HC1)")
-    return (f"{'; '.join(parts)}.{gender} Standard errors {se}, in parentheses. "
-            f"Outcomes: {', '.join(outcomes)}. {unit_note}").strip()
-
-
 def pooled_table(results: pd.DataFrame, outcomes: list[str], decimals: int, note: str) -> dict | None:
     """Effects of every arm on every outcome, all owners (the pooled model): one column per outcome."""
     sub = _level(results)
@@ -457,7 +431,7 @@ def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
         joint = pval(att["joint_p_value"].iloc[0]) if "joint_p_value" in att.columns and len(att) else "–"
         out.append({"caption": "Attrition by arm (follow-up interviews missing)", "first_col_left": True,
                     "columns": ["Regressor", "Effect on attrition", "SE", "p", "Control attrition"], "rows": rows,
-                    "notes": f"Linear probability model of attrition on the arms ({design_note}); joint test p = {joint}."})
+                    "notes": f"Linear probability model of attrition on the arms. {design_note} Joint test p = {joint}."})
     lee = read_table(paths.processed_dir(study) / "lee_bounds.csv")
     if lee is not None:
         rows = [[r["comparison"], r["sample"], fmt(r["lower"], decimals), fmt(r["upper"], decimals),
@@ -552,13 +526,16 @@ def study_spec(study: str) -> dict:
         conversion = read_json(ingest_path).get("conversion") or {}
     construct_path = paths.processed_dir(study) / "construct_summary.json"
     currency = read_json(construct_path).get("currency") if construct_path.exists() else None
-    return {"specification": summary.get("specification", {}), "outcomes": list(summary.get("outcomes") or []),
+    return {"summary": summary, "specification": summary.get("specification", {}), "outcomes": list(summary.get("outcomes") or []),
             "primary_outcome": summary.get("primary_outcome"), "notes": summary.get("notes") or [],
             "tables": summary.get("tables") or {}, "currency": currency,
             "usd_ppp_per_lcu": conversion.get("usd_ppp_per_lcu")}
 
 
 def unit_note(spec: dict, flow_period: str) -> str:
+    """The unit of the study's money outcomes (``*_usd_ppp*`` columns) and the conversion from its currency."""
+    if not any("_usd_ppp" in o for o in spec["outcomes"]):
+        return "The outcomes are in the study's own units (not money flows converted by the pipeline, e.g. logs)."
     rate = spec.get("usd_ppp_per_lcu")
     if spec.get("currency") and rate:
         return (f"Money outcomes in USD PPP per {flow_period.replace('_', ' ')}, converted from {spec['currency']} "
@@ -580,10 +557,9 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
     flow = read_table(paths.interim_dir(study) / "flow.csv")
     flow = flow if flow is not None else pd.DataFrame()
     study_results = results[results["study"] == study]
-    note = spec_note(spec["specification"], outcomes, unit_note(spec, flow_period))
-    fe = spec["specification"].get("fixed_effects") or []
-    design = f"fixed effects: {', '.join(fe) or 'none'}; " + (
-        f"SEs clustered by {spec['specification']['cluster']}" if spec["specification"].get("cluster") else "HC1 SEs")
+    note = f"{method_note(spec['summary'])} {unit_note(spec, flow_period)}"
+    # attrition models: the effect models' fixed effects and variance, without baseline or controls
+    design = f"{fixed_effect_words(spec['specification'])} {variance_words(spec['specification'], None)}"
     tables = [t for t in (pooled_table(study_results, outcomes, decimals, note),
                           publication_table(study_results, outcomes, decimals, note),
                           robustness_table(study_results, primary, decimals),

@@ -128,6 +128,20 @@ def _coverage(r) -> str:
     return f"{100 * value:.1f}% ({100 * r['coverage_mu_mc_se']:.1f}), {int(r['coverage_draws'])} draws"
 
 
+def effects_table(effects: pd.DataFrame, decimals: int) -> dict:
+    """The synthesis inputs: each study effect on each scale, beside its estimate in the study's own unit."""
+    return {"caption": "Study effects on one scale (the synthesis inputs)", "first_col_left": True,
+            "columns": ["Study", "Arm", "Intervention", "Owners", "Scale", "Effect", "SE", "Native estimate", "Native unit",
+                        "Control mean", "Source"],
+            "rows": [[r["study"], str(r["arm"]), r["intervention"], r["group"], SCALE_WORDS[r["scale"]],
+                      _fmt(r["effect"], decimals), _fmt(r["std_error"], decimals), _fmt(r["estimate_native"], 3),
+                      str(r["native_unit"]) if pd.notna(r["native_unit"]) else "–", _fmt(r["control_mean"], decimals),
+                      r["source"]] for _, r in effects.iterrows()],
+            "notes": "Percent of the control mean: 100 × effect / control mean (the control mean taken as known), or 100 × "
+                     "the coefficient for outcomes already in logs (log points). Native: the estimate in the study's own "
+                     "currency per its recall period (its configuration's conversion factor)."}
+
+
 def meta_regression_table(meta: pd.DataFrame, decimals: int) -> dict:
     """The slope of each moderator (the intercepts are in data/synthesis/meta_regression.csv)."""
     rows = []
@@ -167,17 +181,9 @@ def evidence_context(synthesis_dir: Path, decimals: int) -> dict:
                                                                    "upper": round(float(r["mu_upper"]), 6),
                                                                    "n_studies": int(r["n_studies"])}
                for _, r in pooled.iterrows()}
-    effects_table = {"caption": "Study effects on one scale (the synthesis inputs)", "first_col_left": True,
-                     "columns": ["Study", "Arm", "Intervention", "Owners", "Scale", "Effect", "SE", "Native estimate", "Native unit",
-                                 "Control mean", "Source"],
-                     "rows": [[r["study"], str(r["arm"]), r["intervention"], r["group"], SCALE_WORDS[r["scale"]],
-                               _fmt(r["effect"], decimals), _fmt(r["std_error"], decimals), _fmt(r["estimate_native"], 3),
-                               str(r["native_unit"]) if pd.notna(r["native_unit"]) else "–", _fmt(r["control_mean"], decimals),
-                               r["source"]] for _, r in effects.iterrows()],
-                     "notes": "Percent of the control mean: 100 × effect / control mean (the control mean taken as known), or 100 × "
-                              "the coefficient for outcomes already in logs (log points)."}
     return {"headline": headline(pooled, decimals), "gender_figure": gender_pooled_png(pooled), "forests": forests,
-            "tables": [pooled_table(pooled, decimals), effects_table, meta_regression_table(meta, decimals)], "not_pooled": summary.get("not_pooled", []),
+            "tables": [pooled_table(pooled, decimals), effects_table(effects, decimals), meta_regression_table(meta, decimals)],
+            "not_pooled": summary.get("not_pooled", []),
             "priors": summary.get("priors_note", ""), "n_studies": int(effects["study"].nunique()), "metrics": metrics}
 
 

@@ -403,7 +403,7 @@ def pool_group(effects: pd.DataFrame, key: tuple[str, str, str], settings: Mappi
 
 def _study_inputs(study: str) -> dict:
     """What harmonising one study needs, read from its recorded stage outputs and its YAML."""
-    from pipeline import paths
+    from pipeline import harmonise, paths
     from pipeline.io import read_json
     from pipeline.study import load_study
 
@@ -420,7 +420,8 @@ def _study_inputs(study: str) -> dict:
     non_money = outcome_cfg.get("money") is False
     return {"cfg": cfg, "results": pd.read_csv(paths.processed_dir(study) / "results.csv"), "primary": primary,
             "outcome_is_log": non_money and primary.startswith("log"), "non_money_not_log": non_money and not primary.startswith("log"),
-            "share_female": float(construct.get("female_owner_share") if construct.get("female_owner_share") is not None else np.nan)}
+            "share_female": float(construct.get("female_owner_share") if construct.get("female_owner_share") is not None else np.nan),
+            "native": harmonise.native_unit(construct.get("currency"), construct.get("usd_ppp_per_lcu"), cfg["recall_period"])}
 
 
 def collect_effects(studies: Sequence[str], published: pd.DataFrame, published_source: str) -> tuple[pd.DataFrame, list[str]]:
@@ -436,7 +437,7 @@ def collect_effects(studies: Sequence[str], published: pd.DataFrame, published_s
         eff = harmonise.study_effects(s["results"], study=study, arms=s["cfg"]["treatment"]["arms"],
                                       primary_outcome=s["primary"], outcome_is_log=s["outcome_is_log"],
                                       share_female_owners=s["share_female"], lender_targeted_women=np.nan,
-                                      citation=" ".join(str(s["cfg"].get("citation") or "").split()))
+                                      citation=" ".join(str(s["cfg"].get("citation") or "").split()), native=s["native"])
         if eff.empty:
             left_out.append(f"{study}: no single-intervention arm estimated on {s['primary']}")
         frames.append(eff)

@@ -70,3 +70,66 @@ def test_input_hashes_read_dvc_lock(tmp_path):
         "  report:\n    cmd: z\n    deps:\n    - path: pipeline/report.py\n      md5: fed\n")
     assert report.input_hashes(tmp_path / "dvc.lock") == [
         {"path": "code.py", "md5": "def", "stages": "b"}, {"path": "data/raw", "md5": "abc.dir", "stages": "a, b"}]
+
+
+# ------------------------------------------------------------------ a study without gender, baseline or strata
+def minimal_study(root, estimate_block: dict) -> str:
+    """A new study made here: one CSV (unit id, arm, weekly profit; one follow-up round, no owner gender,
+    baseline, strata or clusters) and its YAML, found by name through a patched study_config_path."""
+    import yaml
+
+    rng = np.random.default_rng(7)
+    raw = root / "raw"
+    raw.mkdir(parents=True)
+    shops = pd.DataFrame({"shop": range(1, 81), "group": ["control", "grant"] * 40})
+    shops["profit"] = (100 + 25 * (shops["group"] == "grant") + rng.normal(0, 20, len(shops))).round(1)
+    shops.to_csv(raw / "survey.csv", index=False)
+    cfg = {"study": "minimal", "files": [{"path": "survey.csv", "format": "csv", "sha256": None}], "identifiers": [],
+           "unit_id": "shop", "female_owner": {"value": None},
+           "treatment": {"column": "group", "arms": {"control": {"label": "Control", "skills": 0, "capital": 0},
+                                                       "grant": {"label": "Grant", "skills": 0, "capital": 1}}},
+           "recall_period": {"value": "week"}, "currency": "KES",
+           "usd_ppp_per_lcu": {"lcu_per_usd_ppp": 40, "source": "test"},
+           "outcomes": {"profit": {"column": "profit", "allow_negative": True}}, "estimate": estimate_block}
+    (root / "minimal.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(raw)
+
+
+@pytest.mark.parametrize("block, variance", [
+    ({"treatments": "auto"}, "Standard errors clustered by cluster_id, each unit its own cluster, (CR2"),
+    ({"treatments": "auto", "cluster": None}, "Heteroskedasticity-robust standard errors (HC1), not clustered."),
+])
+def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, monkeypatch,
+                                                                                       block, variance):
+    from conftest import redirect_outputs
+    from pipeline import clean, construct, estimate, ingest, paths
+    from pipeline.io import load_params
+
+    redirect_outputs(monkeypatch, tmp_path / "out")
+    monkeypatch.setattr(paths, "study_config_path", lambda s: tmp_path / f"{s}.yaml")
+    raw = minimal_study(tmp_path, block)
+    params = load_params()
+    ingest.run("minimal", raw, {})
+    clean.run("minimal", params["clean"])
+    construct.run("minimal", params["construct"], "month")
+    est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
+    results = estimate.run("minimal", est)["results"]
+    section, effects = report.study_section("minimal", results, "month", 1)
+
+    assert effects.empty and section["effects"] == [] and section["figure"] is None
+    assert not results["model"].isin(["by_gender", "women_only", "men_only"]).any()
+    assert any(n.startswith("effects by owner gender: not estimable") for n in section["not_applicable"])
+    note = section["spec_note"]
+    assert "No baseline control (the study records no baseline value of its outcomes)." in note
+    assert "Fixed effects: none (no strata fixed effects); stratum, round have a single level here." in note
+    assert variance in note
+    assert "No models by owner gender" in note and "ANCOVA" not in note
+    # the pooled effect of the grant: the difference of arm means (no controls, no FE), in USD PPP per
+    # month, on the profit as reported (the level rows are winsorised at the 1st / 99th percentiles)
+    pooled = results[(results["model"] == "pooled") & (results["transform"] == "unwinsorised")
+                     & (results["term"] == "treat_capital")].iloc[0]
+    shops = pd.read_csv(raw + "/survey.csv")
+    per_month = shops["profit"] * 52 / 12 / 40
+    diff = per_month[shops["group"] == "grant"].mean() - per_month[shops["group"] == "control"].mean()
+    assert pooled["estimate"] == pytest.approx(diff, rel=1e-9) and pooled["n_obs"] == 80
+    assert any(t["caption"] == "Intention-to-treat effects, all owners" for t in section["tables"])

@@ -73,3 +73,37 @@ def test_a_study_with_two_arms_counts_once(tmp_path):
     pooled = synthesize.synthesize(effects, settings)["pooled"].iloc[0]
     assert pooled["n_studies"] == 2 and pooled["n_effects"] == 3
     assert "2 studies" in report_evidence.headline(synthesize.synthesize(effects, settings)["pooled"], 1)[0]
+
+
+def test_native_unit_is_the_study_currency_per_its_recall_period():
+    assert harmonise.native_unit("INR", 0.1, {"value": "week"}) == ("INR per week", pytest.approx(12 / 52 / 0.1))
+    assert harmonise.native_unit("MXN", 0.5, {"value": "two_weeks"})[0] == "MXN per two weeks"
+    assert harmonise.native_unit("LCU", 0.025, {"column": "recall", "codes": {1: "week"}}) == ("LCU per month", 40.0)
+    assert harmonise.native_unit(None, None, {}) == ("USD PPP per month", 1.0)
+
+
+def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, monkeypatch):
+    """acz2018 and field2013 through the four stages and the synthesis: the 'Native estimate' column
+    is the published coefficient in the paper's unit (data README: rand per month, rupees per week)."""
+    from conftest import redirect_outputs
+    from test_real_studies import data_dir
+    from pipeline import clean, construct, estimate, ingest
+
+    redirect_outputs(monkeypatch, tmp_path / "out")
+    params = load_params()
+    est = {**params["estimate"], "transforms": ["level"], "by_round": False, "bootstrap_reps": 10,
+           "permutations": 20, "n_jobs": 1, "wild_bootstrap_reps": 99}
+    for study in ("acz2018", "field2013"):
+        ingest.run(study, data_dir(study), {"hash_salt": "test"})
+        clean.run(study, params["clean"])
+        construct.run(study, params["construct"], params["clean"]["flow_period"])
+        estimate.run(study, est)
+    effects, _ = synthesize.collect_effects(["acz2018", "field2013"], pd.DataFrame(), "none")
+    table = report_evidence.effects_table(effects, 1)
+    rows = {(r[0], r[1], r[3], r[4]): r for r in table["rows"]}
+    unit, native = table["columns"].index("Native unit"), table["columns"].index("Native estimate")
+    # the published coefficients: acz2018 Table 3 finance arm 2706.5 rand/month; field2013 645.0 rupees/week
+    for key, want_unit, want in ((("acz2018", "arm_finance", "all", "USD PPP per month"), "ZAR per month", 2706.5),
+                                 (("field2013", "treat_capital", "all", "USD PPP per month"), "INR per week", 645.0)):
+        assert rows[key][unit] == want_unit
+        assert float(rows[key][native].replace(",", "")) == pytest.approx(want, rel=0.01)
