@@ -2,7 +2,8 @@
 
 Every raw row ends either in the clean table or in the rejected-rows table with the rule
 that removed it, and every value that a rule changed is logged (row, column, old value,
-new value, reason). The rules, in order:
+new value, reason). The rules, in order (after a check that no two raw unit or cluster ids are spelt
+differently but read as one id, :func:`check_id_collisions`):
 
 1. invalid rows: no unit id, a round or treatment code the study does not define (or, with
    dummy columns, no arm or more than one);
@@ -55,6 +56,13 @@ def _rows_hint(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
     return f"source rows {rows}{' ...' if mask.sum() > limit else ''}"
 
 
+def _first_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
+    """'survey.csv rows [3, 7]; other.csv rows [2]': the first source rows of ``mask`` per file."""
+    hits = df.loc[mask, ["source_file", "source_row"]]
+    return "; ".join(f"{f} rows {rows['source_row'].head(limit).tolist()}{' ...' if len(rows) > limit else ''}"
+                     for f, rows in hits.groupby("source_file", sort=True))
+
+
 def _rejected(df: pd.DataFrame, mask: pd.Series, rule: str, reason: pd.Series | str) -> pd.DataFrame:
     out = df.loc[mask].copy()
     out["rule"] = rule
@@ -97,6 +105,27 @@ def _concat_logs(logs: list[pd.DataFrame]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Rows
 # ------------------------------------------------------------------------------------------------
+def check_id_collisions(df: pd.DataFrame, cfg: dict) -> None:
+    """Unit and cluster ids are compared by one rule, :func:`pipeline.study.norm_code`: text is
+    stripped and case-folded and numeric text is its number ("01", "1", "1.0" and 1 are one id;
+    "A7" and "a7 " are one id). Two different raw ids with the same normalised id are a collision
+    (was: "1" and "01" silently merged into one firm): the stage stops naming them and their rows."""
+    cfg = normalise(cfg)
+    for col in dict.fromkeys(c for c in (cfg["unit_id"], cfg.get("cluster")) if c and c in df.columns):
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values):
+            continue                          # numbers: equal ids are equal values already
+        raw = pd.DataFrame({"raw": values.astype("object"), "norm": norm_codes(values)}).dropna()
+        spellings = raw.drop_duplicates().groupby("norm", sort=False)["raw"].agg(list)
+        collided = spellings[spellings.map(len) > 1]
+        if len(collided):
+            shown = "; ".join(
+                " and ".join(f"{v!r} ({_first_rows(df, values == v)})" for v in ids) for ids in collided.head(5))
+            raise CleaningError(f"{cfg['study']}: ids of {col!r} that differ only in spelling "
+                                f"(leading zeros, spaces, case, '1.0'), which the id rule reads as one id: {shown}. "
+                                f"Correct the raw ids")
+
+
 def reject_invalid_rows(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows that cannot be analysed at all: no unit id, undefined round or treatment arm."""
     cfg = normalise(cfg)
@@ -292,13 +321,6 @@ def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd
     return df, _concat_logs(logs)
 
 
-def _first_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
-    """'survey.csv rows [3, 7]; other.csv rows [2]': the first source rows of ``mask`` per file."""
-    hits = df.loc[mask, ["source_file", "source_row"]]
-    return "; ".join(f"{f} rows {rows['source_row'].head(limit).tolist()}{' ...' if len(rows) > limit else ''}"
-                     for f, rows in hits.groupby("source_file", sort=True))
-
-
 def check_sex_coding(df: pd.DataFrame, cfg: dict) -> None:
     """Every observed code of the owner's sex column must be mapped. With ``male_codes`` given,
     codes outside both lists are unknown codes (missing, logged by :func:`replace_unknown_codes`).
@@ -357,8 +379,9 @@ def unusable_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.Data
         if col not in df.columns or not pd.api.types.is_float_dtype(df[col]):
             continue                  # integers are finite and far below the bound
         values = df[col]
-        infinite = pd.Series(np.isinf(values.to_numpy(dtype="float64", na_value=np.nan)), index=df.index)
-        huge = (values.abs() > bound) & ~infinite
+        as_double = np.abs(values.to_numpy(dtype="float64", na_value=np.nan))    # float32 columns too
+        infinite = pd.Series(np.isinf(as_double), index=df.index)
+        huge = pd.Series(as_double > bound, index=df.index) & ~infinite
         if infinite.any():
             logs.append(_log(df, infinite, col, np.nan, "impossible_value:non_finite"))
         if huge.any():
@@ -534,6 +557,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
                *((cfg.get("submission") or {}).values())}
+    check_id_collisions(interim, cfg)
     df, rejected_invalid = reject_invalid_rows(interim, cfg)
     after_invalid = df
     df, rejected_dups = resolve_duplicates(df, cfg, params.get("duplicate_rule", "latest"))

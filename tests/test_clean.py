@@ -243,3 +243,24 @@ def test_infinite_and_overflowing_numbers_become_missing_logged(cfg, interim):
     assert c.loc[[0, 4], "profit"].isna().all() and np.isnan(c.loc[10, "owner_age"])
     numbers = c.select_dtypes("number").to_numpy(dtype="float64")
     assert not np.isinf(numbers).any()
+
+
+def test_ids_spelt_differently_but_read_as_one_stop_the_stage(cfg, interim):
+    """Issue 11: text ids "1" and "01" were merged into one firm. The rule (norm_code) reads them
+    as one id, so two spellings are a collision, named with their rows; distinct ids pass."""
+    interim["firm_id"] = interim["firm_id"].astype(str)
+    assert clean.clean(interim, cfg, PARAMS)["clean"]["firm_id"].nunique() == 5
+    interim.loc[interim["submission_id"] == "s03", "firm_id"] = "01"
+    interim.loc[interim["submission_id"] == "s05", "firm_id"] = " 1 "
+    with pytest.raises(clean.CleaningError,
+                       match=r"tiny: ids of 'firm_id' that differ only in spelling .*: '1' \(survey.dta rows \[0, 1\]\) "
+                             r"and '01' \(survey.dta rows \[2\]\) and ' 1 ' \(survey.dta rows \[4\]\)"):
+        clean.clean(interim, cfg, PARAMS)
+    # cluster ids too: "A7" and "a7" are one cluster by the rule
+    interim = interim.assign(firm_id=interim["firm_id"].str.strip().replace("01", "2"))
+    interim.loc[interim["submission_id"] == "s03", "firm_id"] = "2"
+    interim["market_id"] = interim["market_id"].map(lambda m: f"A{m}")
+    interim.loc[interim["submission_id"] == "s02", "market_id"] = "a11"
+    with pytest.raises(clean.CleaningError, match=r"ids of 'market_id' .*'A11' \(survey.dta rows \[0, 10, 11\]\) "
+                                                  r"and 'a11' \(survey.dta rows \[1\]\)"):
+        clean.clean(interim, cfg, PARAMS)
