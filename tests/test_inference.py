@@ -298,6 +298,22 @@ def test_joint_balance_drops_constant_and_collinear_regressors():
                          "dropped age_months: collinear with age educ")
 
 
+def test_joint_balance_test_is_refused_with_more_covariates_than_clusters_allow():
+    """2 strata x 1 cluster per arm: 4 clusters per comparison, 5 covariates -> NaN F and RI p,
+    the reason in the note (before: an F on the 3 surviving eigen-directions)."""
+    df = _balance_data(seed=4, n_strata=2, clusters_per_arm=1, firms=6)
+    rng = np.random.default_rng(0)
+    covs = ["age"] + [f"x{k}" for k in range(4)]
+    for k in range(4):
+        df[f"x{k}"] = rng.normal(size=len(df)) * 10.0 ** (2 * k)
+    _, joint = inf.balance_tables(df, covs, permutations=20, seed=1, samples=("all",))
+    for _, j in joint.iterrows():
+        assert np.isnan(j["f_stat"]) and np.isnan(j["f_p_value"]) and np.isnan(j["ri_p_value"])
+        assert j["f_df_num"] == 5 and j["n_clusters"] == 4
+        assert j["note"] == ("test refused: rank of the cluster-robust covariance of the 5 tested "
+                             "coefficients is 3 (G = 4 clusters)")
+
+
 def test_cluster_wald_refuses_more_restrictions_than_cluster_degrees_of_freedom():
     """5 tested coefficients, 4 clusters: the CR1 covariance has rank <= 3 -> NaN with a reason
     (before: a generalised-inverse F on 3 df of whatever noise direction survived)."""
