@@ -8,7 +8,8 @@
   balance tests and their randomisation inference need thousands of them).
 * :func:`balance_tables` -- baseline means by arm, normalised differences, per-covariate F-tests
   of arms and joint tests of covariates predicting each arm, each with a randomisation-inference
-  p-value (assignment re-drawn at the cluster level within strata).
+  p-value (assignment re-drawn at the cluster level within strata); a joint test drops the
+  regressors it cannot use (:func:`joint_regressors`) and says so in its ``note``.
 * :func:`lee_bounds` / :func:`lee_bounds_table` -- Lee (2009) bounds with trimming within cells
   (strata), with cluster-bootstrap confidence intervals for the identified set.
 
@@ -164,7 +165,7 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     (sum_g X_g'u_g u_g'X_g) (X'X)^-1 with c = G/(G-1) (N-1)/(N-K), F = b'(R V R')^-1 b / q on
     (q, G-1) degrees of freedom. ``k_extra`` adds regressors already partialled out of y and X
     (fixed effects absorbed by :func:`demean_within`) to K. Columns of X with (numerically) no
-    variation are dropped first; ``q`` is the rank of the tested block. ``groups``: cluster labels
+    variation are dropped first; ``q`` is the number of tested columns left. ``groups``: cluster labels
     (integer codes are used as they are). ``pvalue=False`` skips the p-value (permutation loops).
     The test is refused (``f_stat`` NaN, the reason in ``note``) when the cluster-robust covariance
     of the tested coefficients (decided on its correlation matrix, tolerance ``RANK_TOL``) has a
