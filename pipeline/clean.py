@@ -2,7 +2,8 @@
 
 Every raw row ends either in the clean table or in the rejected-rows table with the rule
 that removed it, and every value that a rule changed is logged (row, column, old value,
-new value, reason). The rules, in order:
+new value, reason). The rules, in order (after a check that no two raw unit or cluster ids are spelt
+differently but read as one id, :func:`check_id_collisions`):
 
 1. invalid rows: no unit id, a round or treatment code the study does not define (or, with
    dummy columns, no arm or more than one);
@@ -14,9 +15,11 @@ new value, reason). The rules, in order:
    ``interviewed = 0``, outcomes blank (attrition is measured, not hidden);
 5. survey missing-value codes (-99 refused, -98 don't know, -88 not applicable) to missing,
    with the reason logged; codes outside a column's declared codes (``allowed_codes``, the
-   owner's sex when ``male_codes`` is given) to missing, logged;
+   owner's sex when ``male_codes`` is given) to missing, logged; with ``female_codes`` only,
+   the sex column may hold one other code (male), more stop the stage;
 6. closed businesses: money flows set to 0 (closure is an outcome, not non-response), flagged;
-7. impossible values (outside the study's ``valid_ranges``, negative revenue) to missing;
+7. impossible values (outside the study's ``valid_ranges``, negative revenue) to missing, and
+   numbers no estimate can use (infinite, or so large that float64 sums of squares overflow);
 8. recall periods normalised: every money flow to one period (``flow_period``);
 9. outliers per round at ``winsor_lower_pct`` / ``winsor_upper_pct`` (the lower tail only for
    outcomes that can be negative): ``outlier_method`` ``winsorise`` clamps, ``trim`` blanks;
@@ -51,6 +54,13 @@ class CleaningError(ValueError):
 def _rows_hint(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
     rows = df.loc[mask, "source_row"].head(limit).tolist()
     return f"source rows {rows}{' ...' if mask.sum() > limit else ''}"
+
+
+def _first_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
+    """'survey.csv rows [3, 7]; other.csv rows [2]': the first source rows of ``mask`` per file."""
+    hits = df.loc[mask, ["source_file", "source_row"]]
+    return "; ".join(f"{f} rows {rows['source_row'].head(limit).tolist()}{' ...' if len(rows) > limit else ''}"
+                     for f, rows in hits.groupby("source_file", sort=True))
 
 
 def _rejected(df: pd.DataFrame, mask: pd.Series, rule: str, reason: pd.Series | str) -> pd.DataFrame:
@@ -95,6 +105,27 @@ def _concat_logs(logs: list[pd.DataFrame]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------------
 # Rows
 # ------------------------------------------------------------------------------------------------
+def check_id_collisions(df: pd.DataFrame, cfg: dict) -> None:
+    """Unit and cluster ids are compared by one rule, :func:`pipeline.study.norm_code`: text is
+    stripped and case-folded and numeric text is its number ("01", "1", "1.0" and 1 are one id;
+    "A7" and "a7 " are one id). Two different raw ids with the same normalised id are a collision
+    (was: "1" and "01" silently merged into one firm): the stage stops naming them and their rows."""
+    cfg = normalise(cfg)
+    for col in dict.fromkeys(c for c in (cfg["unit_id"], cfg.get("cluster")) if c and c in df.columns):
+        values = df[col]
+        if pd.api.types.is_numeric_dtype(values):
+            continue                          # numbers: equal ids are equal values already
+        raw = pd.DataFrame({"raw": values.astype("object"), "norm": norm_codes(values)}).dropna()
+        spellings = raw.drop_duplicates().groupby("norm", sort=False)["raw"].agg(list)
+        collided = spellings[spellings.map(len) > 1]
+        if len(collided):
+            shown = "; ".join(
+                " and ".join(f"{v!r} ({_first_rows(df, values == v)})" for v in ids) for ids in collided.head(5))
+            raise CleaningError(f"{cfg['study']}: ids of {col!r} that differ only in spelling "
+                                f"(leading zeros, spaces, case, '1.0'), which the id rule reads as one id: {shown}. "
+                                f"Correct the raw ids")
+
+
 def reject_invalid_rows(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Rows that cannot be analysed at all: no unit id, undefined round or treatment arm."""
     cfg = normalise(cfg)
@@ -290,6 +321,27 @@ def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd
     return df, _concat_logs(logs)
 
 
+def check_sex_coding(df: pd.DataFrame, cfg: dict) -> None:
+    """Every observed code of the owner's sex column must be mapped. With ``male_codes`` given,
+    codes outside both lists are unknown codes (missing, logged by :func:`replace_unknown_codes`).
+    With ``female_codes`` only, the documented rule is that the column holds at most one other
+    code, read as male; two or more other codes are ambiguous (which is male, which is "other"
+    or a data error?) and stop the stage naming them and their first rows."""
+    cfg = normalise(cfg)
+    female = cfg["female_owner"]
+    if not female.get("column") or female.get("male_codes") is not None:
+        return
+    col = female["column"]
+    codes = norm_codes(df[col])
+    other = codes.notna() & ~codes_in(df[col], female["female_codes"])
+    others = sorted(set(codes[other]), key=str)
+    if len(others) > 1:
+        shown = "; ".join(f"{v!r}: {_first_rows(df, other & (codes == v))}" for v in others)
+        raise CleaningError(f"{cfg['study']}: female_owner.column {col!r} holds {len(others)} codes that are not in "
+                            f"female_codes {female['female_codes']} ({shown}); with female_codes only, one other "
+                            f"code is read as male. Give female_owner.male_codes (other codes become missing, logged)")
+
+
 def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Where the survey says the business is closed, its money flows are 0, flagged."""
     cfg = normalise(cfg)
@@ -312,6 +364,31 @@ def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFr
             logs.append(_log(df, change, col, 0.0, "closed_business_zero"))
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64").mask(closed, 0.0)
     return df, _concat_logs(logs)
+
+
+def unusable_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Numbers no estimate can use become missing (the row stays), logged: infinities
+    (``impossible_value:non_finite``) and magnitudes whose square, summed over the table's rows,
+    overflows float64 (|x| > sqrt(max float / rows), about 1e152 for 10,000 rows), which made a
+    profit of 1e300 give estimates of 1e297 with NaN standard errors. This is arithmetic, not
+    plausibility: a plausible range is the study's ``valid_ranges`` (:func:`reject_impossible_values`)."""
+    cfg = normalise(cfg)
+    bound = float(np.sqrt(np.finfo("float64").max / max(len(df), 1)))
+    logs, replaced = [], {}
+    for col in numeric_columns(cfg):
+        if col not in df.columns or not pd.api.types.is_float_dtype(df[col]):
+            continue                  # integers are finite and far below the bound
+        values = df[col]
+        as_double = np.abs(values.to_numpy(dtype="float64", na_value=np.nan))    # float32 columns too
+        infinite = pd.Series(np.isinf(as_double), index=df.index)
+        huge = pd.Series(as_double > bound, index=df.index) & ~infinite
+        if infinite.any():
+            logs.append(_log(df, infinite, col, np.nan, "impossible_value:non_finite"))
+        if huge.any():
+            logs.append(_log(df, huge, col, np.nan, f"impossible_value:magnitude above {bound:.3g} (float64 overflow)"))
+        if infinite.any() or huge.any():
+            replaced[col] = values.mask(infinite | huge)
+    return df.assign(**replaced), _concat_logs(logs)
 
 
 def reject_impossible_values(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -480,6 +557,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
                *((cfg.get("submission") or {}).values())}
+    check_id_collisions(interim, cfg)
     df, rejected_invalid = reject_invalid_rows(interim, cfg)
     after_invalid = df
     df, rejected_dups = resolve_duplicates(df, cfg, params.get("duplicate_rule", "latest"))
@@ -489,7 +567,9 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     answer_cols = [c for c in df.columns if c not in id_like and c not in PIPELINE_COLUMNS]
     df, log_missing = replace_missing_codes(df, answer_cols, cfg["missing_codes"])
     df, log_unknown = replace_unknown_codes(df, cfg)
+    check_sex_coding(df, cfg)
     df, log_closed = apply_closures(df, cfg)
+    df, log_unusable = unusable_numbers(df, cfg)
     df, log_impossible = reject_impossible_values(df, cfg)
     period = params.get("flow_period", "month")
     df = normalise_recall(df, cfg, period)
@@ -509,7 +589,8 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
         changed.update(changed_bl)
     rejected = pd.concat([rejected_invalid, rejected_dups], ignore_index=True)
     rejected = rejected.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)
-    log = _concat_logs([log_text, log_not_interviewed, log_missing, log_unknown, log_closed, log_impossible])
+    log = _concat_logs([log_text, log_not_interviewed, log_missing, log_unknown, log_closed, log_unusable,
+                        log_impossible])
     log = log.sort_values(["source_file", "source_row", "column", "rule"], kind="stable").reset_index(drop=True)
     steps = [("after invalid rows", after_invalid), ("after duplicates", after_dups), ("clean", df)]
     if cfg["not_interviewed"]:

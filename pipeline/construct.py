@@ -69,7 +69,14 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     strata = [_firm_level(clean, unit, s, study, "stratum").rename(s) for s in cfg.get("strata", [])]
     if strata:
         parts = pd.concat(strata, axis=1).reindex(units)
-        # "district=3|sector=retail"; a missing stratum value reads "nan" (its own stratum)
+        blank = parts.isna().any(axis=1)
+        if blank.any():
+            # a "nan" stratum would pool unrelated firms into one stratum of the design
+            rows = clean.loc[clean[unit].isin(parts.index[blank]), ["source_file", "source_row"]]
+            raise ConstructError(f"{study}: stratum ({', '.join(parts.columns[parts.isna().any()])}) is missing in "
+                                 f"every round for {int(blank.sum())} units, e.g. {parts.index[blank][:5].tolist()} "
+                                 f"(rows {rows.head(5).to_dict('records')})")
+        # "district=3|sector=retail"
         labelled = [f"{c}=" + format_ids(parts[c]) for c in parts.columns]
         stratum = labelled[0]
         for part in labelled[1:]:

@@ -8,7 +8,8 @@
   balance tests and their randomisation inference need thousands of them).
 * :func:`balance_tables` -- baseline means by arm, normalised differences, per-covariate F-tests
   of arms and joint tests of covariates predicting each arm, each with a randomisation-inference
-  p-value (assignment re-drawn at the cluster level within strata).
+  p-value (assignment re-drawn at the cluster level within strata); a joint test drops the
+  regressors it cannot use (:func:`joint_regressors`) and says so in its ``note``.
 * :func:`lee_bounds` / :func:`lee_bounds_table` -- Lee (2009) bounds with trimming within cells
   (strata), with cluster-bootstrap confidence intervals for the identified set.
 
@@ -24,7 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import linalg, stats
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,11 @@ def demean_within(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return out[:, 0] if one else out
 
 
+# Relative tolerance of the rank decisions below: an eigenvalue of a correlation matrix, or a
+# diagonal of the R of a pivoted QR of unit-norm columns, at most this counts as zero.
+RANK_TOL = 1e-8
+
+
 def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequence[int] | None = None,
                  k_extra: int = 0, tol: float = 1e-10, pvalue: bool = True) -> dict:
     """OLS of ``y`` on ``X`` with CR1 cluster-robust covariance; Wald F-test of ``test`` columns.
@@ -159,8 +165,11 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     (sum_g X_g'u_g u_g'X_g) (X'X)^-1 with c = G/(G-1) (N-1)/(N-K), F = b'(R V R')^-1 b / q on
     (q, G-1) degrees of freedom. ``k_extra`` adds regressors already partialled out of y and X
     (fixed effects absorbed by :func:`demean_within`) to K. Columns of X with (numerically) no
-    variation are dropped first; ``q`` is the rank of the tested block. ``groups``: cluster labels
+    variation are dropped first; ``q`` is the number of tested columns left. ``groups``: cluster labels
     (integer codes are used as they are). ``pvalue=False`` skips the p-value (permutation loops).
+    The test is refused (``f_stat`` NaN, the reason in ``note``) when the cluster-robust covariance
+    of the tested coefficients (decided on its correlation matrix, tolerance ``RANK_TOL``) has a
+    smaller rank than their number.
     """
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
@@ -173,6 +182,7 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
         col_map = {j: i for i, j in enumerate(np.flatnonzero(keep))}
         test = [col_map[j] for j in test if j in col_map]
         X = X[:, keep]
+    X = X / norms[keep]             # unit-norm columns: F is invariant, pinv's cut-off then is not
     n, k = X.shape
     codes = np.asarray(groups)
     if not np.issubdtype(codes.dtype, np.integer):
@@ -191,13 +201,22 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     c = G / (G - 1) * (n - 1) / (n - (k + k_extra))
     A = bread[test] @ Sg.T                      # rows of (X'X)^-1 for the tested coefficients
     Vt = c * (A @ A.T)
-    evals, evecs = np.linalg.eigh(Vt)
-    pos = evals > 1e-12 * max(evals.max(initial=0.0), 1e-300)
-    q = int(pos.sum())
-    if q == 0:
-        return empty
-    z = evecs[:, pos].T @ beta[test]
-    f = float((z ** 2 / evals[pos]).sum()) / q
+    # On the correlation scale, so that a regressor's units (profit in shillings beside a 0/1
+    # dummy) can neither hide a dimension nor keep a noise one.
+    sd = np.sqrt(np.clip(np.diag(Vt), 0.0, None))
+    q = len(test)
+    evals = np.zeros(q)
+    if (sd > 0).all():
+        evals, evecs = np.linalg.eigh(Vt / np.outer(sd, sd))
+    rank = int((evals > RANK_TOL).sum())
+    if rank < q:
+        # Stata's rule: a Wald test of more restrictions than the rank of their cluster-robust
+        # covariance (at most G - 1) is not reported; a generalised inverse would test noise.
+        return {**empty, "df_num": q,
+                "note": f"test refused: rank of the cluster-robust covariance of the {q} tested "
+                        f"coefficients is {rank} (G = {G} clusters)"}
+    z = evecs.T @ (beta[test] / sd)
+    f = float((z ** 2 / evals).sum()) / q
     return {"f_stat": f, "df_num": q, "df_denom": G - 1,
             "p_value": float(stats.f.sf(f, q, G - 1)) if pvalue else np.nan,
             "n_obs": n, "n_clusters": G}
@@ -284,9 +303,50 @@ def _joint_stat(Z: np.ndarray, arm_codes: np.ndarray, a: int, strata: np.ndarray
                         k_extra=int(np.count_nonzero(np.bincount(s))), pvalue=pvalue)
 
 
+def joint_regressors(Z: np.ndarray, names: Sequence[str], rows: np.ndarray, strata: np.ndarray,
+                     groups: np.ndarray, tol: float = RANK_TOL) -> tuple[list[int], dict[str, str]]:
+    """The columns of ``Z`` a joint balance test can use on ``rows`` (one comparison), and the
+    reason each other one is dropped, checked in this order:
+
+    * "constant within strata": after removing the strata means its norm is at most ``tol``
+      times its raw norm (e.g. a missing-value dummy that is zero throughout the comparison);
+    * "varies in one cluster only": every cluster but one holds only the column's most common
+      value in the comparison. The residuals of that cluster then absorb its coefficient's score,
+      the cluster-robust variance of the coefficient misses the cluster's shock and the F-test
+      explodes (issue 10: F = 126.5, p = 2.5e-38 beside a randomisation p of 0.13);
+    * "collinear with ...": a pivoted QR of the strata-demeaned, unit-norm columns finds
+      ``|R_ii| <= tol |R_00|`` (the column lies in the span of the earlier pivots).
+    """
+    s, g = strata[rows], groups[rows]
+    raw = Z[rows]
+    dm = demean_within(raw, s)
+    dropped: dict[str, str] = {}
+    keep = []
+    for j, name in enumerate(names):
+        if np.linalg.norm(dm[:, j]) <= tol * max(np.linalg.norm(raw[:, j]), 1e-300):
+            dropped[name] = "constant within strata"
+            continue
+        values, counts = np.unique(raw[:, j], return_counts=True)
+        off_mode = raw[:, j] != values[np.argmax(counts)]
+        if np.unique(g[off_mode]).size < 2:
+            dropped[name] = "varies in one cluster only"
+            continue
+        keep.append(j)
+    if len(keep) > 1:
+        unit = dm[:, keep] / np.linalg.norm(dm[:, keep], axis=0)
+        r, piv = linalg.qr(unit, mode="r", pivoting=True)
+        diag = np.abs(np.diag(r))
+        dependent = diag <= tol * diag[0]
+        basis = [names[keep[i]] for i in piv[:len(diag)][~dependent]]
+        for i in sorted(piv[:len(diag)][dependent]):
+            dropped[names[keep[i]]] = "collinear with " + " ".join(basis)
+        keep = sorted(keep[i] for i in piv[:len(diag)][~dependent])
+    return keep, dropped
+
+
 # The columns of the tables below (the estimate stage writes them even where a table has no rows).
 BALANCE_JOINT_COLUMNS = ["sample", "comparison", "arm", "n_obs", "n_clusters", "n_regressors", "f_stat",
-                         "f_df_num", "f_df_denom", "f_p_value", "ri_p_value", "n_permutations", "regressors"]
+                         "f_df_num", "f_df_denom", "f_p_value", "ri_p_value", "n_permutations", "regressors", "note"]
 LEE_BOUNDS_COLUMNS = ["outcome", "sample", "comparison", "arm", "n_obs", "n_observed", "observed_share_arm",
                       "observed_share_control", "attrition_p_value", "trimmed_arm", "trim_share", "lower",
                       "upper", "ci_low", "ci_high", "lower_se", "upper_se", "cells", "cells_dropped",
@@ -317,6 +377,8 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
     Joint tests, per treated arm against control: ``1{arm} ~ covariates + strata FE`` on the units
     of the two arms, cluster-robust F-test that every covariate coefficient is zero. Missing
     covariate values are set to the sample mean with a missing-value dummy that is tested too.
+    Regressors that are constant, vary in one cluster only or are collinear in a comparison are
+    dropped from its test (:func:`joint_regressors`) and named in ``note``, as is a refused test.
 
     Randomisation inference: ``permutations`` re-draws of the assignment, shuffling the arms of
     the clusters within each stratum (``seed``); p = (1 + #{F* >= F}) / (1 + permutations).
@@ -395,11 +457,17 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
         Z = np.column_stack(Z)
         for a in arms_treated:
             code = arm_code_of[a]
-            obs = _joint_stat(Z, codes_obs, code, strata_codes, groups)
+            in_comparison = (codes_obs == code) | (codes_obs == 0)
+            keep, dropped = joint_regressors(Z, znames, in_comparison, strata_codes, groups)
+            # The permutations test the same regressors as the observed assignment (one statistic).
+            Zk = Z[:, keep]
+            obs = _joint_stat(Zk, codes_obs, code, strata_codes, groups)
+            notes = [f"dropped {name}: {why}" for name, why in dropped.items()]
+            notes += [obs["note"]] if "note" in obs else []
             exceed = 0
             if np.isfinite(obs["f_stat"]):
                 for perm in perms:
-                    f = _joint_stat(Z, perm[ccode], code, strata_codes, groups, pvalue=False)["f_stat"]
+                    f = _joint_stat(Zk, perm[ccode], code, strata_codes, groups, pvalue=False)["f_stat"]
                     exceed += bool(np.isfinite(f) and f >= obs["f_stat"] * (1 - 1e-12))
             joint_rows.append({
                 "sample": sample, "comparison": f"{a} vs {control}", "arm": a,
@@ -407,7 +475,7 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
                 "f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
                 "f_p_value": obs["p_value"],
                 "ri_p_value": (1 + exceed) / (1 + len(perms)) if np.isfinite(obs["f_stat"]) else np.nan,
-                "n_permutations": len(perms), "regressors": " ".join(znames),
+                "n_permutations": len(perms), "regressors": " ".join(znames), "note": "; ".join(notes),
             })
     return (pd.DataFrame(rows, columns=balance_columns(arms, control)),
             pd.DataFrame(joint_rows, columns=BALANCE_JOINT_COLUMNS))

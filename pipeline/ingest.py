@@ -16,6 +16,7 @@ stop the stage. Everything is computed before anything is written.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -108,12 +109,22 @@ def _label_key(key):
     return code if code is not None else str(key)
 
 
-def read_csv(path: Path, entry: dict) -> tuple[pd.DataFrame, dict, dict]:
+_CANONICAL_INTEGER = r"-?(?:0|[1-9][0-9]*)"
+
+
+def read_csv(path: Path, entry: dict, id_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, dict, dict]:
+    """``id_columns`` are read as text and become numbers only if no text is lost ("01", " 1" stay
+    text: read as numbers they would silently merge with "1"; the clean stage reports the collision)."""
     sep = entry.get("sep") or ("\t" if path.suffix.lower() == ".tsv" else ",")
     try:
-        return pd.read_csv(path, sep=sep, encoding=entry.get("encoding") or "utf-8", low_memory=False), {}, {}
+        data = pd.read_csv(path, sep=sep, encoding=entry.get("encoding") or "utf-8", low_memory=False,
+                           dtype={c: str for c in id_columns})
     except Exception as exc:  # noqa: BLE001
         raise IngestError(f"{path}: cannot read as CSV ({type(exc).__name__}: {exc})") from exc
+    for col in (c for c in id_columns if c in data.columns):
+        if data[col].dropna().str.fullmatch(_CANONICAL_INTEGER).all():
+            data[col] = pd.to_numeric(data[col].astype(object))     # what pandas would have inferred
+    return data, {}, {}
 
 
 def read_xlsx(path: Path, entry: dict) -> tuple[pd.DataFrame, dict, dict]:
@@ -137,7 +148,8 @@ def check_file(path: Path) -> None:
         raise IngestError(f"{path}: file is empty")
 
 
-def read_raw(path: Path, fmt: str, entry: dict | None = None) -> tuple[pd.DataFrame, dict[str, dict], dict[str, str]]:
+def read_raw(path: Path, fmt: str, entry: dict | None = None,
+             id_columns: Sequence[str] = ()) -> tuple[pd.DataFrame, dict[str, dict], dict[str, str]]:
     check_file(path)
     entry = entry or {}
     if fmt == "dta":
@@ -145,7 +157,7 @@ def read_raw(path: Path, fmt: str, entry: dict | None = None) -> tuple[pd.DataFr
     elif fmt == "sav":
         data, value_labels, variable_labels = read_sav(path)
     elif fmt == "csv":
-        data, value_labels, variable_labels = read_csv(path, entry)
+        data, value_labels, variable_labels = read_csv(path, entry, id_columns)
     elif fmt == "xlsx":
         data, value_labels, variable_labels = read_xlsx(path, entry)
     elif fmt == "parquet":
@@ -368,7 +380,8 @@ def ingest(cfg: dict, data_dir: str | Path, salt: str | None = None) -> tuple[pd
         path = resolve_file(entry, data_dir)
         check_file(path)
         sha = verify_checksum(path, entry.get("sha256"))
-        data, value_labels, variable_labels = read_raw(path, entry["format"], entry)
+        data, value_labels, variable_labels = read_raw(path, entry["format"], entry,
+                                                       [c for c in (cfg["unit_id"], cfg.get("cluster")) if c])
         user_missing = check_user_missing(data, cfg, entry["path"])
         data, book = ingest_frame(data, value_labels, variable_labels, cfg, entry, salt)
         tables.append(data)

@@ -198,6 +198,42 @@ def test_duplicated_ids_with_the_error_rule_stop_the_stage(study, outputs):
     assert files_under(outputs) == before   # the ingest outputs only
 
 
+def test_csv_ids_1_and_01_are_not_merged_into_one_firm(study, outputs):
+    """Issue 11: read as numbers, "01" became 1 and its household silently replaced household 1
+    (a 'later correction'). Ingest keeps such ids as text; clean stops naming both and their rows."""
+    frame = survey().astype({"hh_id": str})
+    frame.loc[[2, 3], "hh_id"] = "01"
+    path, raw = study(frame)
+    ingest.run(path, raw, {})
+    interim = pd.read_parquet(outputs / "interim" / "broken" / "ingested.parquet")
+    assert interim["hh_id"].tolist() == ["1", "1", "01", "01", "3", "3", "4", "4"]
+    before = files_under(outputs)
+    with pytest.raises(clean.CleaningError, match=r"broken: ids of 'hh_id' that differ only in spelling .*"
+                                                  r"'1' \(survey.csv rows \[0, 1\]\) and '01' \(survey.csv rows \[2, 3\]\)"):
+        clean.run(path, CLEAN)
+    assert files_under(outputs) == before
+    # ids that are canonical integers are read as numbers, as before (same interim table)
+    path, raw = study(survey())
+    ingest.run(path, raw, {})
+    assert pd.read_parquet(outputs / "interim" / "broken" / "ingested.parquet")["hh_id"].dtype == "int64"
+
+
+def test_blank_stratum_and_huge_profit_are_not_silently_used(study, outputs):
+    """Issue 11: a blank stratum became 'region=nan'; a profit of 1e300 gave estimates of 1e297."""
+    frame = survey().assign(region=[1, 1, None, None, 2, 2, 1, 1])
+    path, raw = study(frame, strata=["region"])
+    with pytest.raises(construct.ConstructError, match=r"broken: stratum \(region\) is missing in every round "
+                                                       r"for 1 units, e.g. \[2\]"):
+        run_all(path, raw)
+    frame = survey().astype({"profit": float})
+    frame.loc[2, "profit"] = 1e300
+    path, raw = study(frame)
+    table = run_all(path, raw)["analysis"].set_index(["firm_id", "round"])
+    assert np.isnan(table.loc[("2", 0), "profit_usd_ppp_month"]) and np.isfinite(table["profit_usd_ppp_month"].max())
+    log = pd.read_parquet(outputs / "interim" / "broken" / "value_log.parquet").set_index(["source_row", "column"])
+    assert log.loc[(2, "profit"), "rule"].startswith("impossible_value:magnitude above")
+
+
 def test_unknown_codes_reject_rows_or_values(study, outputs):
     frame = survey()
     frame.loc[6, "arm"] = "placebo"     # not a defined arm: the row is rejected

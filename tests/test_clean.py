@@ -201,3 +201,66 @@ def test_missing_codes_equal_a_column_by_column_reference(rows):
     assert sorted(zip(log["source_file"], log["source_row"], log["column"], log["old_value"], log["rule"])) == \
         sorted(expected_log)
     assert log["new_value"].isna().all() and (log["old_text"] == "").all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Issue 11, class 2: silently wrong answers
+# ------------------------------------------------------------------------------------------------
+def test_sex_coding_with_female_codes_only_and_two_other_codes_stops_naming_them(cfg, interim):
+    """female_codes [2] only, and the data hold 1 and 3: before, every non-2 owner became male.
+    (Row 7, s08, is a superseded duplicate: the check sees the rows that stay.)"""
+    interim.loc[interim["submission_id"].isin(["s07", "s08"]), "owner_sex"] = 3
+    with pytest.raises(clean.CleaningError,
+                       match=r"tiny: female_owner.column 'owner_sex' holds 2 codes that are not in female_codes \[2\] "
+                             r"\(1: survey.dta rows \[2, 3, 9\]; 3: survey.dta rows \[6\]\).*male_codes"):
+        clean.clean(interim, cfg, PARAMS)
+    # the documented rule: one other code is male (the tiny study relies on it: codes 1 and 2)
+    out = clean.clean(interim.assign(owner_sex=interim["owner_sex"].replace(3, 1)), cfg, PARAMS)
+    assert set(out["clean"]["owner_sex"]) == {1, 2}
+    # with male_codes, an other code is an unknown code: missing, logged, the stage goes on
+    cfg["female_owner"]["male_codes"] = [1]
+    out = clean.clean(interim, cfg, PARAMS)
+    log = out["log"][out["log"]["column"] == "owner_sex"]
+    assert sorted(log["source_row"]) == [6] and set(log["rule"]) == {"unknown_code:not in [1, 2]"}
+
+
+def test_infinite_and_overflowing_numbers_become_missing_logged(cfg, interim):
+    """A profit of 1e300 gave estimates of 1e297 and NaN SEs: its square overflows float64."""
+    interim["profit"] = interim["profit"].astype("float64")
+    interim["owner_age"] = interim["owner_age"].astype("float64")
+    interim.loc[interim["submission_id"] == "s01", "profit"] = 1e300
+    interim.loc[interim["submission_id"] == "s05", "profit"] = -np.inf
+    interim.loc[interim["submission_id"] == "s11", "owner_age"] = np.inf
+    out = clean.clean(interim, cfg, PARAMS)
+    bound = np.sqrt(np.finfo("float64").max / len(out["clean"]))       # 10 rows after invalid/duplicates
+    log = out["log"][out["log"]["rule"].str.startswith("impossible_value:")]
+    got = {(r.source_row, r.column, r.rule) for r in log.itertuples()}
+    assert got == {(0, "profit", f"impossible_value:magnitude above {bound:.3g} (float64 overflow)"),
+                   (4, "profit", "impossible_value:non_finite"), (10, "owner_age", "impossible_value:non_finite"),
+                   (4, "owner_age", "impossible_value:outside[15,95]")}
+    assert log.set_index(["source_row", "column"]).loc[(0, "profit"), "old_value"] == 1e300
+    c = out["clean"].set_index("source_row")
+    assert c.loc[[0, 4], "profit"].isna().all() and np.isnan(c.loc[10, "owner_age"])
+    numbers = c.select_dtypes("number").to_numpy(dtype="float64")
+    assert not np.isinf(numbers).any()
+
+
+def test_ids_spelt_differently_but_read_as_one_stop_the_stage(cfg, interim):
+    """Issue 11: text ids "1" and "01" were merged into one firm. The rule (norm_code) reads them
+    as one id, so two spellings are a collision, named with their rows; distinct ids pass."""
+    interim["firm_id"] = interim["firm_id"].astype(str)
+    assert clean.clean(interim, cfg, PARAMS)["clean"]["firm_id"].nunique() == 5
+    interim.loc[interim["submission_id"] == "s03", "firm_id"] = "01"
+    interim.loc[interim["submission_id"] == "s05", "firm_id"] = " 1 "
+    with pytest.raises(clean.CleaningError,
+                       match=r"tiny: ids of 'firm_id' that differ only in spelling .*: '1' \(survey.dta rows \[0, 1\]\) "
+                             r"and '01' \(survey.dta rows \[2\]\) and ' 1 ' \(survey.dta rows \[4\]\)"):
+        clean.clean(interim, cfg, PARAMS)
+    # cluster ids too: "A7" and "a7" are one cluster by the rule
+    interim = interim.assign(firm_id=interim["firm_id"].str.strip().replace("01", "2"))
+    interim.loc[interim["submission_id"] == "s03", "firm_id"] = "2"
+    interim["market_id"] = interim["market_id"].map(lambda m: f"A{m}")
+    interim.loc[interim["submission_id"] == "s02", "market_id"] = "a11"
+    with pytest.raises(clean.CleaningError, match=r"ids of 'market_id' .*'A11' \(survey.dta rows \[0, 10, 11\]\) "
+                                                  r"and 'a11' \(survey.dta rows \[1\]\)"):
+        clean.clean(interim, cfg, PARAMS)

@@ -127,3 +127,19 @@ def test_format_ids_equals_the_scalar_rule(values):
     assert construct.format_ids(floats).tolist() == [construct._fmt(v) for v in floats]
     integers = pd.Series([int(v) for v in values if v == v and float(v).is_integer()], dtype="int64")
     assert construct.format_ids(integers).tolist() == [construct._fmt(v) for v in integers]
+
+
+def test_blank_stratum_stops_construct_naming_units_and_rows(cfg, interim):
+    """Issue 11: a blank stratum became a stratum 'region=nan' that pooled unrelated firms."""
+    interim["region"] = interim["region"].astype("float64")
+    interim.loc[interim["firm_id"] == 3, "region"] = np.nan        # firm 3: rows 4 and 5
+    cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
+    with pytest.raises(construct.ConstructError,
+                       match=r"tiny: stratum \(region\) is missing in every round for 1 units, e.g. \[3\] "
+                             r"\(rows \[\{'source_file': 'survey.dta', 'source_row': 4\}, "
+                             r"\{'source_file': 'survey.dta', 'source_row': 5\}\]\)"):
+        construct.construct(cleaned, cfg, {}, "month")
+    # blank in one round only: the firm's stratum is its other round's (strata do not vary)
+    interim.loc[interim["submission_id"] == "s05", "region"] = 2.0
+    table = construct.construct(clean.clean(interim, cfg, PARAMS)["clean"], cfg, {}, "month")
+    assert set(table.loc[table["firm_id"] == "3", "stratum"]) == {"region=2"}

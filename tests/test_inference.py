@@ -242,6 +242,95 @@ def test_randomisation_p_value_matches_exact_enumeration():
     assert row["ri_p_value"] == pytest.approx(exact, abs=3 * np.sqrt(exact * (1 - exact) / 2000) + 0.002)
 
 
+def _panel_balance_data(seed=2):
+    """A panel's baseline: 96 clusters; one control cluster was not asked profit at baseline, so
+    profit_missing varies in that cluster only (issue 10)."""
+    df = _balance_data(seed=seed, n_strata=4, clusters_per_arm=6, firms=8)
+    df["educ"] = df["educ"].fillna(8.0)
+    df["profit"] = np.exp(np.random.default_rng(seed).normal(8, 1, size=len(df)))
+    first_control = df.loc[df["arm"] == "Control", "cluster_id"].iloc[0]
+    df.loc[df["cluster_id"] == first_control, "profit"] = np.nan
+    return df
+
+
+def _statsmodels_joint_f(df, arm, regressors):
+    """Reference: 1{arm} ~ regressors + strata dummies on arm and control, CR1, f_test."""
+    sub = df[df["arm"].isin([arm, "Control"])]
+    X = pd.get_dummies(sub["stratum"], drop_first=True).astype(float)
+    X[list(regressors)] = sub[list(regressors)].to_numpy()
+    X["const"] = 1.0
+    res = sm.OLS((sub["arm"] == arm).astype(float), X).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(sub["cluster_id"])[0]}, use_t=True)
+    ft = res.f_test(np.eye(X.shape[1])[[list(X.columns).index(c) for c in regressors]])
+    return float(np.squeeze(ft.fvalue)), float(np.squeeze(ft.pvalue))
+
+
+def test_joint_balance_drops_a_regressor_that_varies_in_one_cluster_only():
+    """Issue 10: a missing-baseline dummy that is 1 in a single cluster has its score absorbed by
+    that cluster's residuals, so CR1 misses the cluster's shock and F explodes. It is dropped,
+    named, and F equals statsmodels on the remaining regressors."""
+    df = _panel_balance_data()
+    _, joint = inf.balance_tables(df, ["age", "profit", "educ"], permutations=200, seed=1, samples=("all",))
+    for _, j in joint.iterrows():
+        ref = df.assign(profit=df["profit"].fillna(df["profit"].mean()))
+        f, p = _statsmodels_joint_f(ref, j["arm"], ["age", "profit", "educ"])
+        assert (j["f_df_num"], j["f_stat"]) == (3, pytest.approx(f, rel=1e-8))
+        assert j["f_p_value"] == pytest.approx(p, rel=1e-7)
+        assert j["regressors"] == "age profit profit_missing educ"
+        assert j["note"] == "dropped profit_missing: varies in one cluster only"
+    # the F p-values and the randomisation p-values now tell the same story (after: 0.22 / 0.26,
+    # 0.30 / 0.39, 0.45 / 0.51; before, with profit_missing tested: 0.005 / 0.19, 0.005 / 0.23, 0.008 / 0.34)
+    assert (abs(np.log10(joint["f_p_value"]) - np.log10(joint["ri_p_value"])) < 1.0).all()
+
+
+def test_joint_balance_drops_constant_and_collinear_regressors():
+    df = _balance_data(seed=11, n_strata=4, clusters_per_arm=3, firms=6)
+    df["educ"] = df["educ"].fillna(8.0)
+    df["age_months"] = 12 * df["age"] + 6            # collinear with age (and the strata FE)
+    df["site_visit"] = (df["stratum"] == "S1").astype(float)   # constant within strata
+    covs = ["age", "educ", "age_months", "site_visit"]
+    _, joint = inf.balance_tables(df, covs, permutations=20, seed=1, samples=("all",))
+    j = joint[joint["arm"] == "Grant only"].iloc[0]
+    f, p = _statsmodels_joint_f(df, "Grant only", ["age", "educ"])
+    assert (j["f_df_num"], j["f_stat"]) == (2, pytest.approx(f, rel=1e-8))
+    assert j["f_p_value"] == pytest.approx(p, rel=1e-7)
+    assert j["note"] == ("dropped site_visit: constant within strata; "
+                         "dropped age_months: collinear with age educ")
+
+
+def test_joint_balance_test_is_refused_with_more_covariates_than_clusters_allow():
+    """2 strata x 1 cluster per arm: 4 clusters per comparison, 5 covariates -> NaN F and RI p,
+    the reason in the note (before: an F on the 3 surviving eigen-directions)."""
+    df = _balance_data(seed=4, n_strata=2, clusters_per_arm=1, firms=6)
+    rng = np.random.default_rng(0)
+    covs = ["age"] + [f"x{k}" for k in range(4)]
+    for k in range(4):
+        df[f"x{k}"] = rng.normal(size=len(df)) * 10.0 ** (2 * k)
+    _, joint = inf.balance_tables(df, covs, permutations=20, seed=1, samples=("all",))
+    for _, j in joint.iterrows():
+        assert np.isnan(j["f_stat"]) and np.isnan(j["f_p_value"]) and np.isnan(j["ri_p_value"])
+        assert j["f_df_num"] == 5 and j["n_clusters"] == 4
+        assert j["note"] == ("test refused: rank of the cluster-robust covariance of the 5 tested "
+                             "coefficients is 3 (G = 4 clusters)")
+
+
+def test_cluster_wald_refuses_more_restrictions_than_cluster_degrees_of_freedom():
+    """5 tested coefficients, 4 clusters: the CR1 covariance has rank <= 3 -> NaN with a reason
+    (before: a generalised-inverse F on 3 df of whatever noise direction survived)."""
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(4), 10)
+    X = rng.normal(size=(40, 5)) * np.array([1, 1e3, 1e-3, 1, 1e5])
+    out = inf.cluster_wald(rng.normal(size=40), X, g)
+    assert np.isnan(out["f_stat"]) and np.isnan(out["p_value"])
+    assert out["df_num"] == 5 and out["n_clusters"] == 4
+    assert "rank of the cluster-robust covariance of the 5 tested coefficients is 3" in out["note"]
+    # 3 tested coefficients in 4 clusters: full rank, statsmodels' value
+    res = sm.OLS(X[:, 0], X[:, 1:4]).fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
+    ft = res.f_test(np.eye(3))
+    mine = inf.cluster_wald(X[:, 0], X[:, 1:4], g)
+    assert mine["f_stat"] == pytest.approx(float(np.squeeze(ft.fvalue)), rel=1e-8) and "note" not in mine
+
+
 def test_permuted_arms_keep_counts_and_are_seeded():
     arm = np.array([0, 1, 2, 3, 0, 1, 2, 3, 3])
     strata = np.array(["a"] * 4 + ["b"] * 5)
