@@ -32,68 +32,6 @@ def test_every_study_configuration_loads(path):
     assert normalise(cfg) is cfg                           # idempotent
 
 
-@pytest.mark.parametrize("change,where,hint", [
-    (lambda c: c.update(estimate={"weight": "w"}), "estimate", "'weight': did you mean 'weights'?"),
-    (lambda c: c.update(estimate={"missing_baselin": "listwise"}), "estimate", "did you mean 'missing_baseline'?"),
-    (lambda c: c.update(estimate={"sample": {"round": [1]}}), "estimate.sample", "did you mean 'rounds'?"),
-    (lambda c: c["outcomes"]["profit"].update(allow_negativ=True), "outcomes.profit", "did you mean 'allow_negative'?"),
-    (lambda c: c["outcomes"]["revenue"].update(baseline_col="pre_rev"), "outcomes.revenue", "did you mean 'baseline_column'?"),
-    (lambda c: c["treatment"]["arms"][2].update(skill=1), "treatment arm 2", "did you mean 'skills'?"),
-    (lambda c: c["treatment"].update(dumies={}), "treatment", "did you mean 'dummies'?"),
-    (lambda c: c["files"][0].update(sha=None), r"files\[0\]", "did you mean 'sha256'?"),
-    (lambda c: c.update(clean_params={"winsor_upper": 99}), "clean_params", "did you mean 'winsor_upper_pct'?"),
-    (lambda c: c["female_owner"].update(female_code=[2]), "female_owner", "did you mean 'female_codes'?"),
-    (lambda c: c["submission"].update(times="t"), "submission", "did you mean 'time'?"),
-    (lambda c: c["business_open"].update(closed=[0]), "business_open", "did you mean 'closed_codes'?"),
-    (lambda c: c["skills_index"].update(area={}), "skills_index", "did you mean 'areas'?"),
-    (lambda c: c.update(takeup={"skill": "x"}), "takeup", "did you mean 'skills'?"),
-    (lambda c: c.update(recall_period={"value": "month", "code": {}}), "recall_period", "did you mean 'codes'?"),
-    (lambda c: c.update(usd_ppp_per_lcu={"value": 0.5, "sources": "x"}), "usd_ppp_per_lcu", "did you mean 'source'?"),
-    (lambda c: c.update(not_interviewed={"column": "x", "code": [1]}), "not_interviewed", "did you mean 'codes'?"),
-    (lambda c: c.update(number_format={"decimals": ","}), "number_format", "did you mean 'decimal'?"),
-    (lambda c: c.update(identifiers=[{"column": "phone", "actions": "hash"}]), "identifiers", "did you mean 'action'?"),
-    (lambda c: c.update(estimat={}), "", "did you mean 'estimate'?"),
-])
-def test_misspelt_keys_anywhere_are_rejected_with_a_hint(cfg, change, where, hint):
-    change(cfg)
-    with pytest.raises(StudyConfigError, match=f"{where}: (unknown keys|.* cannot be set per study)" if where
-                       else "unknown keys") as err:
-        normalise(cfg)
-    assert hint in str(err.value)
-
-
-def test_estimate_block_keys_are_the_estimate_stages(tmp_path, cfg):
-    from pipeline import estimate
-    cfg["estimate"] = {"weight": "w"}
-    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(StudyConfigError, match="weights") as err:
-        load_study(tmp_path / "typo.yaml")            # rejected at load time, not when the stage runs
-    assert "typo.yaml" in str(err.value) and "estimate: unknown keys ['weight']" in str(err.value)
-    cfg["estimate"] = {key: None for key in estimate.ESTIMATE_KEYS}   # every key the stage reads is accepted
-    normalise(cfg)
-    assert {"weights", "missing_baseline", "sample", "gender_control", "vcov"} <= set(estimate.ESTIMATE_KEYS)
-    cfg["estimate"] = {"missing_baseline": "drop"}
-    with pytest.raises(StudyConfigError, match="missing_baseline"):
-        normalise(cfg)
-    cfg["estimate"] = ["weights"]
-    with pytest.raises(StudyConfigError, match="estimate: expected a mapping"):
-        normalise(cfg)
-
-
-def test_every_estimate_key_is_documented():
-    """docs/study_config.md documents every key a study's estimate: block may set (type, default,
-    meaning), in the table of its estimate section."""
-    from pipeline import estimate
-    text = (REPO_ROOT / "docs" / "study_config.md").read_text(encoding="utf-8")
-    section = text.split("### The estimation specification", 1)[1].split("\n## ", 1)[0]
-    rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in section.splitlines() if line.startswith("| `")]
-    documented = {key for cells in rows for key in re.findall(r"`([a-z_]+)`", cells[0])}
-    missing = sorted(set(estimate.ESTIMATE_KEYS) - documented)
-    assert not missing, f"estimate keys not documented in docs/study_config.md: {missing}"
-    for cells in rows:                                   # key | type | default | meaning, none empty
-        assert len(cells) == 4 and all(c.strip() for c in cells), cells
-
-
 def test_normalise_does_not_change_its_argument(cfg):
     before = json.dumps(cfg, sort_keys=True, default=str)
     normalise(cfg)
