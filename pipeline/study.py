@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline import config, paths
 from pipeline.config import StudyConfigError
-from pipeline.io import REPO_ROOT, _clean_floats, _json_default, atomic_path, check_csv_table, read_yaml
+from pipeline.io import REPO_ROOT, _clean_floats, _json_default, atomic_path, check_csv_table
 
 # Periods per year: a value over period A becomes value * PER_YEAR[A] / PER_YEAR[B] over B.
 PER_YEAR = {"day": 365.0, "week": 52.0, "two_weeks": 26.0, "month": 12.0, "quarter": 4.0, "year": 1.0}
@@ -119,18 +119,11 @@ def slugify(text: str) -> str:
 # Loading and checking a configuration
 # ------------------------------------------------------------------------------------------------
 def load_study(study: str | Path) -> dict[str, Any]:
-    """Read and check a study configuration by name (``studies/<name>.yaml``) or by path."""
+    """Read and check a study configuration by name (``studies/<name>.yaml``) or by path, with
+    the base it ``extends:`` merged in (pipeline.config.read_study_file)."""
     path = Path(study) if str(study).endswith((".yaml", ".yml")) else paths.study_config_path(str(study))
-    if not path.exists():
-        raise StudyConfigError(f"{path}: no such study configuration")
-    try:
-        cfg = read_yaml(path) or {}
-    except Exception as exc:  # noqa: BLE001 - a YAML syntax error, with the file named
-        raise StudyConfigError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(cfg, dict):
-        raise StudyConfigError(f"{path}: expected a mapping of keys, got {type(cfg).__name__}")
-    shown = str(path.relative_to(REPO_ROOT)) if path.resolve().is_relative_to(REPO_ROOT) else str(path)
-    cfg["_path"] = shown
+    cfg = config.read_study_file(path)
+    cfg["_path"] = config.shown_path(path)
     return normalise(cfg)
 
 
