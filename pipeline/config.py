@@ -191,13 +191,18 @@ class Takeup(Block):
     capital: Optional[Column] = None
 
 
-class CleanOverrides(Block):
-    """The ``clean:`` params a study may override (facts about its data); never ``flow_period``."""
-    duplicate_rule: Optional[Literal["latest", "drop_all", "error"]] = None
-    winsor_upper_pct: Optional[Number] = None
-    winsor_lower_pct: Optional[Number] = None
-    winsor_by_round: Optional[bool] = None
-    outlier_method: Optional[Literal["winsorise", "trim"]] = None
+# The clean: params (params.yaml, pipeline.params) and, but flow_period (common to every study), a
+# study's clean_params: overrides (facts about its data).
+CLEAN_FIELDS: dict[str, Any] = {
+    "duplicate_rule": Literal["latest", "drop_all", "error"],
+    "flow_period": Period,
+    "winsor_upper_pct": Number,
+    "winsor_lower_pct": Number,
+    "winsor_by_round": bool,
+    "outlier_method": Literal["winsorise", "trim"],
+}
+CleanOverrides = create_model("CleanOverrides", __base__=Block,
+                              **{k: (Optional[t], None) for k, t in CLEAN_FIELDS.items() if k != "flow_period"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,8 +220,8 @@ SPEC_FIELDS: dict[str, Any] = {
     "interact_treatments": bool,
     "baseline_control": bool,
     "fixed_effects": Columns,
-    "cluster": Column,
-    "weights": Column,
+    "cluster": Optional[Column],                     # null: HC1
+    "weights": Optional[Column],
     "controls": Union[Columns, Literal["config"]],   # "config": the study's controls: list
     "followup_only": bool,
     "gender_interact_all": bool,
@@ -226,11 +231,11 @@ SPEC_FIELDS: dict[str, Any] = {
 }
 STAGE_FIELDS: dict[str, Any] = {
     "outcomes": Columns,
-    "primary_outcome": Column,
+    "primary_outcome": Optional[Column],
     "transforms": list[Literal["level", "unwinsorised", "log", "ihs", "trimmed"]],
     "trim_top_pct": Number,
     "by_round": bool,
-    "q_families": dict[str, Columns],
+    "q_families": Optional[dict[str, Columns]],
     "alpha": Number,
     "mde_power": Number,
     "seed": int,
@@ -247,7 +252,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "wild_bootstrap_below_clusters": int,
     "wild_bootstrap_reps": int,
     "wild_bootstrap_weights": Literal["rademacher", "webb", "auto"],
-    "sample": EstimateSample,
+    "sample": Optional[EstimateSample],
     "gender_control": bool,
 }
 ESTIMATE_KEYS = tuple(sorted(set(SPEC_FIELDS) | set(STAGE_FIELDS)))
@@ -390,7 +395,7 @@ def validate_study(raw: dict, where: str) -> StudyConfig:
 def dump(model: BaseModel, raw: dict) -> dict:
     """The keys ``raw`` set, as checked by ``model``, as plain data, every mapping in the order
     the author wrote it (field order would reorder, e.g., a study's ``estimate:`` block)."""
-    return _as_given(model.model_dump(exclude_unset=True), raw)
+    return _as_given(model.model_dump(exclude_unset=True, by_alias=True), raw)
 
 
 def _as_given(value: Any, raw: Any) -> Any:
@@ -427,6 +432,11 @@ def _unwrap(annotation: Any) -> Any:
         return annotation
 
 
+def keys_of(model: type[BaseModel]) -> dict:
+    """The keys a block accepts (a field's alias where it has one) and their fields."""
+    return {field.alias or name: field for name, field in model.model_fields.items()}
+
+
 def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | None]:
     """The readable key path of a pydantic error location (``files[0].sha256``, union member
     tags left out) and the model that holds the last key (for the list of known keys)."""
@@ -437,7 +447,7 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | No
         if isinstance(node, type) and issubclass(node, BaseModel):
             holder = node
             path += f".{part}" if path else str(part)
-            node = node.model_fields[part].annotation if part in node.model_fields else Any
+            node = keys_of(node)[part].annotation if part in keys_of(node) else Any
         elif origin is list:
             path += f"[{part}]"
             node = typing.get_args(node)[0]
@@ -451,14 +461,15 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[str, type[BaseModel] | No
     return path, holder
 
 
-def format_errors(exc: ValidationError, model: type[BaseModel], where: str) -> str:
+def format_errors(exc: ValidationError, model: type[BaseModel], where: str,
+                  docs: str = "docs/study_config.md") -> str:
     lines = []
     for error in exc.errors():
         path, holder = _walk(model, tuple(error["loc"]))
         if error["type"] == "extra_forbidden":
             key = error["loc"][-1]
             parent = path.rsplit(".", 1)[0] if "." in path else ""
-            known = sorted(holder.model_fields) if holder is not None else []
+            known = sorted(keys_of(holder)) if holder is not None else []
             lines.append(f"{parent or '(top level)'}: unknown key {key!r}{did_you_mean([key], known)}; "
                          f"the known keys are {known}")
         elif error["type"] == "missing":
@@ -467,6 +478,6 @@ def format_errors(exc: ValidationError, model: type[BaseModel], where: str) -> s
             message = error["msg"].removeprefix("Value error, ")
             lines.append(f"{path}: {message} (got {error['input']!r})")
     lines = list(dict.fromkeys(lines))
-    return f"{where}: " + ("\n  ".join(lines) if len(lines) == 1 else
-                           f"{len(lines)} problems (docs/study_config.md):\n  " + "\n  ".join(lines)) + \
-        (" (docs/study_config.md)" if len(lines) == 1 else "")
+    if len(lines) == 1:
+        return f"{where}: {lines[0]} ({docs})"
+    return f"{where}: {len(lines)} problems ({docs}):\n  " + "\n  ".join(lines)
