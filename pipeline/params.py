@@ -3,8 +3,9 @@
 ``params.yaml`` is the one place where a parameter's value is set: these models give each key a
 type and reject unknown keys (with a "did you mean" hint), but supply no value of their own (no
 field has a default), so the configuration a stage receives is exactly ``params.yaml`` (plus, for
-a per-study stage, the study's YAML). :func:`validate_params` is called once, by
-``pipeline.run_stage``, before any stage runs; it returns the same dict, checked.
+a per-study stage, the study's YAML). :func:`validate_params` is called by ``io.load_params``, the
+one reader of params.yaml (``run_stage``, and a notebook run by hand); it returns the same dict,
+checked.
 """
 from __future__ import annotations
 

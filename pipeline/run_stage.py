@@ -2,8 +2,8 @@
 
     python -m pipeline.run_stage clean --study synthetic
 
-1. ``params.yaml`` is checked once against its typed model (``pipeline.params``: unknown keys and
-   wrong types stop the run, naming the key); the stage's parameters (its group) are injected into
+1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
+   ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's parameters (its group) are injected into
    the notebook's ``parameters`` cell; the notebook runs with the repository root as working
    directory.
 2. Run-dependent metadata (papermill and nbclient timings) is scrubbed, so two runs of the
@@ -28,7 +28,6 @@ import nbformat
 
 from pipeline import paths
 from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
-from pipeline.params import validate_params
 
 KERNEL_NAME = "microenterprise"
 
@@ -172,18 +171,10 @@ def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: s
     return parameters
 
 
-def checked_params(params_path: Path | None = None) -> dict:
-    """params.yaml (or ``params_path``), validated by pipeline.params: the only place a stage's
-    parameters are read and checked."""
-    path = Path(params_path) if params_path else REPO_ROOT / "params.yaml"
-    return validate_params(load_params(path), where=str(path.relative_to(REPO_ROOT))
-                           if path.resolve().is_relative_to(REPO_ROOT) else str(path))
-
-
 def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main") -> Path:
     import papermill as pm
 
-    params = checked_params(params_path)
+    params = load_params(params_path)     # checked against pipeline.params before anything runs
     parameters = notebook_parameters(stage, study, params, pipeline)
 
     name = paths.STAGE_NOTEBOOKS[stage]

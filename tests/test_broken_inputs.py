@@ -10,7 +10,9 @@ import yaml
 
 from conftest import files_under
 from pipeline import clean, construct, ingest
-from pipeline.study import StudyConfigError, ValidationError, write_outputs
+from pipeline.io import write_outputs
+from pipeline.schemas import ValidationError
+from pipeline.study import StudyConfigError
 
 CLEAN = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
 
@@ -336,9 +338,9 @@ def test_write_outputs_is_all_or_nothing(tmp_path):
 
 
 def test_without_a_configured_salt_a_secret_one_is_kept_per_checkout(study, outputs, tmp_path, monkeypatch):
-    from pipeline import study as study_module
+    from pipeline import privacy
     monkeypatch.delenv("PIPELINE_HASH_SALT", raising=False)
-    monkeypatch.setattr(study_module, "SALT_FILE", tmp_path / "secrets" / "hash_salt")
+    monkeypatch.setattr(privacy, "SALT_FILE", tmp_path / "secrets" / "hash_salt")
     frame = survey().assign(village_leader=["Ann", "Ann", "Bob", "Bob", "Cat", "Cat", "Dan", "Dan"])
     path, raw = study(frame, identifiers=[{"column": "village_leader", "action": "hash"}], cluster="village_leader")
     ingest.run(path, raw, {})

@@ -1,9 +1,8 @@
-"""Study configurations and the helpers every stage shares; and the promise of issue 3: a new
+"""Study configurations (loading, normalising, arms); and the promise of issue 3: a new
 study is onboarded by one YAML file, no Python (a Kobo-style export and an SPSS file, made here)."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pandas as pd
@@ -13,13 +12,8 @@ import yaml
 from conftest import files_under
 from pipeline import clean, construct, ingest
 from pipeline.io import REPO_ROOT
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from pipeline import study
-from pipeline.study import (IdentifierLeakError, StudyConfigError, assert_no_identifiers, assign_arms,
-                            codes_in, find_identifiers, load_study, norm_code, norm_codes, normalise,
-                            salted_hash)
+from pipeline.privacy import assert_no_identifiers
+from pipeline.study import StudyConfigError, assign_arms, load_study, normalise
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -72,49 +66,7 @@ def test_factor_that_converts_to_a_period_gives_raw_times_factor(tmp_path, outpu
     assert summary["conversion"]["looked_up_value"] == 0.5 and summary["conversion"]["usd_ppp_per_lcu"] == 13.0
 
 
-# ------------------------------------------------------------------------------------------------ codes, arms
-
-@pytest.mark.parametrize("value,expected", [
-    (2, 2), (2.0, 2), ("2", 2), (" 2 ", 2), (np.int8(2), 2), (2.5, 2.5), ("Control", "control"),
-    (None, None), (np.nan, None), ("", None), (pd.NA, None), (True, 1),
-])
-def test_norm_code(value, expected):
-    assert norm_code(value) == expected
-
-
-# survey answers as they arrive: integers, floats (integral or not), text with spaces and case,
-# and every kind of missing
-_ANSWERS = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=True, allow_infinity=False, width=32),
-                     st.sampled_from([" 2 ", "2", "2.0", "Control", "control ", "", "n/a", "-99"]),
-                     st.sampled_from([None, np.nan, pd.NA]))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_ANSWERS, max_size=40))
-def test_norm_codes_equals_norm_code_on_every_element(values):
-    series = pd.Series(values, dtype="object")
-    expected = [norm_code(v) for v in values]
-    assert norm_codes(series).tolist() == expected
-    codes = {2, "control", -99}
-    assert codes_in(series, codes).tolist() == [c in codes for c in expected]
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(-5, 5), max_size=60))
-def test_norm_codes_of_a_numeric_column_keeps_the_index(values):
-    series = pd.Series(values, index=np.arange(len(values))[::-1] * 3, dtype="float64")
-    out = norm_codes(series)
-    assert out.index.equals(series.index)
-    assert out.tolist() == [norm_code(v) for v in series]
-
-
-def test_map_distinct_calls_python_once_per_distinct_value(monkeypatch):
-    calls = []
-    series = pd.Series(np.tile([1.0, 2.0, np.nan, 3.0], 50_000))     # 200,000 rows, 3 codes
-    out = study.map_distinct(series, lambda v: calls.append(v) or v * 10, na_value=-1)
-    assert len(calls) == 3
-    assert out.iloc[:4].tolist() == [10.0, 20.0, -1, 30.0] and len(out) == len(series)
-
+# ------------------------------------------------------------------------------------------------ arms
 
 def test_arms_from_dummy_columns():
     cfg = {"study": "d", "files": ["a.csv"], "unit_id": "id", "female_owner": {"value": 1},
@@ -130,63 +82,6 @@ def test_arms_from_dummy_columns():
     assert slugs == {"control": "control", "FIN": "finance", "MKT": "marketing"}
     assert list(slugs) == ["control", "FIN", "MKT"]
 
-
-# ------------------------------------------------------------------------------------------------ privacy
-
-def test_detector_finds_identifiers_and_not_ordinary_survey_columns():
-    n = 200
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({
-        "submission_id": [f"uuid:{rng.integers(0, 16**8):08x}-{rng.integers(0, 16**4):04x}" for _ in range(n)],
-        "submitted_at": pd.date_range("2024-01-01", periods=n, freq="h").astype(str),
-        "firm_id": np.arange(100000, 100000 + n),
-        "profit": rng.normal(5000, 3000, n).round(2),
-        "assets": rng.integers(0, 5_000_000, n),
-        "district": ["Agua Prieta - Outlying"] * n,
-        "district_name": ["Nairobi"] * n,
-        "mobile_money": rng.integers(0, 2, n),
-        "longterm_loan": rng.integers(0, 2, n),
-        "notes": ["sold 2 goats"] * n,
-    })
-    assert find_identifiers(frame) == []
-    leaky = frame.assign(
-        owner_phone=[f"+2547{rng.integers(10**7, 10**8)}" for _ in range(n)],
-        memo=["ok"] * (n - 3) + ["call 0712 345 678", "0722-111-222", "nothing"],
-        email_address=["a@b.org"] * n,
-        _geolocation=["-1.28 36.8"] * n,
-        gps_latitude=[-1.28] * n,
-        FirstName=["Ann"] * n,
-    )
-    rules = {f["column"]: f["rule"] for f in find_identifiers(leaky)}
-    assert rules == {"owner_phone": "phone-number column name", "memo": "phone numbers",
-                     "email_address": "e-mail column name", "_geolocation": "GPS coordinate column name",
-                     "gps_latitude": "GPS coordinate column name", "FirstName": "person-name column name"}
-    assert {f["column"] for f in find_identifiers(leaky, allow=["memo", "FirstName"])} == {
-        "owner_phone", "email_address", "_geolocation", "gps_latitude"}
-
-
-def test_assert_no_identifiers_on_frames_and_files(tmp_path):
-    frame = pd.DataFrame({"firm": [1, 2], "phone": ["0712 000 001", "0712 000 002"]})
-    with pytest.raises(IdentifierLeakError, match=r"column 'phone': phone-number column name \(2 values"):
-        assert_no_identifiers(frame)
-    with pytest.raises(IdentifierLeakError, match="configured identifier"):
-        assert_no_identifiers(pd.DataFrame({"hhname": ["x"]}), ["hhname"])
-    frame.to_parquet(tmp_path / "t.parquet")
-    (tmp_path / "r.html").write_text("<html><style>.a{x:1}</style><p>Effect 12.3 (4.5), n = 476</p></html>")
-    (tmp_path / "m.json").write_text(json.dumps({"n": 845, "contact": "x@example.org"}))
-    with pytest.raises(IdentifierLeakError) as err:
-        assert_no_identifiers(tmp_path)
-    assert "t.parquet" in str(err.value) and "m.json" in str(err.value) and "r.html" not in str(err.value)
-    (tmp_path / "t.parquet").unlink()
-    (tmp_path / "m.json").unlink()
-    assert_no_identifiers(tmp_path)
-
-
-def test_salted_hash_links_within_a_salt_only():
-    values = pd.Series(["Shampa", "Rina", "Shampa", None, 12.0, "12"])
-    a, b = salted_hash(values, "one"), salted_hash(values, "two")
-    assert a[0] == a[2] and a[0] != a[1] and a[4] == a[5] and a[3] is None
-    assert a[0] != b[0] and len(a[0]) == 16
 
 
 # ------------------------------------------------------------------------------------------------ new study
