@@ -258,9 +258,18 @@ STAGE_FIELDS: dict[str, Any] = {
 ESTIMATE_KEYS = tuple(sorted(set(SPEC_FIELDS) | set(STAGE_FIELDS)))
 
 
-# A study's ``estimate:`` block: any estimate key, each optional (absent or null: the params' value).
+# A study's ``estimate:`` block: any estimate key, each optional (absent or null: the params' value),
+# in the order of docs/study_config.md's table (the order of a merged block, see in_model_order).
+ESTIMATE_ORDER = ("outcomes", "primary_outcome", "treatments", "interact_treatments", "baseline_control",
+                  "missing_baseline", "fixed_effects", "controls", "cluster", "vcov", "engine", "weights",
+                  "gender_control", "followup_only", "gender_interact_all", "sample", "transforms", "trim_top_pct",
+                  "by_round", "q_families", "alpha", "mde_power", "seed", "bootstrap_reps", "permutations",
+                  "n_jobs", "qte_quantiles", "qte_fixed_effects", "balance_covariates", "lee_cells",
+                  "descriptive_regressors", "descriptive_controls", "descriptive_sample",
+                  "wild_bootstrap_below_clusters", "wild_bootstrap_reps", "wild_bootstrap_weights")
+ESTIMATE_FIELDS = {key: {**SPEC_FIELDS, **STAGE_FIELDS}[key] for key in ESTIMATE_ORDER}
 EstimateBlock = create_model("EstimateBlock", __base__=Block,
-                             **{k: (Optional[t], None) for k, t in {**SPEC_FIELDS, **STAGE_FIELDS}.items()})
+                             **{k: (Optional[t], None) for k, t in ESTIMATE_FIELDS.items()})
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +286,8 @@ def _listed(value: Any) -> Any:
 
 
 class StudyConfig(Block):
+    """A study YAML. The keys are in the order of the documentation (a merged configuration,
+    which has no single author's order, takes this one)."""
     study: StudyName
     title: Optional[str] = None
     citation: Optional[str] = None
@@ -295,23 +306,23 @@ class StudyConfig(Block):
     strata: Annotated[Optional[Columns], BeforeValidator(_listed)] = None
     cluster: Optional[Column] = None
     weight: Optional[Column] = None
-    treatment: Treatment
     female_owner: FemaleOwner
-    outcomes: Annotated[dict[str, Annotated[Outcome, BeforeValidator(_as_mapping("column"))]], Field(min_length=1)]
+    treatment: Treatment
+    takeup: Optional[Takeup] = None
     recall_period: Optional[RecallPeriod] = None
     currency: Optional[str] = None
     usd_ppp_per_lcu: Annotated[Optional[ConversionFactor], BeforeValidator(_factor_mapping)] = None
+    outcomes: Annotated[dict[str, Annotated[Outcome, BeforeValidator(_as_mapping("column"))]], Field(min_length=1)]
     business_open: Optional[BusinessOpen] = None
     not_interviewed: Optional[NotInterviewed] = None
+    clean_params: Optional[CleanOverrides] = None
     valid_ranges: Optional[dict[str, Annotated[list[Optional[Number]], Field(min_length=2, max_length=2)]]] = None
     allowed_codes: Optional[dict[str, list[Code]]] = None
     number_format: Optional[NumberFormat] = None
     skills_index: Optional[SkillsIndex] = None
-    takeup: Optional[Takeup] = None
     credit_access: Optional[Column] = None
     covariates: Annotated[Optional[dict[str, str]], BeforeValidator(_covariate_mapping)] = None
     controls: Optional[Columns] = None
-    clean_params: Optional[CleanOverrides] = None
     estimate: Optional[EstimateBlock] = None
 
 
@@ -371,7 +382,22 @@ def _with_base(path: Path, seen: tuple) -> dict:
     base_path = (path.parent / base).resolve()
     if base_path in seen or base_path == path.resolve():
         raise StudyConfigError(f"{shown_path(path)}: extends: {base} extends itself (a cycle)")
-    return deep_merge(_with_base(base_path, (*seen, path.resolve())), cfg)
+    return in_model_order(deep_merge(_with_base(base_path, (*seen, path.resolve())), cfg), StudyConfig)
+
+
+def in_model_order(value: Any, annotation: Any) -> Any:
+    """``value`` with the keys of each block in the order of its model's fields (other keys after,
+    as they were); mappings of names (outcomes, covariates...) keep their own order."""
+    kind = _unwrap(annotation)
+    if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, BaseModel):
+        fields = keys_of(kind)
+        keys = [k for k in fields if k in value] + [k for k in value if k not in fields]
+        return {k: in_model_order(value[k], fields[k].annotation if k in fields else Any) for k in keys}
+    if isinstance(value, dict) and typing.get_origin(kind) is dict:
+        return {k: in_model_order(v, typing.get_args(kind)[1]) for k, v in value.items()}
+    if isinstance(value, list) and typing.get_origin(kind) is list:
+        return [in_model_order(v, typing.get_args(kind)[0]) for v in value]
+    return value
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -146,6 +146,7 @@ def test_the_estimate_block_has_exactly_the_estimate_stages_keys(cfg):
     the estimate stage's: its Spec fields but ``outcome`` and its stage keys."""
     from pipeline import estimate
     assert config.ESTIMATE_KEYS == estimate.ESTIMATE_KEYS
+    assert sorted(config.EstimateBlock.model_fields) == list(config.ESTIMATE_KEYS)
     assert set(config.EstimateSample.model_fields) == set(estimate.SAMPLE_KEYS)
     assert set(config.SPEC_FIELDS["missing_baseline"].__args__) == set(estimate.MISSING_BASELINE)
     assert set(config.SPEC_FIELDS["engine"].__args__) == set(estimate.ENGINES)
@@ -172,6 +173,8 @@ def test_every_estimate_key_is_documented():
     documented = {key for cells in rows for key in re.findall(r"`([a-z_]+)`", cells[0])}
     missing = sorted(set(config.ESTIMATE_KEYS) - documented)
     assert not missing, f"estimate keys not documented in docs/study_config.md: {missing}"
+    listed = [re.findall(r"`([a-z_]+)`", cells[0])[0] for cells in rows]
+    assert listed == list(config.EstimateBlock.model_fields)     # the order of a merged block
     for cells in rows:                                   # key | type | default | meaning, none empty
         assert len(cells) == 4 and all(c.strip() for c in cells), cells
 
@@ -191,6 +194,7 @@ def test_a_study_extends_a_base_deep_merged_the_study_winning(tmp_path, cfg):
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(child, sort_keys=False))
     merged = config.read_study_file(tmp_path / "tiny.yaml")
     assert "extends" not in merged
+    assert list(merged) == [k for k in config.keys_of(config.StudyConfig) if k in merged]   # documented order
     assert merged["strata"] == ["region"]                                   # a list is replaced
     assert merged["estimate"] == {"outcomes": ["profit"], "cluster": None, "vcov": "CR1"}  # mappings merge
     assert merged["usd_ppp_per_lcu"]["lookup"] == {"file": "m.csv", "column": "f", "where": {"study": "tiny"}}
