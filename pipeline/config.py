@@ -6,22 +6,22 @@ wrong types (strict: ``rounds: "0,1"`` is not a list, ``allow_negative: "false"`
 boolean, a number is not a list). The few alternative spellings the format allows (a file given
 by its path alone, an outcome by its column alone, ``strata: one_column``, covariates as a list, a
 bare number as the conversion factor) are brought to their mapping form before the block is
-checked. :func:`validate_study` returns the model; :mod:`pipeline.study` turns it into the
-normalised dict the stages read. Cross-key rules (a baseline round among the rounds, unique arm
-slugs...) are checked there, where the normalised values are made.
+checked. :func:`validate_study` returns the model; :mod:`pipeline.study` (which reads the file
+and the base it ``extends:``) turns it into the normalised dict the stages read. Cross-key rules (a
+baseline round among the rounds, unique arm slugs...) are checked there, where the normalised
+values are made. The params.yaml groups (:mod:`pipeline.params`) reuse the blocks and field types
+defined here (``CLEAN_FIELDS``, ``SPEC_FIELDS``, ``STAGE_FIELDS``).
 """
 from __future__ import annotations
 
 import difflib
 import types
 import typing
-from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints,
                       ValidationError, create_model)
 
-from pipeline.io import REPO_ROOT, read_yaml
 
 # --------------------------------------------------------------------------------------------
 # Scalar types
@@ -330,61 +330,6 @@ class StudyConfigError(ValueError):
     """A study configuration is incomplete or inconsistent (the message names the file and key)."""
 
 
-def shown_path(path: Path) -> str:
-    """A file as messages name it: relative to the repository where it is inside it."""
-    return str(path.relative_to(REPO_ROOT)) if path.resolve().is_relative_to(REPO_ROOT) else str(path)
-
-
-def read_mapping(path: Path) -> dict:
-    """A YAML file that must hold a mapping (an empty file is an empty mapping)."""
-    if not path.exists():
-        raise StudyConfigError(f"{shown_path(path)}: no such configuration file")
-    try:
-        data = read_yaml(path)
-    except Exception as exc:  # noqa: BLE001 - a YAML syntax error, with the file named
-        raise StudyConfigError(f"{shown_path(path)}: not valid YAML ({exc})") from exc
-    if not isinstance(data or {}, dict):
-        raise StudyConfigError(f"{shown_path(path)}: expected a mapping of keys, got {type(data).__name__}")
-    return data or {}
-
-
-def read_study_file(path: Path) -> dict:
-    """A study YAML with its ``extends:`` base (a path relative to the file, e.g.
-    ``base/meager.yaml``, itself possibly extending another) merged in: mappings are merged key
-    by key, the study overriding; any other value (a list, a number) the study gives replaces the
-    base's. The file name must be the ``study:`` name (issue 11: a copied file that kept the old
-    name would silently overwrite that study's outputs)."""
-    cfg = _with_base(path, ())
-    if "study" in cfg and cfg["study"] != path.stem:
-        raise StudyConfigError(f"{shown_path(path)}: study: {cfg['study']!r} is not the file's name "
-                               f"{path.stem!r}; rename one so that they agree")
-    return cfg
-
-
-def base_files(path: Path) -> list[Path]:
-    """The files a study YAML extends, nearest first (for DVC dependencies and their test)."""
-    chain: list[Path] = []
-    base = read_mapping(path).get("extends")
-    while base is not None:
-        path = (path.parent / base).resolve()
-        chain.append(path)
-        base = read_mapping(path).get("extends")
-    return chain
-
-
-def _with_base(path: Path, seen: tuple) -> dict:
-    cfg = read_mapping(path)
-    base = cfg.pop("extends", None)
-    if base is None:
-        return cfg
-    if not isinstance(base, str):
-        raise StudyConfigError(f"{shown_path(path)}: extends: expected the path of a base YAML, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in seen or base_path == path.resolve():
-        raise StudyConfigError(f"{shown_path(path)}: extends: {base} extends itself (a cycle)")
-    return in_model_order(deep_merge(_with_base(base_path, (*seen, path.resolve())), cfg), StudyConfig)
-
-
 def in_model_order(value: Any, annotation: Any) -> Any:
     """``value`` with the keys of each block in the order of its model's fields (other keys after,
     as they were); mappings of names (outcomes, covariates...) keep their own order."""
@@ -398,15 +343,6 @@ def in_model_order(value: Any, annotation: Any) -> Any:
     if isinstance(value, list) and typing.get_origin(kind) is list:
         return [in_model_order(v, typing.get_args(kind)[0]) for v in value]
     return value
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` on top: mappings merged recursively, other values replaced."""
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(out.get(key), dict) and isinstance(value, dict)
-        out[key] = deep_merge(out[key], value) if both else value
-    return out
 
 
 def validate_study(raw: dict, where: str) -> StudyConfig:

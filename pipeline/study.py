@@ -26,7 +26,7 @@ import pandas as pd
 from pipeline import config, paths
 from pipeline.codes import PER_YEAR, codes_in, map_distinct, norm_code, norm_codes, slugify
 from pipeline.config import StudyConfigError
-from pipeline.io import REPO_ROOT
+from pipeline.io import REPO_ROOT, read_yaml
 
 TEXT_KEYS = ("title", "citation", "data_source", "notes", "description")
 FORMATS = {"dta": "dta", "sav": "sav", "zsav": "sav", "csv": "csv", "tsv": "csv", "txt": "csv",
@@ -45,12 +45,77 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # ------------------------------------------------------------------------------------------------
 # Loading and checking a configuration
 # ------------------------------------------------------------------------------------------------
+def shown_path(path: Path) -> str:
+    """A file as messages name it: relative to the repository where it is inside it."""
+    return str(path.relative_to(REPO_ROOT)) if path.resolve().is_relative_to(REPO_ROOT) else str(path)
+
+
+def read_mapping(path: Path) -> dict:
+    """A YAML file that must hold a mapping (an empty file is an empty mapping)."""
+    if not path.exists():
+        raise StudyConfigError(f"{shown_path(path)}: no such configuration file")
+    try:
+        data = read_yaml(path)
+    except Exception as exc:  # noqa: BLE001 - a YAML syntax error, with the file named
+        raise StudyConfigError(f"{shown_path(path)}: not valid YAML ({exc})") from exc
+    if not isinstance(data or {}, dict):
+        raise StudyConfigError(f"{shown_path(path)}: expected a mapping of keys, got {type(data).__name__}")
+    return data or {}
+
+
+def read_study_file(path: Path) -> dict:
+    """A study YAML with its ``extends:`` base (a path relative to the file, e.g.
+    ``base/meager.yaml``, itself possibly extending another) merged in: mappings are merged key
+    by key, the study overriding; any other value (a list, a number) the study gives replaces the
+    base's. The file name must be the ``study:`` name (issue 11: a copied file that kept the old
+    name would silently overwrite that study's outputs)."""
+    cfg = _with_base(path, ())
+    if "study" in cfg and cfg["study"] != path.stem:
+        raise StudyConfigError(f"{shown_path(path)}: study: {cfg['study']!r} is not the file's name "
+                               f"{path.stem!r}; rename one so that they agree")
+    return cfg
+
+
+def base_files(path: Path) -> list[Path]:
+    """The files a study YAML extends, nearest first (for DVC dependencies and their test)."""
+    chain: list[Path] = []
+    base = read_mapping(path).get("extends")
+    while base is not None:
+        path = (path.parent / base).resolve()
+        chain.append(path)
+        base = read_mapping(path).get("extends")
+    return chain
+
+
+def _with_base(path: Path, seen: tuple) -> dict:
+    cfg = read_mapping(path)
+    base = cfg.pop("extends", None)
+    if base is None:
+        return cfg
+    if not isinstance(base, str):
+        raise StudyConfigError(f"{shown_path(path)}: extends: expected the path of a base YAML, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in seen or base_path == path.resolve():
+        raise StudyConfigError(f"{shown_path(path)}: extends: {base} extends itself (a cycle)")
+    merged = deep_merge(_with_base(base_path, (*seen, path.resolve())), cfg)
+    return config.in_model_order(merged, config.StudyConfig)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` on top: mappings merged recursively, other values replaced."""
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = deep_merge(out[key], value) if both else value
+    return out
+
+
 def load_study(study: str | Path) -> dict[str, Any]:
     """Read and check a study configuration by name (``studies/<name>.yaml``) or by path, with
-    the base it ``extends:`` merged in (pipeline.config.read_study_file)."""
+    the base it ``extends:`` merged in (:func:`read_study_file`)."""
     path = Path(study) if str(study).endswith((".yaml", ".yml")) else paths.study_config_path(str(study))
-    cfg = config.read_study_file(path)
-    cfg["_path"] = config.shown_path(path)
+    cfg = read_study_file(path)
+    cfg["_path"] = shown_path(path)
     return normalise(cfg)
 
 

@@ -13,7 +13,7 @@ import yaml
 from pipeline import config
 from pipeline.config import StudyConfigError
 from pipeline.io import REPO_ROOT, read_yaml
-from pipeline.study import load_study, normalise
+from pipeline.study import load_study, normalise, read_study_file
 
 STUDIES = sorted((REPO_ROOT / "studies").glob("*.yaml"))
 
@@ -21,7 +21,7 @@ STUDIES = sorted((REPO_ROOT / "studies").glob("*.yaml"))
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_every_study_validates_and_its_dump_is_what_it_says(path):
     """The model accepts each shipped study; dumping it gives back exactly the keys written."""
-    raw = config.read_study_file(path)                              # with its base, if it extends one
+    raw = read_study_file(path)                                     # with its base, if it extends one
     model = config.validate_study(raw, path.name)
     assert model.study == path.stem
     dumped = config.dump(model, raw)
@@ -177,54 +177,3 @@ def test_every_estimate_key_is_documented():
     assert listed == list(config.EstimateBlock.model_fields)     # the order of a merged block
     for cells in rows:                                   # key | type | default | meaning, none empty
         assert len(cells) == 4 and all(c.strip() for c in cells), cells
-
-
-# ------------------------------------------------------------------------------------------------ extends
-
-def test_a_study_extends_a_base_deep_merged_the_study_winning(tmp_path, cfg):
-    base = {"treatment": cfg["treatment"], "outcomes": cfg["outcomes"], "strata": ["region", "sector"],
-            "estimate": {"outcomes": ["profit"], "cluster": "cluster_id"},
-            "usd_ppp_per_lcu": {"lookup": {"file": "m.csv", "column": "f"}, "source": "s"}}
-    child = {k: v for k, v in cfg.items() if k not in ("treatment", "outcomes", "usd_ppp_per_lcu")}
-    child.update(extends="base/shared.yaml", strata=["region"], estimate={"cluster": None, "vcov": "CR1"},
-                 usd_ppp_per_lcu={"lookup": {"where": {"study": "tiny"}}})
-    child["outcomes"] = {"profit": {"allow_negative": False}}
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "shared.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(child, sort_keys=False))
-    merged = config.read_study_file(tmp_path / "tiny.yaml")
-    assert "extends" not in merged
-    assert list(merged) == [k for k in config.keys_of(config.StudyConfig) if k in merged]   # documented order
-    assert merged["strata"] == ["region"]                                   # a list is replaced
-    assert merged["estimate"] == {"outcomes": ["profit"], "cluster": None, "vcov": "CR1"}  # mappings merge
-    assert merged["usd_ppp_per_lcu"]["lookup"] == {"file": "m.csv", "column": "f", "where": {"study": "tiny"}}
-    assert merged["outcomes"]["profit"] == {"column": "profit", "flow": True, "allow_negative": False}
-    assert merged["outcomes"]["revenue"] == cfg["outcomes"]["revenue"]
-    assert load_study(tmp_path / "tiny.yaml")["treatment"] == normalise(cfg)["treatment"]
-    assert config.base_files(tmp_path / "tiny.yaml") == [(tmp_path / "base" / "shared.yaml").resolve()]
-
-
-def test_an_extending_study_is_checked_whole_and_a_cycle_is_refused(tmp_path, cfg):
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"estimate": {"weight": "w"}}))
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "extends": "base.yaml"}))
-    with pytest.raises(StudyConfigError, match="tiny.yaml: estimate: unknown key 'weight'"):
-        load_study(tmp_path / "tiny.yaml")
-    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"extends": "b.yaml"}))
-    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"extends": "a.yaml"}))
-    with pytest.raises(StudyConfigError, match="a cycle"):
-        config.read_study_file(tmp_path / "a.yaml")
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "extends": "missing.yaml"}))
-    with pytest.raises(StudyConfigError, match="missing.yaml: no such configuration file"):
-        load_study(tmp_path / "tiny.yaml")
-
-
-def test_the_file_name_and_the_study_key_must_agree(tmp_path, cfg):
-    (tmp_path / "copy_of_tiny.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(StudyConfigError, match="copy_of_tiny.yaml: study: 'tiny' is not the file's name 'copy_of_tiny'"):
-        load_study(tmp_path / "copy_of_tiny.yaml")
-
-
-@pytest.mark.parametrize("path", sorted((REPO_ROOT / "studies").glob("meager_*.yaml")), ids=lambda p: p.stem)
-def test_the_meager_sites_extend_the_shared_base(path):
-    assert read_yaml(path)["extends"] == "base/meager.yaml"
-    assert config.base_files(path) == [REPO_ROOT / "studies" / "base" / "meager.yaml"]
