@@ -135,7 +135,18 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     def fail(message: str) -> None:
         raise StudyConfigError(f"{where}: {message}")
 
-    # files
+    for step in (_normalise_files, _normalise_identifiers, _normalise_design, _normalise_arms,
+                 _normalise_female_owner, _normalise_money, _normalise_cleaning, _normalise_analysis):
+        step(cfg, fail)
+    for key in TEXT_KEYS:
+        cfg.setdefault(key, "")
+    cfg.setdefault("_path", where)
+    cfg["_normalised"] = True
+    return cfg
+
+
+def _normalise_files(cfg: dict, fail) -> None:
+    """The raw files: format from the extension where not given, prefixes and renames as lists and mappings."""
     files = []
     for i, entry in enumerate(cfg["files"]):
         fmt = str(entry.get("format") or Path(entry["path"]).suffix.lstrip(".")).lower()
@@ -153,7 +164,9 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         files.append(entry)
     cfg["files"] = files
 
-    # identifiers: names to drop, names to replace by a salted hash
+
+def _normalise_identifiers(cfg: dict, fail) -> None:
+    """Identifiers: the names to drop, the names to replace by a salted hash, the false positives."""
     items = cfg.get("identifiers") or []
     cfg["identifiers"] = [item["column"] for item in items if item.get("action", "drop") == "drop"]
     cfg["hash_identifiers"] = [item["column"] for item in items if item.get("action") == "hash"]
@@ -161,7 +174,9 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
 
     cfg["missing_codes"] = {int(k): str(v) for k, v in (cfg.get("missing_codes") or {}).items()}
 
-    # unit and rounds
+
+def _normalise_design(cfg: dict, fail) -> None:
+    """Unit id (generated where the survey has none), rounds, strata, cluster, weight."""
     if cfg["unit_id"] is None:
         cfg["unit_id"] = ROW_ID
         cfg["_generated_unit_id"] = True
@@ -182,10 +197,14 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("cluster", None)
     cfg.setdefault("weight", None)
 
-    # treatment arms
+
+def _normalise_arms(cfg: dict, fail) -> None:
+    """The treatment arms, from one categorical column or from 0/1 dummies."""
     cfg["treatment"] = _normalise_treatment(cfg["treatment"], fail)
 
-    # female owner
+
+def _normalise_female_owner(cfg: dict, fail) -> None:
+    """The owner's sex: a column with its codes, or one value for the study."""
     female = cfg["female_owner"]
     if "column" not in female and "value" not in female:
         fail("female_owner: required, either {column: ..., female_codes: [...]} or {value: 1} "
@@ -197,7 +216,9 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         if female.get("male_codes") is not None:
             female["male_codes"] = [norm_code(c) for c in female["male_codes"]]
 
-    # outcomes and money
+
+def _normalise_money(cfg: dict, fail) -> None:
+    """Outcomes, the recall period and the conversion to USD PPP."""
     outcomes = {}
     for name, spec in cfg["outcomes"].items():
         if not _NAME_RE.match(str(name)):
@@ -223,9 +244,12 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
             recall["codes"] = {norm_code(k): v for k, v in (recall.get("codes") or {}).items()}
     cfg["recall_period"] = recall or {}
     cfg.setdefault("currency", "LCU")
-    cfg["usd_ppp_per_lcu"] = _normalise_factor(cfg.get("usd_ppp_per_lcu", {"value": 1.0}), cfg["recall_period"], fail)
+    factor = cfg.get("usd_ppp_per_lcu", {"value": 1.0})   # none given: a factor of 1, as before
+    cfg["usd_ppp_per_lcu"] = _normalise_factor(factor, cfg["recall_period"], fail)
 
-    # cleaning rules
+
+def _normalise_cleaning(cfg: dict, fail) -> None:
+    """The cleaning rules: closed businesses, planned interviews not held, ranges, codes, number format."""
     business = cfg.get("business_open")
     if business:
         business["closed_codes"] = [norm_code(c) for c in business.get("closed_codes", [])]
@@ -245,7 +269,9 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     cfg["number_format"] = fmt
     cfg["clean_params"] = dict(cfg.get("clean_params") or {})
 
-    # what the analysis table carries
+
+def _normalise_analysis(cfg: dict, fail) -> None:
+    """What the analysis table carries beyond outcomes: skills, credit, take-up, covariates, controls."""
     cfg.setdefault("skills_index", None)
     cfg.setdefault("credit_access", None)
     cfg["takeup"] = dict(cfg.get("takeup") or {})
@@ -258,11 +284,6 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
     unknown_controls = [c for c in cfg["controls"] if c not in cfg["covariates"]]
     if unknown_controls:
         fail(f"controls: {unknown_controls} are not names under covariates")
-    for key in TEXT_KEYS:
-        cfg.setdefault(key, "")
-    cfg.setdefault("_path", where)
-    cfg["_normalised"] = True
-    return cfg
 
 
 def _normalise_treatment(spec: dict, fail) -> dict:
