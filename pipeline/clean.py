@@ -37,10 +37,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.study import (EMAIL_RE, FACTOR_COLUMN, PER_YEAR, PHONE_RE, PIPELINE_COLUMNS,  # noqa: F401
-                            ValidationError, arm_labels, assert_no_identifiers, assign_arms, effective_clean_params,
-                            codes_in, flow_column, load_study, map_distinct, norm_code, norm_codes, normalise,
-                            numeric_columns, validate_frame, write_outputs)
+from pipeline.codes import PER_YEAR, codes_in, map_distinct, norm_code, norm_codes  # noqa: F401
+from pipeline.io import write_outputs
+from pipeline.privacy import EMAIL_RE, PHONE_RE, assert_no_identifiers  # noqa: F401
+from pipeline.schemas import ValidationError, validate_frame  # noqa: F401
+from pipeline.study import (FACTOR_COLUMN, PIPELINE_COLUMNS, arm_labels, assign_arms,  # noqa: F401
+                            effective_clean_params, flow_column, load_study, normalise, numeric_columns)
 
 REJECTED_COLUMNS = ["source_file", "source_row", "rule", "reason"]
 LOG_COLUMNS = ["source_file", "source_row", "column", "old_value", "old_text", "new_value", "rule"]

@@ -17,9 +17,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
-from pipeline.study import (FACTOR_COLUMN, ValidationError, assert_no_identifiers, assign_arms,  # noqa: F401
-                            analysis_column, codes_in, flow_column, load_study, map_distinct, norm_codes, normalise,
-                            validate_frame, write_outputs)
+from pipeline.codes import codes_in, map_distinct, norm_codes
+from pipeline.io import write_outputs
+from pipeline.privacy import assert_no_identifiers
+from pipeline.schemas import ValidationError, validate_frame  # noqa: F401
+from pipeline.study import (FACTOR_COLUMN, analysis_column, assign_arms, flow_column, load_study,  # noqa: F401
+                            normalise)
 
 
 class ConstructError(ValueError):

@@ -23,9 +23,11 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.io import file_sha256
-from pipeline.study import (FACTOR_COLUMN, ROW_ID, IdentifierLeakError, assert_no_identifiers,
-                            configured_columns, currency_factor, hash_salt, load_study, map_distinct, norm_code, normalise,
-                            resolve_file, salted_hash, write_outputs)
+from pipeline.codes import map_distinct, norm_code
+from pipeline.io import write_outputs
+from pipeline.privacy import IdentifierLeakError, assert_no_identifiers, hash_salt, salted_hash
+from pipeline.study import (FACTOR_COLUMN, ROW_ID, configured_columns, currency_factor, load_study, normalise,
+                            resolve_file)
 
 
 class IngestError(ValueError):

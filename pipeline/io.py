@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io as _io
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -113,8 +114,13 @@ def read_yaml(path: str | os.PathLike) -> Any:
 
 
 def load_params(path: str | os.PathLike | None = None) -> dict:
-    """The whole params.yaml as a dict (default: the repository's)."""
-    return read_yaml(path or REPO_ROOT / "params.yaml")
+    """The whole params.yaml as a dict (default: the repository's), checked against its typed model
+    (pipeline.params: unknown keys and wrong types are refused, naming the file and the key)."""
+    from pipeline.params import validate_params   # here: pipeline.params builds on this module
+
+    path = Path(path or REPO_ROOT / "params.yaml")
+    shown = str(path.relative_to(REPO_ROOT)) if path.resolve().is_relative_to(REPO_ROOT) else str(path)
+    return validate_params(read_yaml(path), where=shown)
 
 
 def file_md5(path: str | os.PathLike) -> str:
@@ -131,3 +137,41 @@ def file_sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# All-or-nothing outputs
+# ------------------------------------------------------------------------------------------------
+def render(name: str, obj: Any) -> bytes:
+    """The bytes of one output, chosen by its extension (deterministic writer settings)."""
+    if name.endswith(".parquet"):
+        buffer = _io.BytesIO()
+        obj.to_parquet(buffer, index=False, engine="pyarrow", compression="snappy")
+        return buffer.getvalue()
+    if name.endswith(".csv"):
+        check_csv_table(name, obj)
+        return obj.to_csv(index=False, float_format="%.10g", lineterminator="\n").encode("utf-8")
+    if name.endswith(".json"):
+        text = json.dumps(_clean_floats(json.loads(json.dumps(obj, default=_json_default))),
+                          indent=2, sort_keys=True, ensure_ascii=False)
+        return (text + "\n").encode("utf-8")
+    raise ValueError(f"{name}: no writer for this extension")
+
+
+def write_outputs(out_dir: str | Path, outputs: Mapping[str, Any]) -> list[Path]:
+    """Render every output in memory first, then write each atomically. If rendering fails nothing
+    is written; if a write fails, the files already written by this call are removed."""
+    out_dir = Path(out_dir)
+    rendered = {name: render(name, obj) for name, obj in outputs.items()}
+    written: list[Path] = []
+    try:
+        for name, data in rendered.items():
+            path = out_dir / name
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written

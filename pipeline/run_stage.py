@@ -2,8 +2,10 @@
 
     python -m pipeline.run_stage clean --study synthetic
 
-1. The stage's parameters (its ``params.yaml`` group) are injected into the notebook's
-   ``parameters`` cell; the notebook runs with the repository root as working directory.
+1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
+   ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's parameters (its group) are injected into
+   the notebook's ``parameters`` cell; the notebook runs with the repository root as working
+   directory.
 2. Run-dependent metadata (papermill and nbclient timings) is scrubbed, so two runs of the
    same inputs give byte-identical notebooks and HTML.
 3. The executed notebook is written under ``reports/notebooks/`` with two HTML renderings:
@@ -172,7 +174,7 @@ def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: s
 def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main") -> Path:
     import papermill as pm
 
-    params = load_params(params_path)
+    params = load_params(params_path)     # checked against pipeline.params before anything runs
     parameters = notebook_parameters(stage, study, params, pipeline)
 
     name = paths.STAGE_NOTEBOOKS[stage]

@@ -62,7 +62,7 @@ import pandas as pd
 from pipeline import clean, construct, estimate, ingest, paths, synthetic, wild_bootstrap
 from pipeline.qte import limit_blas_threads
 from pipeline.study import load_study, normalise
-from pipeline.study import write_outputs as write_study_outputs
+from pipeline.io import write_outputs as write_study_outputs
 
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}

@@ -4,7 +4,7 @@
 
 Side by side in one run (the machine is shared, so only ratios within a run mean anything):
 
-1. code normalisation on a 1,000,000-row column: ``study.norm_codes`` (Python once per distinct
+1. code normalisation on a 1,000,000-row column: ``codes.norm_codes`` (Python once per distinct
    value) against ``norm_code`` applied row by row (what the stage did before);
 2. ingest -> clean -> construct of the default synthetic survey in memory (the simulation's path)
    at 1x and at ``--copies`` x the rows (the survey stacked with new firm ids): time per row should
@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import clean, construct, ingest, paths, simulation, synthetic  # noqa: E402
-from pipeline.study import load_study, norm_code, norm_codes, normalise  # noqa: E402
+from pipeline.codes import norm_code, norm_codes  # noqa: E402
+from pipeline.study import load_study, normalise  # noqa: E402
 
 
 def median_time(fn, repeat: int) -> float:

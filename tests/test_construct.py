@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import clean, construct
-from pipeline.study import ValidationError
+from pipeline.schemas import ValidationError
 
 PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
 

@@ -147,3 +147,18 @@ def test_evidence_synthesis_and_report_depend_on_each_evidence_study_and_not_on_
         declared = [d for d in stages[stage]["deps"] if d.startswith(("data/processed", "data/interim"))]
         assert sorted(declared) == sorted(folders), (stage, "missing:", sorted(set(folders) - set(declared)),
                                                      "extra:", sorted(set(declared) - set(folders)))
+
+
+def test_every_stage_that_reads_a_study_yaml_depends_on_the_bases_it_extends():
+    """A study YAML that says ``extends: base/meager.yaml`` is read with that base merged in: an
+    edit to the base must rerun each stage that depends on the study's YAML."""
+    from pipeline import study as study_module
+    for pipeline in paths.PIPELINE_FILES:
+        studies = run_stage.studies_of(load_params(), pipeline)
+        for name, entry in stage_entries(pipeline):
+            if "studies/${key}.yaml" not in entry["deps"]:
+                continue
+            for study in studies:
+                for base in study_module.base_files(paths.study_config_path(study)):
+                    relative = base.relative_to(paths.REPO_ROOT)
+                    assert any(relative.is_relative_to(dep) for dep in entry["deps"]), (pipeline, name, study, str(relative))

@@ -901,7 +901,7 @@ def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path, monk
 
 def test_a_table_without_columns_is_never_written(tmp_path):
     from pipeline.io import write_csv
-    from pipeline.study import write_outputs
+    from pipeline.io import write_outputs
     with pytest.raises(ValueError, match="no columns"):
         write_csv(tmp_path / "x.csv", pd.DataFrame())
     with pytest.raises(ValueError, match="no columns"):

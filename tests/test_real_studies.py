@@ -18,7 +18,9 @@ import pytest
 
 from conftest import REAL_DATA, files_under
 from pipeline import clean, construct, ingest, paths
-from pipeline.study import PER_YEAR, assert_no_identifiers, load_study
+from pipeline.codes import PER_YEAR
+from pipeline.privacy import assert_no_identifiers
+from pipeline.study import load_study
 
 MEAGER_SITES = ["angelucci", "attanasio", "augsberg", "banerjee", "crepon", "karlan", "tarozzi"]
 STUDIES = {"acz2018": ("acz2018", "acz2018.dta"), "field2013": ("field2013", "Grace-Period-Data.dta"),

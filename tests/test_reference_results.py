@@ -27,7 +27,7 @@ import pytest
 from conftest import REAL_DATA
 from pipeline import clean, construct, estimate, ingest, paths
 from pipeline.io import load_params
-from pipeline.study import PER_YEAR
+from pipeline.codes import PER_YEAR
 
 FOLDERS = {"acz2018": "acz2018", "field2013": "field2013", "berge2015": "berge2015",
            **{f"meager_{s}": "meager" for s in ("karlan", "attanasio", "crepon", "banerjee")}}

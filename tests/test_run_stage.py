@@ -43,3 +43,16 @@ def test_stage_outs_fill_in_the_study():
     assert "data/interim/acme/clean.parquet" in names
     assert "reports/notebooks/acme/02_clean.html" in names
     assert all("${" not in n for n in names)
+
+
+def test_params_are_checked_once_before_a_stage_runs(tmp_path):
+    import yaml
+    from pipeline.io import load_params, read_yaml
+    from pipeline.params import ParamsError
+
+    assert load_params() == read_yaml(run_stage.REPO_ROOT / "params.yaml")   # checked, not changed
+    broken = load_params()
+    broken["clean"]["winsor_uper_pct"] = 95
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken))
+    with pytest.raises(ParamsError, match=r"params.yaml: clean: unknown key 'winsor_uper_pct'.*did you mean 'winsor_upper_pct'"):
+        run_stage.run("clean", "synthetic", params_path=tmp_path / "params.yaml")   # before papermill starts

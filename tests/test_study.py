@@ -1,9 +1,8 @@
-"""Study configurations and the helpers every stage shares; and the promise of issue 3: a new
+"""Study configurations (loading, normalising, arms); and the promise of issue 3: a new
 study is onboarded by one YAML file, no Python (a Kobo-style export and an SPSS file, made here)."""
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pandas as pd
@@ -13,13 +12,10 @@ import yaml
 from conftest import files_under
 from pipeline import clean, construct, ingest
 from pipeline.io import REPO_ROOT
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from pipeline import study
-from pipeline.study import (IdentifierLeakError, StudyConfigError, assert_no_identifiers, assign_arms,
-                            codes_in, find_identifiers, load_study, norm_code, norm_codes, normalise,
-                            salted_hash)
+from pipeline import config, study
+from pipeline.io import read_yaml
+from pipeline.privacy import assert_no_identifiers
+from pipeline.study import StudyConfigError, assign_arms, load_study, normalise
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -30,68 +26,6 @@ def test_every_study_configuration_loads(path):
     assert cfg["study"] == path.stem
     assert load_study(path)["study"] == path.stem          # by path as well as by name
     assert normalise(cfg) is cfg                           # idempotent
-
-
-@pytest.mark.parametrize("change,where,hint", [
-    (lambda c: c.update(estimate={"weight": "w"}), "estimate", "'weight': did you mean 'weights'?"),
-    (lambda c: c.update(estimate={"missing_baselin": "listwise"}), "estimate", "did you mean 'missing_baseline'?"),
-    (lambda c: c.update(estimate={"sample": {"round": [1]}}), "estimate.sample", "did you mean 'rounds'?"),
-    (lambda c: c["outcomes"]["profit"].update(allow_negativ=True), "outcomes.profit", "did you mean 'allow_negative'?"),
-    (lambda c: c["outcomes"]["revenue"].update(baseline_col="pre_rev"), "outcomes.revenue", "did you mean 'baseline_column'?"),
-    (lambda c: c["treatment"]["arms"][2].update(skill=1), "treatment arm 2", "did you mean 'skills'?"),
-    (lambda c: c["treatment"].update(dumies={}), "treatment", "did you mean 'dummies'?"),
-    (lambda c: c["files"][0].update(sha=None), r"files\[0\]", "did you mean 'sha256'?"),
-    (lambda c: c.update(clean_params={"winsor_upper": 99}), "clean_params", "did you mean 'winsor_upper_pct'?"),
-    (lambda c: c["female_owner"].update(female_code=[2]), "female_owner", "did you mean 'female_codes'?"),
-    (lambda c: c["submission"].update(times="t"), "submission", "did you mean 'time'?"),
-    (lambda c: c["business_open"].update(closed=[0]), "business_open", "did you mean 'closed_codes'?"),
-    (lambda c: c["skills_index"].update(area={}), "skills_index", "did you mean 'areas'?"),
-    (lambda c: c.update(takeup={"skill": "x"}), "takeup", "did you mean 'skills'?"),
-    (lambda c: c.update(recall_period={"value": "month", "code": {}}), "recall_period", "did you mean 'codes'?"),
-    (lambda c: c.update(usd_ppp_per_lcu={"value": 0.5, "sources": "x"}), "usd_ppp_per_lcu", "did you mean 'source'?"),
-    (lambda c: c.update(not_interviewed={"column": "x", "code": [1]}), "not_interviewed", "did you mean 'codes'?"),
-    (lambda c: c.update(number_format={"decimals": ","}), "number_format", "did you mean 'decimal'?"),
-    (lambda c: c.update(identifiers=[{"column": "phone", "actions": "hash"}]), "identifiers", "did you mean 'action'?"),
-    (lambda c: c.update(estimat={}), "", "did you mean 'estimate'?"),
-])
-def test_misspelt_keys_anywhere_are_rejected_with_a_hint(cfg, change, where, hint):
-    change(cfg)
-    with pytest.raises(StudyConfigError, match=f"{where}: (unknown keys|.* cannot be set per study)" if where
-                       else "unknown keys") as err:
-        normalise(cfg)
-    assert hint in str(err.value)
-
-
-def test_estimate_block_keys_are_the_estimate_stages(tmp_path, cfg):
-    from pipeline import estimate
-    cfg["estimate"] = {"weight": "w"}
-    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(StudyConfigError, match="weights") as err:
-        load_study(tmp_path / "typo.yaml")            # rejected at load time, not when the stage runs
-    assert "typo.yaml" in str(err.value) and "estimate: unknown keys ['weight']" in str(err.value)
-    cfg["estimate"] = {key: None for key in estimate.ESTIMATE_KEYS}   # every key the stage reads is accepted
-    normalise(cfg)
-    assert {"weights", "missing_baseline", "sample", "gender_control", "vcov"} <= set(estimate.ESTIMATE_KEYS)
-    cfg["estimate"] = {"missing_baseline": "drop"}
-    with pytest.raises(StudyConfigError, match="missing_baseline"):
-        normalise(cfg)
-    cfg["estimate"] = ["weights"]
-    with pytest.raises(StudyConfigError, match="estimate: expected a mapping"):
-        normalise(cfg)
-
-
-def test_every_estimate_key_is_documented():
-    """docs/study_config.md documents every key a study's estimate: block may set (type, default,
-    meaning), in the table of its estimate section."""
-    from pipeline import estimate
-    text = (REPO_ROOT / "docs" / "study_config.md").read_text(encoding="utf-8")
-    section = text.split("### The estimation specification", 1)[1].split("\n## ", 1)[0]
-    rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in section.splitlines() if line.startswith("| `")]
-    documented = {key for cells in rows for key in re.findall(r"`([a-z_]+)`", cells[0])}
-    missing = sorted(set(estimate.ESTIMATE_KEYS) - documented)
-    assert not missing, f"estimate keys not documented in docs/study_config.md: {missing}"
-    for cells in rows:                                   # key | type | default | meaning, none empty
-        assert len(cells) == 4 and all(c.strip() for c in cells), cells
 
 
 def test_normalise_does_not_change_its_argument(cfg):
@@ -134,49 +68,7 @@ def test_factor_that_converts_to_a_period_gives_raw_times_factor(tmp_path, outpu
     assert summary["conversion"]["looked_up_value"] == 0.5 and summary["conversion"]["usd_ppp_per_lcu"] == 13.0
 
 
-# ------------------------------------------------------------------------------------------------ codes, arms
-
-@pytest.mark.parametrize("value,expected", [
-    (2, 2), (2.0, 2), ("2", 2), (" 2 ", 2), (np.int8(2), 2), (2.5, 2.5), ("Control", "control"),
-    (None, None), (np.nan, None), ("", None), (pd.NA, None), (True, 1),
-])
-def test_norm_code(value, expected):
-    assert norm_code(value) == expected
-
-
-# survey answers as they arrive: integers, floats (integral or not), text with spaces and case,
-# and every kind of missing
-_ANSWERS = st.one_of(st.integers(-1000, 1000), st.floats(allow_nan=True, allow_infinity=False, width=32),
-                     st.sampled_from([" 2 ", "2", "2.0", "Control", "control ", "", "n/a", "-99"]),
-                     st.sampled_from([None, np.nan, pd.NA]))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(_ANSWERS, max_size=40))
-def test_norm_codes_equals_norm_code_on_every_element(values):
-    series = pd.Series(values, dtype="object")
-    expected = [norm_code(v) for v in values]
-    assert norm_codes(series).tolist() == expected
-    codes = {2, "control", -99}
-    assert codes_in(series, codes).tolist() == [c in codes for c in expected]
-
-
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(-5, 5), max_size=60))
-def test_norm_codes_of_a_numeric_column_keeps_the_index(values):
-    series = pd.Series(values, index=np.arange(len(values))[::-1] * 3, dtype="float64")
-    out = norm_codes(series)
-    assert out.index.equals(series.index)
-    assert out.tolist() == [norm_code(v) for v in series]
-
-
-def test_map_distinct_calls_python_once_per_distinct_value(monkeypatch):
-    calls = []
-    series = pd.Series(np.tile([1.0, 2.0, np.nan, 3.0], 50_000))     # 200,000 rows, 3 codes
-    out = study.map_distinct(series, lambda v: calls.append(v) or v * 10, na_value=-1)
-    assert len(calls) == 3
-    assert out.iloc[:4].tolist() == [10.0, 20.0, -1, 30.0] and len(out) == len(series)
-
+# ------------------------------------------------------------------------------------------------ arms
 
 def test_arms_from_dummy_columns():
     cfg = {"study": "d", "files": ["a.csv"], "unit_id": "id", "female_owner": {"value": 1},
@@ -192,63 +84,6 @@ def test_arms_from_dummy_columns():
     assert slugs == {"control": "control", "FIN": "finance", "MKT": "marketing"}
     assert list(slugs) == ["control", "FIN", "MKT"]
 
-
-# ------------------------------------------------------------------------------------------------ privacy
-
-def test_detector_finds_identifiers_and_not_ordinary_survey_columns():
-    n = 200
-    rng = np.random.default_rng(0)
-    frame = pd.DataFrame({
-        "submission_id": [f"uuid:{rng.integers(0, 16**8):08x}-{rng.integers(0, 16**4):04x}" for _ in range(n)],
-        "submitted_at": pd.date_range("2024-01-01", periods=n, freq="h").astype(str),
-        "firm_id": np.arange(100000, 100000 + n),
-        "profit": rng.normal(5000, 3000, n).round(2),
-        "assets": rng.integers(0, 5_000_000, n),
-        "district": ["Agua Prieta - Outlying"] * n,
-        "district_name": ["Nairobi"] * n,
-        "mobile_money": rng.integers(0, 2, n),
-        "longterm_loan": rng.integers(0, 2, n),
-        "notes": ["sold 2 goats"] * n,
-    })
-    assert find_identifiers(frame) == []
-    leaky = frame.assign(
-        owner_phone=[f"+2547{rng.integers(10**7, 10**8)}" for _ in range(n)],
-        memo=["ok"] * (n - 3) + ["call 0712 345 678", "0722-111-222", "nothing"],
-        email_address=["a@b.org"] * n,
-        _geolocation=["-1.28 36.8"] * n,
-        gps_latitude=[-1.28] * n,
-        FirstName=["Ann"] * n,
-    )
-    rules = {f["column"]: f["rule"] for f in find_identifiers(leaky)}
-    assert rules == {"owner_phone": "phone-number column name", "memo": "phone numbers",
-                     "email_address": "e-mail column name", "_geolocation": "GPS coordinate column name",
-                     "gps_latitude": "GPS coordinate column name", "FirstName": "person-name column name"}
-    assert {f["column"] for f in find_identifiers(leaky, allow=["memo", "FirstName"])} == {
-        "owner_phone", "email_address", "_geolocation", "gps_latitude"}
-
-
-def test_assert_no_identifiers_on_frames_and_files(tmp_path):
-    frame = pd.DataFrame({"firm": [1, 2], "phone": ["0712 000 001", "0712 000 002"]})
-    with pytest.raises(IdentifierLeakError, match=r"column 'phone': phone-number column name \(2 values"):
-        assert_no_identifiers(frame)
-    with pytest.raises(IdentifierLeakError, match="configured identifier"):
-        assert_no_identifiers(pd.DataFrame({"hhname": ["x"]}), ["hhname"])
-    frame.to_parquet(tmp_path / "t.parquet")
-    (tmp_path / "r.html").write_text("<html><style>.a{x:1}</style><p>Effect 12.3 (4.5), n = 476</p></html>")
-    (tmp_path / "m.json").write_text(json.dumps({"n": 845, "contact": "x@example.org"}))
-    with pytest.raises(IdentifierLeakError) as err:
-        assert_no_identifiers(tmp_path)
-    assert "t.parquet" in str(err.value) and "m.json" in str(err.value) and "r.html" not in str(err.value)
-    (tmp_path / "t.parquet").unlink()
-    (tmp_path / "m.json").unlink()
-    assert_no_identifiers(tmp_path)
-
-
-def test_salted_hash_links_within_a_salt_only():
-    values = pd.Series(["Shampa", "Rina", "Shampa", None, 12.0, "12"])
-    a, b = salted_hash(values, "one"), salted_hash(values, "two")
-    assert a[0] == a[2] and a[0] != a[1] and a[4] == a[5] and a[3] is None
-    assert a[0] != b[0] and len(a[0]) == 16
 
 
 # ------------------------------------------------------------------------------------------------ new study
@@ -390,3 +225,54 @@ def test_spss_and_parquet_files(tmp_path, outputs):
     cfg["files"] = [{"path": "s.parquet"}]
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
     assert len(ingest.run(tmp_path / "spss.yaml", tmp_path, {})["interim"]) == 4
+
+
+# ------------------------------------------------------------------------------------------------ extends
+
+def test_a_study_extends_a_base_deep_merged_the_study_winning(tmp_path, cfg):
+    base = {"treatment": cfg["treatment"], "outcomes": cfg["outcomes"], "strata": ["region", "sector"],
+            "estimate": {"outcomes": ["profit"], "cluster": "cluster_id"},
+            "usd_ppp_per_lcu": {"lookup": {"file": "m.csv", "column": "f"}, "source": "s"}}
+    child = {k: v for k, v in cfg.items() if k not in ("treatment", "outcomes", "usd_ppp_per_lcu")}
+    child.update(extends="base/shared.yaml", strata=["region"], estimate={"cluster": None, "vcov": "CR1"},
+                 usd_ppp_per_lcu={"lookup": {"where": {"study": "tiny"}}})
+    child["outcomes"] = {"profit": {"allow_negative": False}}
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "shared.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(child, sort_keys=False))
+    merged = study.read_study_file(tmp_path / "tiny.yaml")
+    assert "extends" not in merged
+    assert list(merged) == [k for k in config.keys_of(config.StudyConfig) if k in merged]   # documented order
+    assert merged["strata"] == ["region"]                                   # a list is replaced
+    assert merged["estimate"] == {"outcomes": ["profit"], "cluster": None, "vcov": "CR1"}  # mappings merge
+    assert merged["usd_ppp_per_lcu"]["lookup"] == {"file": "m.csv", "column": "f", "where": {"study": "tiny"}}
+    assert merged["outcomes"]["profit"] == {"column": "profit", "flow": True, "allow_negative": False}
+    assert merged["outcomes"]["revenue"] == cfg["outcomes"]["revenue"]
+    assert load_study(tmp_path / "tiny.yaml")["treatment"] == normalise(cfg)["treatment"]
+    assert study.base_files(tmp_path / "tiny.yaml") == [(tmp_path / "base" / "shared.yaml").resolve()]
+
+
+def test_an_extending_study_is_checked_whole_and_a_cycle_is_refused(tmp_path, cfg):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"estimate": {"weight": "w"}}))
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "extends": "base.yaml"}))
+    with pytest.raises(StudyConfigError, match="tiny.yaml: estimate: unknown key 'weight'"):
+        load_study(tmp_path / "tiny.yaml")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"extends": "b.yaml"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"extends": "a.yaml"}))
+    with pytest.raises(StudyConfigError, match="a cycle"):
+        study.read_study_file(tmp_path / "a.yaml")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**cfg, "extends": "missing.yaml"}))
+    with pytest.raises(StudyConfigError, match="missing.yaml: no such configuration file"):
+        load_study(tmp_path / "tiny.yaml")
+
+
+def test_the_file_name_and_the_study_key_must_agree(tmp_path, cfg):
+    (tmp_path / "copy_of_tiny.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(StudyConfigError, match="copy_of_tiny.yaml: study: 'tiny' is not the file's name 'copy_of_tiny'"):
+        load_study(tmp_path / "copy_of_tiny.yaml")
+
+
+@pytest.mark.parametrize("path", sorted((REPO_ROOT / "studies").glob("meager_*.yaml")), ids=lambda p: p.stem)
+def test_the_meager_sites_extend_the_shared_base(path):
+    assert read_yaml(path)["extends"] == "base/meager.yaml"
+    assert study.base_files(path) == [REPO_ROOT / "studies" / "base" / "meager.yaml"]

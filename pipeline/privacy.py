@@ -1,0 +1,271 @@
+"""Privacy: direct identifiers never reach an output.
+
+* :func:`hash_salt` / :func:`salted_hash` -- pseudonyms (keyed hashes) for identifiers a study keeps
+  as links (e.g. a loan-group name that is the cluster);
+* :func:`find_identifiers` -- configured and detected identifiers (phone numbers, e-mail
+  addresses, GPS coordinates, person-name columns) in a table;
+* :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from pipeline.codes import map_distinct, norm_code
+from pipeline.io import REPO_ROOT
+from pipeline.study import normalise
+
+
+class IdentifierLeakError(ValueError):
+    """A direct identifier (configured or detected) is about to reach, or has reached, an output."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Pseudonyms
+# ------------------------------------------------------------------------------------------------
+SALT_ENV = "PIPELINE_HASH_SALT"
+HASH_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+SALT_FILE = REPO_ROOT / ".secrets" / "hash_salt"  # gitignored; made once per checkout
+
+
+def hash_salt(params: Mapping | None, salt_file: Path | None = None) -> str | None:
+    """The salt for hashed identifiers: ``hash_salt`` in the ingest params, else the environment
+    variable named by ``hash_salt_env`` (default ``PIPELINE_HASH_SALT``), else a random salt kept
+    in ``.secrets/hash_salt`` (created on first use, never committed, so reruns in this checkout
+    give the same pseudonyms). Never written to any output."""
+    import os
+    import secrets
+
+    params = params or {}
+    if params.get("hash_salt"):
+        return str(params["hash_salt"])
+    from_env = os.environ.get(str(params.get("hash_salt_env", SALT_ENV)))
+    if from_env:
+        return from_env
+    salt_file = salt_file or SALT_FILE
+    if not salt_file.exists():
+        salt_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(salt_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return salt_file.read_text().strip()
+
+
+def salted_hash(values: pd.Series, salt: str) -> pd.Series:
+    """A keyed BLAKE2b hash (16 hex digits) of each value's normalised text; missing stays missing.
+    The same value gives the same pseudonym in every file of a study (linkage is kept)."""
+    key = hashlib.sha256(salt.encode("utf-8")).digest()
+
+    def one(value):
+        code = norm_code(value)
+        if code is None:
+            return None
+        return hashlib.blake2b(str(code).encode("utf-8"), key=key, digest_size=8).hexdigest()
+
+    return map_distinct(values, one, dtype="object")
+
+
+# ------------------------------------------------------------------------------------------------
+# Identifier detection
+# ------------------------------------------------------------------------------------------------
+_GPS_TOKENS = {"lat", "latitude", "lon", "lng", "longitude", "gps", "geolocation", "geopoint", "geotrace",
+               "geoshape", "coordinates", "coords", "geocode"}
+_PHONE_TOKENS = {"phone", "phones", "phonenumber", "telephone", "tel", "msisdn", "whatsapp", "cellphone",
+                 "mobilenumber", "mobileno"}
+_EMAIL_TOKENS = {"email", "emails", "emailaddress", "mail"}
+_NAME_TOKENS = {"name", "names", "fullname", "firstname", "lastname", "surname", "forename", "givenname",
+                "familyname", "middlename", "nombre", "apellido", "prenom", "nom"}
+# "district_name", "business_name": a place or an organisation, not a person
+_NOT_PERSON = {"district", "village", "region", "province", "state", "county", "city", "town", "market",
+               "business", "firm", "shop", "store", "product", "products", "company", "sector", "school",
+               "branch", "bank", "file", "study", "variable", "brand", "country", "site", "street", "item",
+               "crop", "activity", "lender", "institution", "program", "programme", "project"}
+EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+# 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
+# "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
+# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594")
+PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/.\-])")
+GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
+
+
+def _tokens(column: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(column))
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def _name_finding(column: str) -> str | None:
+    tokens = _tokens(column)
+    joined = "".join(tokens)
+    if any(t in _GPS_TOKENS for t in tokens):
+        return "GPS coordinate column name"
+    after_mobile = tokens[tokens.index("mobile") + 1:][:1] if "mobile" in tokens else None
+    if any(t in _PHONE_TOKENS for t in tokens) or joined in _PHONE_TOKENS or (
+            after_mobile is not None and after_mobile in ([], ["number"], ["no"], ["num"], ["phone"])):
+        return "phone-number column name"
+    if any(t in _EMAIL_TOKENS for t in tokens) or "email" in joined:
+        return "e-mail column name"
+    for i, t in enumerate(tokens):
+        if t in _NAME_TOKENS and not (set(tokens[:i]) & _NOT_PERSON):
+            return "person-name column name"
+    return None
+
+
+def _phone_digits_ok(match: str) -> bool:
+    digits = sum(ch.isdigit() for ch in match)
+    return 9 <= digits <= 15
+
+
+def _has_phone_text(s: str) -> bool:
+    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
+
+
+def _matches(series: pd.Series, test) -> pd.Series:
+    """Boolean per row: ``test`` on the value's text (once per distinct value); missing -> False."""
+    return map_distinct(series, lambda v: bool(test(str(v))), na_value=False).astype(bool)
+
+
+def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
+                     hashed: Iterable[str] = ()) -> list[dict]:
+    """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
+    detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
+
+    ``allow`` lists columns known not to be identifiers (a false positive declared in the study
+    configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
+    value still looks like a hash. Each finding: column, rule, count and example row positions
+    (never the values themselves).
+    """
+    allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
+    findings = []
+
+    def add(column, rule, mask=None):
+        rows = np.flatnonzero(mask.to_numpy()) if mask is not None else np.array([], dtype=int)
+        findings.append({"column": str(column), "rule": rule,
+                         "count": int(mask.sum()) if mask is not None else int(frame[column].notna().sum()),
+                         "rows": rows[:5].tolist()})
+
+    for column in frame.columns:
+        series = frame[column]
+        if column in identifiers:
+            add(column, "configured identifier", series.notna())
+            continue
+        if column in allow or series.notna().sum() == 0:
+            continue
+        if column in hashed:
+            not_hash = series.notna() & ~_matches(series, HASH_RE.match)
+            if not_hash.any():
+                add(column, "hashed identifier holds values that are not hashes", not_hash)
+            continue
+        by_name = _name_finding(column)
+        if by_name:
+            add(column, by_name, series.notna())
+            continue
+        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+            values = pd.to_numeric(series, errors="coerce").dropna()
+            if len(values) >= 5:
+                integral = np.isclose(values % 1, 0)
+                long = (values.abs() >= 1e8) & (values.abs() < 1e15) & integral
+                if long.mean() >= 0.5 and values[long].nunique() >= 0.9 * long.sum():
+                    add(column, "phone numbers (9-15 digit integers)",
+                        (pd.to_numeric(series, errors="coerce").abs() >= 1e8).fillna(False))
+            continue
+        if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+            continue
+        nonnull = int(series.notna().sum())
+        emails = _matches(series, EMAIL_RE.search)
+        if emails.any():
+            add(column, "e-mail addresses", emails)
+            continue
+        phones = _matches(series, _has_phone_text)
+        n_phones = int(phones.sum())
+        if n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01):
+            add(column, "phone numbers", phones)
+            continue
+        geo = _matches(series, GEOPOINT_RE.match)
+        if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
+            add(column, "GPS coordinates (lat lon pairs)", geo)
+    return findings
+
+
+def _text_findings(text: str) -> list[dict]:
+    text = re.sub(r"<(style|script)\b.*?</\1>", " ", text, flags=re.S | re.I)
+    text = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", " ", text)
+    found = []
+    emails = EMAIL_RE.findall(text)
+    if emails:
+        found.append({"column": "(text)", "rule": "e-mail addresses", "count": len(emails), "rows": []})
+    phones = [m.group(0) for m in PHONE_RE.finditer(text) if _phone_digits_ok(m.group(0))]
+    if phones:
+        found.append({"column": "(text)", "rule": "phone numbers", "count": len(phones), "rows": []})
+    return found
+
+
+def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers: Iterable[str] = (), *,
+                          cfg: dict | None = None, allow: Iterable[str] = (), hashed: Iterable[str] = (),
+                          source: str | None = None) -> None:
+    """Fail (:class:`IdentifierLeakError`) if a table or file holds direct identifiers.
+
+    ``path_or_frame``: a DataFrame, or a file (.parquet, .csv, .xlsx, .dta, .sav, .json, .html,
+    .txt, .md) or a folder (every such file in it). With ``cfg`` (a study configuration) its
+    identifiers, hashed identifiers and ``not_identifiers`` are used. The message names the
+    table, column, rule, count and example row positions, never the values.
+    """
+    identifiers = set(identifiers)
+    allow, hashed = set(allow), set(hashed)
+    if cfg is not None:
+        cfg = normalise(cfg)
+        identifiers |= set(cfg["identifiers"])
+        allow |= set(cfg["not_identifiers"])
+        hashed |= set(cfg["hash_identifiers"])
+    problems: list[tuple[str, dict]] = []
+    if isinstance(path_or_frame, pd.DataFrame):
+        problems += [(source or "table", f) for f in
+                     find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed)]
+    else:
+        path = Path(path_or_frame)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            suffix = file.suffix.lower().lstrip(".")
+            if file.name.startswith("."):
+                continue
+            if suffix in ("parquet", "csv", "xlsx", "dta", "sav"):
+                reader = {"parquet": pd.read_parquet, "csv": pd.read_csv, "xlsx": pd.read_excel,
+                          "dta": pd.read_stata, "sav": pd.read_spss}[suffix]
+                found = find_identifiers(reader(file), identifiers, allow=allow, hashed=hashed)
+            elif suffix == "json":
+                obj = json.loads(file.read_text(encoding="utf-8"))
+                keys = _json_keys(obj)
+                found = [{"column": k, "rule": "configured identifier", "count": 1, "rows": []}
+                         for k in keys if k in identifiers]
+                found += _text_findings(json.dumps(obj, ensure_ascii=False))
+            elif suffix in ("html", "htm", "txt", "md", "ipynb"):
+                found = _text_findings(file.read_text(encoding="utf-8", errors="replace"))
+            else:
+                continue
+            problems += [(str(file), f) for f in found]
+    if problems:
+        lines = [f"{where}: column {f['column']!r}: {f['rule']} ({f['count']} values"
+                 + (f", e.g. rows {f['rows']})" if f["rows"] else ")") for where, f in problems]
+        raise IdentifierLeakError(
+            "direct identifiers would reach an output:\n  " + "\n  ".join(lines)
+            + "\nDeclare each such column under `identifiers:` (dropped, or {column: ..., action: hash}) "
+              "in the study configuration, or under `not_identifiers:` if it is not one.")
+
+
+def _json_keys(obj: Any) -> set[str]:
+    keys: set[str] = set()
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            keys.add(str(k))
+            keys |= _json_keys(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            keys |= _json_keys(v)
+    return keys

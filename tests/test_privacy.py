@@ -1,0 +1,66 @@
+"""Privacy (pipeline/privacy.py): identifiers detected and refused in every output; pseudonyms."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.privacy import IdentifierLeakError, assert_no_identifiers, find_identifiers, salted_hash
+
+
+def test_detector_finds_identifiers_and_not_ordinary_survey_columns():
+    n = 200
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "submission_id": [f"uuid:{rng.integers(0, 16**8):08x}-{rng.integers(0, 16**4):04x}" for _ in range(n)],
+        "submitted_at": pd.date_range("2024-01-01", periods=n, freq="h").astype(str),
+        "firm_id": np.arange(100000, 100000 + n),
+        "profit": rng.normal(5000, 3000, n).round(2),
+        "assets": rng.integers(0, 5_000_000, n),
+        "district": ["Agua Prieta - Outlying"] * n,
+        "district_name": ["Nairobi"] * n,
+        "mobile_money": rng.integers(0, 2, n),
+        "longterm_loan": rng.integers(0, 2, n),
+        "notes": ["sold 2 goats"] * n,
+    })
+    assert find_identifiers(frame) == []
+    leaky = frame.assign(
+        owner_phone=[f"+2547{rng.integers(10**7, 10**8)}" for _ in range(n)],
+        memo=["ok"] * (n - 3) + ["call 0712 345 678", "0722-111-222", "nothing"],
+        email_address=["a@b.org"] * n,
+        _geolocation=["-1.28 36.8"] * n,
+        gps_latitude=[-1.28] * n,
+        FirstName=["Ann"] * n,
+    )
+    rules = {f["column"]: f["rule"] for f in find_identifiers(leaky)}
+    assert rules == {"owner_phone": "phone-number column name", "memo": "phone numbers",
+                     "email_address": "e-mail column name", "_geolocation": "GPS coordinate column name",
+                     "gps_latitude": "GPS coordinate column name", "FirstName": "person-name column name"}
+    assert {f["column"] for f in find_identifiers(leaky, allow=["memo", "FirstName"])} == {
+        "owner_phone", "email_address", "_geolocation", "gps_latitude"}
+
+
+def test_assert_no_identifiers_on_frames_and_files(tmp_path):
+    frame = pd.DataFrame({"firm": [1, 2], "phone": ["0712 000 001", "0712 000 002"]})
+    with pytest.raises(IdentifierLeakError, match=r"column 'phone': phone-number column name \(2 values"):
+        assert_no_identifiers(frame)
+    with pytest.raises(IdentifierLeakError, match="configured identifier"):
+        assert_no_identifiers(pd.DataFrame({"hhname": ["x"]}), ["hhname"])
+    frame.to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "r.html").write_text("<html><style>.a{x:1}</style><p>Effect 12.3 (4.5), n = 476</p></html>")
+    (tmp_path / "m.json").write_text(json.dumps({"n": 845, "contact": "x@example.org"}))
+    with pytest.raises(IdentifierLeakError) as err:
+        assert_no_identifiers(tmp_path)
+    assert "t.parquet" in str(err.value) and "m.json" in str(err.value) and "r.html" not in str(err.value)
+    (tmp_path / "t.parquet").unlink()
+    (tmp_path / "m.json").unlink()
+    assert_no_identifiers(tmp_path)
+
+
+def test_salted_hash_links_within_a_salt_only():
+    values = pd.Series(["Shampa", "Rina", "Shampa", None, 12.0, "12"])
+    a, b = salted_hash(values, "one"), salted_hash(values, "two")
+    assert a[0] == a[2] and a[0] != a[1] and a[4] == a[5] and a[3] is None
+    assert a[0] != b[0] and len(a[0]) == 16
