@@ -12,7 +12,8 @@ import re
 import pytest
 
 from pipeline import clean, construct, estimate, ingest, paths, report
-from pipeline.io import load_params, read_yaml
+from pipeline.io import load_params
+from pipeline.study import read_study_file
 from pipeline.method_note import method_note
 from test_real_studies import SALT, STUDIES, data_dir
 
@@ -107,7 +108,7 @@ def _outcome(name: str) -> str:
 def test_the_method_note_states_what_the_study_yaml_specifies(study, sections):
     section, est, _ = sections(study)
     note = section["spec_note"]
-    raw = read_yaml(paths.study_config_path(study))
+    raw = read_study_file(paths.study_config_path(study))   # the YAML as written, with the base it extends
     block = raw["estimate"]
     spec = {**est, **block}                                  # the study's block wins, key by key
 
