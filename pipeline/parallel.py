@@ -88,15 +88,30 @@ def task_seed(*key: int | str) -> np.random.SeedSequence:
 # --------------------------------------------------------------------------------------------
 # Tasks
 # --------------------------------------------------------------------------------------------
+_TERMINAL: list = []
+
+
+def terminal():
+    """The terminal that started this process. Usually its stderr; but an IPython kernel sends
+    whatever is written to file descriptor 2 into the notebook's cell outputs as well, and the
+    executed notebook is a stage output that must carry no timings: there, a stream on the copy of
+    the original descriptor that the kernel keeps (``sys.stderr.fileno()``), which reaches only the
+    terminal."""
+    if not _TERMINAL:
+        original = getattr(sys.stderr, "_original_stdstream_copy", None)
+        _TERMINAL.append(open(os.dup(original), "w", buffering=1, encoding="utf-8")
+                         if isinstance(original, int) else sys.__stderr__)
+    return _TERMINAL[0]
+
+
 class Progress:
-    """Done / total with a rate and the time left, on the terminal (the process's stderr: inside a
-    notebook kernel that is the terminal that started the stage, not a cell output, so outputs
-    carry no timings). At most one line per ``every`` seconds, and the last."""
+    """Done / total with a rate and the time left, on the :func:`terminal`, not in a cell output.
+    At most one line per ``every`` seconds, and the last."""
 
     def __init__(self, total: int, label: str = "simulation", every: float = 15.0, stream=None,
                  unit: str = "draws"):
         self.total, self.label, self.every, self.unit = total, label, every, unit
-        self.stream = stream if stream is not None else sys.__stderr__
+        self.stream = stream if stream is not None else terminal()
         self.start = self.last = time.perf_counter()
         self.done = 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import zlib
 from unittest import mock
 
@@ -64,6 +65,30 @@ def test_chunks_cover_the_items_in_order():
     assert parallel.default_chunk_size(2000, 2) == 10
     assert parallel.default_chunk_size(40, 2) == 5
     assert parallel.default_chunk_size(3, 2) == 1
+
+
+def test_progress_goes_to_the_terminal_not_to_a_kernel_captured_stderr(monkeypatch):
+    """In an IPython kernel, sys.stderr is a stream into the notebook that keeps a copy of the
+    terminal's descriptor; progress lines go to that copy (here: a pipe), never into the notebook."""
+    read_end, write_end = os.pipe()
+
+    class KernelStderr(io.StringIO):
+        _original_stdstream_copy = write_end
+
+    captured = KernelStderr()
+    monkeypatch.setattr("sys.stderr", captured)
+    monkeypatch.setattr(parallel, "_TERMINAL", [])
+    progress = parallel.Progress(3, label="reps", unit="reps", every=3600)
+    progress.advance(3)
+    progress.stream.close()
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        line = fh.read()
+    assert line.startswith("reps: 3/3 reps (100%)") and "reps/s" in line and "min left" in line
+    assert captured.getvalue() == ""
+    monkeypatch.setattr(parallel, "_TERMINAL", [])
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert parallel.terminal() is sys.__stderr__
 
 
 def test_scheduler_address_from_the_environment_only_when_set():
