@@ -29,15 +29,6 @@ def worker_environment(name: str) -> str | None:
     return os.environ.get(name)
 
 
-@pytest.fixture(scope="module")
-def clients():
-    """LocalClusters of 1 and 2 workers, whatever DASK_SCHEDULER_ADDRESS the caller has set."""
-    with mock.patch.dict(os.environ):
-        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
-        with parallel.dask_client(1) as one, parallel.dask_client(2) as two:
-            yield {1: one, 2: two}
-
-
 def test_task_seed_is_a_seed_sequence_keyed_by_integers_and_crc32_of_strings():
     seed = parallel.task_seed(20261128, 7, "treat_skills_women")
     reference = np.random.SeedSequence([20261128, 7, zlib.crc32(b"treat_skills_women")])
@@ -97,36 +88,36 @@ def test_scheduler_address_from_the_environment_only_when_set():
     assert parallel.scheduler_address({"DASK_SCHEDULER_ADDRESS": "tcp://10.0.0.1:8786"}) == "tcp://10.0.0.1:8786"
 
 
-def test_results_do_not_depend_on_workers_chunks_or_scheduler(clients):
+def test_results_do_not_depend_on_workers_chunks_or_scheduler(dask_clients):
     items = list(range(11))
     expected = [normal_draws(i, 5) for i in items]   # the plain loop
     assert parallel.run_tasks(None, normal_draws, items, shared=(5,)) == expected
     for n, size in [(1, 1), (1, 4), (2, 1), (2, 3), (2, None)]:
         progress = parallel.Progress(len(items), stream=io.StringIO(), every=3600)
-        assert parallel.run_tasks(clients[n], normal_draws, items, shared=(5,), chunk_size=size,
+        assert parallel.run_tasks(dask_clients[n], normal_draws, items, shared=(5,), chunk_size=size,
                                   progress=progress) == expected, (n, size)
         assert progress.done == len(items)
         last = progress.stream.getvalue().splitlines()[-1]
         assert last.startswith("simulation: 11/11 draws (100%)") and "draws/s" in last
 
 
-def test_identical_tasks_are_not_merged(clients):
+def test_identical_tasks_are_not_merged(dask_clients):
     """pure=False: four chunks with the same arguments are four tasks, four results."""
     progress = parallel.Progress(4, stream=None)
-    out = parallel.run_tasks(clients[2], normal_draws, [1, 1, 1, 1], shared=(9,), chunk_size=1, progress=progress)
+    out = parallel.run_tasks(dask_clients[2], normal_draws, [1, 1, 1, 1], shared=(9,), chunk_size=1, progress=progress)
     assert out == [normal_draws(1, 9)] * 4 and progress.done == 4
 
 
-def test_a_failing_task_raises_its_error(clients):
+def test_a_failing_task_raises_its_error(dask_clients):
     with pytest.raises(ValueError, match="item 3 is bad"):
-        parallel.run_tasks(clients[2], failing, range(6), chunk_size=2)
+        parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
 
 
-def test_workers_run_one_library_thread(clients):
+def test_workers_run_one_library_thread(dask_clients):
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        assert set(clients[2].run(worker_environment, name).values()) == {"1"}
-    assert parallel.worker_threads(clients[2]) == 2 and parallel.worker_threads(clients[1]) == 1
-    assert sorted(clients[2].nthreads().values()) == [1, 1]
+        assert set(dask_clients[2].run(worker_environment, name).values()) == {"1"}
+    assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
+    assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
 
 
 def test_a_scheduler_address_in_the_environment_replaces_the_local_cluster():

@@ -19,16 +19,6 @@ def sim():
 
 
 @pytest.fixture(scope="module")
-def clients():
-    """LocalClusters of 1 and 2 workers (as the stage starts them), whatever DASK_SCHEDULER_ADDRESS says."""
-    from pipeline import parallel
-    with mock.patch.dict(os.environ):
-        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
-        with parallel.dask_client(1) as one, parallel.dask_client(2) as two:
-            yield {1: one, 2: two}
-
-
-@pytest.fixture(scope="module")
 def groups():
     from pipeline.io import load_params
     params = load_params()
@@ -88,12 +78,12 @@ def test_closed_businesses_have_zero_not_missing_profit(sim, groups):
         assert table.loc[closed, column].eq(0).all()
 
 
-def test_small_study_end_to_end(sim, groups, clients, tmp_path):
+def test_small_study_end_to_end(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"),
                                   synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100)
-    draws = sim.run_study(12, settings, clients[2])
+    draws = sim.run_study(12, settings, dask_clients[2])
     assert len(draws) == 12 * 2 * 2 * 9
     assert sorted(draws["seed"].unique()) == list(range(100, 112))
     # truth from the generator's params; the difference is women - men
@@ -153,15 +143,15 @@ def test_progress_reports_draws_done_and_rate_and_always_the_last(sim):
     assert len(lines) == 1 and lines[0].startswith("simulation: 5/5 draws (100%)") and "draws/s" in lines[0]
 
 
-def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, clients, tmp_path):
+def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings({**groups["synthetic"], "n_firms": 600}, groups["clean"], groups["construct"],
                                   groups["estimate"], load_study("synthetic"), base_seed=7, wild_reps=199)
-    few = sim.run_study(3, settings, clients[1], kind="few_clusters")
+    few = sim.run_study(3, settings, dask_clients[1], kind="few_clusters")
     assert list(few.columns) == sim.FEW_CLUSTER_COLUMNS and len(few) == 3 * 9
     assert (few["n_clusters"] == 16).all()         # 4 strata x 4 markets (one per arm) with 600 firms
     assert few[["covered_cr1", "covered_cr2", "covered_wild"]].dtypes.eq(bool).all()
-    again = sim.run_study(3, settings, clients[2], kind="few_clusters", chunk_size=2)
+    again = sim.run_study(3, settings, dask_clients[2], kind="few_clusters", chunk_size=2)
     pd.testing.assert_frame_equal(few, again)
     summary = sim.summarise_few_clusters(few)
     assert len(summary) == 9 and summary["draws"].eq(3).all()
@@ -177,7 +167,7 @@ def written_tables(sim, settings, draws, few, out_dir) -> dict:
     return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
 
 
-def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups, clients, tmp_path):
+def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups, dask_clients, tmp_path):
     """The bytes of every table the stage writes: the same for the plain loop over draws (the
     pre-Dask serial implementation: draw i seeded base_seed + i, rows in draw order), LocalClusters
     of 1 and 2 workers, chunks of 1, 2 or 3, and a loopback "remote" scheduler named in
@@ -204,8 +194,8 @@ def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups
         few = sim.run_study(n_few, settings, client, kind="few_clusters", chunk_size=chunk_size)
         return written_tables(sim, settings, draws, few, tmp_path / name)
 
-    assert through(clients[1], 1, "one_worker") == reference
-    assert through(clients[2], 2, "two_workers_chunks_of_2") == reference
+    assert through(dask_clients[1], 1, "one_worker") == reference
+    assert through(dask_clients[2], 2, "two_workers_chunks_of_2") == reference
     with LocalCluster(host="127.0.0.1", n_workers=1, processes=True, threads_per_worker=1,
                       dashboard_address=":0") as cluster, \
             mock.patch.dict(os.environ, {parallel.SCHEDULER_ADDRESS_ENV: cluster.scheduler_address}):
