@@ -158,7 +158,14 @@ def pin_library_threads() -> None:
 
 def _run_chunk(function: Callable, chunk: Sequence, *shared) -> list:
     pin_library_threads()
-    return [function(item, *shared) for item in chunk]
+    out = []
+    for item in chunk:
+        try:
+            out.append(function(item, *shared))
+        except Exception as error:   # say which task failed (the traceback alone shows where, not which)
+            error.add_note(f"in {function.__module__}.{function.__qualname__}({item!r}, ...)")
+            raise
+    return out
 
 
 def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), chunk_size: int | None = None,

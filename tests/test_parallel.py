@@ -109,8 +109,9 @@ def test_identical_tasks_are_not_merged(dask_clients):
 
 
 def test_a_failing_task_raises_its_error(dask_clients):
-    with pytest.raises(ValueError, match="item 3 is bad"):
+    with pytest.raises(ValueError, match="item 3 is bad") as info:
         parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
+    assert any("failing(3, ...)" in note for note in getattr(info.value, "__notes__", []))
 
 
 def test_workers_run_one_library_thread(dask_clients):
