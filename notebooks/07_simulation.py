@@ -20,6 +20,10 @@
 # bias of the estimates (in SDs of the estimate across draws), the coverage of the 95% intervals
 # and the ratio of the mean reported SE to the SD of the estimates. Targets: |bias| < 0.05 SD and
 # coverage between 93% and 97%.
+#
+# The draws run on Dask: a local cluster of `simulation.workers` processes, or the cluster whose
+# scheduler `DASK_SCHEDULER_ADDRESS` names (README, "Running the simulation on a cluster"); the
+# results are the same either way. Progress (draws done, rate, time left) goes to the terminal.
 
 # %% tags=["parameters"]
 stage_params = None      # None: the `simulation:` group of params.yaml (draws, workers)

@@ -46,21 +46,20 @@ The ``simulation`` stage (``python -m pipeline.run_stage simulation``, notebook
 ``reports/simulation/simulation.csv`` (the summary table) and
 ``reports/simulation/simulation_draws.parquet`` (every draw's estimates). The outputs depend only
 on the inputs (no time stamps); progress (draws done, rate) goes to the terminal, not to the outputs.
+
+Draws run on ``dask.distributed`` (:mod:`pipeline.parallel`): a ``LocalCluster`` of
+``simulation.workers`` processes, or the cluster at ``DASK_SCHEDULER_ADDRESS``. Draw i's survey
+uses seed ``base_seed + i`` and its wild bootstrap tests ``parallel.task_seed(seed, term)``, keyed
+by the draw and term only, so the outputs do not depend on the workers, the chunking or the order.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import sys
-import time
-import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import clean, construct, estimate, ingest, paths, synthetic, wild_bootstrap
-from pipeline.qte import limit_blas_threads
+from pipeline import clean, construct, estimate, ingest, parallel, paths, synthetic, wild_bootstrap
 from pipeline.study import load_study, normalise
 from pipeline.io import write_outputs as write_study_outputs
 
@@ -152,7 +151,7 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
         wild = wild_bootstrap.wild_cluster_test(
             design.y, design.X.to_numpy(), design.groups, restriction, value=value, fe=design.fe,
             weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
-            seed=np.random.SeedSequence([seed, zlib.crc32(td.term.encode("utf-8"))]))
+            seed=parallel.task_seed(seed, td.term))
         row = {"draw": int(i), "seed": seed, "effect": effect, "sex": sex, "truth": value,
                "estimate": float(tidy["CR2"].loc[td.term, "estimate"]), "n_clusters": wild.n_clusters,
                "covered_wild": bool(wild.p_value >= 0.05)}
@@ -187,18 +186,6 @@ def summarise_few_clusters(draws: pd.DataFrame) -> pd.DataFrame:
 
 
 _DRAW_FUNCTIONS = {"main": one_draw, "few_clusters": few_cluster_draw}
-_SETTINGS: dict = {}
-
-
-def _init(settings: dict) -> None:
-    limit_blas_threads(1)
-    _SETTINGS.clear()
-    _SETTINGS.update(settings)
-
-
-def _work(task: tuple[str, int]) -> list[dict]:
-    kind, i = task
-    return _DRAW_FUNCTIONS[kind](i, _SETTINGS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,50 +243,16 @@ def build_settings(synthetic_params: dict, clean_params: dict, construct_params:
             "wild_weights": wild.weights, "wild_reps": int(wild_reps)}
 
 
-class Progress:
-    """Draws done / total with a rate, on the terminal (the process's stderr: inside a notebook
-    kernel that is the terminal that started the stage, not a cell output, so outputs carry no
-    timings). At most one line per ``every`` seconds, and the last."""
-
-    def __init__(self, total: int, label: str = "simulation", every: float = 15.0, stream=None):
-        self.total, self.label, self.every = total, label, every
-        self.stream = stream if stream is not None else sys.__stderr__
-        self.start = self.last = time.perf_counter()
-        self.done = 0
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if self.stream is None or (now - self.last < self.every and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.start, 1e-9)
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
-        print(f"{self.label}: {self.done}/{self.total} draws ({100 * self.done / self.total:.0f}%), "
-              f"{rate:.2f} draws/s, about {left / 60:.1f} min left", file=self.stream, flush=True)
-
-
-def run_study(n_draws: int, settings: dict, workers: int = 2, progress: Progress | None = None,
-              kind: str = "main") -> pd.DataFrame:
-    """Every draw's rows (sorted by draw, then as the draw returns them). Draw i uses seed
-    base_seed + i whatever the number of workers, and results are gathered in draw order.
+def run_study(n_draws: int, settings: dict, client, progress: parallel.Progress | None = None,
+              kind: str = "main", chunk_size: int | None = None) -> pd.DataFrame:
+    """Every draw's rows (sorted by draw, then as the draw returns them), computed on ``client``'s
+    workers (None: here, serially) in chunks of ``chunk_size`` draws. Draw i uses seed base_seed + i
+    whatever the workers and chunks, and results are gathered in draw order.
     ``kind``: ``main`` (:func:`one_draw`) or ``few_clusters`` (:func:`few_cluster_draw`)."""
-    chunks = []
-    tasks = [(kind, i) for i in range(n_draws)]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
-                                 initializer=_init, initargs=(settings,)) as ex:
-            for rows in ex.map(_work, tasks, chunksize=max(1, min(10, n_draws // (4 * workers)))):
-                chunks.append(rows)
-                if progress is not None:
-                    progress.advance()
-    else:
-        for kind_i, i in tasks:
-            chunks.append(_DRAW_FUNCTIONS[kind_i](i, settings))
-            if progress is not None:
-                progress.advance()
+    per_draw = parallel.run_tasks(client, _DRAW_FUNCTIONS[kind], range(n_draws), shared=(settings,),
+                                  chunk_size=chunk_size, progress=progress)
     columns = DRAW_COLUMNS if kind == "main" else FEW_CLUSTER_COLUMNS
-    draws = pd.DataFrame([r for c in chunks for r in c], columns=columns)
+    draws = pd.DataFrame([row for rows in per_draw for row in rows], columns=columns)
     return draws.sort_values(["draw"], kind="stable").reset_index(drop=True)
 
 
@@ -340,17 +293,19 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
 
 def run(stage_params: dict, synthetic_params: dict, clean_params: dict, construct_params: dict,
         estimate_params: dict, out_dir: Path | None = None) -> dict:
-    """The simulation stage: ``stage_params`` is the ``simulation:`` group (draws, workers); the
-    other groups are the ones the default run's stages use, as ``run_stage`` injects them."""
+    """The simulation stage: ``stage_params`` is the ``simulation:`` group (draws, workers: the
+    size of the local cluster, unused when ``DASK_SCHEDULER_ADDRESS`` names a cluster); the other
+    groups are the ones the default run's stages use, as ``run_stage`` injects them."""
     settings = build_settings(synthetic_params, clean_params, construct_params, estimate_params,
                               load_study("synthetic"), wild_reps=int(stage_params["wild_bootstrap_reps"]))
     n_draws, workers = int(stage_params["draws"]), int(stage_params["workers"])
     n_few = int(stage_params["few_cluster_draws"])
     if n_few < 20:
         raise ValueError(f"simulation.few_cluster_draws = {n_few}: at least 20 are needed for a coverage")
-    draws = run_study(n_draws, settings, workers=workers, progress=Progress(n_draws))
-    few = run_study(n_few, settings, workers=workers, progress=Progress(n_few, label="few clusters"),
-                    kind="few_clusters")
+    with parallel.dask_client(workers) as client:
+        draws = run_study(n_draws, settings, client, progress=parallel.Progress(n_draws))
+        few = run_study(n_few, settings, client, progress=parallel.Progress(n_few, label="few clusters"),
+                        kind="few_clusters")
     summary = summarise(draws)
     meta = write_outputs(draws, summary, settings, Path(out_dir) if out_dir else paths.simulation_dir(), few)
     return {"draws": draws, "summary": summary, "few_clusters": few, "meta": meta}

@@ -127,3 +127,17 @@ def outputs(tmp_path, monkeypatch) -> Path:
 def files_under(root: Path) -> set[str]:
     """Every file below ``root`` (relative paths), to show that a failed stage wrote nothing."""
     return {str(p.relative_to(root)) for p in Path(root).rglob("*") if p.is_file()} if Path(root).exists() else set()
+
+
+@pytest.fixture(scope="session")
+def dask_clients():
+    """Dask clients on LocalClusters of 1 and 2 worker processes (as pipeline.parallel starts them),
+    whatever DASK_SCHEDULER_ADDRESS the caller has set; shared by the tests that need them."""
+    import os
+    from unittest import mock
+
+    from pipeline import parallel
+    with mock.patch.dict(os.environ):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.dask_client(1) as one, parallel.dask_client(2) as two:
+            yield {1: one, 2: two}

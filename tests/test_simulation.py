@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
+
 
 @pytest.fixture(scope="module")
 def sim():
@@ -75,28 +78,28 @@ def test_closed_businesses_have_zero_not_missing_profit(sim, groups):
         assert table.loc[closed, column].eq(0).all()
 
 
-def test_small_study_end_to_end(sim, groups, tmp_path):
+def test_small_study_end_to_end(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"),
                                   synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100)
-    draws = sim.run_study(20, settings, workers=2)
-    assert len(draws) == 20 * 2 * 2 * 9
-    assert sorted(draws["seed"].unique()) == list(range(100, 120))
+    draws = sim.run_study(12, settings, dask_clients[2])
+    assert len(draws) == 12 * 2 * 2 * 9
+    assert sorted(draws["seed"].unique()) == list(range(100, 112))
     # truth from the generator's params; the difference is women - men
     d0 = draws[(draws["effect"] == "capital")]
     assert set(d0.loc[d0["sex"] == "women", "truth"]) == {8.0}
     assert set(d0.loc[d0["sex"] == "diff", "truth"]) == {8.0 - 30.0}
     # deterministic and independent of the number of workers: draws 0-1 again, serially
-    again = sim.run_study(2, settings, workers=1)
+    again = sim.run_study(2, settings, None)
     pd.testing.assert_frame_equal(draws[draws["draw"] < 2].reset_index(drop=True), again)
     # seed_i = base + i: draw 1 of a study based at 99 is draw 2 of this one
-    shifted = sim.run_study(1, {**settings, "base_seed": 101}, workers=1)
+    shifted = sim.run_study(1, {**settings, "base_seed": 101}, None)
     pd.testing.assert_frame_equal(
         draws[draws["draw"] == 1].drop(columns="draw").reset_index(drop=True),
         shifted[shifted["draw"] == 0].drop(columns="draw").reset_index(drop=True))
     summary = sim.summarise(draws)
-    assert len(summary) == 2 * 2 * 9 and (summary["draws"] == 20).all()
+    assert len(summary) == 2 * 2 * 9 and (summary["draws"] == 12).all()
     # coverage recomputed from the draws
     g = draws[(draws["variant"] == "no_typos") & (draws["outcome"] == "unwinsorised")
               & (draws["effect"] == "skills") & (draws["sex"] == "men")]
@@ -106,7 +109,7 @@ def test_small_study_end_to_end(sim, groups, tmp_path):
     meta = sim.write_outputs(draws, summary, settings, tmp_path)
     assert (tmp_path / "simulation.csv").exists() and (tmp_path / "simulation_draws.parquet").exists()
     loaded = json.loads((tmp_path / "simulation.json").read_text())
-    assert loaded["draws"] == 20 and len(loaded["summary"]) == 36 and meta["base_seed"] == 100
+    assert loaded["draws"] == 12 and len(loaded["summary"]) == 36 and meta["base_seed"] == 100
 
 
 def test_a_draw_enters_through_the_ingest_stage_path(sim, groups, tmp_path):
@@ -130,28 +133,72 @@ def test_a_draw_enters_through_the_ingest_stage_path(sim, groups, tmp_path):
 
 def test_progress_reports_draws_done_and_rate_and_always_the_last(sim):
     import io
+
+    from pipeline import parallel
     stream = io.StringIO()
-    progress = sim.Progress(5, every=3600, stream=stream)
+    progress = parallel.Progress(5, every=3600, stream=stream)
     for _ in range(5):
         progress.advance()
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simulation: 5/5 draws (100%)") and "draws/s" in lines[0]
 
 
-def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, tmp_path):
+def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings({**groups["synthetic"], "n_firms": 600}, groups["clean"], groups["construct"],
                                   groups["estimate"], load_study("synthetic"), base_seed=7, wild_reps=199)
-    few = sim.run_study(3, settings, workers=1, kind="few_clusters")
+    few = sim.run_study(3, settings, dask_clients[1], kind="few_clusters")
     assert list(few.columns) == sim.FEW_CLUSTER_COLUMNS and len(few) == 3 * 9
     assert (few["n_clusters"] == 16).all()         # 4 strata x 4 markets (one per arm) with 600 firms
     assert few[["covered_cr1", "covered_cr2", "covered_wild"]].dtypes.eq(bool).all()
-    again = sim.run_study(3, settings, workers=2, kind="few_clusters")
+    again = sim.run_study(3, settings, dask_clients[2], kind="few_clusters", chunk_size=2)
     pd.testing.assert_frame_equal(few, again)
     summary = sim.summarise_few_clusters(few)
     assert len(summary) == 9 and summary["draws"].eq(3).all()
-    main = sim.run_study(2, settings, workers=1)
+    main = sim.run_study(2, settings, None)
     meta = sim.write_outputs(main, sim.summarise(main), settings, tmp_path, few)
     assert meta["few_clusters"]["draws"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["few_clusters.csv", "simulation.csv", "simulation.json",
                                                           "simulation_draws.parquet"]
+
+
+def written_tables(sim, settings, draws, few, out_dir) -> dict:
+    sim.write_outputs(draws, sim.summarise(draws), settings, out_dir, few)
+    return {p.name: p.read_bytes() for p in sorted(out_dir.iterdir())}
+
+
+def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups, dask_clients, tmp_path):
+    """The bytes of every table the stage writes: the same for the plain loop over draws (the
+    pre-Dask serial implementation: draw i seeded base_seed + i, rows in draw order), LocalClusters
+    of 1 and 2 workers, chunks of 1, 2 or 3, and a loopback "remote" scheduler named in
+    DASK_SCHEDULER_ADDRESS (as a cluster would be)."""
+    from distributed import LocalCluster
+
+    from pipeline import parallel
+    from pipeline.study import load_study
+    settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
+                                  load_study("synthetic"), base_seed=31, wild_reps=99,
+                                  synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2})
+    n_main, n_few = 3, 2
+
+    def plain_loop(kind, n):
+        rows = [r for i in range(n) for r in sim._DRAW_FUNCTIONS[kind](i, settings)]
+        return pd.DataFrame(rows, columns=sim.DRAW_COLUMNS if kind == "main" else sim.FEW_CLUSTER_COLUMNS)
+
+    reference = written_tables(sim, settings, plain_loop("main", n_main), plain_loop("few_clusters", n_few),
+                               tmp_path / "reference")
+    assert sorted(reference) == ["few_clusters.csv", "simulation.csv", "simulation.json", "simulation_draws.parquet"]
+
+    def through(client, chunk_size, name):
+        draws = sim.run_study(n_main, settings, client, chunk_size=chunk_size)
+        few = sim.run_study(n_few, settings, client, kind="few_clusters", chunk_size=chunk_size)
+        return written_tables(sim, settings, draws, few, tmp_path / name)
+
+    assert through(dask_clients[1], 1, "one_worker") == reference
+    assert through(dask_clients[2], 2, "two_workers_chunks_of_2") == reference
+    with LocalCluster(host="127.0.0.1", n_workers=1, processes=True, threads_per_worker=1,
+                      dashboard_address=":0") as cluster, \
+            mock.patch.dict(os.environ, {parallel.SCHEDULER_ADDRESS_ENV: cluster.scheduler_address}):
+        with parallel.dask_client(workers=2) as client:     # as simulation.run opens it
+            assert client.scheduler.address == cluster.scheduler_address
+            assert through(client, 3, "remote") == reference

@@ -1,0 +1,143 @@
+"""Tests for pipeline/parallel.py: per-task seeds, chunking, ordered results with progress, and the
+same results from a serial loop, a LocalCluster of 1 or 2 workers and a loopback "remote" scheduler."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import zlib
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from pipeline import parallel
+
+
+def normal_draws(i: int, base_seed: int) -> list[float]:
+    """A task that draws random numbers from its own seed (workers import it from this module)."""
+    return [i, *np.random.default_rng(parallel.task_seed(base_seed, i, "normal")).normal(size=3).tolist()]
+
+
+def failing(i: int) -> int:
+    if i == 3:
+        raise ValueError(f"item {i} is bad")
+    return i
+
+
+def worker_environment(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def test_task_seed_is_a_seed_sequence_keyed_by_integers_and_crc32_of_strings():
+    seed = parallel.task_seed(20261128, 7, "treat_skills_women")
+    reference = np.random.SeedSequence([20261128, 7, zlib.crc32(b"treat_skills_women")])
+    assert seed.entropy == reference.entropy
+    assert np.array_equal(seed.generate_state(4), reference.generate_state(4))
+    # different tasks, different streams; the same task, the same stream
+    a = np.random.default_rng(parallel.task_seed(1, 2)).random(5)
+    assert np.array_equal(a, np.random.default_rng(parallel.task_seed(1, 2)).random(5))
+    assert not np.array_equal(a, np.random.default_rng(parallel.task_seed(2, 1)).random(5))
+    assert parallel.task_seed(np.int64(3)).entropy == [3]
+    for bad in [(-1,), (1.5,), (True,), ()]:
+        with pytest.raises(ValueError, match="task_seed"):
+            parallel.task_seed(*bad)
+
+
+def test_chunks_cover_the_items_in_order():
+    items = list(range(23))
+    for size in (1, 4, 23, 50):
+        chunks = parallel.chunked(items, size)
+        assert [x for c in chunks for x in c] == items
+        assert all(len(c) == size for c in chunks[:-1]) and 1 <= len(chunks[-1]) <= size
+    with pytest.raises(ValueError, match="chunk size 0"):
+        parallel.chunked(items, 0)
+    # at least 4 tasks per thread, at most 10 items per task, at least 1
+    assert parallel.default_chunk_size(2000, 2) == 10
+    assert parallel.default_chunk_size(40, 2) == 5
+    assert parallel.default_chunk_size(3, 2) == 1
+
+
+def test_progress_goes_to_the_terminal_not_to_a_kernel_captured_stderr(monkeypatch):
+    """In an IPython kernel, sys.stderr is a stream into the notebook that keeps a copy of the
+    terminal's descriptor; progress lines go to that copy (here: a pipe), never into the notebook."""
+    read_end, write_end = os.pipe()
+
+    class KernelStderr(io.StringIO):
+        _original_stdstream_copy = write_end
+
+    captured = KernelStderr()
+    monkeypatch.setattr("sys.stderr", captured)
+    monkeypatch.setattr(parallel, "_TERMINAL", [])
+    progress = parallel.Progress(3, label="reps", unit="reps", every=3600)
+    progress.advance(3)
+    progress.stream.close()
+    os.close(write_end)
+    with os.fdopen(read_end) as fh:
+        line = fh.read()
+    assert line.startswith("reps: 3/3 reps (100%)") and "reps/s" in line and "min left" in line
+    assert captured.getvalue() == ""
+    monkeypatch.setattr(parallel, "_TERMINAL", [])
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert parallel.terminal() is sys.__stderr__
+
+
+def test_scheduler_address_from_the_environment_only_when_set():
+    assert parallel.scheduler_address({}) is None
+    assert parallel.scheduler_address({"DASK_SCHEDULER_ADDRESS": " "}) is None
+    assert parallel.scheduler_address({"DASK_SCHEDULER_ADDRESS": "tcp://10.0.0.1:8786"}) == "tcp://10.0.0.1:8786"
+
+
+def test_results_do_not_depend_on_workers_chunks_or_scheduler(dask_clients):
+    items = list(range(11))
+    expected = [normal_draws(i, 5) for i in items]   # the plain loop
+    assert parallel.run_tasks(None, normal_draws, items, shared=(5,)) == expected
+    for n, size in [(1, 1), (1, 4), (2, 1), (2, 3), (2, None)]:
+        progress = parallel.Progress(len(items), stream=io.StringIO(), every=3600)
+        assert parallel.run_tasks(dask_clients[n], normal_draws, items, shared=(5,), chunk_size=size,
+                                  progress=progress) == expected, (n, size)
+        assert progress.done == len(items)
+        last = progress.stream.getvalue().splitlines()[-1]
+        assert last.startswith("simulation: 11/11 draws (100%)") and "draws/s" in last
+
+
+def test_identical_tasks_are_not_merged(dask_clients):
+    """pure=False: four chunks with the same arguments are four tasks, four results."""
+    progress = parallel.Progress(4, stream=None)
+    out = parallel.run_tasks(dask_clients[2], normal_draws, [1, 1, 1, 1], shared=(9,), chunk_size=1, progress=progress)
+    assert out == [normal_draws(1, 9)] * 4 and progress.done == 4
+
+
+def test_a_failing_task_raises_its_error(dask_clients):
+    with pytest.raises(ValueError, match="item 3 is bad") as info:
+        parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
+    assert any("failing(3, ...)" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_workers_run_one_library_thread(dask_clients):
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        assert set(dask_clients[2].run(worker_environment, name).values()) == {"1"}
+    assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
+    assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
+
+
+def test_a_scheduler_address_in_the_environment_replaces_the_local_cluster():
+    """The "remote" path: a scheduler on the loopback interface, its address in DASK_SCHEDULER_ADDRESS;
+    ``workers`` is then the cluster's business, not the stage's."""
+    from distributed import LocalCluster
+
+    with LocalCluster(host="127.0.0.1", n_workers=1, processes=True, threads_per_worker=1,
+                      dashboard_address=":0") as cluster, \
+            mock.patch.dict(os.environ, {parallel.SCHEDULER_ADDRESS_ENV: cluster.scheduler_address}):
+        with parallel.dask_client(workers=3) as client:
+            assert client.scheduler.address == cluster.scheduler_address
+            assert len(client.nthreads()) == 1
+            assert parallel.run_tasks(client, normal_draws, range(5), shared=(5,)) == \
+                [normal_draws(i, 5) for i in range(5)]
+
+
+def test_a_local_cluster_needs_a_worker():
+    with mock.patch.dict(os.environ), pytest.raises(ValueError, match="workers = 0"):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.dask_client(0):
+            pass
