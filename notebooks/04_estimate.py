@@ -13,11 +13,11 @@ stage_params = None  # None: the `estimate:` group of params.yaml
 # %%
 import pandas as pd
 
-from pipeline import estimate
+from pipeline.estimation import stage
 from pipeline.io import load_params
 
 stage_params = stage_params if stage_params is not None else load_params()["estimate"]
-result = estimate.run(study, stage_params)
+result = stage.run(study, stage_params)
 results = result["results"]
 
 # %% [markdown]

@@ -42,15 +42,15 @@ KNOWN_KEYS = set(REQUIRED_KEYS) | set(TEXT_KEYS) | {
     "strata", "cluster", "weight", "female_owner", "takeup", "recall_period", "currency", "usd_ppp_per_lcu",
     "business_open", "not_interviewed", "valid_ranges", "allowed_codes", "number_format", "skills_index",
     "credit_access", "covariates", "controls", "clean_params",
-    "estimate",   # per-study estimation specification, read by pipeline.estimate.study_params
+    "estimate",   # per-study estimation specification, read by pipeline.estimation.spec.study_params
 }
 FILE_KEYS = {"path", "format", "sha256", "sheet", "strip_group_prefixes", "rename", "sep", "encoding", "notes"}
 FORMATS = {"dta": "dta", "sav": "sav", "zsav": "sav", "csv": "csv", "tsv": "csv", "txt": "csv",
            "xlsx": "xlsx", "xlsm": "xlsx", "parquet": "parquet", "pq": "parquet"}
 CLEAN_PARAM_KEYS = {"duplicate_rule", "winsor_upper_pct", "winsor_lower_pct", "winsor_by_round", "outlier_method"}
 # The keys of each nested block (an unknown one is rejected with a "did you mean" hint). The
-# ``estimate:`` block's keys are pipeline.estimate.ESTIMATE_KEYS (derived from the Spec fields and
-# the stage keys that consume them), its ``sample:`` keys pipeline.estimate.SAMPLE_KEYS.
+# ``estimate:`` block's keys are pipeline.estimation.spec.ESTIMATE_KEYS (derived from the Spec fields and
+# the stage keys that consume them), its ``sample:`` keys pipeline.estimation.spec.SAMPLE_KEYS.
 OUTCOME_KEYS = {"column", "flow", "allow_negative", "baseline_column", "label", "money"}
 TREATMENT_KEYS = {"column", "arms", "dummies", "control"}
 ARM_KEYS = {"label", "slug", "skills", "capital"}
@@ -387,12 +387,12 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _check_estimate_block(block: Any, fail) -> None:
     """The study's ``estimate:`` block: a mapping whose keys are keys of the estimate stage
-    (pipeline.estimate.ESTIMATE_KEYS, the Spec fields and stage keys that read them)."""
+    (pipeline.estimation.spec.ESTIMATE_KEYS, the Spec fields and stage keys that read them)."""
     if block is None:
         return
     if not isinstance(block, Mapping):
         fail(f"estimate: expected a mapping of estimate keys, got {block!r}")
-    from pipeline import estimate   # lazily: the estimate stage's own definitions
+    from pipeline.estimation import spec as estimate   # lazily: the estimate stage's own definitions
 
     check_keys(block, "estimate", estimate.ESTIMATE_KEYS, fail)
     if isinstance(block.get("sample"), Mapping):

@@ -63,7 +63,7 @@ def test_misspelt_keys_anywhere_are_rejected_with_a_hint(cfg, change, where, hin
 
 
 def test_estimate_block_keys_are_the_estimate_stages(tmp_path, cfg):
-    from pipeline import estimate
+    from pipeline.estimation import spec as estimate
     cfg["estimate"] = {"weight": "w"}
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(StudyConfigError, match="weights") as err:
@@ -83,7 +83,7 @@ def test_estimate_block_keys_are_the_estimate_stages(tmp_path, cfg):
 def test_every_estimate_key_is_documented():
     """docs/study_config.md documents every key a study's estimate: block may set (type, default,
     meaning), in the table of its estimate section."""
-    from pipeline import estimate
+    from pipeline.estimation import spec as estimate
     text = (REPO_ROOT / "docs" / "study_config.md").read_text(encoding="utf-8")
     section = text.split("### The estimation specification", 1)[1].split("\n## ", 1)[0]
     rows = [re.split(r"(?<!\\)\|", line)[1:-1] for line in section.splitlines() if line.startswith("| `")]
