@@ -156,7 +156,8 @@ class AbsorbedResults:
     """Results of the fastols engine with a statsmodels-like interface (``params``, ``bse``,
     ``pvalues``, ``tvalues``, ``conf_int``, ``cov_params()``, ``t_test``, ``f_test``, ``nobs``,
     ``df_resid``). Only the non-fixed-effect parameters are reported (no ``const``, no dummies);
-    t / F inference with the covariance's degrees of freedom (G - 1 clustered, N - K HC1), as
+    t / F inference with the covariance's degrees of freedom (G - 1 clustered, N - K HC1; t-tests
+    under CR2 with the Bell-McCaffrey degrees of freedom of each contrast), as
     statsmodels' ``use_t=True``. ``fe_result`` is the :class:`pipeline.estimation.ols.FEResult`."""
 
     def __init__(self, r: ols.FEResult):
@@ -177,7 +178,8 @@ class AbsorbedResults:
         V = self.fe_result.cov.to_numpy()
         eff = R @ self.params.to_numpy()
         sd = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", R, V, R), 0.0, None))
-        return _TTestResult(eff, sd, self.df_inference)
+        df = np.array([self.fe_result.contrast_df(row) for row in R])   # CR2: Bell-McCaffrey per row
+        return _TTestResult(eff, sd, df)
 
     def f_test(self, R) -> _FTestResult:
         R = np.atleast_2d(np.asarray(R, dtype=float))

@@ -13,7 +13,7 @@ The intercept is always in the model (absorbed by the fixed effects, or by the g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,9 @@ class FEResult:
 
     ``df_resid = nobs - K`` (``K`` = regressors + absorbed fixed-effect dummies + intercept);
     ``df_inference`` is the t degrees of freedom: ``n_clusters - 1`` for cluster-robust,
-    ``df_resid`` for HC1.
+    ``df_resid`` for HC1. CR2 tests each contrast with its own (Bell-McCaffrey) degrees of freedom:
+    ``df_params`` per coefficient (``tvalues``, ``pvalues``, ``conf_int``), :meth:`contrast_df`
+    for any contrast; otherwise both are ``df_inference``.
     """
 
     params: pd.Series
@@ -46,6 +48,18 @@ class FEResult:
     weighted: bool = False
     fe_method: str = "none"            # "none" | "exact" | "direct" | "map"
     fe_iterations: int = 0             # sweeps used by the alternating projections
+    df_params: pd.Series | None = None  # t df per coefficient (None: df_inference)
+    contrast_dfs: Callable[[np.ndarray], float] | None = None   # CR2: contrast -> its t df
+
+    def contrast_df(self, r: np.ndarray) -> float:
+        """t degrees of freedom of the test of r'b (``r`` over ``params``)."""
+        return self.df_inference if self.contrast_dfs is None else self.contrast_dfs(np.asarray(r, float))
+
+    @property
+    def df_by_param(self) -> pd.Series:
+        if self.df_params is not None:
+            return self.df_params
+        return pd.Series(float(self.df_inference), index=self.params.index)
 
     @property
     def k_params(self) -> int:
@@ -58,7 +72,8 @@ class FEResult:
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
         """Confidence intervals (columns 0 and 1, as statsmodels), t(df_inference)."""
-        q = stats.t.ppf(1.0 - alpha / 2.0, self.df_inference)
+        q = stats.t.ppf(1.0 - alpha / 2.0, self.df_by_param.to_numpy()) if self.df_params is not None \
+            else stats.t.ppf(1.0 - alpha / 2.0, self.df_inference)
         lo = self.params - q * self.bse
         hi = self.params + q * self.bse
         return pd.DataFrame({0: lo, 1: hi}, index=self.params.index)
@@ -101,7 +116,7 @@ def t_test(result: FEResult, contrast: dict[str, float], alpha: float = 0.05) ->
     var = float(r @ result.cov.to_numpy() @ r)
     se = float(np.sqrt(var)) if var > 0 else 0.0
     t = est / se if se > 0 else np.nan
-    df = result.df_inference
+    df = result.contrast_df(r)
     p = float(2.0 * stats.t.sf(abs(t), df)) if se > 0 else np.nan
     q = stats.t.ppf(1.0 - alpha / 2.0, df)
     return TTest(est, se, t, p, est - q * se, est + q * se)
@@ -235,18 +250,23 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
         bread=bread, scores=Xt, beta=beta, n_obs=n, k_params=K, groups=groups, n_clusters=n_clusters,
         raw=Z0, fes=fes, weights=w, refit=refit))
     cov, df_inf = c.cov, c.df
+    df_params = None
+    if c.contrast_df is not None:
+        df_params = np.array([c.contrast_df(np.eye(k)[j]) for j in range(k)])
 
     idx = pd.Index(names)
     params = pd.Series(beta, index=idx)
     bse = pd.Series(np.sqrt(np.clip(np.diag(cov), 0.0, None)), index=idx)
     with np.errstate(divide="ignore", invalid="ignore"):
         tvalues = params / bse
-    pvalues = pd.Series(2.0 * stats.t.sf(np.abs(tvalues.to_numpy()), df_inf), index=idx)
+    pvalues = pd.Series(2.0 * stats.t.sf(np.abs(tvalues.to_numpy()), df_inf if df_params is None else df_params),
+                        index=idx)
     return FEResult(
         params=params, bse=bse, cov=pd.DataFrame(cov, index=idx, columns=idx), tvalues=tvalues,
         pvalues=pvalues, nobs=n, df_resid=n - K, df_inference=int(df_inf),
         n_clusters=n_clusters, k_absorbed=int(absorbed.k_absorbed), cov_type=c.name,
-        weighted=w is not None, fe_method=absorbed.method, fe_iterations=absorbed.iterations)
+        weighted=w is not None, fe_method=absorbed.method, fe_iterations=absorbed.iterations,
+        df_params=None if df_params is None else pd.Series(df_params, index=idx), contrast_dfs=c.contrast_df)
 
 
 def _check_collinear(XtX: np.ndarray, raw_ss: np.ndarray, names: Sequence[str]) -> None:

@@ -9,11 +9,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 
 from pipeline import inference
 from pipeline.estimation.columns import as_float, require
-from pipeline.estimation.design import drop_collinear, fe_dummies, treatment_terms
+from pipeline.estimation import ols
+from pipeline.estimation.design import drop_collinear_absorbed, treatment_terms
 from pipeline.estimation.fit import FitInfo, fit, weighted_control_mean
 from pipeline.estimation.sample import (baseline_columns, crossed_interactions, prepare, round_models,
                                         sexes_present, transform_available, transform_outcome)
@@ -261,7 +261,8 @@ def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
     business-practice answers, so in practice: open businesses). With ``control_only=False`` all
     arms are used and the treatment dummies (and their interaction) are controls, so the
     coefficients use only within-arm variation; with ``control_only=True`` only control-arm
-    firms. Standard errors as the main models. The regressors are mediators of the treatments and
+    firms. Fixed effects absorbed and the covariance of the main models (``spec.vcov``, from
+    :mod:`pipeline.estimation.variance`). The regressors are mediators of the treatments and
     are correlated with unobserved ability: associations, not effects. Rows: model
     ``descriptive``, term = regressor; ``control_mean`` is the outcome's mean among control-arm
     rows of the sample; ``effect_pct_of_control_mean`` the change for a one-unit increase in the
@@ -281,21 +282,16 @@ def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
             ok &= as_float(df[t], t) == 0
     s = prepare(df.loc[ok], spec, sample, need_gender=False)
     pairs = () if control_only else crossed_interactions(df.loc[ok], spec)
-    X: dict[str, np.ndarray] = {"const": np.ones(s.n)}
-    X.update(s.covariates)
+    # the main models' fitting path and covariance (spec.vcov), fixed effects absorbed
+    X: dict[str, np.ndarray] = dict(s.covariates)
     if not control_only:
         X.update(treatment_terms(s, pairs))
-    for c, values in s.fe.items():
-        X.update(fe_dummies(values, c))
-    kept, dropped = drop_collinear(X, s.weights, protected=["const", *regressors])
-    exog = pd.DataFrame({k: X[k] for k in kept})
-    ols = (sm.OLS(s.y, exog) if s.weights is None else sm.WLS(s.y, exog, weights=s.weights))
-    if spec.cluster is None:
-        res = ols.fit(cov_type="HC1", use_t=True)
-        n_clusters = None
-    else:
-        n_clusters = int(np.unique(s.groups).size)
-        res = ols.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True)
+    fe_codes = [codes for codes, _ in s.fe.values()]
+    kept, _ = drop_collinear_absorbed(X, fe_codes, s.weights, protected=regressors)
+    res = ols.fe_ols(s.y, pd.DataFrame({k: X[k] for k in kept}), fe=fe_codes or None,
+                     cluster=s.groups if spec.cluster is not None else None, weights=s.weights,
+                     vcov=spec.vcov)
+    n_clusters = res.n_clusters
     control = np.ones(s.n, dtype=bool)
     for v in s.treat.values():
         control &= v == 0

@@ -14,8 +14,10 @@ dummies and the intercept (statsmodels' ``k_params`` with a full-rank dummy set)
 ``CR2``
     Bell & McCaffrey (2002): ``B [sum_g X_g' A_g u_g u_g' A_g X_g] B`` with
     ``A_g = (I - H_gg)^(-1/2)``, ``H`` the hat matrix of the *full* model (fixed-effect dummies
-    included, Pustejovsky & Tipton 2018), no further factor, t(G-1). Needs at most
-    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``).
+    included, Pustejovsky & Tipton 2018), no further factor. Needs at most
+    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``). The t-test of each
+    contrast c'b (each coefficient, each women - men difference) uses the Bell-McCaffrey degrees
+    of freedom of that contrast (Imbens & Kolesar 2016; Pustejovsky & Tipton 2018), not G-1.
 ``CR3``
     The cluster jackknife (MacKinnon, Nielsen & Webb 2023),
     ``(G-1)/G sum_g (b_(g) - b)(b_(g) - b)'`` with ``b_(g)`` the estimate without cluster g,
@@ -62,6 +64,8 @@ class Covariance:
     cov: np.ndarray
     df: int                            # t degrees of freedom of the inference
     name: str                          # "HC1" | "cluster" (CR1) | "CR2" | "CR3"
+    # t degrees of freedom of the test of c'b (CR2: Bell-McCaffrey); None: ``df`` for every contrast
+    contrast_df: Callable[[np.ndarray], float] | None = None
 
 
 REGISTRY: dict[str, Callable[[Problem], Covariance]] = {}
@@ -90,7 +94,7 @@ def covariance(name: str, problem: Problem) -> Covariance:
     if name not in REGISTRY:
         raise ValueError(f"unknown covariance {name!r}; registered: {sorted(REGISTRY)}")
     c = REGISTRY[name](problem)
-    return Covariance((c.cov + c.cov.T) / 2.0, c.df, c.name)
+    return Covariance((c.cov + c.cov.T) / 2.0, c.df, c.name, c.contrast_df)
 
 
 @register("HC1")
@@ -120,7 +124,8 @@ def cr1(p: Problem) -> Covariance:
 
 @register("CR2")
 def cr2(p: Problem) -> Covariance:
-    return Covariance(_cr2_cov(p.raw, p.fes, p.weights, p.groups, p.n_clusters), p.n_clusters - 1, "CR2")
+    cov, contrast_df = _cr2_cov(p.raw, p.fes, p.weights, p.groups, p.n_clusters)
+    return Covariance(cov, p.n_clusters - 1, "CR2", contrast_df)
 
 
 @register("CR3")
@@ -183,8 +188,9 @@ def _dense_design(Z0, fes) -> np.ndarray:
     return np.hstack(blocks)
 
 
-def _cr2_cov(Z0, fes, w, groups, n_clusters) -> np.ndarray:
-    """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix."""
+def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+    """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix, and the
+    Bell-McCaffrey degrees of freedom of a contrast (:func:`_bell_mccaffrey_df`)."""
     k = Z0.shape[0] - 1
     n_levels = sum(L for _, L, _ in fes)
     if n_levels > MAX_DENSE_DUMMIES:
@@ -204,6 +210,7 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> np.ndarray:
     order = np.argsort(groups, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=n_clusters))])
     meat = np.zeros((M.shape[1], M.shape[1]))
+    adjust = []                                  # (rows of g, A_g = (I - H_gg)^-1/2)
     for g in range(n_clusters):
         idx = order[bounds[g]:bounds[g + 1]]
         Mg = M[idx]
@@ -212,8 +219,27 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> np.ndarray:
         inv_sqrt = np.where(ev > 1e-12, 1.0 / np.sqrt(np.clip(ev, 1e-12, None)), 0.0)
         sg = Mg.T @ (vec @ (inv_sqrt * (vec.T @ u[idx])))
         meat += np.outer(sg, sg)
+        adjust.append((idx, (vec * inv_sqrt) @ vec.T))
     V = Ainv @ meat @ Ainv
-    return V[:k, :k]
+
+    def contrast_df(c: np.ndarray) -> float:
+        return _bell_mccaffrey_df(M, Ainv, adjust, np.concatenate([c, np.zeros(M.shape[1] - k)]))
+    return V[:k, :k], contrast_df
+
+
+def _bell_mccaffrey_df(M, Ainv, adjust, c) -> float:
+    """Degrees of freedom of the CR2 t-test of c'b (Bell & McCaffrey 2002; Imbens & Kolesar 2016,
+    eq. 9; Pustejovsky & Tipton 2018 with the fixed effects in the hat matrix), under the working
+    model of independent, homoskedastic errors (in the sqrt(w) metric): with
+    ``G_g = (I - H)[:, g] A_g M_g (M'M)^-1 c`` (column g of the n x G matrix ``G``) and ``l`` the
+    eigenvalues of ``G'G``, ``df = (sum l)^2 / sum l^2``."""
+    b = Ainv @ c
+    cols = np.zeros((M.shape[0], len(adjust)))
+    for g, (idx, Ag) in enumerate(adjust):
+        cols[idx, g] = Ag @ (M[idx] @ b)
+    cols -= M @ (Ainv @ (M.T @ cols))            # (I - H) applied to every column
+    lam = np.linalg.eigvalsh(cols.T @ cols)
+    return float(lam.sum() ** 2 / (lam ** 2).sum())
 
 
 def _check_loo_identified(S: np.ndarray, k: int, g: int) -> None:
