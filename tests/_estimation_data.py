@@ -8,8 +8,14 @@ observation per cluster (G = N). Inference uses t(G-1) (cluster) or t(N-K) (HC1)
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
+import scipy.linalg
+
+from pipeline.estimation.columns import GENDER
+from pipeline.estimation.design import by_sex, check_variation, sex_masks, treatment_terms
 
 Y = "profit_usd_ppp_month"
 TREATS = ["treat_skills", "treat_capital"]
@@ -160,3 +166,96 @@ def with_extras(df, seed=0):
     df["owner_age"] = df["owner_age_bl"]
     df["owner_age_bl_missing"] = 0
     return df
+
+
+# ------------------------------------------------------------------------------------------
+# The oracle: the same models through statsmodels with explicit fixed-effect dummies
+# ------------------------------------------------------------------------------------------
+def fe_dummies(fe: tuple[np.ndarray, np.ndarray], name: str,
+               mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Dummies for every level but the first (sorted) among the rows in ``mask``."""
+    codes, levels = fe
+    mask = np.ones(len(codes), dtype=bool) if mask is None else mask
+    present = np.unique(codes[mask])
+    out = {}
+    for c in present[1:]:
+        out[f"{name}[{levels[c]}]"] = ((codes == c) & mask).astype(float)
+    return out
+
+
+def drop_collinear(X: dict[str, np.ndarray], w: np.ndarray | None,
+                    protected: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Greedy, order-respecting selection of linearly independent columns (incremental Cholesky
+    of the weighted Gram matrix). A protected column that is collinear raises ValueError."""
+    names = list(X)
+    M = np.column_stack([X[n] for n in names])
+    if w is not None:
+        M = M * np.sqrt(w)[:, None]
+    G = M.T @ M
+    kept: list[int] = []
+    dropped: list[str] = []
+    L = np.zeros((0, 0))
+    for j, name in enumerate(names):
+        gjj = G[j, j]
+        if kept:
+            v = scipy.linalg.solve_triangular(L, G[kept, j], lower=True)
+            d = gjj - v @ v
+        else:
+            v, d = np.zeros(0), gjj
+        if gjj <= 0 or d <= 1e-9 * gjj:
+            if name in protected:
+                raise ValueError(f"term {name!r} is collinear with other regressors "
+                                 f"(no independent variation in the sample)")
+            dropped.append(name)
+            continue
+        k = len(kept)
+        L2 = np.zeros((k + 1, k + 1))
+        L2[:k, :k] = L
+        L2[k, :k] = v
+        L2[k, k] = np.sqrt(d)
+        L = L2
+        kept.append(j)
+    return [names[j] for j in kept], dropped
+
+
+def dummy_design(s: Sample, spec: Spec, pairs, by_gender: bool, sample: str):
+    """Columns of X in order (dict name -> array) and the names of the terms of interest."""
+    terms = treatment_terms(s, pairs)
+    X: dict[str, np.ndarray] = {"const": np.ones(s.n)}
+    if not by_gender:
+        check_variation(terms, f"{sample!r} sample")
+        X.update(terms)
+        X.update(s.covariates)
+        for c, values in s.fe.items():
+            X.update(fe_dummies(values, c))
+        return X, list(terms)
+
+    masks = sex_masks(s, terms)
+    X[GENDER] = s.female.copy()
+    interest = by_sex(X, terms, masks)
+    if spec.gender_interact_all:
+        by_sex(X, s.covariates, masks)
+        for c, values in s.fe.items():
+            for sex, m in masks.items():
+                X.update({f"{k}:{sex}": d for k, d in fe_dummies(values, c, m).items()})
+    else:
+        X.update(s.covariates)
+        for c, values in s.fe.items():
+            X.update(fe_dummies(values, c))
+    return X, interest
+
+
+def statsmodels_fit(df, spec, sample=None, by_gender=False):
+    """(statsmodels results, dropped columns) of the model :func:`pipeline.estimation.fit.fit` fits,
+    with explicit dummies (first sorted level dropped) and statsmodels' own CR1 / HC1, use_t=True."""
+    import statsmodels.api as sm
+    from pipeline.estimation.sample import crossed_interactions, prepare
+    sample = "all" if sample is None else sample
+    s = prepare(df, spec, sample, need_gender=by_gender)
+    X, interest = dummy_design(s, spec, crossed_interactions(df, spec), by_gender, sample)
+    kept, dropped = drop_collinear(X, s.weights, protected=["const", *interest])
+    exog = pd.DataFrame({k: X[k] for k in kept})
+    model = sm.OLS(s.y, exog) if s.weights is None else sm.WLS(s.y, exog, weights=s.weights)
+    if spec.cluster is None:
+        return model.fit(cov_type="HC1", use_t=True), dropped
+    return model.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True), dropped

@@ -4,18 +4,23 @@ by-gender parameterisations' identities.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close
+from _estimation_data import statsmodels_fit, Y, TREATS, make_data, hand_design, hand_ols, rel_close
 from pipeline.estimation.fit import AbsorbedResults, fit
 from pipeline.estimation.spec import Spec
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study, tidy
-from pipeline.estimation.wild import WildSettings
+from pipeline.estimation.wild import WildSettings, wild_cluster_test
+
+
+def reported(names):
+    """Positions of the parameters fit reports: all but the intercept and the FE dummies."""
+    return [i for i, n in enumerate(names) if n != "const" and "[" not in n]
 
 
 @pytest.mark.parametrize("weighted", [False, True])
@@ -27,10 +32,11 @@ def test_pooled_matches_closed_form_cluster(weighted):
     w = d["weight"].to_numpy() if weighted else None
     beta, V, df_t = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy(), w)
 
-    assert list(res.params.index) == names          # same regressors, K incl. FE dummies
-    rel_close(res.params.to_numpy(), beta)
-    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V)))
-    rel_close(res.cov_params().to_numpy(), V)
+    x = reported(names)                              # FE absorbed; K counts their dummies
+    assert list(res.params.index) == [names[i] for i in x]
+    rel_close(res.params.to_numpy(), beta[x])
+    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
+    rel_close(res.cov_params().to_numpy(), V[np.ix_(x, x)])
 
     t = tidy(res, study="x")
     se = np.sqrt(np.diag(V))
@@ -58,9 +64,10 @@ def test_hc1_when_cluster_is_none():
     beta, V, df_t = hand_ols(X, d[Y].to_numpy(), groups=None)
     n, k = X.shape
     # One observation per cluster: G/(G-1)*(N-1)/(N-K) = N/(N-K), the HC1 factor.
-    assert list(res.params.index) == names
-    rel_close(res.params.to_numpy(), beta)
-    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V)))
+    x = reported(names)
+    assert list(res.params.index) == [names[i] for i in x]
+    rel_close(res.params.to_numpy(), beta[x])
+    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
     t = tidy(res)
     assert t["n_clusters"].isna().all()
     q = stats.t.ppf(0.975, n - k)
@@ -74,14 +81,16 @@ def test_no_baseline_is_plain_ols_and_one_treatment():
     res = fit(df, Spec(Y, ["treat_capital"]))
     d, X, names = hand_design(df, treats=("treat_capital",), interact=False, baseline=False)
     beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
-    assert list(res.params.index) == names
-    rel_close(res.params.to_numpy(), beta)
-    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V)))
+    x = reported(names)
+    assert list(res.params.index) == [names[i] for i in x]
+    rel_close(res.params.to_numpy(), beta[x])
+    rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
     assert res.estimate_info.baseline_columns == ()
 
 
 TRUTH = {"women": {"treat_skills": 4.0, "treat_capital": 10.0, "interaction": -5.0},
          "men": {"treat_skills": 2.0, "treat_capital": 30.0, "interaction": 6.0}}
+
 
 @pytest.fixture(scope="module")
 def sim():
@@ -177,7 +186,7 @@ def test_fully_interacted_se_relation_when_clusters_nest_in_gender():
     spec = Spec(Y, TREATS)
     rj = fit(df, spec, by_gender=True)
     cj = lambda r: r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
-        (r.nobs - 1) / (r.nobs - len(r.params)))
+        (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
     for sample, sex in (("women", "female"), ("men", "male")):
         rs = fit(df, spec, sample=sample)
         for term in ["treat_skills", "treat_capital", "treat_skills:treat_capital"]:
@@ -246,10 +255,15 @@ def test_gender_specific_strata_collinearity_is_handled():
     assert full.estimate_info.dropped_columns == ()
     women = fit(df, spec, sample="women")
     rel_close(full.params["treat_capital:female"], women.params["treat_capital"])
-    part = fit(df, Spec(Y, TREATS, gender_interact_all=False), by_gender=True)
-    assert len(part.estimate_info.dropped_columns) == 1
-    assert part.estimate_info.dropped_columns[0].startswith("stratum[")
-    assert np.linalg.matrix_rank(part.model.exog) == part.model.exog.shape[1]
+    partial = Spec(Y, TREATS, gender_interact_all=False)
+    part = fit(df, partial, by_gender=True)
+    assert part.estimate_info.dropped_columns == ("female_owner",)   # absorbed FE span female_owner
+    ref, dropped = statsmodels_fit(df, partial, by_gender=True)      # with dummies: one stratum dummy
+    assert len(dropped) == 1 and dropped[0].startswith("stratum[")
+    assert np.linalg.matrix_rank(ref.model.exog) == ref.model.exog.shape[1]
+    names = list(part.params.index)
+    rel_close(part.params.to_numpy(), ref.params[names].to_numpy())
+    rel_close(part.bse.to_numpy(), ref.bse[names].to_numpy())
 
 
 @pytest.mark.parametrize("fit_kw,spec_kw,data_kw", [
@@ -264,46 +278,56 @@ def test_gender_specific_strata_collinearity_is_handled():
     ({"sample": "women"}, {"fixed_effects": ["stratum"]}, {}),
 ], ids=["pooled", "wls", "hc1", "by_gender", "by_gender_wls_controls", "by_gender_partial",
         "by_gender_no_fe", "women_one_fe"])
-def test_fastols_engine_equals_statsmodels_engine(fit_kw, spec_kw, data_kw):
+def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
+    """The one fitting path (FE absorbed) against statsmodels OLS / WLS with explicit dummies
+    (tests/_estimation_data.statsmodels_fit): every tidy row (coefficients and women - men
+    contrasts through statsmodels' t_test), every parameter, the covariance, an F-test and the wild
+    bootstrap p-values (the same model refitted with dummies as regressors) to 1e-8."""
     df = make_data(seed=21, **data_kw)
-    sm_res = fit(df, Spec(Y, TREATS, **spec_kw), **fit_kw)
-    fo_res = fit(df, Spec(Y, TREATS, engine="fastols", **spec_kw), **fit_kw)
-    assert isinstance(fo_res, AbsorbedResults)
-    a, b = tidy(sm_res), tidy(fo_res)
-    assert a["term"].tolist() == b["term"].tolist()
-    for c in ["estimate", "std_error", "ci_low", "ci_high", "p_value", "mde"]:
-        rel_close(b[c], a[c], 1e-8)
-    np.testing.assert_allclose(b["control_mean"], a["control_mean"], rtol=1e-12, equal_nan=True)
-    assert (a["n_obs"] == b["n_obs"]).all()
-    assert fo_res.estimate_info.df_t == sm_res.estimate_info.df_t
-    if spec_kw.get("cluster", "cluster_id") is not None:
-        # the wild bootstrap refits the same model with FE absorbed or as dummies: same draws, same p
-        wild = WildSettings(below_clusters=1000, reps=499, weights="rademacher", seed=5)
-        wa, wb = tidy(sm_res, wild=wild)["wild_p_value"], tidy(fo_res, wild=wild)["wild_p_value"]
-        assert wa.notna().all() and (wa > 0).any()
-        np.testing.assert_array_equal(wa, wb)
-    # every non-FE parameter and its covariance
-    names = list(fo_res.params.index)
-    rel_close(fo_res.params.to_numpy(), sm_res.params[names].to_numpy())
-    rel_close(fo_res.cov_params().to_numpy(), sm_res.cov_params().loc[names, names].to_numpy())
+    spec = Spec(Y, TREATS, **spec_kw)
+    res = fit(df, spec, **fit_kw)
+    ref, _ = statsmodels_fit(df, spec, **fit_kw)
+    assert isinstance(res, AbsorbedResults)
+    t = tidy(res)
+    ref_names = list(ref.params.index)
+    for td, (_, row) in zip(res.estimate_info.terms, t.iterrows()):
+        assert row["term"] == td.term
+        r = np.zeros(len(ref_names))
+        for param, weight in td.weights:
+            r[ref_names.index(param)] = weight
+        tt = ref.t_test(r)
+        rel_close(row["estimate"], float(np.squeeze(tt.effect)))
+        rel_close(row["std_error"], float(np.squeeze(tt.sd)))
+        rel_close(row["p_value"], float(np.squeeze(tt.pvalue)))
+        rel_close([row["ci_low"], row["ci_high"]], np.asarray(tt.conf_int()).ravel())
+    assert (t["n_obs"] == int(ref.nobs)).all()
+    names = list(res.params.index)
+    rel_close(res.params.to_numpy(), ref.params[names].to_numpy())
+    rel_close(res.cov_params().to_numpy(), ref.cov_params().loc[names, names].to_numpy())
     R = np.zeros((2, len(names)))
     R[0, 0] = R[1, 1] = 1.0
-    Rs = np.zeros((2, len(sm_res.params)))
+    Rs = np.zeros((2, len(ref_names)))
     for i in range(2):
-        Rs[i, list(sm_res.params.index).index(names[i])] = 1.0
-    fa, fb = sm_res.f_test(Rs), fo_res.f_test(R)
+        Rs[i, ref_names.index(names[i])] = 1.0
+    fa, fb = ref.f_test(Rs), res.f_test(R)
     rel_close(float(np.squeeze(fb.fvalue)), float(np.squeeze(fa.fvalue)))
     rel_close(float(np.squeeze(fb.pvalue)), float(np.squeeze(fa.pvalue)))
-
-
-def test_fastols_engine_drops_collinear_female_with_sex_specific_strata():
-    df = make_data(seed=15)
-    df["stratum"] = df["stratum"] + "_" + df["female_owner"].astype(str)
-    spec = Spec(Y, TREATS, gender_interact_all=False)
-    a = tidy(fit(df, spec, by_gender=True))
-    res = fit(df, replace(spec, engine="fastols"), by_gender=True)
-    assert res.estimate_info.dropped_columns == ("female_owner",)
-    rel_close(tidy(res)["std_error"], a["std_error"], 1e-8)
+    if spec.cluster is not None:
+        # the wild bootstrap refits the model with FE absorbed or as dummies: same draws, same p
+        wild = WildSettings(below_clusters=1000, reps=499, weights="rademacher", seed=5)
+        got = tidy(res, wild=wild)["wild_p_value"]
+        assert got.notna().all() and (got > 0).any()
+        exog = ref.model.exog[:, 1:]                      # without the constant (partialled out)
+        info = res.estimate_info
+        for td, p_value in zip(info.terms, got):
+            key = "|".join(str(x) for x in (None, Y, "level", info.model, info.sample, td.term))
+            r = np.zeros(exog.shape[1])
+            for param, weight in td.weights:
+                r[ref_names.index(param) - 1] = weight
+            by_dummies = wild_cluster_test(ref.model.endog, exog, res.wild_design.groups, r, reps=499,
+                                           weight_type="rademacher", weights=res.wild_design.weights,
+                                           seed=np.random.SeedSequence([5, zlib.crc32(key.encode("utf-8"))]))
+            assert by_dummies.p_value == p_value
 
 
 def _statsmodels_reference(d, with_dummy):
@@ -322,10 +346,9 @@ def _statsmodels_reference(d, with_dummy):
     return sm.OLS(d[Y].to_numpy(), X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
 
 
-@pytest.mark.parametrize("engine", ["statsmodels", "fastols"])
-def test_listwise_missing_baseline_is_ols_on_the_complete_cases(engine):
+def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
     df = make_data(seed=41, p_missing_bl=0.3)
-    res = fit(df, Spec(Y, TREATS, missing_baseline="listwise", engine=engine))
+    res = fit(df, Spec(Y, TREATS, missing_baseline="listwise"))
     d = df[df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)]
     assert len(d) < (df["followup"] & df[Y].notna()).sum()      # some rows had no baseline
     ref = _statsmodels_reference(d, with_dummy=False)

@@ -15,12 +15,12 @@ def test_from_params_rejects_unknown_key():
         Spec.from_params({"treatments": TREATS, "clustre": "cluster_id"}, Y)
 
 
-def test_vcov_and_engine_validation():
+def test_vcov_validation_and_no_engine():
     with pytest.raises(ValueError, match="vcov"):
         Spec(Y, TREATS, vcov="HC3")
     with pytest.raises(ValueError, match="needs Spec.cluster"):
         Spec(Y, TREATS, vcov="CR3", cluster=None)
-    with pytest.raises(ValueError, match="engine"):
-        Spec(Y, TREATS, engine="pyfixest")
+    with pytest.raises(TypeError, match="engine"):                  # one fitting path: no engine
+        Spec(Y, TREATS, engine="statsmodels")
     spec = Spec.from_params({"treatments": TREATS, "vcov": "CR3"}, Y)
     assert spec.vcov == "CR3" and Spec(Y, TREATS).vcov == "CR1"

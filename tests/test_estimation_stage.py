@@ -123,7 +123,7 @@ def test_a_table_without_columns_is_never_written(tmp_path):
 
 def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
     df = make_data(seed=3, n_clusters=14)
-    spec_params = {"treatments": list(TREATS), "engine": "fastols", "vcov": "CR2"}
+    spec_params = {"treatments": list(TREATS), "vcov": "CR2"}
     few = WildSettings(below_clusters=15, reps=999, weights="auto", seed=9)
     table = estimate_study(df, [Y], spec_params, "s", wild=few)
     assert table["wild_p_value"].notna().all() and table["wild_p_value"].between(0, 1).all()
@@ -131,7 +131,7 @@ def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
     assert none["wild_p_value"].isna().all()                          # 14 clusters, not fewer than 14
     pd.testing.assert_frame_equal(none.drop(columns="wild_p_value"), table.drop(columns="wild_p_value"))
     # one term by hand: the pooled skills effect, Webb weights (14 clusters > 12: Rademacher under auto)
-    res = fit(df, Spec(Y, TREATS, engine="fastols", vcov="CR2"))
+    res = fit(df, Spec(Y, TREATS, vcov="CR2"))
     d = res.wild_design
     r = np.array([1.0 if c == "treat_skills" else 0.0 for c in d.X.columns])
     key = "|".join(["s", Y, "level", "pooled", "all", "treat_skills"])

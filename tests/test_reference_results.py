@@ -183,7 +183,7 @@ def test_berge2015_two_by_two_parameterisation(run_study):
     analysis = res["analysis"]
     spec = Spec(outcome="log_profit", treatments=["treat_skills", "treat_capital"],
                 interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
-                cluster="cluster_id", vcov="CR1", engine="statsmodels")
+                cluster="cluster_id", vcov="CR1")
     for model, sample in (("men_only", "men"), ("women_only", "women")):
         fit = fit_model(analysis, spec, sample)
         ref = BERGE[model]

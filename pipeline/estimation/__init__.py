@@ -9,21 +9,22 @@ Estimation follows the "Estimation and inference" section of ``METHODS.md``:
   (complete-case ANCOVA; ``n_obs`` counts the rows kept).
   When a study has no baseline (neither column exists) the model is the plain regression.
 * Follow-up rounds are **pooled** (``followup`` is True) with **round fixed effects**, and
-  **strata fixed effects** enter every regression (dummy variables, first sorted level dropped).
+  **strata fixed effects** enter every regression (absorbed).
 * **Cluster-robust** standard errors at the unit of randomisation, exactly as statsmodels'
   ``cov_type="cluster"`` computes them (CR1: ``G/(G-1) * (N-1)/(N-K)``, ``K`` counting every
   regressor including the fixed-effect dummies), with t(G-1) inference (``use_t=True``).
   ``Spec.cluster = None`` gives HC1 with t(N-K). ``Spec.vcov = "CR2"`` (the ``vcov:`` param) gives
   instead Bell-McCaffrey CR2 (``A_g = (I - H_gg)^-1/2`` with the hat matrix of the full model,
-  FE dummies included; no further factor; t(G-1)) and ``"CR3"`` the cluster jackknife of MacKinnon, Nielsen & Webb (2023), ``(G-1)/G sum_g (b_(g) - b)
+  FE dummies included; no further factor; Bell-McCaffrey df per contrast) and ``"CR3"`` the cluster jackknife of MacKinnon, Nielsen & Webb (2023), ``(G-1)/G sum_g (b_(g) - b)
   (b_(g) - b)'`` with the fixed effects re-estimated in every leave-one-cluster-out fit, t(G-1):
   the simulation study found CR1 about 9% too small for the by_gender model (strata x sex FE,
   ~7-8 clusters per stratum); CR2 reached 93-97% coverage in every cell at 500 draws, CR3 was
   conservative (up to 98%). Every covariance is an entry of :mod:`pipeline.estimation.variance`.
-* Engine (``Spec.engine``): ``statsmodels`` (explicit FE dummies, every parameter reported) or
-  ``fastols`` (FE absorbed by :func:`pipeline.estimation.ols.fe_ols`, only non-FE parameters reported,
-  results an :class:`AbsorbedResults`; same estimates and CR1/HC1 covariance to ~1e-10). The
-  by_gender fully interacted model then absorbs FE x sex. CR2 / CR3 always use fastols.
+* One fitting path: the fixed effects are absorbed (:func:`pipeline.estimation.ols.fe_ols`), only the
+  non-FE parameters are reported (results an ``AbsorbedResults``); the by_gender fully interacted
+  model absorbs FE x sex. The tests check every model against statsmodels with explicit dummies
+  (estimates and CR1/HC1 covariance to 1e-8). Under CR2 each t-test (coefficient or women - men
+  contrast) uses its Bell-McCaffrey degrees of freedom instead of G-1.
 * **Survey weights** (``Spec.weights``) give WLS; control means are then weighted too.
 
 Models per outcome (the ``model`` column of the tidy table):
@@ -66,7 +67,7 @@ tables (``inference.balance_tables``), quantile treatment effects (``qte.qte_tab
 
 Term names in the tidy table: ``treat_skills``, ``treat_capital``, ``treat_skills_x_treat_capital``
 (pooled and split models) and ``<term>_women``, ``<term>_men``, ``<term>_diff`` (by_gender).
-In the statsmodels results the parameter names are ``treat_skills:treat_capital`` and
+In the fit results (``params``) the parameter names are ``treat_skills:treat_capital`` and
 ``treat_capital:female`` etc.
 
 A study with only women (``female_owner`` all 1) has no ``by_gender`` or ``men_only`` rows (and

@@ -1,9 +1,7 @@
 """Design matrices: the treatment terms (and their crossed interactions), the by-sex columns of the
-``by_gender`` model, fixed-effect dummies (the dummy-variable design) or the fixed-effect codes to
-absorb (the absorbed design), and the order-respecting dropping of collinear columns."""
+``by_gender`` model, the fixed-effect codes to absorb, and the order-respecting dropping of
+collinear columns."""
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -12,52 +10,6 @@ from pipeline.estimation.absorb import COLLINEARITY_TOL, absorb
 from pipeline.estimation.columns import GENDER
 from pipeline.estimation.sample import Sample
 from pipeline.estimation.spec import Spec, interaction_name
-
-def fe_dummies(fe: tuple[np.ndarray, np.ndarray], name: str,
-               mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Dummies for every level but the first (sorted) among the rows in ``mask``."""
-    codes, levels = fe
-    mask = np.ones(len(codes), dtype=bool) if mask is None else mask
-    present = np.unique(codes[mask])
-    out = {}
-    for c in present[1:]:
-        out[f"{name}[{levels[c]}]"] = ((codes == c) & mask).astype(float)
-    return out
-
-
-def drop_collinear(X: dict[str, np.ndarray], w: np.ndarray | None,
-                    protected: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Greedy, order-respecting selection of linearly independent columns (incremental Cholesky
-    of the weighted Gram matrix). A protected column that is collinear raises ValueError."""
-    names = list(X)
-    M = np.column_stack([X[n] for n in names])
-    if w is not None:
-        M = M * np.sqrt(w)[:, None]
-    G = M.T @ M
-    kept: list[int] = []
-    dropped: list[str] = []
-    L = np.zeros((0, 0))
-    for j, name in enumerate(names):
-        gjj = G[j, j]
-        if kept:
-            v = scipy.linalg.solve_triangular(L, G[kept, j], lower=True)
-            d = gjj - v @ v
-        else:
-            v, d = np.zeros(0), gjj
-        if gjj <= 0 or d <= COLLINEARITY_TOL * gjj:
-            if name in protected:
-                raise ValueError(f"term {name!r} is collinear with other regressors "
-                                 f"(no independent variation in the sample)")
-            dropped.append(name)
-            continue
-        k = len(kept)
-        L2 = np.zeros((k + 1, k + 1))
-        L2[:k, :k] = L
-        L2[k, :k] = v
-        L2[k, k] = np.sqrt(d)
-        L = L2
-        kept.append(j)
-    return [names[j] for j in kept], dropped
 
 
 def treatment_terms(s: Sample, pairs: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
@@ -68,24 +20,24 @@ def treatment_terms(s: Sample, pairs: tuple[tuple[str, str], ...]) -> dict[str, 
     return out
 
 
-def _check_variation(terms: dict[str, np.ndarray], where: str) -> None:
+def check_variation(terms: dict[str, np.ndarray], where: str) -> None:
     for name, v in terms.items():
         if np.unique(v).size < 2:
             raise ValueError(f"treatment {name!r} has no variation in the {where} "
                              f"(all values {v[0]:g})")
 
 
-def _sex_masks(s: Sample, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def sex_masks(s: Sample, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Row masks of women and men owners; each sex must be present with treatment variation."""
     masks = {"female": s.female == 1, "male": s.female == 0}
     for sex, m in masks.items():
         if not m.any():
             raise ValueError(f"by_gender model needs both sexes; no {sex} owners in the sample")
-        _check_variation({k: v[m] for k, v in terms.items()}, f"{sex} sample")
+        check_variation({k: v[m] for k, v in terms.items()}, f"{sex} sample")
     return masks
 
 
-def _by_sex(X: dict[str, np.ndarray], columns: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> list[str]:
+def by_sex(X: dict[str, np.ndarray], columns: dict[str, np.ndarray], masks: dict[str, np.ndarray]) -> list[str]:
     """Add ``<name>:female`` and ``<name>:male`` (the column times each sex's mask) to X."""
     names = []
     for name, v in columns.items():
@@ -95,53 +47,26 @@ def _by_sex(X: dict[str, np.ndarray], columns: dict[str, np.ndarray], masks: dic
     return names
 
 
-def dummy_design(s: Sample, spec: Spec, pairs, by_gender: bool, sample: str):
-    """Columns of X in order (dict name -> array) and the names of the terms of interest."""
-    terms = treatment_terms(s, pairs)
-    X: dict[str, np.ndarray] = {"const": np.ones(s.n)}
-    if not by_gender:
-        _check_variation(terms, f"{sample!r} sample")
-        X.update(terms)
-        X.update(s.covariates)
-        for c, values in s.fe.items():
-            X.update(fe_dummies(values, c))
-        return X, list(terms)
-
-    masks = _sex_masks(s, terms)
-    X[GENDER] = s.female.copy()
-    interest = _by_sex(X, terms, masks)
-    if spec.gender_interact_all:
-        _by_sex(X, s.covariates, masks)
-        for c, values in s.fe.items():
-            for sex, m in masks.items():
-                X.update({f"{k}:{sex}": d for k, d in fe_dummies(values, c, m).items()})
-    else:
-        X.update(s.covariates)
-        for c, values in s.fe.items():
-            X.update(fe_dummies(values, c))
-    return X, interest
-
-
 def absorbed_design(s: Sample, spec: Spec, pairs, by_gender: bool, sample: str):
     """(X columns without constant or FE dummies, terms of interest, FE codes to absorb).
 
     The fully interacted by_gender model absorbs FE x sex (just sex without FE): the same
-    column space as the sex-specific dummies and intercepts of :func:`dummy_design`."""
+    column space as sex-specific fixed-effect dummies and intercepts."""
     terms = treatment_terms(s, pairs)
     X: dict[str, np.ndarray] = {}
     fe_codes = [codes for codes, _ in s.fe.values()]
     if not by_gender:
-        _check_variation(terms, f"{sample!r} sample")
+        check_variation(terms, f"{sample!r} sample")
         X.update(terms)
         X.update(s.covariates)
         return X, list(terms), fe_codes
-    masks = _sex_masks(s, terms)
+    masks = sex_masks(s, terms)
     sex_code = s.female.astype(np.int64)
     if not spec.gender_interact_all:
         X[GENDER] = s.female.copy()
-    interest = _by_sex(X, terms, masks)
+    interest = by_sex(X, terms, masks)
     if spec.gender_interact_all:
-        _by_sex(X, s.covariates, masks)
+        by_sex(X, s.covariates, masks)
         fe_codes = [c.astype(np.int64) * 2 + sex_code for c in fe_codes] or [sex_code]
     else:
         X.update(s.covariates)
@@ -149,8 +74,8 @@ def absorbed_design(s: Sample, spec: Spec, pairs, by_gender: bool, sample: str):
 
 
 def drop_collinear_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
-    """:func:`drop_collinear` after absorbing the fixed effects and the intercept: a column is
-    dropped when the share of its raw (weighted) sum of squares left after the FE and the
+    """Greedy, order-respecting selection of linearly independent columns after absorbing the
+    fixed effects and the intercept: a column is dropped when the share of its raw (weighted) sum of squares left after the FE and the
     columns kept before it is below COLLINEARITY_TOL (a collinear protected column raises)."""
     names = list(X)
     M = np.column_stack([X[n] for n in names])

@@ -1,9 +1,9 @@
-"""Fitting one model of a specification.
+"""Fitting one model of a specification: the one fitting path.
 
-``fit`` returns statsmodels results (explicit fixed-effect dummies) or, with ``engine: fastols`` or a
-CR2 / CR3 covariance, :class:`AbsorbedResults` (fixed effects absorbed by
-:func:`pipeline.estimation.ols.fe_ols`); either way with ``estimate_info`` (:class:`FitInfo`: the
-tidy terms, sample sizes, t degrees of freedom) and ``wild_design`` attached.
+``fit`` absorbs the fixed effects (:func:`pipeline.estimation.ols.fe_ols`, covariance from
+:mod:`pipeline.estimation.variance`) and returns :class:`AbsorbedResults` with ``estimate_info``
+(:class:`FitInfo`: the tidy terms, sample sizes, t degrees of freedom) and ``wild_design`` attached.
+statsmodels with explicit dummies is the tests' oracle (tests/_estimation_data.py), not a path here.
 """
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import scipy.stats
-import statsmodels.api as sm
 
 from pipeline.estimation import ols
-from pipeline.estimation.design import (absorbed_design, drop_collinear, drop_collinear_absorbed,
-                                        dummy_design, treatment_terms)
+from pipeline.estimation.design import absorbed_design, drop_collinear_absorbed, treatment_terms
 from pipeline.estimation.sample import Sample, crossed_interactions, prepare
 from pipeline.estimation.spec import Spec, tidy_name
 from pipeline.estimation.wild import WildDesign
@@ -60,11 +58,12 @@ def weighted_control_mean(y: np.ndarray, control: np.ndarray, w: np.ndarray | No
 
 def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: bool = False,
         model: str | None = None, transform: str = "level", outcome_label: str | None = None):
-    """Fit one model; returns the statsmodels results (OLS, or WLS with ``spec.weights``).
+    """Fit one model (OLS, or WLS with ``spec.weights``) with the fixed effects absorbed; returns
+    :class:`AbsorbedResults` (only the non-fixed-effect parameters).
 
     ``sample``: None (all firms), ``"women"`` or ``"men"``. ``by_gender=True`` fits the
-    gender-interacted model on all firms. Cluster-robust covariance (statsmodels default CR1
-    correction, t(G-1) inference) or HC1 when ``spec.cluster`` is None. Collinear control / FE
+    gender-interacted model on all firms. Covariance ``spec.vcov`` (CR1: statsmodels' cluster
+    correction, t(G-1); HC1 when ``spec.cluster`` is None; CR2, CR3). Collinear control
     columns are dropped (listed in ``results.estimate_info.dropped_columns``); a collinear
     treatment term raises ValueError. ``results.estimate_info`` is a :class:`FitInfo`.
 
@@ -77,32 +76,7 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
     sample = "all" if sample is None else sample
     s = prepare(df, spec, sample, need_gender=by_gender)
     pairs = crossed_interactions(df, spec)
-    if spec.engine == "fastols" or spec.vcov != "CR1":
-        return _fit_absorbed(s, spec, pairs, by_gender, sample, model, transform, outcome_label)
-    X, interest = dummy_design(s, spec, pairs, by_gender, sample)
-    kept, dropped = drop_collinear(X, s.weights, protected=["const", *interest])
-    if dropped:
-        log.info("%s: dropped collinear columns %s", spec.outcome, dropped)
-    exog = pd.DataFrame({k: X[k] for k in kept})
-    endog = pd.Series(s.y, name=spec.outcome)
-    if exog.shape[1] >= s.n:
-        raise ValueError(f"{spec.outcome!r}: {s.n} observations for {exog.shape[1]} regressors")
-    dummies = sm.OLS(endog, exog) if s.weights is None else sm.WLS(endog, exog, weights=s.weights)
-    if spec.cluster is None:
-        res = dummies.fit(cov_type="HC1", use_t=True)
-        n_clusters = None
-    else:
-        n_clusters = int(np.unique(s.groups).size)
-        if n_clusters < 2:
-            raise ValueError(f"only {n_clusters} cluster in the estimation sample of "
-                             f"{spec.outcome!r}")
-        res = dummies.fit(cov_type="cluster", cov_kwds={"groups": s.groups}, use_t=True)
-
-    _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
-                 interest, dropped, n_clusters)
-    # the intercept is partialled out by the wild bootstrap; the FE dummies stay regressors
-    res.wild_design = WildDesign(s.y, exog.drop(columns="const"), None, s.groups, s.weights)
-    return res
+    return _fit_absorbed(s, spec, pairs, by_gender, sample, model, transform, outcome_label)
 
 
 def _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
@@ -153,7 +127,7 @@ class _FTestResult:
 
 
 class AbsorbedResults:
-    """Results of the fastols engine with a statsmodels-like interface (``params``, ``bse``,
+    """Results of :func:`fit` with a statsmodels-like interface (``params``, ``bse``,
     ``pvalues``, ``tvalues``, ``conf_int``, ``cov_params()``, ``t_test``, ``f_test``, ``nobs``,
     ``df_resid``). Only the non-fixed-effect parameters are reported (no ``const``, no dummies);
     t / F inference with the covariance's degrees of freedom (G - 1 clustered, N - K HC1; t-tests

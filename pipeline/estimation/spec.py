@@ -19,7 +19,6 @@ SAMPLES = ("all", "women", "men")
 TRANSFORMS = ("level", "unwinsorised", "log", "ihs", "trimmed")
 NONLINEAR_TRANSFORMS = ("log", "ihs")
 MDE_POWER = 0.8
-ENGINES = ("statsmodels", "fastols")
 # Units without a baseline value of the outcome (Spec.missing_baseline): "dummy" keeps them with
 # Y_bl = 0 and Y_bl_missing = 1 as controls; "listwise" drops them from the estimation sample.
 MISSING_BASELINE = ("dummy", "listwise")
@@ -45,12 +44,8 @@ class Spec:
     # Covariance: "CR1" (statsmodels' cluster default, HC1 without cluster; reproduces published
     # results), "CR2" (Bell-McCaffrey with the full-model hat matrix, t(G-1); the recommended
     # default, see the simulation study) or "CR3" (cluster jackknife, MacKinnon-Nielsen-Webb
-    # 2023; FE refitted in every leave-one-cluster-out estimate; t(G-1)). CR2/CR3 use fastols.
+    # 2023; FE refitted in every leave-one-cluster-out estimate; t(G-1)). See estimation/variance.py.
     vcov: str = "CR1"
-    # "statsmodels" (explicit FE dummies; every parameter reported) or "fastols" (fixed effects
-    # absorbed by pipeline.fastols.fe_ols; only the non-FE parameters reported; same estimates
-    # and CR1/HC1 covariance to ~1e-10).
-    engine: str = "statsmodels"
     # ANCOVA rows without a baseline: "dummy" (Y_bl = 0 plus the Y_bl_missing dummy) or
     # "listwise" (left out of the estimation sample). See MISSING_BASELINE.
     missing_baseline: str = "dummy"
@@ -76,8 +71,6 @@ class Spec:
             raise ValueError(f"Spec.vcov must be one of {VCOV_TYPES}, got {self.vcov!r}")
         if self.vcov != "CR1" and self.cluster is None:
             raise ValueError(f"Spec.vcov={self.vcov!r} needs Spec.cluster")
-        if self.engine not in ENGINES:
-            raise ValueError(f"Spec.engine must be one of {ENGINES}, got {self.engine!r}")
         if self.missing_baseline not in MISSING_BASELINE:
             raise ValueError(f"Spec.missing_baseline must be one of {MISSING_BASELINE}, "
                              f"got {self.missing_baseline!r}")
