@@ -1,43 +1,28 @@
 """Absorbing fixed effects (Frisch-Waugh-Lovell) and counting the absorbed degrees of freedom.
 
-Gives the same numbers as statsmodels ``OLS`` / ``WLS`` with explicit fixed-effect dummies
-(``fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)``, or ``cov_type="HC1"``), without
-building the dummies: time and memory are O(n * k) instead of O(n * (k + levels)).
+Used by :mod:`pipeline.estimation.ols` (the fit), :mod:`pipeline.estimation.design` (collinearity)
+and :mod:`pipeline.estimation.wild` (the bootstrap): the columns are partialled off the fixed
+effects and the intercept without building the dummies (time and memory O(n * k), not
+O(n * (k + levels))), demeaned **in place** on the rows of a ``(m, n)`` float64 array.
 
-How
----
-* The regressors of interest ``X`` and the outcome ``y`` are stacked into one ``(k + 1, n)``
-  float64 array that is demeaned **in place** (Frisch-Waugh-Lovell).
+* One fixed effect (and ``fe=None``, which absorbs only the intercept): exact (weighted) group
+  demeaning with ``np.bincount``.
+* Two fixed effects (``method="direct"``, the default): exact projection from grouped sufficient
+  statistics. The larger FE (``L1`` levels) is demeaned by group means; the other one's dummies,
+  demeaned by the first, have the small ``L2 x L2`` Gram matrix
+  ``A = diag(s2) - C' diag(1/s1) C`` (``C`` the weighted ``L1 x L2`` cross-tabulation), so the
+  projection needs one factorisation of ``A`` (one level per connected component of the
+  bipartite level graph grounded, which removes exactly its null space) and one bincount per
+  column. The projection is applied twice (one step of iterative refinement).
+* Three or more fixed effects, or ``method="map"``: the method of alternating projections
+  (group demeaning by each FE in turn) until the largest change in a sweep is below
+  ``tol`` times the column's scale; ``RuntimeError`` after ``maxiter`` sweeps.
 
-  - One fixed effect (and ``fe=None``, which absorbs only the intercept): exact (weighted) group
-    demeaning with ``np.bincount``.
-  - Two fixed effects (``method="direct"``, the default): exact projection from grouped sufficient
-    statistics. The larger FE (``L1`` levels) is demeaned by group means; the other one's dummies,
-    demeaned by the first, have the small ``L2 x L2`` Gram matrix
-    ``A = diag(s2) - C' diag(1/s1) C`` (``C`` the weighted ``L1 x L2`` cross-tabulation), so the
-    projection needs one factorisation of ``A`` (one level per connected component of the
-    bipartite level graph grounded, which removes exactly its null space) and one bincount per
-    column. The projection is applied twice (one step of iterative refinement).
-  - Three or more fixed effects, or ``method="map"``: the method of alternating projections
-    (group demeaning by each FE in turn) until the largest change in a sweep is below
-    ``tol`` times the column's scale; ``RuntimeError`` after ``maxiter`` sweeps.
-
-* Absorbed degrees of freedom are counted as statsmodels would count a full-rank set of dummies
-  plus the intercept: the rank of ``[1, D1, ..., Dm]``. One FE: its number of levels. Two FEs:
-  ``L1 + L2 - (connected components of the bipartite level graph)``. Three or more: the levels
-  of the largest FE plus the rank of the others' Gram matrix after projecting it out (from
-  counts; the smaller FEs may have up to ``MAX_DENSE_LEVELS`` levels in all, else ``ValueError``).
-* Coefficients by a Cholesky solve of the demeaned ``X'WX``; residuals in place; cluster scores
-  ``sum_{i in g} w_i x~_i u_i`` by one ``np.bincount`` per regressor over the cluster codes (no
-  ``n x G`` matrix).
-* Covariance: ``V = (X'WX)^-1 M (X'WX)^-1 * c`` with, for clusters, ``M = S'S`` and
-  ``c = G/(G-1) * (N-1)/(N-K)``; for HC1 ``M = sum_i w_i^2 u_i^2 x~_i x~_i'`` and ``c = N/(N-K)``.
-  ``K = k + k_absorbed`` counts every regressor including the fixed-effect dummies and the
-  intercept (statsmodels' ``k_params`` with a full-rank dummy set). Inference with t(G-1)
-  (cluster) or t(N-K) (HC1), as statsmodels' ``use_t=True``.
-
-The intercept is always in the model (absorbed by the fixed effects, or by the grand mean when
-``fe=None``); it is not reported. Do not put a constant column in ``X`` (it would be collinear).
+Absorbed degrees of freedom are counted as statsmodels would count a full-rank set of dummies
+plus the intercept: the rank of ``[1, D1, ..., Dm]``. One FE: its number of levels. Two FEs:
+``L1 + L2 - (connected components of the bipartite level graph)``. Three or more: the levels
+of the largest FE plus the rank of the others' Gram matrix after projecting it out (from
+counts; the smaller FEs may have up to ``MAX_DENSE_LEVELS`` levels in all, else ``ValueError``).
 """
 from __future__ import annotations
 

@@ -152,7 +152,7 @@ class AbsorbedResults:
         V = self.fe_result.cov.to_numpy()
         eff = R @ self.params.to_numpy()
         sd = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", R, V, R), 0.0, None))
-        df = np.array([self.fe_result.contrast_df(row) for row in R])   # CR2: Bell-McCaffrey per row
+        df = self.fe_result.contrast_df(R)              # CR2: Bell-McCaffrey per row
         return _TTestResult(eff, sd, df)
 
     def f_test(self, R) -> _FTestResult:

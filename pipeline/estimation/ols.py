@@ -49,11 +49,14 @@ class FEResult:
     fe_method: str = "none"            # "none" | "exact" | "direct" | "map"
     fe_iterations: int = 0             # sweeps used by the alternating projections
     df_params: pd.Series | None = None  # t df per coefficient (None: df_inference)
-    contrast_dfs: Callable[[np.ndarray], float] | None = None   # CR2: contrast -> its t df
+    contrast_dfs: Callable[[np.ndarray], np.ndarray] | None = None   # CR2: contrasts -> their t df
 
-    def contrast_df(self, r: np.ndarray) -> float:
-        """t degrees of freedom of the test of r'b (``r`` over ``params``)."""
-        return self.df_inference if self.contrast_dfs is None else self.contrast_dfs(np.asarray(r, float))
+    def contrast_df(self, R: np.ndarray) -> np.ndarray:
+        """t degrees of freedom of the tests of r'b, one per row r of ``R`` (over ``params``)."""
+        R = np.atleast_2d(np.asarray(R, float))
+        if self.contrast_dfs is None:
+            return np.full(len(R), float(self.df_inference))
+        return self.contrast_dfs(R)
 
     @property
     def df_by_param(self) -> pd.Series:
@@ -116,7 +119,7 @@ def t_test(result: FEResult, contrast: dict[str, float], alpha: float = 0.05) ->
     var = float(r @ result.cov.to_numpy() @ r)
     se = float(np.sqrt(var)) if var > 0 else 0.0
     t = est / se if se > 0 else np.nan
-    df = result.contrast_df(r)
+    df = float(result.contrast_df(r)[0]) if result.contrast_dfs is not None else result.df_inference
     p = float(2.0 * stats.t.sf(abs(t), df)) if se > 0 else np.nan
     q = stats.t.ppf(1.0 - alpha / 2.0, df)
     return TTest(est, se, t, p, est - q * se, est + q * se)
@@ -252,7 +255,7 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
     cov, df_inf = c.cov, c.df
     df_params = None
     if c.contrast_df is not None:
-        df_params = np.array([c.contrast_df(np.eye(k)[j]) for j in range(k)])
+        df_params = c.contrast_df(np.eye(k))
 
     idx = pd.Index(names)
     params = pd.Series(beta, index=idx)

@@ -64,8 +64,8 @@ class Covariance:
     cov: np.ndarray
     df: int                            # t degrees of freedom of the inference
     name: str                          # "HC1" | "cluster" (CR1) | "CR2" | "CR3"
-    # t degrees of freedom of the test of c'b (CR2: Bell-McCaffrey); None: ``df`` for every contrast
-    contrast_df: Callable[[np.ndarray], float] | None = None
+    # t degrees of freedom of the tests of c'b, one per row c (CR2: Bell-McCaffrey); None: ``df``
+    contrast_df: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 REGISTRY: dict[str, Callable[[Problem], Covariance]] = {}
@@ -188,9 +188,9 @@ def _dense_design(Z0, fes) -> np.ndarray:
     return np.hstack(blocks)
 
 
-def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.ndarray], float]]:
+def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix, and the
-    Bell-McCaffrey degrees of freedom of a contrast (:func:`_bell_mccaffrey_df`)."""
+    Bell-McCaffrey degrees of freedom of contrasts (:func:`_bell_mccaffrey_df`)."""
     k = Z0.shape[0] - 1
     n_levels = sum(L for _, L, _ in fes)
     if n_levels > MAX_DENSE_DUMMIES:
@@ -222,24 +222,33 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.n
         adjust.append((idx, (vec * inv_sqrt) @ vec.T))
     V = Ainv @ meat @ Ainv
 
-    def contrast_df(c: np.ndarray) -> float:
-        return _bell_mccaffrey_df(M, Ainv, adjust, np.concatenate([c, np.zeros(M.shape[1] - k)]))
+    def contrast_df(C: np.ndarray) -> np.ndarray:
+        C = np.atleast_2d(C)
+        return _bell_mccaffrey_df(M, Ainv, adjust, np.hstack([C, np.zeros((len(C), M.shape[1] - k))]))
     return V[:k, :k], contrast_df
 
 
-def _bell_mccaffrey_df(M, Ainv, adjust, c) -> float:
-    """Degrees of freedom of the CR2 t-test of c'b (Bell & McCaffrey 2002; Imbens & Kolesar 2016,
-    eq. 9; Pustejovsky & Tipton 2018 with the fixed effects in the hat matrix), under the working
-    model of independent, homoskedastic errors (in the sqrt(w) metric): with
-    ``G_g = (I - H)[:, g] A_g M_g (M'M)^-1 c`` (column g of the n x G matrix ``G``) and ``l`` the
-    eigenvalues of ``G'G``, ``df = (sum l)^2 / sum l^2``."""
-    b = Ainv @ c
-    cols = np.zeros((M.shape[0], len(adjust)))
+def _bell_mccaffrey_df(M, Ainv, adjust, C) -> np.ndarray:
+    """Degrees of freedom of the CR2 t-tests of c'b for each row c of ``C`` (Bell & McCaffrey 2002;
+    Imbens & Kolesar 2016, eq. 9; Pustejovsky & Tipton 2018 with the fixed effects in the hat
+    matrix), under the working model of independent, homoskedastic errors (sqrt(w) metric): with
+    ``G_g = (I - H)[:, g] q_g``, ``q_g = A_g M_g (M'M)^-1 c``, and ``l`` the eigenvalues of
+    ``G'G``, ``df = (sum l)^2 / sum l^2``. As I - H is a projection,
+    ``G'G = diag(q_g'q_g) - R' (M'M)^-1 R`` with ``R = [M_g'q_g]_g``: no n x G matrix."""
+    Bc = Ainv @ C.T                                          # (p, m)
+    m = C.shape[0]
+    qq = np.empty((len(adjust), m))
+    R = np.empty((m, M.shape[1], len(adjust)))
     for g, (idx, Ag) in enumerate(adjust):
-        cols[idx, g] = Ag @ (M[idx] @ b)
-    cols -= M @ (Ainv @ (M.T @ cols))            # (I - H) applied to every column
-    lam = np.linalg.eigvalsh(cols.T @ cols)
-    return float(lam.sum() ** 2 / (lam ** 2).sum())
+        q = Ag @ (M[idx] @ Bc)                               # (n_g, m)
+        qq[g] = np.einsum("ij,ij->j", q, q)
+        R[:, :, g] = (M[idx].T @ q).T
+    out = np.empty(m)
+    for j in range(m):
+        GtG = np.diag(qq[:, j]) - R[j].T @ Ainv @ R[j]
+        lam = np.linalg.eigvalsh((GtG + GtG.T) / 2.0)
+        out[j] = lam.sum() ** 2 / (lam ** 2).sum()
+    return out
 
 
 def _check_loo_identified(S: np.ndarray, k: int, g: int) -> None:
