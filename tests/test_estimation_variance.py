@@ -156,3 +156,16 @@ def test_cr2_diff_row_uses_the_contrast_bell_mccaffrey_df():
     rel_close(row["std_error"], se, 1e-8)
     rel_close(row["p_value"], 2 * stats.t.sf(abs(row["estimate"] / se), dof), 1e-7)
     assert dof < res.estimate_info.n_clusters - 1
+
+
+def test_registry_names_and_the_estimator_for_a_spec():
+    from pipeline.estimation import variance
+    assert set(variance.REGISTRY) == {"HC1", "CR1", "CR2", "CR3"}
+    assert variance.estimator_name("CR1", clustered=False) == "HC1"
+    assert variance.estimator_name("CR2", clustered=True) == "CR2"
+    with pytest.raises(ValueError, match="needs cluster"):
+        variance.estimator_name("CR2", clustered=False)
+    with pytest.raises(ValueError, match="vcov must be one of"):
+        variance.estimator_name("HC3", clustered=True)
+    with pytest.raises(ValueError, match="unknown covariance"):
+        variance.covariance("HC3", None)
