@@ -16,12 +16,12 @@ stage_params = None  # None: the `estimate:` group of params.yaml (the study's o
 import pandas as pd
 from IPython.display import Markdown
 
-from pipeline import estimate
+from pipeline.estimation import stage
 from pipeline.io import load_params
 from pipeline.method_note import method_note
 
 stage_params = stage_params if stage_params is not None else load_params()["estimate"]
-result = estimate.run(study, stage_params)
+result = stage.run(study, stage_params)
 results = result["results"]
 
 # %% [markdown]

@@ -207,8 +207,8 @@ CleanOverrides = create_model("CleanOverrides", __base__=Block,
 
 # --------------------------------------------------------------------------------------------
 # The estimate block (the keys of the estimate stage; listed here so that loading a study does
-# not import the estimator). Regression-specification fields of pipeline.estimate.Spec (all but
-# ``outcome``), then the stage keys of pipeline.estimate.STAGE_DEFAULTS.
+# not import the estimator). Regression-specification fields of pipeline.estimation.spec.Spec (all
+# but ``outcome``), then the stage keys of pipeline.estimation.spec.STAGE_DEFAULTS.
 # --------------------------------------------------------------------------------------------
 class EstimateSample(Block):
     rounds: Optional[list[Code]] = None
@@ -226,7 +226,6 @@ SPEC_FIELDS: dict[str, Any] = {
     "followup_only": bool,
     "gender_interact_all": bool,
     "vcov": Literal["CR1", "CR2", "CR3", "HC1"],
-    "engine": Literal["statsmodels", "fastols"],
     "missing_baseline": Literal["dummy", "listwise"],
 }
 STAGE_FIELDS: dict[str, Any] = {
@@ -261,7 +260,7 @@ ESTIMATE_KEYS = tuple(sorted(set(SPEC_FIELDS) | set(STAGE_FIELDS)))
 # A study's ``estimate:`` block: any estimate key, each optional (absent or null: the params' value),
 # in the order of docs/study_config.md's table (the order of a merged block, see in_model_order).
 ESTIMATE_ORDER = ("outcomes", "primary_outcome", "treatments", "interact_treatments", "baseline_control",
-                  "missing_baseline", "fixed_effects", "controls", "cluster", "vcov", "engine", "weights",
+                  "missing_baseline", "fixed_effects", "controls", "cluster", "vcov", "weights",
                   "gender_control", "followup_only", "gender_interact_all", "sample", "transforms", "trim_top_pct",
                   "by_round", "q_families", "alpha", "mde_power", "seed", "bootstrap_reps", "permutations",
                   "n_jobs", "qte_quantiles", "qte_fixed_effects", "balance_covariates", "lee_cells",

@@ -5,7 +5,7 @@ params with ``seed = base_seed + i``) writes a messy survey; it goes through the
 pure function (:func:`pipeline.ingest.ingest_frame`: columns checked, identifiers dropped, rows
 numbered, in memory) and :func:`pipeline.ingest.interim_table`, ``pipeline.clean.clean`` and
 ``pipeline.construct.construct`` with ``studies/synthetic.yaml`` and the ``clean:`` /
-``construct:`` params, and the ``by_gender`` ANCOVA model of ``pipeline.estimate`` (the
+``construct:`` params, and the ``by_gender`` ANCOVA model of ``pipeline.estimation`` (the
 ``estimate:`` specification: strata and round FE, cluster SE with the ``estimate.vcov``
 covariance, CR1 when absent; ``--vcov`` overrides it) is fitted. For the effects of
 training, the grant and their interaction, for women, for men and their difference, we report:
@@ -38,7 +38,7 @@ estimates relative to the truth is winsorising's (clipping the tails) and is rep
 **Few clusters** (``simulation.few_cluster_draws`` draws, ``FEW_CLUSTERS``): the same generator with
 20 markets (2 regions x 2 sectors x 5 markets of 150 firms, no typos) and the same ``by_gender``
 model; for each effect the coverage of the true value by the CR1 and the CR2 95% intervals and by
-the wild cluster restricted bootstrap test (``pipeline.wild_bootstrap``: H0 effect = truth, not
+the wild cluster restricted bootstrap test (``pipeline.estimation.wild``: H0 effect = truth, not
 rejected at 5%), on the same draws. Written to ``few_clusters.csv`` and ``simulation.json``.
 
 The ``simulation`` stage (``python -m pipeline.run_stage simulation``, notebook
@@ -59,7 +59,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import clean, construct, estimate, ingest, parallel, paths, synthetic, wild_bootstrap
+from pipeline import clean, construct, ingest, parallel, paths, synthetic
+from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
 from pipeline.io import write_outputs as write_study_outputs
 
@@ -112,8 +113,8 @@ def one_draw(i: int, settings: dict) -> list[dict]:
         synth = {**settings["synthetic"], **VARIANTS[variant], "seed": seed}
         table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"])
         for oname in settings["outcomes"]:
-            spec = estimate.Spec.from_params(spec_params, OUTCOMES[oname], table)
-            t = estimate.tidy(estimate.fit(table, spec, by_gender=True)).set_index("term")
+            spec = est_spec.Spec.from_params(spec_params, OUTCOMES[oname], table)
+            t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True)).set_index("term")
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
                     r = t.loc[f"{term}_{sex}"]
@@ -133,10 +134,10 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
     synth = {**settings["synthetic"], **FEW_CLUSTERS, "seed": seed}
     table, truth = analysis_table(synth, settings["cfg"], settings["clean"], settings["construct"])
     column = OUTCOMES["unwinsorised"]
-    fits = {vcov: estimate.fit(table, estimate.Spec.from_params({**settings["spec_params"], "vcov": vcov},
+    fits = {vcov: est_fit.fit(table, est_spec.Spec.from_params({**settings["spec_params"], "vcov": vcov},
                                                                 column, table), by_gender=True)
             for vcov in ("CR1", "CR2")}
-    tidy = {vcov: estimate.tidy(res).set_index("term") for vcov, res in fits.items()}
+    tidy = {vcov: est_tables.tidy(res).set_index("term") for vcov, res in fits.items()}
     design = fits["CR2"].wild_design
     names = list(design.X.columns)
     rows = []
@@ -148,7 +149,7 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
         restriction = np.zeros(len(names))
         for param, weight in td.weights:
             restriction[names.index(param)] = weight
-        wild = wild_bootstrap.wild_cluster_test(
+        wild = est_wild.wild_cluster_test(
             design.y, design.X.to_numpy(), design.groups, restriction, value=value, fe=design.fe,
             weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
             seed=parallel.task_seed(seed, td.term))
@@ -233,8 +234,8 @@ def build_settings(synthetic_params: dict, clean_params: dict, construct_params:
     specification (``vcov`` CR1 when absent), ``vcov`` overriding it; the few-clusters study's wild
     bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` samples."""
     synth = {**synthetic_params, **(synthetic_overrides or {})}
-    spec_params, stage = estimate.split_params(estimate_params)
-    wild = estimate.wild_settings(stage)
+    spec_params, stage = est_spec.split_params(estimate_params)
+    wild = est_wild.wild_settings(stage)
     spec_params = {**spec_params, "vcov": vcov or spec_params.get("vcov", "CR1")}
     return {"synthetic": synth, "clean": clean_params, "construct": construct_params,
             "spec_params": spec_params, "cfg": normalise(cfg),

@@ -13,11 +13,11 @@ its own ``VmRSS`` / ``VmHWM`` from ``/proc/self/status`` and resets the high-wat
 resident set just before the call. ``RUSAGE_CHILDREN`` is not used: it keeps the maximum over
 all children waited for, so one large run would pollute the next.
 
-* fastols: ``pipeline.fastols.fe_ols`` in /work/main/.venv (this interpreter).
+* fastols: ``pipeline.estimation.ols.fe_ols`` in /work/main/.venv (this interpreter).
 * pyfixest 0.60: ``feols("y ~ treat + x | strata", vcov={"CRV1": "cluster"})`` in the separate
   virtualenv ``.bench/venv`` (``--pyfixest-python``), never installed in .venv.
 * statsmodels: ``sm.OLS`` on [const, treat, x, 49 strata dummies], ``cov_type="cluster"``,
-  ``use_t=True`` (the current ``pipeline.estimate`` approach), one call only (no compilation);
+  ``use_t=True`` (the test oracle of ``pipeline.estimation``), one call only (no compilation);
   at 5e6 rows only with ``--with-statsmodels-5e6`` (about 44 s and 10 GB).
 
 Usage:  .venv/bin/python scripts/bench_estimation.py [--sizes 1e5,1e6,5e6]
@@ -102,7 +102,7 @@ def _estimator(tool: str):
     """A function df -> (params dict, bse dict) for the tool; imports done here (untimed)."""
     if tool == "fastols":
         sys.path.insert(0, str(ROOT))
-        from pipeline.fastols import fe_ols
+        from pipeline.estimation.ols import fe_ols
 
         def run(df):
             r = fe_ols(df["y"], df[TERMS], fe=[df["strata"]], cluster=df["cluster"])

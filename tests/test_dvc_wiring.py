@@ -48,15 +48,15 @@ PIPELINE_DIR = paths.REPO_ROOT / "pipeline"
 
 
 def pipeline_imports(source: str) -> set[str]:
-    """Modules of the pipeline package a source text imports (anywhere, function bodies included)."""
+    """Modules of the pipeline package a source text imports (anywhere, function bodies included),
+    as paths under pipeline/ without ``.py`` (``estimation/spec`` for a subpackage's module)."""
     found = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.module == "pipeline":
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+            base = node.module.split(".")[1:]
+            found |= {"/".join([*base, a.name]) for a in node.names} | ({"/".join(base)} if base else set())
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("pipeline.")}
+            found |= {"/".join(a.name.split(".")[1:]) for a in node.names if a.name.startswith("pipeline.")}
     return {m for m in found if (PIPELINE_DIR / f"{m}.py").exists()}
 
 

@@ -11,7 +11,8 @@ import re
 
 import pytest
 
-from pipeline import clean, construct, estimate, ingest, paths, report
+from pipeline import clean, construct, ingest, paths, report
+from pipeline.estimation import stage as estimate_stage
 from pipeline.io import load_params
 from pipeline.study import read_study_file
 from pipeline.method_note import method_note
@@ -92,7 +93,7 @@ def sections(tmp_path_factory):
                 ingest.run(study, directory, {"hash_salt": SALT})
                 clean.run(study, params["clean"])
                 construct.run(study, params["construct"], params["clean"]["flow_period"])
-                out = estimate.run(study, est)
+                out = estimate_stage.run(study, est)
                 section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1)
             cache[study] = (section, est, root)
         return cache[study]

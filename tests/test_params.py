@@ -47,7 +47,8 @@ def test_the_resolved_configuration_is_params_yaml_plus_the_study_yaml(raw):
     """The estimate stage overlays the study's estimate: block on the params group; every key its
     code has a fallback for (Spec fields, STAGE_DEFAULTS) is in params.yaml, so no fallback is used.
     The synthetic generator's defaults likewise never apply."""
-    from pipeline import estimate, synthetic
+    from pipeline import synthetic
+    from pipeline.estimation import spec as estimate
     group = raw["estimate"]
     assert set(group) == set(estimate.ESTIMATE_KEYS)
     for study in [*raw["studies"], *raw["evidence"]["studies"]]:

@@ -25,7 +25,11 @@ import os
 import pytest
 
 from conftest import REAL_DATA
-from pipeline import clean, construct, estimate, ingest, paths
+from pipeline import clean, construct, ingest, paths
+from pipeline.estimation import stage
+from pipeline.estimation.fit import fit as fit_model
+from pipeline.estimation.sample import apply_sample, gender_varies, resolve_outcome
+from pipeline.estimation.spec import Spec, study_params
 from pipeline.io import load_params
 from pipeline.codes import PER_YEAR
 
@@ -69,7 +73,7 @@ def run_study(tmp_path_factory, stage_params):
                 ing = ingest.run(study, directory, stage_params["ingest"])
                 clean.run(study, stage_params["clean"])
                 co = construct.run(study, stage_params["construct"], period)
-                out = estimate.run(study, stage_params["estimate"])
+                out = stage.run(study, stage_params["estimate"])
             summary = json.loads((root / "processed" / study / "estimate_summary.json").read_text())
             cache[study] = {"estimate": out, "factor": ing["summary"]["conversion"]["usd_ppp_per_lcu"],
                             "period": period, "summary": summary,
@@ -177,11 +181,11 @@ def test_berge2015_two_by_two_parameterisation(run_study):
     and the interaction = both - training - grant (the reference gives no SE for it)."""
     res = run_study("berge2015")
     analysis = res["analysis"]
-    spec = estimate.Spec(outcome="log_profit", treatments=["treat_skills", "treat_capital"],
-                         interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
-                         cluster="cluster_id", vcov="CR1", engine="statsmodels")
+    spec = Spec(outcome="log_profit", treatments=["treat_skills", "treat_capital"],
+                interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
+                cluster="cluster_id", vcov="CR1")
     for model, sample in (("men_only", "men"), ("women_only", "women")):
-        fit = estimate.fit(analysis, spec, sample)
+        fit = fit_model(analysis, spec, sample)
         ref = BERGE[model]
         both, train, grant = ref["arm_training_grant"][0], ref["arm_training"][0], ref["arm_grant"][0]
         assert close(fit.params["treat_skills"], train) and close(fit.params["treat_capital"], grant)
@@ -222,19 +226,19 @@ def test_study_block_overrides_params_and_expands_config_controls():
     from pipeline.study import load_study
 
     cfg = load_study("acz2018")
-    merged = estimate.study_params({"cluster": "cluster_id", "alpha": 0.05, "controls": []}, cfg)
+    merged = study_params({"cluster": "cluster_id", "alpha": 0.05, "controls": []}, cfg)
     assert merged["cluster"] is None and merged["alpha"] == 0.05
     assert merged["controls"] == list(cfg["controls"]) and "sic83" in merged["controls"]
     assert merged["treatments"] == ["arm_finance", "arm_marketing"]
-    assert estimate.study_params({"alpha": 0.1}, None) == {"alpha": 0.1}
+    assert study_params({"alpha": 0.1}, None) == {"alpha": 0.1}
 
 
 def test_outcome_names_resolve_to_the_flow_period_column():
     cols = ["profit_usd_ppp_month", "profit_usd_ppp_month_bl", "capital_stock_usd_ppp"]
-    assert estimate._resolve_outcome("profit", cols) == "profit_usd_ppp_month"
-    assert estimate._resolve_outcome("capital_stock", cols) == "capital_stock_usd_ppp"
-    assert estimate._resolve_outcome("profit_usd_ppp_month", cols) == "profit_usd_ppp_month"
-    assert estimate._resolve_outcome("revenue", cols) is None
+    assert resolve_outcome("profit", cols) == "profit_usd_ppp_month"
+    assert resolve_outcome("capital_stock", cols) == "capital_stock_usd_ppp"
+    assert resolve_outcome("profit_usd_ppp_month", cols) == "profit_usd_ppp_month"
+    assert resolve_outcome("revenue", cols) is None
 
 
 def test_sample_filters_and_gender_check():
@@ -242,11 +246,11 @@ def test_sample_filters_and_gender_check():
 
     df = pd.DataFrame({"round": [1, 3, 3, 3], "business_closed": [0, 0, 1, 0], "followup": [False, True, True, True],
                        "female_owner": [1.0, 1.0, 0.0, float("nan")]})
-    rows, notes = estimate.apply_sample(df, {"rounds": [3], "survivors_only": True})
+    rows, notes = apply_sample(df, {"rounds": [3], "survivors_only": True})
     assert rows.index.tolist() == [1, 3] and len(notes) == 2
-    assert estimate.apply_sample(df, None)[0] is df
+    assert apply_sample(df, None)[0] is df
     with pytest.raises(ValueError, match="sample"):
-        estimate.apply_sample(df, {"round": 3})
-    assert not estimate._gender_varies(df)                     # one unknown sex
-    assert estimate._gender_varies(df.iloc[:3])
-    assert not estimate._gender_varies(df.assign(female_owner=1.0))
+        apply_sample(df, {"round": 3})
+    assert not gender_varies(df)                     # one unknown sex
+    assert gender_varies(df.iloc[:3])
+    assert not gender_varies(df.assign(female_owner=1.0))

@@ -102,7 +102,8 @@ def minimal_study(root, estimate_block: dict) -> str:
 def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, monkeypatch,
                                                                                        block, variance):
     from conftest import redirect_outputs
-    from pipeline import clean, construct, estimate, ingest, paths
+    from pipeline import clean, construct, ingest, paths
+    from pipeline.estimation import stage as estimate_stage
     from pipeline.io import load_params
 
     redirect_outputs(monkeypatch, tmp_path / "out")
@@ -113,7 +114,7 @@ def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_se
     clean.run("minimal", params["clean"])
     construct.run("minimal", params["construct"], "month")
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
-    results = estimate.run("minimal", est)["results"]
+    results = estimate_stage.run("minimal", est)["results"]
     section, effects = report.study_section("minimal", results, "month", 1)
 
     assert effects.empty and section["effects"] == [] and section["figure"] is None

@@ -87,7 +87,8 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     is the published coefficient in the paper's unit (data README: rand per month, rupees per week)."""
     from conftest import redirect_outputs
     from test_real_studies import data_dir
-    from pipeline import clean, construct, estimate, ingest
+    from pipeline import clean, construct, ingest
+    from pipeline.estimation import stage as estimate_stage
 
     redirect_outputs(monkeypatch, tmp_path / "out")
     params = load_params()
@@ -97,7 +98,7 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
         ingest.run(study, data_dir(study), {"hash_salt": "test"})
         clean.run(study, params["clean"])
         construct.run(study, params["construct"], params["clean"]["flow_period"])
-        estimate.run(study, est)
+        estimate_stage.run(study, est)
     effects, _ = synthesize.collect_effects(["acz2018", "field2013"], pd.DataFrame(), "none")
     table = report_evidence.effects_table(effects, 1)
     rows = {(r[0], r[1], r[3], r[4]): r for r in table["rows"]}

@@ -1,4 +1,4 @@
-"""pipeline.fastols against statsmodels OLS/WLS with explicit fixed-effect dummies.
+"""pipeline.estimation.ols (and its absorb and variance modules) against statsmodels OLS/WLS with explicit fixed-effect dummies.
 
 The reference is the plain statsmodels answer: ``sm.OLS`` / ``sm.WLS`` on [X, const, dummies]
 (a full-rank set: redundant dummies removed by a pivoted QR), ``fit(cov_type="cluster",
@@ -13,8 +13,8 @@ import pytest
 import scipy.linalg
 import statsmodels.api as sm
 
-from pipeline import fastols
-from pipeline.fastols import fe_ols, t_test
+from pipeline.estimation import absorb, variance
+from pipeline.estimation.ols import fe_ols, t_test
 
 RTOL = 1e-8
 
@@ -159,7 +159,7 @@ def test_three_fixed_effects(data, fe_cols):
 
 def test_sparse_solver_path(data, monkeypatch):
     """The two-FE direct path with the sparse LU (used for a large second FE)."""
-    monkeypatch.setattr(fastols, "MAX_DENSE_LEVELS", 0)
+    monkeypatch.setattr(absorb, "MAX_DENSE_LEVELS", 0)
     ref, k_abs = reference(data, REGS, ["stratum", "round"], "crossed", "w")
     fit = fe_ols(data["y"], data[REGS], fe=[data["stratum"], data["round"]],
                  cluster=data["crossed"], weights=data["w"])
@@ -307,7 +307,7 @@ def jackknife_reference(df, regs, fes, cluster, weights):
     pytest.param("cluster", "none", id="no_fe")])
 def test_cr3_matches_leave_one_cluster_out_refits(data, cluster, fes, weights, dense, monkeypatch):
     if not dense:
-        monkeypatch.setattr(fastols, "MAX_JACKKNIFE_DUMMIES", 0)
+        monkeypatch.setattr(variance, "MAX_DENSE_DUMMIES", 0)
     # every third cluster (15 of 45) and the singleton: a stratum present in one cluster only
     data = data[(data["cluster"] % 3 == 0) | (data["stratum"] == data["stratum"].max())]
     data = data.reset_index(drop=True)

@@ -19,7 +19,7 @@ Nothing is refitted in a loop: everything is linear in v (Roodman, MacKinnon, Ni
 
 where u~^(h) is u~ on cluster h's rows and zero elsewhere. The M_D term makes the result exact
 when the fixed effects are not nested in the clusters (round fixed effects): identical to refitting
-with explicit dummies (tests/test_wild_bootstrap.py checks both against a brute-force refit).
+with explicit dummies (tests/test_estimation_wild.py checks both against a brute-force refit).
 The cost is G demeaning passes and B x G x G flops, a fraction of a second for G <= 100.
 
 Weights: Rademacher (+-1) or Webb's six-point distribution (+-sqrt(1/2), +-1, +-sqrt(3/2)), which
@@ -30,11 +30,13 @@ Small-sample factors (G/(G-1), (n-1)/(n-K)) cancel between t and t* and are not 
 from __future__ import annotations
 
 import itertools
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
-from pipeline import fastols
+from pipeline.estimation.absorb import absorb
 
 WEIGHT_TYPES = ("rademacher", "webb", "auto")
 WEBB_MAX_CLUSTERS = 12          # METHODS.md: Webb's weights below about 12 clusters
@@ -76,9 +78,9 @@ def draw_weights(weight_type: str, n_clusters: int, reps: int, rng: np.random.Ge
 def _partial_out(Z: np.ndarray, fe, w: np.ndarray | None) -> np.ndarray:
     """Columns of Z (n x m) off the fixed effects and the intercept, in the sqrt(w)-scaled space."""
     if w is None:
-        return fastols.absorb(Z, fe, None)[0].T
+        return absorb(Z, fe, None)[0].T
     root = np.sqrt(w)
-    return fastols.absorb(Z / root[:, None], fe, w)[0].T * root[:, None]
+    return absorb(Z / root[:, None], fe, w)[0].T * root[:, None]
 
 
 def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None, weights=None,
@@ -87,7 +89,7 @@ def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None,
     """WCR bootstrap test of ``restriction . beta = value``.
 
     ``X``: (n, k) regressors without constant or fixed-effect dummies; ``fe``: fixed-effect codes as
-    for :func:`pipeline.fastols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
+    for :func:`pipeline.estimation.ols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
     each row; ``weights``: regression weights or None; ``restriction``: length-k vector r.
     """
     _, g = np.unique(np.asarray(groups), return_inverse=True)
@@ -147,3 +149,57 @@ def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0,
     with np.errstate(divide="ignore", invalid="ignore"):
         t_boot = (V @ a) / np.sqrt(np.sum((V @ Q.T) ** 2, axis=1))
     return t_stat, t_boot
+
+
+# --------------------------------------------------------------------------------------------
+# The estimate stage's use: settings, the refit design, one p-value per tidy term
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WildDesign:
+    """What the wild cluster bootstrap refits: outcome, regressors (named as the parameters),
+    fixed-effect codes to absorb, clusters and weights of the estimation sample."""
+
+    y: np.ndarray
+    X: pd.DataFrame
+    fe: list | None
+    groups: np.ndarray | None
+    weights: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class WildSettings:
+    """The ``estimate.wild_bootstrap_*`` keys: WCR p-values (pipeline.wild_bootstrap) for every
+    term of a model whose estimation sample has fewer than ``below_clusters`` clusters."""
+
+    below_clusters: int
+    reps: int
+    weights: str
+    seed: int
+
+    def applies(self, n_clusters: int | None) -> bool:
+        return n_clusters is not None and 2 <= n_clusters < self.below_clusters
+
+
+def wild_settings(stage: dict) -> WildSettings:
+    """The wild bootstrap settings from the resolved stage keys (checked here, once)."""
+    weights = stage["wild_bootstrap_weights"]
+    if weights not in WEIGHT_TYPES:
+        raise ValueError(f"estimate.wild_bootstrap_weights must be one of {WEIGHT_TYPES}, "
+                         f"got {weights!r}")
+    below, reps = int(stage["wild_bootstrap_below_clusters"]), int(stage["wild_bootstrap_reps"])
+    if below < 0 or reps < 99:
+        raise ValueError("estimate.wild_bootstrap_below_clusters must be >= 0 and wild_bootstrap_reps >= 99")
+    return WildSettings(below_clusters=below, reps=reps, weights=weights, seed=int(stage["seed"]))
+
+
+def wild_p_value(results, td, wild: WildSettings, key: str) -> float:
+    """WCR bootstrap p-value of one tidy term; the seed is keyed by the term (order-free)."""
+    design: WildDesign = results.wild_design
+    names = list(design.X.columns)
+    restriction = np.zeros(len(names))
+    for param, weight in td.weights:
+        restriction[names.index(param)] = weight
+    seed = np.random.SeedSequence([wild.seed, zlib.crc32(key.encode("utf-8"))])
+    return wild_cluster_test(design.y, design.X.to_numpy(), design.groups, restriction,
+                                            fe=design.fe, weights=design.weights, reps=wild.reps,
+                                            weight_type=wild.weights, seed=seed).p_value

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import wild_bootstrap as wb
+from pipeline.estimation import wild as wb
 
 
 def panel(n_clusters=12, per_cluster=25, seed=0, weights=False):
