@@ -3,6 +3,11 @@
 The page is one self-contained HTML file: figures are embedded PNGs, there are no scripts and
 no external requests, every text that comes from data is escaped (Jinja2 autoescape), and
 nothing in it depends on when it was built, so reruns are byte-identical.
+
+The tables are built in :mod:`pipeline.report_tables`, the figures in :mod:`pipeline.report_figures`,
+the provenance block in :mod:`pipeline.report_provenance` and the evidence pipeline's synthesis
+section in :mod:`pipeline.report_evidence`; this module collects each study's results into its
+section, computes the metrics and assembles and writes the page.
 """
 from __future__ import annotations
 
