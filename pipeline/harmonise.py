@@ -55,7 +55,7 @@ def native_unit(currency: str | None, usd_ppp_per_lcu: float | None, recall_peri
     """The study's own unit for a money flow estimated in USD PPP per month, and the factor to it:
     its currency per its recall period (``recall_period.value``), or per month where the recall
     period varies by respondent. USD PPP per month (factor 1) without a currency and a rate."""
-    from pipeline.study import PER_YEAR
+    from pipeline.codes import PER_YEAR
 
     if not currency or not usd_ppp_per_lcu:
         return "USD PPP per month", 1.0

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.io import read_json  # noqa: E402
+from pipeline.report_figures import SEX_COLOURS, figure_png, first_row, plot_interval  # noqa: E402
 
 INTERVENTION_WORDS = {"skills": "business training (skills)", "capital": "capital access (grants, loans, credit)"}
 GROUP_WORDS = {"women": "women's", "men": "men's", "all": "all owners'", "diff": "the women − men difference in"}
@@ -46,8 +47,6 @@ def headline(pooled: pd.DataFrame, decimals: int) -> list[str]:
 def forest_png(effects: pd.DataFrame, shrunk: pd.DataFrame, pooled_row: pd.Series, title: str, unit: str) -> str:
     """Study estimates (95% CI) beside their shrunk posterior effects, the pooled mean and the
     predictive interval for a new site."""
-    from pipeline.report import figure_png
-
     n = len(effects)
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * (n + 2)))
     ys = list(range(n + 1, 1, -1))
@@ -76,26 +75,21 @@ def forest_png(effects: pd.DataFrame, shrunk: pd.DataFrame, pooled_row: pd.Serie
 
 def gender_pooled_png(pooled: pd.DataFrame) -> str | None:
     """Pooled women and men effects for each intervention (unit-free scale)."""
-    from pipeline.report import figure_png
-
     pct = pooled[(pooled["scale"] == "pct_of_control_mean") & pooled["group"].isin(["women", "men"])]
     if pct.empty:
         return None
     fig, ax = plt.subplots(figsize=(6, 2.8))
-    colours = {"women": "#b2182b", "men": "#2166ac"}
     for i, intervention in enumerate(INTERVENTION_WORDS):
         for k, group in enumerate(("women", "men")):
-            r = pct[(pct["intervention"] == intervention) & (pct["group"] == group)]
-            if r.empty:
-                continue
-            r = r.iloc[0]
-            ax.errorbar([r["mu_mean"]], [i + 0.15 - 0.3 * k], xerr=[[r["mu_mean"] - r["mu_lower"]], [r["mu_upper"] - r["mu_mean"]]],
-                        fmt="o", color=colours[group], capsize=3, label=group if i == 0 or intervention == "capital" and k == 0 and False else None)
+            r = first_row(pct[(pct["intervention"] == intervention) & (pct["group"] == group)])
+            if r is not None:
+                plot_interval(ax, r, i + 0.15 - 0.3 * k, "mu_mean", "mu_lower", "mu_upper", SEX_COLOURS[group],
+                              group if i == 0 else None)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks([0, 1])
     ax.set_yticklabels(["Skills", "Capital"])
     ax.set_xlabel("Pooled effect on monthly profit, % of the control mean (95% interval)")
-    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=g.capitalize()) for g, c in colours.items()]
+    handles = [plt.Line2D([], [], color=c, marker="o", ls="", label=g.capitalize()) for g, c in SEX_COLOURS.items()]
     ax.legend(handles=handles, fontsize=8, frameon=False)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

@@ -89,28 +89,9 @@ its reporting noise has mean zero. To recover it from the file: weekly values
 x 52/12, / lcu_per_usd_ppp, closed (business_open = 0, coded -88) = 0.
 Rounding to whole LCU changes this by < 0.06 USD PPP.
 
-Coding in the file
-------------------
-One row per submission; columns :data:`COLUMNS`; sorted by submitted_at, then
-submission_id. Money (profit, revenue, costs) is in whole LCU over the
-recall_period (1 last week = monthly / (52/12), 2 last month); capital_stock is
-in LCU, rounded to hundreds. A closed business (business_open = 0) has -88 in
-profit, revenue, costs, capital_stock, hours_week, recall_period and bp_*.
--99 refused / -98 don't know appear as described under share_missing_code. A
-genuine answer that would equal a code is shifted by -3 (e.g. a loss of -88
-LCU is recorded as -91), so a code always means a code. owner_sex 1 Male /
-2 Female; treat_arm 1 Control / 2 Training only / 3 Grant only / 4 Training +
-grant; yes/no items 1/0. owner_name, phone and notes are direct identifiers
-(notes: about 14% name or phone the owner, e.g. "call back on 0712 345 678").
-
-Latent model (module constants below)
--------------------------------------
-Untreated monthly profit (USD PPP) of firm i, market k, round t, gender g:
-``mean_g * growth_t * region_r * sector_s * exp(a_i + m_k + e_it - var/2) + d_it``
-with log-normal firm productivity a_i, market effect m_k, AR(1) round shocks
-e_it and additive mean-zero noise d_it (which makes a few profits negative).
-Baseline means: women 80, men 120 USD PPP per month; market ICC about 0.05;
-round-to-round correlation of profits about 0.4.
+How the file is coded is described in :mod:`pipeline.synthetic_mess`, the latent
+profit model in :mod:`pipeline.synthetic_firms`; this module holds the params, the
+order of the random draws, the labels, the truth and the writer.
 
 Randomness: one child generator per component (``rng.spawn``) and fixed-shape
 draws, so switching a kind of mess off (share = 0) leaves every other variable,
@@ -124,9 +105,18 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import expit
 
 from pipeline.io import atomic_path, write_json
+from pipeline.synthetic_firms import (ARM_HAS_GRANT, ARM_HAS_TRAINING, ARM_KEYS, ARM_LABELS,  # noqa: F401
+                                      BASELINE_MEAN_PROFIT_USD_PPP, BP_COLUMNS, BUSINESS_PRACTICES,
+                                      REGION_NAMES, SECTOR_NAMES, SEX_FEMALE, SEX_MALE, assign_design,
+                                      draw_business, draw_closures, draw_owners, draw_practices, draw_takeup,
+                                      draw_untreated_profit, effect_on_takers)
+from pipeline.synthetic_mess import (CODE_DONT_KNOW, CODE_NOT_APPLICABLE, COLUMNS, CONFLICT_COLUMNS,  # noqa: F401
+                                     IDENTIFIER_COLUMNS, MISSING_CODES, WEEKS_PER_MONTH, _hex_ids,
+                                     assemble_interviews, corrupt_conflicting, draw_attrition, draw_duplicates,
+                                     draw_notes, export, fieldwork_timing, flat, inject_missing_codes,
+                                     inject_typos, practice_answers, record_answers)
 
 # --------------------------------------------------------------------------- params
 
@@ -164,132 +154,11 @@ _SHARE_KEYS = (
     "attrition_control", "attrition_treated", "closure_rate_per_round",
 )
 
-# --------------------------------------------------------------------------- constants
-
-WEEKS_PER_MONTH = 52 / 12
-CODE_REFUSED, CODE_DONT_KNOW, CODE_NOT_APPLICABLE = -99, -98, -88
-MISSING_CODES = {CODE_REFUSED: "Refused", CODE_DONT_KNOW: "Don't know",
-                 CODE_NOT_APPLICABLE: "Not applicable (business closed)"}
-SHARE_REFUSED_AMONG_MISSING = 0.35
-
-SEX_MALE, SEX_FEMALE = 1, 2
-ARM_LABELS = {1: "Control", 2: "Training only", 3: "Grant only", 4: "Training + grant"}
-ARM_KEYS = {1: "control", 2: "training_only", 3: "grant_only", 4: "training_and_grant"}
-ARM_HAS_TRAINING = np.array([False, False, True, False, True])  # index = arm code
-ARM_HAS_GRANT = np.array([False, False, False, True, True])
-
-# Latent profit model (USD PPP per month).
-BASELINE_MEAN_PROFIT_USD_PPP = {"women": 80.0, "men": 120.0}
-GROWTH_PER_ROUND = 0.03          # common (all arms) profit growth per round
-SD_LOG_FIRM = 0.55               # firm productivity (persistent)
-SD_LOG_MARKET = 0.25             # market effect (drives the ICC, about 0.05)
-SD_LOG_REGION = 0.10
-SD_LOG_SECTOR = 0.12
-SD_LOG_SHOCK = 0.70              # round shocks, AR(1) with coefficient AR_SHOCK
-AR_SHOCK = 0.15
-SD_NOISE_SHARE_OF_MEAN = 0.25    # additive mean-zero noise, sd = share x gender mean (~4% < 0)
-# Revenue/costs: costs = cost_ratio_i x business scale (+ any loss), revenue = costs + profit,
-# each then reported with multiplicative mean-one error.
-MEDIAN_COST_RATIO, SD_LOG_COST_RATIO, SD_LOG_COST_ROUND = 1.8, 0.35, 0.15
-SD_LOG_REPORTING_REV_COSTS = 0.25
-# Capital stock (USD PPP): log-normal, raised by a share of the grant.
-MEAN_CAPITAL_USD_PPP = {"women": 350.0, "men": 600.0}
-SD_LOG_CAPITAL, SD_LOG_CAPITAL_ROUND = 1.0, 0.20
-GRANT_SHARE_INVESTED = {"women": 0.5, "men": 0.8}
-CAPITAL_ROUNDING_LCU = 100       # capital is reported in round hundreds (heaping)
-# Hours worked per week in the business.
-MEAN_HOURS = {"women": 40.0, "men": 48.0}
-SD_HOURS_FIRM, SD_HOURS_ROUND = 10.0, 6.0
-# Business practices: logit(P yes) = practice propensity + item intercept + training effect.
-TRAINING_LOGIT_EFFECT = {"marketing": 0.6, "buying_stock": 0.5,
-                         "record_keeping": 0.9, "financial_planning": 0.9}
-# Fieldwork calendar: round r starts FIELDWORK_START + r x ROUND_SPACING_DAYS.
-FIELDWORK_START = np.datetime64("2024-02-05", "D")
-ROUND_SPACING_DAYS = 182
-FIELDWORK_WINDOW_DAYS = 56
-ENUMERATORS_PER_REGION = 4
-
-# McKenzie & Woodruff (2017) 26 business practices: (area, item intercept, question).
-BUSINESS_PRACTICES: list[tuple[str, float, str]] = [
-    ("marketing", 0.3, "Visited a competitor's business to see prices (3 months)"),
-    ("marketing", 0.1, "Visited a competitor's business to see products (3 months)"),
-    ("marketing", -0.2, "Asked customers whether other products wanted (3 months)"),
-    ("marketing", -1.0, "Talked to a former customer about why they stopped buying"),
-    ("marketing", -0.3, "Asked a supplier which products are selling well (3 months)"),
-    ("marketing", -0.4, "Used a special offer to attract customers (3 months)"),
-    ("marketing", -1.2, "Advertised in any form (last 6 months)"),
-    ("buying_stock", 0.2, "Negotiated a lower price with a supplier (3 months)"),
-    ("buying_stock", 0.0, "Compared prices or quality of alternative suppliers"),
-    ("buying_stock", 0.4, "Does not run out of stock frequently"),
-    ("record_keeping", -0.6, "Keeps written business records"),
-    ("record_keeping", -1.0, "Records every purchase and sale"),
-    ("record_keeping", -0.9, "Can use records to see how much cash is on hand"),
-    ("record_keeping", -1.3, "Uses records to know if sales of a product rise or fall"),
-    ("record_keeping", -1.1, "Works out the cost of each main product sold"),
-    ("record_keeping", -0.5, "Knows which goods make the most profit per item"),
-    ("record_keeping", -1.8, "Has a written budget of monthly expenses"),
-    ("record_keeping", -2.0, "Has records that could be used to get a bank loan"),
-    ("financial_planning", -1.4, "Reviews financial performance at least monthly"),
-    ("financial_planning", -1.6, "Has a target for sales over the next year"),
-    ("financial_planning", -2.0, "Compares sales to the target at least monthly"),
-    ("financial_planning", -2.1, "Has a budget of likely costs for the next year"),
-    ("financial_planning", -2.5, "Prepares an annual profit and loss statement"),
-    ("financial_planning", -2.7, "Prepares an annual cash-flow statement"),
-    ("financial_planning", -2.8, "Prepares an annual balance sheet"),
-    ("financial_planning", -2.4, "Prepares an annual income and expenditure sheet"),
-]
-BP_COLUMNS = [f"bp_{j:02d}" for j in range(1, len(BUSINESS_PRACTICES) + 1)]
-
-REGION_NAMES = ["Central", "Coast", "Lakeside", "Highlands", "Rift", "Western", "Eastern", "Northern"]
-SECTOR_NAMES = ["Retail and trading", "Tailoring and garments", "Food and restaurants",
-                "Hair and beauty services", "Crafts and manufacturing", "Repairs",
-                "Agro-processing", "Transport"]
-
-FIRST_NAMES_FEMALE = [
-    "Achieng", "Akinyi", "Wanjiru", "Njeri", "Wambui", "Atieno", "Nyambura", "Chebet",
-    "Jepkosgei", "Mwende", "Mumbua", "Kerubo", "Moraa", "Nafula", "Naliaka", "Awino",
-    "Wairimu", "Muthoni", "Faith", "Grace", "Mercy", "Esther", "Joyce", "Beatrice",
-    "Janet", "Caroline", "Purity", "Lucy", "Rose", "Agnes"]
-FIRST_NAMES_MALE = [
-    "Otieno", "Ochieng", "Kamau", "Mwangi", "Kiprop", "Kipchoge", "Mutua", "Musyoka",
-    "Onyango", "Omondi", "Wekesa", "Barasa", "Kariuki", "Njoroge", "Odhiambo", "Juma",
-    "Hassan", "Peter", "David", "James", "Joseph", "Daniel", "Samuel", "Brian", "Kevin",
-    "Collins", "Dennis", "Stephen", "Patrick", "George"]
-LAST_NAMES = [
-    "Otieno", "Ochieng", "Kamau", "Mwangi", "Wanjiku", "Kiprotich", "Mutua", "Onyango",
-    "Omondi", "Wekesa", "Barasa", "Kariuki", "Njoroge", "Odhiambo", "Chebet", "Rotich",
-    "Korir", "Kiplagat", "Maina", "Gitau", "Macharia", "Owino", "Okello", "Wafula",
-    "Simiyu", "Nyaga", "Muriuki", "Kilonzo", "Mbithi", "Ndungu", "Achieng", "Auma",
-    "Langat", "Cheruiyot", "Mugo", "Karanja", "Wambua", "Kioko", "Nzioka", "Ouma"]
-GENERIC_NOTES = [
-    "Owner busy with customers; interview completed in two visits",
-    "Stall relocated within the same market",
-    "Respondent unsure about last month's sales, gave best estimate",
-    "Power outage during interview",
-    "Spouse helped answer the revenue questions",
-    "Interview interrupted by rain, resumed later",
-    "Respondent asked about the next training session",
-    "Market day; many customers present",
-]
-
 # Independent random streams, one per component; order fixed forever (append only).
 RANDOM_STREAMS = (
     "design", "owners", "takeup", "profit", "closure", "business", "practices", "recall",
     "attrition", "missing", "typos", "duplicates", "timing", "ids", "notes",
 )
-
-COLUMNS = (
-    ["submission_id", "submitted_at", "enumerator_id", "firm_id", "round", "region", "sector",
-     "market_id", "owner_sex", "owner_age", "owner_educ_years", "hh_size", "owner_name",
-     "phone", "notes", "treat_arm", "took_training", "received_grant", "business_open",
-     "recall_period", "profit", "revenue", "costs", "capital_stock", "hours_week"]
-    + BP_COLUMNS + ["loan_any"]
-)
-IDENTIFIER_COLUMNS = ["owner_name", "phone", "notes"]
-MONEY_COLUMNS = ["profit", "revenue", "costs"]
-MISSING_CODE_COLUMNS = ["profit", "revenue", "costs", "capital_stock", "owner_age", "owner_educ_years"]
-CONFLICT_COLUMNS = ["profit", "revenue", "costs", "hours_week", "hh_size", "owner_age"]
-CONFLICT_FIELD_PROB = 0.35
 
 
 # --------------------------------------------------------------------------- helpers
@@ -325,89 +194,6 @@ def _category_names(base: list[str], n: int, prefix: str) -> dict[int, str]:
     return {k: (base[k - 1] if k <= len(base) else f"{prefix} {k}") for k in range(1, n + 1)}
 
 
-def _hex_ids(raw: np.ndarray) -> np.ndarray:
-    """uuid-style strings 'uuid:xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx' from (n, 16) random bytes."""
-    n = len(raw)
-    hex_ascii = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-    nibbles = hex_ascii[np.stack([raw >> 4, raw & 15], axis=-1).reshape(n, 32)]
-    out = np.empty((n, 41), dtype=np.uint8)
-    out[:, :5] = np.frombuffer(b"uuid:", dtype=np.uint8)
-    dash = ord("-")
-    for start, stop, at in ((0, 8, 5), (8, 12, 14), (12, 16, 19), (16, 20, 24), (20, 32, 29)):
-        out[:, at:at + stop - start] = nibbles[:, start:stop]
-        if at + stop - start < 41:
-            out[:, at + stop - start] = dash
-    return np.ascontiguousarray(out).view("S41").ravel().astype("U41")
-
-
-def _digits(rng: np.random.Generator, n: int, width: int) -> pd.Series:
-    """``n`` zero-padded random digit strings of ``width`` digits."""
-    values = rng.integers(0, 10 ** width, size=n)
-    return pd.Series(values).astype(str).str.zfill(width)
-
-
-def _avoid_codes(values: np.ndarray) -> np.ndarray:
-    """Shift genuine answers that happen to equal a missing code by -3 (e.g. -88 -> -91)."""
-    is_code = np.isin(values, list(MISSING_CODES))
-    return np.where(is_code, values - 3, values)
-
-
-# --------------------------------------------------------------------------- design
-
-def _assign_design(p: dict, rng: np.random.Generator) -> dict:
-    """Markets in strata, arms at random within strata (balanced), firms to markets."""
-    n_regions, n_sectors, n_firms = int(p["n_regions"]), int(p["n_sectors"]), int(p["n_firms"])
-    n_strata = n_regions * n_sectors
-    n_markets = max(4 * n_strata, int(round(n_firms / p["firms_per_market"])))
-    base, extra = divmod(n_markets, n_strata)
-    markets_per_stratum = np.full(n_strata, base)
-    markets_per_stratum[rng.permutation(n_strata)[:extra]] += 1
-    market_stratum = np.repeat(np.arange(n_strata), markets_per_stratum)
-    # Position of each market in a random order within its stratum.
-    order = np.lexsort((rng.random(n_markets), market_stratum))
-    first_of_stratum = np.concatenate([[0], np.cumsum(markets_per_stratum)[:-1]])
-    position = np.empty(n_markets, dtype=np.int64)
-    position[order] = np.arange(n_markets) - first_of_stratum[market_stratum[order]]
-    # Each stratum cycles through its own random permutation of the four arms: full
-    # cycles are exactly balanced; a partial cycle gets a random subset of arms.
-    arm_permutation = np.argsort(rng.random((n_strata, 4)), axis=1) + 1
-    market_arm = arm_permutation[market_stratum, position % 4]
-    # Firms: evenly over markets, at random.
-    firm_market = np.empty(n_firms, dtype=np.int64)
-    firm_market[rng.permutation(n_firms)] = np.arange(n_firms) % n_markets
-    return {
-        "n_strata": n_strata,
-        "n_markets": n_markets,
-        "markets_per_stratum": markets_per_stratum,
-        "market_region": market_stratum // n_sectors + 1,
-        "market_sector": market_stratum % n_sectors + 1,
-        "market_arm": market_arm,
-        "firm_market": firm_market,
-    }
-
-
-def _draw_owners(p: dict, n_firms: int, rng: np.random.Generator) -> dict:
-    """Owner gender, age, education, household size, name and phone (firm level)."""
-    female = rng.random(n_firms) < p["share_female"]
-    age_exact = 18.0 + np.minimum(rng.gamma(4.0, 5.0, n_firms), 52.0)
-    educ = np.where(female, rng.binomial(16, 0.50, n_firms), rng.binomial(16, 0.56, n_firms))
-    hh_size = np.minimum(1 + rng.poisson(3.5, n_firms), 14)
-    first_f = rng.choice(FIRST_NAMES_FEMALE, n_firms)
-    first_m = rng.choice(FIRST_NAMES_MALE, n_firms)
-    first = pd.Series(np.where(female, first_f, first_m), dtype="str")
-    last = pd.Series(rng.choice(LAST_NAMES, n_firms), dtype="str")
-    a, b, c = _digits(rng, n_firms, 2), _digits(rng, n_firms, 3), _digits(rng, n_firms, 3)
-    return {
-        "female": female,
-        "age_exact": age_exact,
-        "educ": educ,
-        "hh_size": hh_size,
-        "first_name": first,
-        "owner_name": first + " " + last,
-        "phone": "+254 7" + a + " " + b + " " + c,
-        "phone_local": "07" + a + " " + b + " " + c,
-    }
-
 
 # --------------------------------------------------------------------------- generate
 
@@ -420,274 +206,51 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     p = resolve_params(params)
     rngs = dict(zip(RANDOM_STREAMS, np.random.default_rng(int(p["seed"])).spawn(len(RANDOM_STREAMS))))
     n_firms, n_rounds = int(p["n_firms"]), int(p["n_followups"]) + 1
-    n_panel = n_firms * n_rounds
-    lcu = float(p["lcu_per_usd_ppp"])
 
-    design = _assign_design(p, rngs["design"])
-    owners = _draw_owners(p, n_firms, rngs["owners"])
+    # ---- the latent world: design, owners, take-up, closures, outcomes
+    design = assign_design(p, rngs["design"])
+    owners = draw_owners(p, n_firms, rngs["owners"])
     female = owners["female"]
-    gender_key = np.where(female, "women", "men")
     firm_market = design["firm_market"]
     firm_arm = design["market_arm"][firm_market]
     firm_region = design["market_region"][firm_market]
     firm_sector = design["market_sector"][firm_market]
-
     # Panel arrays have shape (n_firms, n_rounds); flattened firm-major later.
-    rounds = np.broadcast_to(np.arange(n_rounds), (n_firms, n_rounds))
-    follow_up = rounds >= 1
+    follow_up = np.broadcast_to(np.arange(n_rounds), (n_firms, n_rounds)) >= 1
+    takeup = draw_takeup(p, firm_arm, follow_up, rngs["takeup"])
+    took_training, received_grant = takeup["took_training"], takeup["received_grant"]
+    business_open, prob_open = draw_closures(p, n_firms, n_rounds, rngs["closure"])
+    profit = draw_untreated_profit(p, design, female, firm_region, firm_sector, n_rounds, rngs["profit"])
+    increment = effect_on_takers(p, female, took_training, received_grant, prob_open)
+    profit_reported = profit["profit_untreated"] + increment
+    profit_true = np.where(business_open, profit_reported, 0.0)
+    business = draw_business(p, female, profit, profit_true, received_grant, rngs["business"])
+    practices, bp_dont_know = draw_practices(p, profit["log_firm"], took_training, rngs["practices"])
 
-    # ---- take-up (firm level; effective from round 1)
-    rng = rngs["takeup"]
-    took_training_firm = ARM_HAS_TRAINING[firm_arm] & (rng.random(n_firms) < p["takeup_training"])
-    received_grant_firm = ARM_HAS_GRANT[firm_arm] & (rng.random(n_firms) < p["takeup_grant"])
-    took_training = took_training_firm[:, None] & follow_up
-    received_grant = received_grant_firm[:, None] & follow_up
-
-    # ---- closures (absorbing, independent of treatment)
-    closes = rngs["closure"].random((n_firms, n_rounds)) < p["closure_rate_per_round"]
-    closes[:, 0] = False
-    business_open = ~np.logical_or.accumulate(closes, axis=1)
-    prob_open = (1.0 - p["closure_rate_per_round"]) ** np.arange(n_rounds)
-
-    # ---- untreated profit (USD PPP / month)
-    rng = rngs["profit"]
-    mean_profit = np.where(female, BASELINE_MEAN_PROFIT_USD_PPP["women"], BASELINE_MEAN_PROFIT_USD_PPP["men"])
-    log_region = rng.normal(0, SD_LOG_REGION, int(p["n_regions"]))
-    log_sector = rng.normal(0, SD_LOG_SECTOR, int(p["n_sectors"]))
-    region_mult = np.exp(log_region) / np.exp(log_region).mean()
-    sector_mult = np.exp(log_sector) / np.exp(log_sector).mean()
-    log_firm = rng.normal(0, SD_LOG_FIRM, n_firms)
-    log_market = rng.normal(0, SD_LOG_MARKET, design["n_markets"])[firm_market]
-    innovations = rng.normal(0, SD_LOG_SHOCK, (n_firms, n_rounds))
-    shock = np.empty((n_firms, n_rounds))
-    shock[:, 0] = innovations[:, 0]
-    for t in range(1, n_rounds):  # loop over rounds (a handful), vectorised over firms
-        shock[:, t] = AR_SHOCK * shock[:, t - 1] + np.sqrt(1 - AR_SHOCK ** 2) * innovations[:, t]
-    log_var = SD_LOG_FIRM ** 2 + SD_LOG_MARKET ** 2 + SD_LOG_SHOCK ** 2
-    growth = (1.0 + GROWTH_PER_ROUND) ** np.arange(n_rounds)
-    scale = ((mean_profit * region_mult[firm_region - 1] * sector_mult[firm_sector - 1])[:, None]
-             * growth[None, :]
-             * np.exp((log_firm + log_market)[:, None] + shock - log_var / 2))
-    noise = rng.normal(0, 1, (n_firms, n_rounds)) * (SD_NOISE_SHARE_OF_MEAN * mean_profit)[:, None]
-    profit_untreated = scale + noise
-
-    # ---- treatment effect on takers (additive; see module docstring)
-    eff = {arm: np.where(female, p[f"effect_{arm}_women"], p[f"effect_{arm}_men"]).astype(float)
-           for arm in ("training", "grant", "interaction")}
-    pt, pg = float(p["takeup_training"]), float(p["takeup_grant"])
-    per_taker = (took_training * (eff["training"] / pt)[:, None]
-                 + received_grant * (eff["grant"] / pg)[:, None]
-                 + (took_training & received_grant) * (eff["interaction"] / (pt * pg))[:, None])
-    increment = per_taker / prob_open[None, :]
-    profit_true = np.where(business_open, profit_untreated + increment, 0.0)
-
-    # ---- revenue, costs, capital, hours, credit
-    rng = rngs["business"]
-    cost_ratio = MEDIAN_COST_RATIO * np.exp(rng.normal(0, SD_LOG_COST_RATIO, n_firms))
-    costs_true = (cost_ratio[:, None] * scale * np.exp(rng.normal(0, SD_LOG_COST_ROUND, (n_firms, n_rounds)))
-                  + np.maximum(0.0, -profit_true))
-    revenue_true = costs_true + profit_true
-    s2 = SD_LOG_REPORTING_REV_COSTS ** 2
-    revenue_reported = revenue_true * np.exp(rng.normal(-s2 / 2, SD_LOG_REPORTING_REV_COSTS, (n_firms, n_rounds)))
-    costs_reported = costs_true * np.exp(rng.normal(-s2 / 2, SD_LOG_REPORTING_REV_COSTS, (n_firms, n_rounds)))
-
-    mean_capital = np.where(female, MEAN_CAPITAL_USD_PPP["women"], MEAN_CAPITAL_USD_PPP["men"])
-    log_capital = 0.8 * log_firm + rng.normal(0, np.sqrt(SD_LOG_CAPITAL ** 2 - (0.8 * SD_LOG_FIRM) ** 2), n_firms)
-    capital_firm = mean_capital * np.exp(log_capital - SD_LOG_CAPITAL ** 2 / 2)
-    invest_share = np.where(female, GRANT_SHARE_INVESTED["women"], GRANT_SHARE_INVESTED["men"])
-    capital_usd = (capital_firm[:, None] * growth[None, :]
-                   * np.exp(rng.normal(-SD_LOG_CAPITAL_ROUND ** 2 / 2, SD_LOG_CAPITAL_ROUND, (n_firms, n_rounds)))
-                   + received_grant * (invest_share * p["grant_usd_ppp"])[:, None])
-
-    mean_hours = np.where(female, MEAN_HOURS["women"], MEAN_HOURS["men"])
-    hours = (mean_hours + rng.normal(0, SD_HOURS_FIRM, n_firms))[:, None] \
-        + rng.normal(0, SD_HOURS_ROUND, (n_firms, n_rounds))
-    hours_week = np.clip(np.rint(hours), 2, 98).astype(np.int64)
-
-    loan_logit = -2.2 + 0.35 * (log_firm / SD_LOG_FIRM)[:, None] + 0.3 * (~female)[:, None] \
-        + 0.2 * received_grant
-    loan_any = (rng.random((n_firms, n_rounds)) < expit(loan_logit)).astype(np.int64)
-
-    # ---- business practices
-    rng = rngs["practices"]
-    propensity = 0.4 * log_firm / SD_LOG_FIRM + np.sqrt(1 - 0.16) * rng.normal(0, 1, n_firms)
-    area = [a for a, _, _ in BUSINESS_PRACTICES]
-    intercept = np.array([b for _, b, _ in BUSINESS_PRACTICES])
-    training_logit = np.array([TRAINING_LOGIT_EFFECT[a] for a in area])
-    logit = (propensity[:, None, None] + intercept[None, None, :]
-             + took_training[:, :, None] * training_logit[None, None, :])
-    practices = (rng.random((n_firms, n_rounds, len(BP_COLUMNS))) < expit(logit)).astype(np.int64)
-    bp_dont_know = rng.random(practices.shape) < p["share_missing_code"] / 2
-    practices = np.where(bp_dont_know, CODE_DONT_KNOW, practices)
-    practices = np.where(business_open[:, :, None], practices, CODE_NOT_APPLICABLE)
-
-    # ---- recall period and money in LCU per recall period
+    # ---- the survey mess: recall, attrition, missing codes, typos, timing, duplicates, ids, notes
     weekly = rngs["recall"].random((n_firms, n_rounds)) < p["share_weekly_recall"]
-    per_period = np.where(weekly, 1.0 / WEEKS_PER_MONTH, 1.0) * lcu
-
-    def to_lcu(monthly_usd: np.ndarray) -> np.ndarray:
-        return _avoid_codes(np.rint(monthly_usd * per_period).astype(np.int64))
-
-    answers = {
-        "profit": to_lcu(profit_untreated + increment),
-        "revenue": to_lcu(revenue_reported),
-        "costs": to_lcu(costs_reported),
-        "capital_stock": (np.rint(capital_usd * lcu / CAPITAL_ROUNDING_LCU) * CAPITAL_ROUNDING_LCU).astype(np.int64),
-        "hours_week": hours_week,
-    }
-    for col in answers:
-        answers[col] = np.where(business_open, answers[col], CODE_NOT_APPLICABLE)
-    recall_period = np.where(business_open, np.where(weekly, 1, 2), CODE_NOT_APPLICABLE)
-    answers["owner_age"] = np.floor(owners["age_exact"][:, None] + 0.5 * rounds).astype(np.int64)
-    answers["owner_educ_years"] = np.broadcast_to(owners["educ"][:, None], (n_firms, n_rounds)).astype(np.int64)
-
-    # ---- attrition (follow-ups only; by arm)
-    attrition_rate = np.where(firm_arm == 1, p["attrition_control"], p["attrition_treated"])
-    attrited = follow_up & (rngs["attrition"].random((n_firms, n_rounds)) < attrition_rate[:, None])
+    answers, recall_period = record_answers(p, {**business, "business_open": business_open, "owners": owners,
+                                                "profit_reported": profit_reported}, weekly)
+    attrited = draw_attrition(p, firm_arm, follow_up, rngs["attrition"])
     interviewed = ~attrited
-
-    # ---- missing codes in answers (open businesses for business answers)
-    rng = rngs["missing"]
-    u_missing = rng.random((len(MISSING_CODE_COLUMNS), n_firms, n_rounds))
-    u_kind = rng.random((len(MISSING_CODE_COLUMNS), n_firms, n_rounds))
-    missing_counts: dict[str, dict[str, int]] = {}
-    for j, col in enumerate(MISSING_CODE_COLUMNS):
-        eligible = answers[col] != CODE_NOT_APPLICABLE
-        hit = eligible & (u_missing[j] < p["share_missing_code"])
-        code = np.where(u_kind[j] < SHARE_REFUSED_AMONG_MISSING, CODE_REFUSED, CODE_DONT_KNOW)
-        answers[col] = np.where(hit, code, answers[col])
-        missing_counts[col] = {
-            "refused": int((hit & (code == CODE_REFUSED) & interviewed).sum()),
-            "dont_know": int((hit & (code == CODE_DONT_KNOW) & interviewed).sum()),
-        }
-        missing_counts[col]["total"] = missing_counts[col]["refused"] + missing_counts[col]["dont_know"]
-
-    # ---- typing error: an extra zero in profit
-    profit = answers["profit"]
-    valid_profit = business_open & ~np.isin(profit, list(MISSING_CODES)) & (profit != 0)
-    typo = valid_profit & (rngs["typos"].random((n_firms, n_rounds)) < p["share_typo_extra_zero"])
-    answers["profit"] = np.where(typo, profit * 10, profit)
-
-    # ---- flatten the panel (firm-major) and keep the interviews in the file
-    flat = lambda a: np.asarray(a).reshape(n_panel)  # noqa: E731
+    missing_counts = inject_missing_codes(p, answers, interviewed, rngs["missing"])
+    typo = inject_typos(p, answers, business_open, rngs["typos"])
     keep = flat(interviewed)
-    firm_index = np.repeat(np.arange(n_firms), n_rounds)
-    round_flat = flat(rounds)
+    submitted_s, enumerator_id = fieldwork_timing(design, firm_region, n_rounds, rngs["timing"])
+    dup = draw_duplicates(p, keep, rngs["duplicates"])
+    id_bytes = rngs["ids"].integers(0, 256, (n_firms * n_rounds, 2, 16), dtype=np.uint8)
+    notes = draw_notes(owners, business_open, np.repeat(np.arange(n_firms), n_rounds), rngs["notes"])
 
-    # ---- fieldwork timing and enumerators (market-round visits)
-    rng = rngs["timing"]
-    market_day = rng.integers(0, FIELDWORK_WINDOW_DAYS - 10, (design["n_markets"], n_rounds))
-    market_enumerator = rng.integers(1, ENUMERATORS_PER_REGION + 1, (design["n_markets"], n_rounds))
-    firm_day_offset = rng.integers(0, 3, (n_firms, n_rounds))
-    second_of_day = 8 * 3600 + rng.integers(0, 10 * 3600, (n_firms, n_rounds))
-    days = (np.arange(n_rounds) * ROUND_SPACING_DAYS)[None, :] + market_day[firm_market] + firm_day_offset
-    start_s = FIELDWORK_START.astype("datetime64[s]").astype(np.int64)
-    submitted_s = start_s + days.astype(np.int64) * 86400 + second_of_day
-    enumerator_id = firm_region[:, None] * 100 + market_enumerator[firm_market]
-
-    # ---- duplicates (among interviews in the file)
-    rng = rngs["duplicates"]
-    u_dup = flat(rng.random((n_firms, n_rounds)))
-    dup_identical = keep & (u_dup < p["share_duplicate_identical"])
-    dup_conflicting = keep & ~dup_identical & (u_dup < p["share_duplicate_identical"] + p["share_duplicate_conflicting"])
-    delay_identical = rng.integers(60, 2 * 3600, n_panel)
-    delay_conflicting = rng.integers(2 * 3600, 4 * 86400, n_panel)
-    u_field = rng.random((n_panel, len(CONFLICT_COLUMNS)))
-    size_field = rng.uniform(0.1, 0.6, (n_panel, len(CONFLICT_COLUMNS)))
-    sign_field = np.where(rng.random((n_panel, len(CONFLICT_COLUMNS))) < 0.5, -1, 1)
-
-    id_bytes = rngs["ids"].integers(0, 256, (n_panel, 2, 16), dtype=np.uint8)
-
-    # ---- notes (free text; some contain the owner's name or phone)
-    rng = rngs["notes"]
-    u_note = flat(rng.random((n_firms, n_rounds)))
-    generic = np.asarray(GENERIC_NOTES, dtype=object)[rng.integers(0, len(GENERIC_NOTES), n_panel)]
-    identifying_notes = [  # per firm, then per interview
-        ("call back on " + owners["phone_local"]).to_numpy(dtype=object)[firm_index],
-        ("spoke with " + owners["owner_name"] + " at the stall").to_numpy(dtype=object)[firm_index],
-        (owners["first_name"] + " asked us to return after 4pm").to_numpy(dtype=object)[firm_index],
-    ]
-    note_kind = np.digitize(u_note, [0.72, 0.79, 0.83, 0.86])  # empty/phone/name/first name/generic
-    notes = pd.Series(np.select(
-        [note_kind == 0, note_kind == 1, note_kind == 2, note_kind == 3],
-        ["", *identifying_notes], default=generic), dtype="str")
-    closed_flat = ~flat(business_open)
-    notes = notes.where(~(closed_flat & (note_kind == 4)), "Business closed since last visit")
-
-    # ---- assemble the interviews
-    firm_id = 100001 + np.arange(n_firms)
-    market_id = 1 + np.arange(design["n_markets"])
-    owner_sex = np.where(female, SEX_FEMALE, SEX_MALE)
-    columns: dict[str, Any] = {
-        "submission_id": _hex_ids(id_bytes[:, 0]),
-        "submitted_s": flat(submitted_s),
-        "enumerator_id": flat(enumerator_id).astype(np.int16),
-        "firm_id": firm_id[firm_index].astype(np.int32),
-        "round": round_flat.astype(np.int8),
-        "region": firm_region[firm_index].astype(np.int8),
-        "sector": firm_sector[firm_index].astype(np.int8),
-        "market_id": market_id[firm_market][firm_index].astype(np.int32 if design["n_markets"] > 32000 else np.int16),
-        "owner_sex": owner_sex[firm_index].astype(np.int8),
-        "owner_age": flat(answers["owner_age"]).astype(np.int16),
-        "owner_educ_years": flat(answers["owner_educ_years"]).astype(np.int8),
-        "hh_size": np.repeat(owners["hh_size"], n_rounds).astype(np.int8),
-        "owner_name": owners["owner_name"].to_numpy()[firm_index],
-        "phone": owners["phone"].to_numpy()[firm_index],
-        "notes": notes.to_numpy(),
-        "treat_arm": firm_arm[firm_index].astype(np.int8),
-        "took_training": flat(took_training).astype(np.int8),
-        "received_grant": flat(received_grant).astype(np.int8),
-        "business_open": flat(business_open).astype(np.int8),
-        "recall_period": flat(recall_period).astype(np.int8),
-        "profit": flat(answers["profit"]).astype(np.int32),
-        "revenue": flat(answers["revenue"]).astype(np.int32),
-        "costs": flat(answers["costs"]).astype(np.int32),
-        "capital_stock": flat(answers["capital_stock"]).astype(np.int32),
-        "hours_week": flat(answers["hours_week"]).astype(np.int16),
-    }
-    for j, col in enumerate(BP_COLUMNS):
-        columns[col] = practices[:, :, j].reshape(n_panel).astype(np.int8)
-    columns["loan_any"] = flat(loan_any).astype(np.int8)
-    interviews = pd.DataFrame(columns)
-    del columns
-
+    # ---- the server export: interviews, conflicting answers, duplicate submissions
+    panel = {"submitted_s": submitted_s, "enumerator_id": enumerator_id, "took_training": took_training,
+             "received_grant": received_grant, "business_open": business_open, "recall_period": recall_period,
+             "practices": practice_answers(practices, bp_dont_know, business_open), "loan_any": business["loan_any"]}
+    interviews = assemble_interviews(design, owners, firm_arm, firm_region, firm_sector, panel, answers, notes,
+                                     _hex_ids(id_bytes[:, 0]))
     # The conflicting duplicates' earlier submission has some answers wrong; the copy is correct.
-    correct_copies = interviews.loc[dup_conflicting]
-    values = interviews[CONFLICT_COLUMNS].to_numpy(dtype=np.int64)
-    valid = ~np.isin(values, list(MISSING_CODES))
-    chosen = dup_conflicting[:, None] & valid & (u_field < CONFLICT_FIELD_PROB)
-    fallback_col = np.argmax(np.where(valid, u_field, -1.0), axis=1)  # hh_size is always valid
-    none_chosen = dup_conflicting & ~chosen.any(axis=1)
-    chosen[none_chosen, fallback_col[none_chosen]] = True
-    # Money and hours: off by 10-60%; household size and age: off by 1-3.
-    relative = np.array([c in ("profit", "revenue", "costs", "hours_week") for c in CONFLICT_COLUMNS])
-    delta = np.where(relative[None, :], np.maximum(1, np.rint(np.abs(values) * size_field)),
-                     1 + np.floor((size_field - 0.1) * 6).clip(0, 2)).astype(np.int64)
-    lower = np.array([-(10 ** 9), 0, 0, 0, 1, 15])      # per CONFLICT_COLUMNS: stay plausible
-    upper = np.array([10 ** 9, 10 ** 9, 10 ** 9, 112, 30, 95])
-    candidate = values + sign_field * delta
-    outside = (candidate < lower[None, :]) | (candidate > upper[None, :])
-    wrong = _avoid_codes(np.where(outside, values - sign_field * delta, candidate))
-    for j, col in enumerate(CONFLICT_COLUMNS):
-        interviews[col] = np.where(chosen[:, j], wrong[:, j], values[:, j]).astype(interviews[col].dtype)
-
-    identical_copies = interviews.loc[dup_identical].assign(
-        submission_id=_hex_ids(id_bytes[dup_identical, 1]),
-        submitted_s=interviews["submitted_s"].to_numpy()[dup_identical] + delay_identical[dup_identical])
-    correct_copies = correct_copies.assign(
-        submission_id=_hex_ids(id_bytes[dup_conflicting, 1]),
-        submitted_s=correct_copies["submitted_s"].to_numpy() + delay_conflicting[dup_conflicting])
-    survey = pd.concat([interviews.loc[keep], identical_copies, correct_copies], ignore_index=True)
-    # Server export order: by submission time (ISO strings sort like the seconds), then id.
-    order = np.lexsort((survey["submission_id"].to_numpy(dtype="U41"), survey["submitted_s"].to_numpy()))
-    survey = survey.take(order).reset_index(drop=True)
-    submitted_at = np.datetime_as_string(survey["submitted_s"].to_numpy().astype("datetime64[s]"), unit="s")
-    survey["submitted_at"] = pd.Series(np.char.replace(submitted_at, "T", " "), dtype="str")
-    for col in ("submission_id", "owner_name", "phone", "notes"):
-        survey[col] = survey[col].astype("str")
-    survey = survey[COLUMNS]
-    if not survey["submission_id"].is_unique:  # 128 random bits: practically impossible
-        raise RuntimeError("submission_id collision; change the seed")
+    correct_copies = interviews.loc[dup["conflicting"]]
+    chosen = corrupt_conflicting(interviews, dup)
+    survey = export(interviews, correct_copies, keep, dup, id_bytes)
 
     value_labels = _value_labels(p)
     variable_labels = _variable_labels(p)
@@ -699,10 +262,10 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     closed_all = ~business_open
     truth = _truth(
         p, design=design, firm_arm=firm_arm, female=female,
-        took_training_firm=took_training_firm, received_grant_firm=received_grant_firm,
+        took_training_firm=takeup["took_training_firm"], received_grant_firm=takeup["received_grant_firm"],
         prob_open=prob_open, counts={
-            "duplicates_identical": int(dup_identical.sum()),
-            "duplicates_conflicting": int(dup_conflicting.sum()),
+            "duplicates_identical": int(dup["identical"].sum()),
+            "duplicates_conflicting": int(dup["conflicting"].sum()),
             "conflicting_fields_changed": {c: int(chosen[:, j].sum()) for j, c in enumerate(CONFLICT_COLUMNS)},
             "typo_extra_zero": int((typo & interviewed).sum()),
             "missing_codes": missing_counts,
@@ -711,7 +274,7 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
             "planned_followup_firm_rounds": planned_by_arm,
             "closed_firm_rounds": int(closed_all.sum()),
             "closed_firm_rounds_interviewed": int((closed_all & interviewed).sum()),
-            "negative_profit_interviews": int(((profit_untreated + increment < 0) & business_open & interviewed).sum()),
+            "negative_profit_interviews": int(((profit_reported < 0) & business_open & interviewed).sum()),
             "interviews": int(keep.sum()),
             "rows": int(len(survey)),
         })

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import clean
+from pipeline import clean, clean_log, clean_money, clean_values
 
 PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
 
@@ -65,7 +65,7 @@ def test_winsorise_per_group_matches_numpy_percentiles():
     rng = np.random.default_rng(1)
     df = pd.DataFrame({"g": np.repeat([0, 1], 500), "y": rng.standard_t(2, 1000)})
     df.loc[3, "y"] = np.nan
-    out = clean.winsorise(df, {"y": True}, lower_pct=1, upper_pct=99, by="g")
+    out = clean_money.winsorise(df, {"y": True}, lower_pct=1, upper_pct=99, by="g")
     for g in (0, 1):
         y = df.loc[df["g"] == g, "y"].dropna().to_numpy()
         lo, hi = np.percentile(y, [1, 99])
@@ -73,7 +73,7 @@ def test_winsorise_per_group_matches_numpy_percentiles():
         got = out.loc[(df["g"] == g) & df["y"].notna(), "y_w"].to_numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)
     assert np.isnan(out.loc[3, "y_w"])
-    upper_only = clean.winsorise(df, {"y": False}, lower_pct=1, upper_pct=99, by=None)
+    upper_only = clean_money.winsorise(df, {"y": False}, lower_pct=1, upper_pct=99, by=None)
     assert upper_only["y_w"].min() == df["y"].min()
 
 
@@ -93,8 +93,8 @@ def test_unknown_recall_code_names_column_and_rows(cfg, interim):
 
 
 def test_recall_factors_are_exact():
-    assert clean.PER_YEAR["week"] / clean.PER_YEAR["month"] == pytest.approx(52 / 12)
-    assert clean.PER_YEAR["month"] / clean.PER_YEAR["two_weeks"] == pytest.approx(12 / 26)
+    assert clean_money.PER_YEAR["week"] / clean_money.PER_YEAR["month"] == pytest.approx(52 / 12)
+    assert clean_money.PER_YEAR["month"] / clean_money.PER_YEAR["two_weeks"] == pytest.approx(12 / 26)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -103,25 +103,25 @@ def test_recall_factors_are_exact():
     ("n/a", None), ("12abc", None), ("€1.234,5", None),
 ])
 def test_parse_number(text, expected):
-    assert clean.parse_number(text) == expected
+    assert clean_values.parse_number(text) == expected
 
 
 def test_parse_number_with_decimal_comma():
-    assert clean.parse_number("1.234,5", decimal=",", thousands=".") == 1234.5
-    assert clean.parse_number("1 234,5 €", decimal=",", thousands=".") == 1234.5
+    assert clean_values.parse_number("1.234,5", decimal=",", thousands=".") == 1234.5
+    assert clean_values.parse_number("1 234,5 €", decimal=",", thousands=".") == 1234.5
 
 
 def test_trim_blanks_what_winsorise_clamps():
     df = pd.DataFrame({"g": [0] * 100, "y": np.arange(100, dtype=float)})
-    w, changed_w = clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="winsorise")
-    t, changed_t = clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="trim")
+    w, changed_w = clean_money.treat_outliers(df, {"y": True}, 5, 95, by="g", method="winsorise")
+    t, changed_t = clean_money.treat_outliers(df, {"y": True}, 5, 95, by="g", method="trim")
     lo, hi = np.percentile(df["y"], [5, 95])
     out = (df["y"] < lo) | (df["y"] > hi)
     assert changed_w == changed_t == {"y": int(out.sum())} and out.sum() == 10
     assert t.loc[out, "y_w"].isna().all() and (t.loc[~out, "y_w"] == df.loc[~out, "y"]).all()
     assert w["y_w"].min() == lo and w["y_w"].max() == hi
     with pytest.raises(clean.CleaningError, match="outlier_method='cap'"):
-        clean.treat_outliers(df, {"y": True}, 5, 95, by="g", method="cap")
+        clean_money.treat_outliers(df, {"y": True}, 5, 95, by="g", method="cap")
 
 
 def test_outlier_method_and_study_overrides_reach_the_clean_stage(cfg, interim):
@@ -141,7 +141,7 @@ def test_baseline_column_in_the_same_row(cfg, interim):
     c = by_firm_round(clean.clean(interim, cfg, PARAMS)["clean"])
     assert c.loc[(4, 1), "profit_lcu_month_pre"] == 1000 and c.loc[(4, 0), "profit_lcu_month_pre"] == 1000
     df = pd.DataFrame({"u": [1, 1, 1, 2, 3, 4], "x": [100.0, 100, 100, 1, 2, 3]})
-    w = clean.winsorise(df, {"x": False}, 0, 75, by=None, unit="u")
+    w = clean_money.winsorise(df, {"x": False}, 0, 75, by=None, unit="u")
     assert w["x_w"].max() == pytest.approx(np.percentile([100, 1, 2, 3], 75))
 
 
@@ -194,10 +194,10 @@ def test_missing_codes_equal_a_column_by_column_reference(rows):
     df = pd.DataFrame(rows, columns=["profit", "hh_size", "bp_1"]).assign(
         source_file="survey.dta", source_row=lambda d: np.arange(len(d)), note="x")
     codes = {-99: "refused", -98: "dont_know"}
-    got, log = clean.replace_missing_codes(df, ["profit", "hh_size", "bp_1", "note"], codes)
+    got, log = clean_values.replace_missing_codes(df, ["profit", "hh_size", "bp_1", "note"], codes)
     expected, expected_log = _missing_codes_column_by_column(df, ["profit", "hh_size", "bp_1", "note"], codes)
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
-    assert list(log.columns) == clean.LOG_COLUMNS
+    assert list(log.columns) == clean_log.LOG_COLUMNS
     assert sorted(zip(log["source_file"], log["source_row"], log["column"], log["old_value"], log["rule"])) == \
         sorted(expected_log)
     assert log["new_value"].isna().all() and (log["old_text"] == "").all()

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import report
+from pipeline import report, report_figures, report_tables
 
 
 def tidy_fixture() -> pd.DataFrame:
@@ -40,7 +40,7 @@ def test_index_escapes_text_and_is_offline():
         "sections": [{"study": "<b>x</b>", "effects": eff.to_dict("records"), "has_truth": True,
                       "all_within_2se": False, "headlines": [], "figure": None, "flow_columns": [], "flow": [],
                       "table": [], "notebooks": []}],
-        "decimals": 1, "fmt": report.fmt, "packages": {}, "params": {},
+        "decimals": 1, "fmt": report_tables.fmt, "packages": {}, "params": {},
         "provenance": {"git": {"commit": "abc", "dirty": False}, "inputs": [{"path": "<p>", "md5": "0", "stages": "s"}]},
         "changes": [{"study": "s", "effect": "<i>e</i>", "previous": 1.0, "current": 2.0, "change": 1.0}]})
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;x&lt;/b&gt;" in html
@@ -50,26 +50,9 @@ def test_index_escapes_text_and_is_offline():
 
 def test_figure_bytes_are_deterministic():
     eff = report.truth_comparison(report.gender_effects(tidy_fixture(), "s", "profit_usd_ppp_month"), TRUTH)
-    a = report.figure_png(report.gender_figure(eff, "t", "USD"))
-    b = report.figure_png(report.gender_figure(eff, "t", "USD"))
+    a = report_figures.figure_png(report_figures.gender_figure(eff, "t", "USD"))
+    b = report_figures.figure_png(report_figures.gender_figure(eff, "t", "USD"))
     assert a == b and len(a) > 1000
-
-
-def test_metric_changes_against_previous_version():
-    current = {"primary_outcome": "p", "s": {"capital_women": {"estimate": 12.0, "se": 1.0}}}
-    previous = {"primary_outcome": "p", "s": {"capital_women": {"estimate": 10.0, "se": 1.0}, "gone": {"estimate": 1}}}
-    assert report.metric_changes(current, previous) == [
-        {"study": "s", "effect": "capital_women", "previous": 10.0, "current": 12.0, "change": 2.0}]
-    assert report.metric_changes(current, None) == []
-
-
-def test_input_hashes_read_dvc_lock(tmp_path):
-    (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  a:\n    cmd: x\n    deps:\n    - path: data/raw\n      md5: abc.dir\n"
-        "  b:\n    cmd: y\n    deps:\n    - path: data/raw\n      md5: abc.dir\n    - path: code.py\n      md5: def\n"
-        "  report:\n    cmd: z\n    deps:\n    - path: pipeline/report.py\n      md5: fed\n")
-    assert report.input_hashes(tmp_path / "dvc.lock") == [
-        {"path": "code.py", "md5": "def", "stages": "b"}, {"path": "data/raw", "md5": "abc.dir", "stages": "a, b"}]
 
 
 # ------------------------------------------------------------------ a study without gender, baseline or strata

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import harmonise, report_evidence, synthesize
+from pipeline import harmonise, report_evidence, synthesize, synthesize_frequentist
 from pipeline.io import load_params, write_csv, write_json
 
 
@@ -54,7 +54,7 @@ def test_pooled_table_reports_the_simulated_coverage_and_the_meta_regression_its
     assert moderators == {"Capital (vs skills) intervention", "Share of women owners", "Lender targeted women"}
     lender = next(r for r in meta["rows"] if r[0] == "Lender targeted women")
     assert lender[3] == "4"
-    direct = synthesize.frequentist_meta_regression([12.0, 4.0, 9.0, -1.0], [5.0, 3.0, 6.0, 4.0],
+    direct = synthesize_frequentist.frequentist_meta_regression([12.0, 4.0, 9.0, -1.0], [5.0, 3.0, 6.0, 4.0],
                                                     pd.DataFrame({"lender": [1.0, 0.0, 1.0, 0.0]}))
     assert lender[4] == f"{direct['estimate'].iloc[1]:.1f}"
 

@@ -11,6 +11,8 @@ import pytest
 from scipy import stats
 
 from pipeline import synthesize as sz
+from pipeline import synthesize_frequentist as sf
+from pipeline import synthesize_model as sm
 
 META = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meta_reference"
 SCHOOLS_Y = [28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0]
@@ -27,7 +29,7 @@ def meta_file(name: str) -> pd.DataFrame:
 
 
 def fit(y, se, priors, n_grid=4000):
-    return sz.fit_hierarchical(y, se, [f"s{i}" for i in range(len(y))], priors=priors, interval=0.95, n_grid=n_grid)
+    return sm.fit_hierarchical(y, se, [f"s{i}" for i in range(len(y))], priors=priors, interval=0.95, n_grid=n_grid)
 
 
 # -- published references ---------------------------------------------------------------------------
@@ -35,10 +37,10 @@ def test_eight_schools_matches_brms_within_baggr_tolerance():
     """brms, 100,000 iterations (../shared/data/README.md): mu 7.88 and the study effects below; baggr's
     tests accept +-0.25. Priors: baggr's defaults, mu ~ N(0, (10 x 28)^2), tau ~ U(0, 10 x sd(y) = 104.4)."""
     d = meta_file("schools.csv")
-    priors = sz.baggr_default_priors(d["tau"])
+    priors = sm.baggr_default_priors(d["tau"])
     assert (priors.hypermean_mean, priors.hypermean_sd, priors.hypersd_family) == (0.0, 280.0, "uniform")
     assert priors.hypersd_scale == pytest.approx(10 * np.std(SCHOOLS_Y, ddof=1))
-    res = sz.fit_hierarchical(d["tau"], d["se"], d["group"], priors=priors, interval=0.95, n_grid=4000)
+    res = sm.fit_hierarchical(d["tau"], d["se"], d["group"], priors=priors, interval=0.95, n_grid=4000)
     assert abs(res.pooled["mu_mean"].iloc[0] - 7.88) < 0.25
     reference = [11.39, 7.86, 6.09, 7.63, 5.11, 6.12, 10.64, 8.42]
     assert np.abs(res.studies["theta_mean"].to_numpy() - reference).max() < 0.25
@@ -47,7 +49,7 @@ def test_eight_schools_matches_brms_within_baggr_tolerance():
 
 def test_bangert_drowns_dersimonian_laird_matches_metafor():
     d = meta_file("bangertdrowns2004.csv")
-    res = sz.frequentist_random_effects(d["tau"], d["se"], method="dl", interval=0.95)
+    res = sf.frequentist_random_effects(d["tau"], d["se"], method="dl", interval=0.95)
     assert (round(res["estimate"], 2), round(res["ci_low"], 2), round(res["ci_high"], 2)) == (0.22, 0.13, 0.31)
 
 
@@ -57,7 +59,7 @@ def test_dersimonian_laird_truncates_a_negative_tau2_to_the_fixed_effect_estimat
     y, se = np.array([1.0, 1.1, 0.9, 1.05]), np.array([0.5, 0.6, 0.4, 0.5])
     with np.errstate(invalid="ignore"):
         assert combine_effects(y, se ** 2, method_re="dl").tau2 < 0  # the case statsmodels leaves untruncated
-    res = sz.frequentist_random_effects(y, se, method="dl", interval=0.95)
+    res = sf.frequentist_random_effects(y, se, method="dl", interval=0.95)
     w = 1 / se ** 2
     assert res["tau2"] == 0.0
     assert res["estimate"] == pytest.approx(np.sum(w * y) / w.sum(), rel=1e-12)
@@ -68,7 +70,7 @@ def test_paule_mandel_solves_its_estimating_equation():
     """Generalised Q at the PM tau^2 equals k - 1 (DerSimonian & Kacker 2007)."""
     d = meta_file("bangertdrowns2004.csv")
     y, se = d["tau"].to_numpy(), d["se"].to_numpy()
-    res = sz.frequentist_random_effects(y, se, method="pm", interval=0.95)
+    res = sf.frequentist_random_effects(y, se, method="pm", interval=0.95)
     w = 1 / (se ** 2 + res["tau2"])
     assert res["tau2"] > 0
     assert np.sum(w * (y - np.sum(w * y) / w.sum()) ** 2) == pytest.approx(len(y) - 1, abs=1e-6)
@@ -106,11 +108,11 @@ def brute_force(y, se, priors, tau_max, mu_lim, n=2000, new=None):
 
 
 CASES = {
-    "eight_schools_baggr": (SCHOOLS_Y, SCHOOLS_SE, sz.Priors(0.0, 280.0, "uniform", 10 * np.std(SCHOOLS_Y, ddof=1)),
+    "eight_schools_baggr": (SCHOOLS_Y, SCHOOLS_SE, sm.Priors(0.0, 280.0, "uniform", 10 * np.std(SCHOOLS_Y, ddof=1)),
                             104.44, (-60, 80)),
-    "three_half_normal": ([1.0, 3.0, -2.0], [2.0, 1.5, 2.5], sz.Priors(0.5, 5.0, "half_normal", 3.0), 30.0, (-20, 20)),
-    "four_half_cauchy": ([0.3, 2.5, 1.0, -0.4], [0.5, 0.8, 0.4, 0.6], sz.Priors(0.0, 10.0, "half_cauchy", 1.0), 400.0, (-40, 40)),
-    "single_study": ([4.0], [1.5], sz.Priors(0.0, 10.0, "uniform", 5.0), 5.0, (-30, 40)),
+    "three_half_normal": ([1.0, 3.0, -2.0], [2.0, 1.5, 2.5], sm.Priors(0.5, 5.0, "half_normal", 3.0), 30.0, (-20, 20)),
+    "four_half_cauchy": ([0.3, 2.5, 1.0, -0.4], [0.5, 0.8, 0.4, 0.6], sm.Priors(0.0, 10.0, "half_cauchy", 1.0), 400.0, (-40, 40)),
+    "single_study": ([4.0], [1.5], sm.Priors(0.0, 10.0, "uniform", 5.0), 5.0, (-30, 40)),
 }
 
 
@@ -133,7 +135,7 @@ def test_exact_fit_equals_a_brute_force_two_dimensional_grid(case):
 
 def test_leave_one_out_predictive_equals_a_brute_force_refit():
     priors = CASES["eight_schools_baggr"][2]
-    loo = sz.leave_one_out(SCHOOLS_Y, SCHOOLS_SE, list("ABCDEFGH"), priors=priors, interval=0.95, n_grid=2000)
+    loo = sm.leave_one_out(SCHOOLS_Y, SCHOOLS_SE, list("ABCDEFGH"), priors=priors, interval=0.95, n_grid=2000)
     assert list(loo["left_out"]) == list("ABCDEFGH")
     ref = brute_force(np.array(SCHOOLS_Y[1:]), np.array(SCHOOLS_SE[1:]), priors, 104.44, (-60, 80), new=(28.0, 15.0))
     assert loo["log_predictive_density"].iloc[0] == pytest.approx(ref["log_pred"], abs=2e-3)
@@ -147,18 +149,18 @@ def test_intervals_are_the_mixture_quantiles():
     """P(mu <= lower) = 2.5% and P(theta_new <= upper) = 97.5% by a fine brute-force sum."""
     priors = CASES["three_half_normal"][2]
     res = fit(*CASES["three_half_normal"][:2], priors)
-    post = sz.tau_posterior([1.0, 3.0, -2.0], [2.0, 1.5, 2.5], priors, n_grid=4000)
+    post = sm.tau_posterior([1.0, 3.0, -2.0], [2.0, 1.5, 2.5], priors, n_grid=4000)
     p = res.pooled.iloc[0]
     at_lower = (post.weight * stats.norm.cdf(p["mu_lower"], post.mu_mean, np.sqrt(post.mu_var))).sum()
     pred_sd = np.sqrt(post.mu_var + post.tau ** 2)
     at_upper = (post.weight * stats.norm.cdf(p["predictive_upper"], post.mu_mean, pred_sd)).sum()
     assert (at_lower, at_upper) == pytest.approx((0.025, 0.975), abs=1e-9)
-    assert sz.tau_cdf(post, np.array([p["tau_median"]]))[0] == pytest.approx(0.5, abs=1e-9)
+    assert sm.tau_cdf(post, np.array([p["tau_median"]]))[0] == pytest.approx(0.5, abs=1e-9)
 
 
 # -- simulation-based calibration (Talts et al. 2018) ------------------------------------------------
-SBC_PRIORS = {"uniform": sz.Priors(1.0, 4.0, "uniform", 5.0), "half_normal": sz.Priors(0.0, 3.0, "half_normal", 2.0),
-              "half_cauchy": sz.Priors(0.0, 3.0, "half_cauchy", 1.0)}
+SBC_PRIORS = {"uniform": sm.Priors(1.0, 4.0, "uniform", 5.0), "half_normal": sm.Priors(0.0, 3.0, "half_normal", 2.0),
+              "half_cauchy": sm.Priors(0.0, 3.0, "half_cauchy", 1.0)}
 
 
 def draw_tau(rng, priors, n):
@@ -176,10 +178,10 @@ def test_simulation_based_calibration(family):
     se = np.array([1.0, 2.0, 1.5, 3.0, 1.0, 2.5, 2.0, 1.2])
     mu, tau = rng.normal(priors.hypermean_mean, priors.hypermean_sd, n_sim), draw_tau(rng, priors, n_sim)
     y = rng.normal(rng.normal(mu[:, None], tau[:, None], (n_sim, len(se))), se)
-    post = sz.tau_posterior(y, np.broadcast_to(se, y.shape), priors, n_grid=1000)
-    pit_mu = sz.mixture_cdf(post.weight, post.mu_mean, np.sqrt(post.mu_var), mu)
-    pit_tau = sz.tau_cdf(post, tau)
-    summary = sz.fit_batch(y, se, priors, interval=0.95, n_grid=1000)
+    post = sm.tau_posterior(y, np.broadcast_to(se, y.shape), priors, n_grid=1000)
+    pit_mu = sm.mixture_cdf(post.weight, post.mu_mean, np.sqrt(post.mu_var), mu)
+    pit_tau = sm.tau_cdf(post, tau)
+    summary = sm.fit_batch(y, se, priors, interval=0.95, n_grid=1000)
     band = 3 * np.sqrt(0.95 * 0.05 / n_sim)
     for pit in (pit_mu, pit_tau):
         assert stats.chisquare(np.histogram(pit, bins=20, range=(0, 1))[0]).pvalue > 0.001
@@ -194,8 +196,8 @@ def test_a_miscalibrated_fit_fails_the_calibration_check():
     se = np.array([1.0, 2.0, 1.5, 3.0, 1.0, 2.5, 2.0, 1.2])
     mu, tau = rng.normal(1.0, 12.0, 1000), rng.uniform(0, 5, 1000)
     y = rng.normal(rng.normal(mu[:, None], tau[:, None], (1000, 8)), se)
-    post = sz.tau_posterior(y, np.broadcast_to(se, y.shape), truth_priors, n_grid=500)
-    pit = sz.mixture_cdf(post.weight, post.mu_mean, np.sqrt(post.mu_var), mu)
+    post = sm.tau_posterior(y, np.broadcast_to(se, y.shape), truth_priors, n_grid=500)
+    pit = sm.mixture_cdf(post.weight, post.mu_mean, np.sqrt(post.mu_var), mu)
     assert stats.chisquare(np.histogram(pit, bins=20, range=(0, 1))[0]).pvalue < 0.001
 
 
@@ -203,11 +205,11 @@ def test_batch_fit_equals_single_fits_and_is_deterministic():
     priors = SBC_PRIORS["half_cauchy"]
     y = np.array([[0.3, 2.5, 1.0], [5.0, -1.0, 2.0]])
     se = np.array([0.5, 0.8, 0.4])
-    batch = sz.fit_batch(y, se, priors, interval=0.9, n_grid=800)
+    batch = sm.fit_batch(y, se, priors, interval=0.9, n_grid=800)
     for i in range(2):
-        single = sz.fit_hierarchical(y[i], se, ["a", "b", "c"], priors=priors, interval=0.9, n_grid=800).pooled
+        single = sm.fit_hierarchical(y[i], se, ["a", "b", "c"], priors=priors, interval=0.9, n_grid=800).pooled
         pd.testing.assert_frame_equal(batch.iloc[[i]].reset_index(drop=True), single, rtol=1e-10)
-    pd.testing.assert_frame_equal(batch, sz.fit_batch(y, se, priors, interval=0.9, n_grid=800), check_exact=True)
+    pd.testing.assert_frame_equal(batch, sm.fit_batch(y, se, priors, interval=0.9, n_grid=800), check_exact=True)
 
 
 # -- meta-regression -----------------------------------------------------------------------------------
@@ -216,8 +218,8 @@ def test_meta_regression_with_tau_near_zero_is_weighted_least_squares():
     variances, mean (X'WX)^-1 X'Wy and covariance (X'WX)^-1."""
     y, se = np.array([1.0, 2.0, 2.5, 4.2, 5.1]), np.array([0.5, 0.4, 0.6, 0.5, 0.7])
     mods = pd.DataFrame({"x": [0.0, 1.0, 2.0, 3.0, 4.0], "z": [1.0, 0.0, 1.0, 0.5, 0.2]})
-    res = sz.meta_regression(y, se, mods, list("abcde"), beta_mean=0.0, beta_sd=1e6,
-                             tau_prior=sz.Priors(0.0, 1.0, "uniform", 1e-6), interval=0.95, n_grid=200)
+    res = sm.meta_regression(y, se, mods, list("abcde"), beta_mean=0.0, beta_sd=1e6,
+                             tau_prior=sm.Priors(0.0, 1.0, "uniform", 1e-6), interval=0.95, n_grid=200)
     X = np.column_stack([np.ones(5), mods])
     cov = np.linalg.inv(X.T @ np.diag(se ** -2) @ X)
     beta = cov @ X.T @ (y / se ** 2)
@@ -232,7 +234,7 @@ def test_meta_regression_on_a_null_moderator_is_the_hierarchical_model():
     """A moderator that is 0 everywhere leaves its coefficient at its prior and the intercept and tau
     as in fit_hierarchical with the same priors."""
     y, se, priors, _, _ = CASES["three_half_normal"]
-    res = sz.meta_regression(y, se, pd.DataFrame({"nothing": [0.0, 0.0, 0.0]}), list("abc"), beta_mean=[0.5, 2.0],
+    res = sm.meta_regression(y, se, pd.DataFrame({"nothing": [0.0, 0.0, 0.0]}), list("abc"), beta_mean=[0.5, 2.0],
                              beta_sd=[5.0, 7.0], tau_prior=priors, interval=0.95, n_grid=4000)
     ref = fit(y, se, priors).pooled.iloc[0]
     c = res.coefficients.set_index("term")
@@ -244,42 +246,42 @@ def test_meta_regression_on_a_null_moderator_is_the_hierarchical_model():
 
 # -- edge cases -----------------------------------------------------------------------------------------
 def test_a_single_study_pulls_mu_only_towards_the_prior():
-    res = fit([5.0], [1.0], sz.Priors(0.0, 50.0, "uniform", 3.0))
+    res = fit([5.0], [1.0], sm.Priors(0.0, 50.0, "uniform", 3.0))
     p, s = res.pooled.iloc[0], res.studies.iloc[0]
     assert 4.9 < p["mu_mean"] < 5.0 and p["mu_sd"] > 1.0  # tau adds to the SE of the one study
     assert s["pooling_factor"] < 1 and p["n_studies"] == 1
     with pytest.raises(ValueError, match="at least 2"):
-        sz.baggr_default_priors([5.0])  # as baggr: a single study needs an explicit hyper-SD prior
+        sm.baggr_default_priors([5.0])  # as baggr: a single study needs an explicit hyper-SD prior
     with pytest.raises(ValueError, match="two studies"):
-        sz.leave_one_out([5.0], [1.0], ["only"], priors=sz.Priors(0, 50, "uniform", 3), interval=0.95, n_grid=100)
+        sm.leave_one_out([5.0], [1.0], ["only"], priors=sm.Priors(0, 50, "uniform", 3), interval=0.95, n_grid=100)
 
 
 def test_identical_effects_shrink_to_the_common_value():
-    res = fit([3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 0.5, 1.5], sz.Priors(0.0, 100.0, "uniform", 10.0))
+    res = fit([3.0, 3.0, 3.0, 3.0], [1.0, 2.0, 0.5, 1.5], sm.Priors(0.0, 100.0, "uniform", 10.0))
     assert np.allclose(res.studies["theta_mean"], 3.0, atol=0.01)
     assert res.pooled["mu_mean"].iloc[0] == pytest.approx(3.0, abs=0.01)
     assert res.pooled["tau_median"].iloc[0] < 5.0  # below the prior median
     with pytest.raises(ValueError, match="all equal"):
-        sz.baggr_default_priors([3.0, 3.0, 3.0])
+        sm.baggr_default_priors([3.0, 3.0, 3.0])
 
 
 def test_invalid_inputs_name_the_offending_studies():
-    priors = sz.Priors(0.0, 10.0, "uniform", 10.0)
+    priors = sm.Priors(0.0, 10.0, "uniform", 10.0)
     with pytest.raises(ValueError, match=r"\['bad', 'worse'\]"):
-        sz.fit_hierarchical([1.0, 2.0, np.nan], [1.0, 0.0, 1.0], ["good", "bad", "worse"], priors=priors,
+        sm.fit_hierarchical([1.0, 2.0, np.nan], [1.0, 0.0, 1.0], ["good", "bad", "worse"], priors=priors,
                             interval=0.95, n_grid=100)
     with pytest.raises(ValueError, match="labels"):
-        sz.fit_hierarchical([1.0, 2.0], [1.0, 1.0], ["one"], priors=priors, interval=0.95, n_grid=100)
+        sm.fit_hierarchical([1.0, 2.0], [1.0, 1.0], ["one"], priors=priors, interval=0.95, n_grid=100)
     with pytest.raises(ValueError, match="no studies"):
-        sz.fit_hierarchical([], [], [], priors=priors, interval=0.95, n_grid=100)
+        sm.fit_hierarchical([], [], [], priors=priors, interval=0.95, n_grid=100)
     with pytest.raises(ValueError, match="hypersd_family"):
-        sz.Priors(0.0, 1.0, "gamma", 1.0)
+        sm.Priors(0.0, 1.0, "gamma", 1.0)
 
 
 def test_half_cauchy_tail_is_integrated_without_truncation():
     """One study, half-Cauchy tau: the posterior of tau has a tail ~ tau^-3, so E[tau] converges only
     slowly in a truncated grid; the mapped grid gets the same mean at 2,000 and 16,000 points."""
-    priors = sz.Priors(0.0, 10.0, "half_cauchy", 1.0)
+    priors = sm.Priors(0.0, 10.0, "half_cauchy", 1.0)
     coarse, fine = (fit([2.0], [1.0], priors, n_grid=n).pooled["tau_mean"].iloc[0] for n in (2000, 16000))
     assert coarse == pytest.approx(fine, rel=1e-4)
     assert 1.0 < fine < 50.0
@@ -288,8 +290,8 @@ def test_half_cauchy_tail_is_integrated_without_truncation():
 # -- the frequentist meta-regression on study moderators ------------------------------------------
 def test_intercept_only_meta_regression_is_dersimonian_laird():
     d = meta_file("bangertdrowns2004.csv")
-    fit_ = sz.frequentist_meta_regression(d["tau"], d["se"], pd.DataFrame(index=d.index))
-    ref = sz.frequentist_random_effects(d["tau"], d["se"], method="dl", interval=0.95)  # = metafor, above
+    fit_ = sf.frequentist_meta_regression(d["tau"], d["se"], pd.DataFrame(index=d.index))
+    ref = sf.frequentist_random_effects(d["tau"], d["se"], method="dl", interval=0.95)  # = metafor, above
     assert fit_["estimate"].iloc[0] == pytest.approx(ref["estimate"], rel=1e-10)
     assert fit_["std_error"].iloc[0] == pytest.approx(ref["se"], rel=1e-10)
     assert fit_["tau2"].iloc[0] == pytest.approx(ref["tau2"], rel=1e-10)
@@ -302,7 +304,7 @@ def test_meta_regression_given_its_tau2_is_statsmodels_wls_with_known_variances(
     x = rng.uniform(0, 1, 20)
     se = rng.uniform(0.1, 0.4, 20)
     y = 0.2 + 0.5 * x + rng.normal(0, np.sqrt(se ** 2 + 0.3))
-    fit_ = sz.frequentist_meta_regression(y, se, pd.DataFrame({"x": x}))
+    fit_ = sf.frequentist_meta_regression(y, se, pd.DataFrame({"x": x}))
     tau2 = fit_["tau2"].iloc[0]
     assert tau2 > 0
     ref = sm.WLS(y, sm.add_constant(x), weights=1 / (se ** 2 + tau2)).fit(cov_type="fixed scale")
@@ -342,7 +344,7 @@ def test_moderator_regressions_run_each_moderator_where_it_varies_among_three_st
     assert set(slopes.index) == {"capital_intervention", "share_female_owners", "lender_targeted_women"}
     assert slopes.loc["lender_targeted_women", "n_studies"] == 3  # c has no lender: left out
     assert slopes.loc["capital_intervention", "studies"] == "a, b, c, d"
-    direct = sz.frequentist_meta_regression(eff["effect"][:4], eff["std_error"][:4],
+    direct = sf.frequentist_meta_regression(eff["effect"][:4], eff["std_error"][:4],
                                             eff[["share_female_owners"]][:4])
     assert slopes.loc["share_female_owners", "estimate"] == pytest.approx(direct["estimate"].iloc[1])
 
@@ -350,13 +352,13 @@ def test_moderator_regressions_run_each_moderator_where_it_varies_among_three_st
 # -- frequentist coverage of the pooled interval, simulated at fixed (mu, tau) ---------------------
 def test_interval_coverage_equals_a_loop_of_single_fits_on_the_same_draws():
     se = np.array([0.5, 1.0, 0.8, 1.5, 0.7])
-    priors = sz.Priors(0.0, 30.0, "uniform", 15.0)
+    priors = sm.Priors(0.0, 30.0, "uniform", 15.0)
     seq = sz.group_seed(7, ("pct_of_control_mean", "capital", "women"))
-    out = sz.interval_coverage(se, 2.0, 0.6, priors, interval=0.95, n_grid=800, draws=60, seed_sequence=seq)
+    out = sm.interval_coverage(se, 2.0, 0.6, priors, interval=0.95, n_grid=800, draws=60, seed_sequence=seq)
     rng = np.random.default_rng(sz.group_seed(7, ("pct_of_control_mean", "capital", "women")))
     theta = 2.0 + 0.6 * rng.standard_normal((60, 5))
     y = theta + se * rng.standard_normal((60, 5))
-    hits = [sz.fit_hierarchical(row, se, list("abcde"), priors=priors, interval=0.95, n_grid=800).pooled.iloc[0]
+    hits = [sm.fit_hierarchical(row, se, list("abcde"), priors=priors, interval=0.95, n_grid=800).pooled.iloc[0]
             for row in y]
     assert out["coverage_mu"] == pytest.approx(np.mean([h["mu_lower"] <= 2.0 <= h["mu_upper"] for h in hits]))
     assert out["coverage_draws"] == 60 and out["coverage_mu_mc_se"] > 0
@@ -366,8 +368,8 @@ def test_interval_coverage_is_nominal_with_many_studies():
     """30 studies: the posterior of mu is close to normal and the prior nearly flat, so the 95%
     interval covers about 95% of the time (400 draws: Monte Carlo SE 0.011)."""
     se = np.full(30, 1.0)
-    priors = sz.Priors(0.0, 100.0, "uniform", 20.0)
-    out = sz.interval_coverage(se, 2.0, 1.0, priors, interval=0.95, n_grid=1000, draws=400,
+    priors = sm.Priors(0.0, 100.0, "uniform", 20.0)
+    out = sm.interval_coverage(se, 2.0, 1.0, priors, interval=0.95, n_grid=1000, draws=400,
                                seed_sequence=np.random.SeedSequence(11))
     assert abs(out["coverage_mu"] - 0.95) < 3.5 * 0.011, out
 

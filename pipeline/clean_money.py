@@ -1,0 +1,91 @@
+"""Clean, money: recall periods normalised to one flow period and outliers winsorised or
+trimmed (rules 8 and 9 of :mod:`pipeline.clean`)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.clean_log import CleaningError, rows_hint
+from pipeline.codes import PER_YEAR, map_distinct, norm_code, norm_codes
+from pipeline.study import flow_column, normalise
+
+OUTLIER_METHODS = ("winsorise", "trim")
+
+
+def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:
+    """Money flows to one period. The recall period is a column of codes or a study-wide value.
+    A baseline given as a column in the same row (``baseline_column``) becomes ``<column>_pre``."""
+    cfg = normalise(cfg)
+    if flow_period not in PER_YEAR:
+        raise CleaningError(f"clean.flow_period={flow_period!r}: expected one of {sorted(PER_YEAR)}")
+    df = df.copy()
+    spec = cfg.get("recall_period") or {}
+    if "column" in spec:
+        raw = df[spec["column"]]
+        codes = norm_codes(raw)
+        period = map_distinct(raw, lambda v: None if norm_code(v) is None else spec["codes"].get(norm_code(v)))
+        unknown = codes.notna() & period.isna()
+        if unknown.any():
+            raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {sorted(raw[unknown].unique().tolist(), key=str)} "
+                                f"not in recall_period.codes ({rows_hint(df, unknown)})")
+    else:
+        period = pd.Series(spec.get("value", flow_period), index=df.index)
+    bad = sorted(set(period.dropna()) - set(PER_YEAR))
+    if bad:
+        raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
+    factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow
+    currency = str(cfg.get("currency", "lcu")).lower()
+    for name, out in cfg["outcomes"].items():
+        new = flow_column(name, out, currency, flow_period)
+        for col, target in ((out["column"], new), (out["baseline_column"], f"{new}_pre")):
+            if not col:
+                continue
+            values = pd.to_numeric(df[col], errors="coerce").astype("float64")
+            # A zero flow is zero over any period: a closed business (recall period "not
+            # applicable") keeps its zero profit instead of becoming missing.
+            df[target] = values.where(values == 0, values * factor) if out.get("flow", True) else values
+    return df
+
+
+def winsorise(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
+              by: str | None, method: str = "winsorise", unit: str | None = None) -> pd.DataFrame:
+    """:func:`treat_outliers` without the counts."""
+    return treat_outliers(df, columns, lower_pct, upper_pct, by, method, unit)[0]
+
+
+def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
+                   by: str | None, method: str = "winsorise", unit: str | None = None) -> tuple[pd.DataFrame, dict]:
+    """Add ``<col>_w``: values beyond per-group percentiles clamped (``winsorise``) or blanked
+    (``trim``); cut-offs from a quantile table mapped back. Returns (table, values changed per column).
+
+    ``columns`` maps a column to whether its lower tail is treated too (outcomes that can be
+    negative). Missing values stay missing. With ``unit``, cut-offs come from one value per unit
+    (for baselines repeated on every row of a unit).
+    """
+    if method not in OUTLIER_METHODS:
+        raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
+    df = df.copy()
+    groups = df[by] if by else pd.Series(0, index=df.index)
+    changed = {}
+    for col, both_tails in columns.items():
+        source = df[[col]].assign(_g=groups)
+        if unit:
+            source = source.assign(_u=df[unit]).dropna(subset=[col]).drop_duplicates("_u")
+        grouped = source[col].groupby(source["_g"])
+        upper = grouped.quantile(upper_pct / 100.0) if upper_pct < 100 else None
+        lower = grouped.quantile(lower_pct / 100.0) if both_tails and lower_pct > 0 else None
+        values = df[col]
+        out_of_range = pd.Series(False, index=df.index)
+        if upper is not None:
+            cap = groups.map(upper)
+            above = values.notna() & (values > cap)
+            out_of_range |= above
+            values = values.mask(above, np.nan if method == "trim" else cap)
+        if lower is not None:
+            floor = groups.map(lower)
+            below = values.notna() & (values < floor)
+            out_of_range |= below
+            values = values.mask(below, np.nan if method == "trim" else floor)
+        df[f"{col}_w"] = values
+        changed[col] = int(out_of_range.sum())
+    return df, changed
