@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from pipeline.estimation.variance import Problem, covariance
+
 STREAM_BOOTSTRAP = 1
 STREAM_PERMUTATION = 2
 
@@ -157,7 +159,8 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     """OLS of ``y`` on ``X`` with CR1 cluster-robust covariance; Wald F-test of ``test`` columns.
 
     Matches statsmodels ``OLS(...).fit(cov_type="cluster", use_t=True).f_test``: V = c (X'X)^-1
-    (sum_g X_g'u_g u_g'X_g) (X'X)^-1 with c = G/(G-1) (N-1)/(N-K), F = b'(R V R')^-1 b / q on
+    (sum_g X_g'u_g u_g'X_g) (X'X)^-1 with c = G/(G-1) (N-1)/(N-K) (the estimation package's
+    ``CR1``, :func:`pipeline.estimation.variance.cr1`), F = b'(R V R')^-1 b / q on
     (q, G-1) degrees of freedom. ``k_extra`` adds regressors already partialled out of y and X
     (fixed effects absorbed by :func:`demean_within`) to K. Columns of X with (numerically) no
     variation are dropped first; ``q`` is the number of tested columns left. ``groups``: cluster labels
@@ -188,14 +191,14 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
              "n_obs": n, "n_clusters": G}
     if not test or G < 2 or n <= k + k_extra:
         return empty
+    if G < n_codes:                             # integer labels with gaps: dense codes 0..G-1
+        codes = (np.cumsum(np.bincount(codes, minlength=n_codes) > 0) - 1)[codes]
     bread = np.linalg.pinv(X.T @ X)
     beta = bread @ (X.T @ y)
     u = y - X @ beta
-    S = X * u[:, None]
-    Sg = np.column_stack([np.bincount(codes, weights=S[:, j], minlength=n_codes) for j in range(k)])
-    c = G / (G - 1) * (n - 1) / (n - (k + k_extra))
-    A = bread[test] @ Sg.T                      # rows of (X'X)^-1 for the tested coefficients
-    Vt = c * (A @ A.T)
+    cr1 = covariance("CR1", Problem(bread=bread, scores=(X * u[:, None]).T, beta=beta, n_obs=n,
+                                    k_params=k + k_extra, groups=codes, n_clusters=G))
+    Vt = cr1.cov[np.ix_(test, test)]
     # On the correlation scale, so that a regressor's units (profit in shillings beside a 0/1
     # dummy) can neither hide a dimension nor keep a noise one.
     sd = np.sqrt(np.clip(np.diag(Vt), 0.0, None))

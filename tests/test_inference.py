@@ -125,12 +125,28 @@ def test_cluster_wald_matches_statsmodels_with_absorbed_fe():
     ft = res.f_test(np.eye(X.shape[1])[[1, 2]])
     mine = inf.cluster_wald(inf.demean_within(y, h), inf.demean_within(np.column_stack([x1, x2]), h),
                             g, k_extra=4)
-    assert mine["f_stat"] == pytest.approx(float(np.squeeze(ft.fvalue)), rel=1e-9)
-    assert mine["p_value"] == pytest.approx(float(np.squeeze(ft.pvalue)), rel=1e-8)
+    assert mine["f_stat"] == pytest.approx(float(np.squeeze(ft.fvalue)), rel=1e-10)
+    assert mine["p_value"] == pytest.approx(float(np.squeeze(ft.pvalue)), rel=1e-9)
     assert (mine["df_num"], mine["df_denom"]) == (2, 39)
     # without absorption, same as a plain regression test
     direct = inf.cluster_wald(y, X, g, test=[1, 2])
     assert direct["f_stat"] == pytest.approx(mine["f_stat"], rel=1e-9)
+
+
+def test_cluster_wald_labels_with_gaps_strings_and_a_constant_column_match_statsmodels():
+    """Cluster labels are integers with gaps (a subset of the clusters, as in a two-arm comparison)
+    or strings; a column without variation is dropped: F and p equal statsmodels' on the rest."""
+    y, x1, x2, g, h = _cluster_data(seed=5, n=500, G=30)
+    rows = g % 3 != 0                                      # clusters 0, 3, 6, ... absent
+    y, x1, x2, g = y[rows], x1[rows], x2[rows], g[rows]
+    X = np.column_stack([np.ones_like(y), x1, x2])
+    res = sm.OLS(y, X).fit(cov_type="cluster", cov_kwds={"groups": g}, use_t=True)
+    ft = res.f_test(np.eye(3)[[1, 2]])
+    for labels in (g * 7 + 11, np.array([f"c{v}" for v in g])):
+        out = inf.cluster_wald(y, np.column_stack([X, np.zeros_like(y)]), labels, test=[1, 2, 3])
+        assert out["f_stat"] == pytest.approx(float(np.squeeze(ft.fvalue)), rel=1e-10)
+        assert out["p_value"] == pytest.approx(float(np.squeeze(ft.pvalue)), rel=1e-9)
+        assert (out["df_num"], out["df_denom"], out["n_clusters"]) == (2, 19, 20)
 
 
 def test_cluster_wald_refuses_more_restrictions_than_cluster_degrees_of_freedom():
