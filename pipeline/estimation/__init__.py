@@ -61,8 +61,8 @@ winsorised), ``unwinsorised``, ``log`` (y > 0 only), ``ihs`` (asinh) and ``trimm
 (:func:`add_q_values`).
 
 The stage (:mod:`pipeline.estimation.stage`: ``run`` / ``estimate_all``) also writes attrition by arm
-(:func:`attrition_table`), Lee bounds (``inference.lee_bounds_table``), the baseline balance
-tables (``inference.balance_tables``), quantile treatment effects (``qte.qte_table``), plot data
+(:func:`attrition_table`), Lee bounds (``lee_bounds.lee_bounds_table``), the baseline balance
+tables (``balance.balance_tables``), quantile treatment effects (``qte.qte_table``), plot data
 (:func:`coefficients_by_gender`) and key estimates for the metrics (``OUTPUT_FILES``).
 
 Term names in the tidy table: ``treat_skills``, ``treat_capital``, ``treat_skills_x_treat_capital``

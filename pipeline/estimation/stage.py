@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline import inference, qte
+from pipeline import inference, lee_bounds, qte
+from pipeline.balance import BALANCE_JOINT_COLUMNS, balance_columns, balance_tables
 from pipeline.estimation.columns import FOLLOWUP, GENDER, require
 from pipeline.estimation.fit import fit
 from pipeline.estimation.sample import (apply_sample, baseline_columns, gender_varies, resolve_outcome,
@@ -237,7 +238,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
             skipped["lee_bounds"] = "no arm column"
         else:
             try:
-                lee = inference.lee_bounds_table(
+                lee = lee_bounds.lee_bounds_table(
                     fu, primary, treatments=spec.treatments, cells=[c for c in sp["lee_cells"] if c in fu.columns],
                     cluster=spec.cluster or "firm_id", reps=int(sp["bootstrap_reps"]), seed=seed,
                     alpha=alpha, attrition_p=att_p, samples=sexes)
@@ -255,7 +256,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
         covs = [c for c in sp["balance_covariates"] if c in bl_rows.columns and bl_rows[c].notna().any()]
         if len(bl_rows) and covs:
             try:
-                balance, balance_joint = inference.balance_tables(
+                balance, balance_joint = balance_tables(
                     bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
                     permutations=int(sp["permutations"]), seed=seed, samples=sexes)
                 balance.insert(0, "study", study)
@@ -324,13 +325,13 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
 # The header of every CSV the stage writes (OUTPUT_FILES), whatever the study: a table with nothing
 # to report is written with these columns and no rows (never as an empty, header-less file), and
 # ``summary["tables"]`` says why (table_status). The balance table has, besides these, n / mean /
-# sd / normdiff columns per arm (inference.balance_columns) where it has rows.
+# sd / normdiff columns per arm (balance_columns) where it has rows.
 TABLE_COLUMNS: dict[str, list[str]] = {
     "results": TIDY_COLUMNS,
     "attrition": ATTRITION_COLUMNS,
-    "balance": ["study", *inference.balance_columns()],
-    "balance_joint": ["study", *inference.BALANCE_JOINT_COLUMNS],
-    "lee_bounds": ["study", *inference.LEE_BOUNDS_COLUMNS],
+    "balance": ["study", *balance_columns()],
+    "balance_joint": ["study", *BALANCE_JOINT_COLUMNS],
+    "lee_bounds": ["study", *lee_bounds.LEE_BOUNDS_COLUMNS],
     "qte": qte.QTE_COLUMNS,
     "coefficients_by_gender": COEFFICIENTS_BY_GENDER_COLUMNS,
 }
