@@ -17,7 +17,7 @@ export MKL_NUM_THREADS := 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup repro evidence test test-fast bench lab clean-outputs
+.PHONY: help setup repro evidence test test-fast lint bench lab clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test: $(STAMP)  ## run the test suite (same environment)
 
 test-fast: $(STAMP)  ## unit tests only, without the end-to-end pipeline tests
 	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.ruff])
+	$(BIN)/ruff check .
 
 bench: $(STAMP)  ## time a cold dvc repro, a no-op dvc repro, and each stage
 	$(BIN)/python scripts/bench.py
