@@ -1,7 +1,16 @@
+import errno
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import nbformat
 import pytest
 
-from pipeline import run_stage
+from pipeline import paths, run_stage
+from pipeline.io import write_text
 
 
 def executed_like_papermill() -> nbformat.NotebookNode:
@@ -56,3 +65,202 @@ def test_params_are_checked_once_before_a_stage_runs(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(broken))
     with pytest.raises(ParamsError, match=r"params.yaml: clean: unknown key 'winsor_uper_pct'.*did you mean 'winsor_upper_pct'"):
         run_stage.run("clean", "synthetic", params_path=tmp_path / "params.yaml")   # before papermill starts
+
+
+# --- all-or-nothing outputs (issue 11, class 4) ------------------------------------------------
+# A fake papermill stands in for the kernel: it writes the stage's data output the way a notebook
+# does (io.atomic_path) and the executed notebook; the stage's outputs live in a repository made in
+# tmp_path (run_stage.REPO_ROOT patched), so nothing in this checkout is touched.
+
+STAGE = "synthetic"
+NAME = paths.STAGE_NOTEBOOKS[STAGE]
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    data, notebooks = root / "data" / "raw" / "x", root / "reports" / "notebooks"
+    outs = [data, notebooks / f"{NAME}.ipynb", notebooks / f"{NAME}.html", notebooks / f"{NAME}.code.html"]
+    monkeypatch.setattr(run_stage, "REPO_ROOT", root)
+    monkeypatch.setattr(run_stage, "stage_outs", lambda stage, study, pipeline="main": outs)
+    monkeypatch.setattr(paths, "executed_notebook_dir", lambda stage, study, pipeline="main": notebooks)
+    monkeypatch.setenv("PYTHONPATH", "")
+    return root
+
+
+def previous_run(root: Path) -> dict[str, bytes]:
+    """Outputs of an earlier successful run, returned as {relative path: bytes}."""
+    write_text(root / "data/raw/x/x.parquet", "old data")
+    write_text(root / "data/raw/x/sub/y.csv", "old y")
+    for suffix in (".ipynb", ".html", ".code.html"):
+        write_text(root / "reports/notebooks" / f"{NAME}{suffix}", f"old {suffix}")
+    return snapshot(root)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and "logs" not in p.parts}
+
+
+def fake_papermill(monkeypatch, fail: BaseException | None = None) -> None:
+    import papermill
+
+    def execute_notebook(source, output, **kwargs):
+        root = run_stage.REPO_ROOT
+        write_text(root / "data/raw/x/x.parquet", "new data")    # the notebook's data output
+        write_text(root / "data/raw/x/extra.csv", "new file")
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+        nbformat.write(nb, output)
+        if fail is not None:
+            raise fail
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+
+
+def test_a_successful_run_replaces_the_outputs_and_drops_the_backup(repo, monkeypatch):
+    previous_run(repo)
+    fake_papermill(monkeypatch)
+    run_stage.run(STAGE)
+    after = snapshot(repo)
+    assert after["data/raw/x/x.parquet"] == b"new data" and after["data/raw/x/extra.csv"] == b"new file"
+    assert "data/raw/x/sub/y.csv" not in after                     # the old folder was replaced, not merged
+    assert after[f"reports/notebooks/{NAME}.code.html"].startswith(b"<!DOCTYPE html>")
+    assert not (repo / run_stage.BACKUP_DIR).exists()
+
+
+def test_a_full_disk_after_the_notebook_ran_restores_the_previous_outputs(repo, monkeypatch, capsys):
+    before = previous_run(repo)
+    fake_papermill(monkeypatch)
+
+    def disk_full(nb, hide_code):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_stage, "export_html", disk_full)
+    with pytest.raises(OSError) as raised:
+        run_stage.run(STAGE)
+    assert raised.value.errno == errno.ENOSPC
+    assert snapshot(repo) == before                                # byte for byte, nothing new left
+    assert (repo / "logs/failed" / f"{STAGE}.ipynb").exists()
+    assert not (repo / run_stage.BACKUP_DIR).exists()
+
+
+def test_a_failure_with_no_previous_run_leaves_no_outputs(repo, monkeypatch):
+    fake_papermill(monkeypatch, fail=RuntimeError("cell failed"))
+    with pytest.raises(RuntimeError, match="cell failed"):
+        run_stage.run(STAGE)
+    assert snapshot(repo) == {}
+
+
+def test_stale_temp_files_are_removed_by_the_next_run(repo, monkeypatch):
+    previous_run(repo)
+    stale = [repo / "data/raw/x/.x.parquet.abc.tmp", repo / "data/raw/x/sub/.y.csv.k2j.tmp",
+             repo / "reports/notebooks" / f".{NAME}.html.zz9.tmp"]
+    for path in stale:
+        path.write_text("half written")
+    keep = repo / "reports/notebooks/.other.html.abc.tmp"       # not next to this stage's outputs
+    keep.write_text("someone else's")
+    fake_papermill(monkeypatch)
+    run_stage.run(STAGE)
+    assert not any(p.exists() for p in stale)
+    assert keep.exists()
+
+
+def test_a_failing_cleanup_still_surfaces_the_original_error(repo, monkeypatch, capsys):
+    before = previous_run(repo)
+    fake_papermill(monkeypatch, fail=RuntimeError("cell failed: the cause"))
+    real_remove = run_stage._remove
+
+    def read_only(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(run_stage, "_remove", read_only)
+    with pytest.raises(RuntimeError, match="the cause") as raised:
+        run_stage.run(STAGE)
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "could not restore" in notes and "data/raw/x" in notes and "Permission denied" in notes
+    assert "could not restore" in capsys.readouterr().err
+    assert (repo / run_stage.BACKUP_DIR).exists()                   # kept for the next run
+
+    # The next run (here one that fails again, with a working cleanup) starts by restoring it.
+    monkeypatch.setattr(run_stage, "_remove", real_remove)
+    with pytest.raises(RuntimeError):
+        run_stage.run(STAGE)
+    assert snapshot(repo) == before
+    assert not (repo / run_stage.BACKUP_DIR).exists()
+
+
+def test_a_backup_left_by_a_killed_runner_is_restored_at_the_next_run(repo, monkeypatch):
+    before = previous_run(repo)
+    outs = run_stage.stage_outs(STAGE, None)
+    backup = run_stage.backup_dir(STAGE, None)
+    run_stage.stash_outputs(outs, backup)
+    write_text(repo / "data/raw/x/x.parquet", "half of a killed run")   # then SIGKILL
+    fake_papermill(monkeypatch, fail=RuntimeError("fails again"))
+    with pytest.raises(RuntimeError):
+        run_stage.run(STAGE)
+    assert snapshot(repo) == before
+
+
+def test_a_runner_killed_while_stashing_keeps_the_outputs_it_had_not_moved(repo):
+    before = previous_run(repo)
+    outs = run_stage.stage_outs(STAGE, None)
+    backup = run_stage.backup_dir(STAGE, None)
+    run_stage.stash_outputs(outs[:1], backup)           # killed after the first move
+    (backup / run_stage.STASHED).unlink()
+    assert run_stage.restore_backup(outs, backup) == []
+    assert snapshot(repo) == before
+
+
+# --- a real runner, killed with SIGTERM while its kernel runs -----------------------------------
+
+def md5_tree(repo: Path, outs: list[Path]) -> dict[str, str]:
+    files = [f for out in outs for f in ([out] if out.is_file() else sorted(out.rglob("*"))) if f.is_file()]
+    return {f.relative_to(repo).as_posix(): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def kernels_of(pid: int) -> list:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if "ipykernel" in " ".join(p.cmdline())]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_kernel_and_restores_the_previous_outputs(tmp_path):
+    import psutil
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _pipeline_copy import env_for, fresh_copy, lock_md5s, run
+
+    repo = fresh_copy(tmp_path / "project")
+    run(["dvc", "repro", "synthetic"], repo)                      # the previous successful run
+    outs = [repo / p for p in ("data/raw/synthetic", "reports/notebooks/00_synthetic.ipynb",
+                               "reports/notebooks/00_synthetic.html", "reports/notebooks/00_synthetic.code.html")]
+    before = md5_tree(repo, outs)
+    assert len(before) >= 4
+
+    runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
+                              env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    kernels = []
+    while not kernels and runner.poll() is None and time.monotonic() < deadline:
+        kernels = kernels_of(runner.pid)
+        time.sleep(0.05)
+    assert kernels, "no kernel started"
+    group = [k.pid for k in kernels] + [c.pid for k in kernels for c in k.children(recursive=True)]
+    time.sleep(1.0)                                               # the notebook is running
+    runner.send_signal(signal.SIGTERM)
+    _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 128 + signal.SIGTERM, err
+    alive = [pid for pid in group if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], f"kernel processes survived: {alive}"
+    assert md5_tree(repo, outs) == before
+    assert not (repo / ".stage-backup").exists()
+    assert "up to date" in run(["dvc", "status", "synthetic"], repo)
+    lock = lock_md5s(repo)
+    assert lock and all(p in lock for p in ("data/raw/synthetic", "reports/notebooks/00_synthetic.html"))
