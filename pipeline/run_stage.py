@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -79,11 +80,24 @@ def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
     return body
 
 
-def ipc_kernel_manager(socket_dir: str, started: list | None = None):
+class StageKernels:
+    """The kernels a stage started, so that an interrupted runner can stop them and refuse new ones."""
+
+    def __init__(self):
+        self.managers: list = []
+        self.stopping = threading.Event()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.stopping.set()
+        for km in self.managers:
+            stop_kernel(km, grace)
+
+
+def ipc_kernel_manager(socket_dir: str, kernels: StageKernels | None = None):
     """A kernel manager whose kernel talks over Unix sockets in ``socket_dir`` (a private temporary
     folder) instead of TCP on localhost: no open port, and no "running over TCP without encryption"
-    warning on every stage. Each manager created is appended to ``started`` so the runner can stop
-    its kernel when it is interrupted."""
+    warning on every stage. Each manager is recorded in ``kernels``; once the runner is stopping, no
+    kernel is launched (one launched meanwhile is stopped at once)."""
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
 
@@ -98,8 +112,15 @@ def ipc_kernel_manager(socket_dir: str, started: list | None = None):
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if started is not None:
-                started.append(self)
+            if kernels is not None:
+                kernels.managers.append(self)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if kernels is not None and kernels.stopping.is_set():
+                raise RuntimeError("the stage runner is stopping: no kernel is started")
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            if kernels is not None and kernels.stopping.is_set():
+                stop_kernel(self)
 
     return IPCKernelManager
 
@@ -310,50 +331,51 @@ def signals_raise():
 
 
 @contextlib.contextmanager
-def signals_ignored():
-    """Let a rollback finish when a second SIGTERM/SIGINT arrives (main thread only)."""
+def signals_deferred(raise_after: bool = True):
+    """Hold SIGTERM/SIGINT while the block moves outputs (main thread only), so a move is never
+    cut in half; with ``raise_after``, a signal that came meanwhile raises ``StageInterrupted`` when
+    the block ends (otherwise it is dropped: the runner is already failing)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if pending and raise_after:
+        raise StageInterrupted(pending[0])
 
 
-def stop_kernels(kernel_managers: list, grace: float = 2.0) -> None:
-    """Stop every kernel the stage started, with its whole process group (the kernel runs in a
-    session of its own, so its children such as dask workers share its group and die with it):
-    SIGTERM, then SIGKILL for whatever is left after ``grace`` seconds."""
-    for km in kernel_managers:
-        provisioner = getattr(km, "provisioner", None)
-        process = getattr(provisioner, "process", None)
-        pgid = getattr(provisioner, "pgid", None)
-        if process is None and pgid is None:
-            continue
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                if pgid:
-                    os.killpg(pgid, sig)
-                elif process is not None:
-                    process.send_signal(sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-            if process is not None and sig == signal.SIGTERM:
-                try:
-                    process.wait(timeout=grace)
-                except Exception:  # noqa: BLE001 - still running: SIGKILL follows
-                    pass
+def stop_kernel(km, grace: float = 2.0) -> None:
+    """Stop a kernel with its whole process group (the kernel runs in a session of its own, so its
+    children such as dask workers share its group and die with it): SIGTERM, then SIGKILL for
+    whatever is left after ``grace`` seconds."""
+    provisioner = getattr(km, "provisioner", None)
+    process = getattr(provisioner, "process", None)
+    pgid = getattr(provisioner, "pgid", None)
+    if process is None and pgid is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            if pgid:
+                os.killpg(pgid, sig)
+            elif process is not None:
+                process.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
         if process is not None:
             try:
                 process.wait(timeout=grace)
-            except Exception as exc:  # noqa: BLE001
-                print(f"stage runner: kernel process {process.pid} did not stop: {exc}", file=sys.stderr)
+            except subprocess.TimeoutExpired:
+                if sig == signal.SIGKILL:
+                    print(f"stage runner: kernel process {process.pid} did not stop", file=sys.stderr)
 
 
-def _execute_in_thread(execute, kernel_managers: list) -> None:
+def _execute_in_thread(execute, kernels: StageKernels, grace: float = 2.0) -> None:
     """Run papermill in a worker thread so the runner's main thread keeps its own SIGTERM/SIGINT
     handlers (nbclient installs event-loop handlers only when it runs in the main thread) and can
     stop the kernel itself."""
@@ -371,7 +393,10 @@ def _execute_in_thread(execute, kernel_managers: list) -> None:
         while worker.is_alive():
             worker.join(0.2)
     except BaseException:
-        stop_kernels(kernel_managers)
+        with signals_deferred(raise_after=False):
+            kernels.stop(grace)
+            worker.join(grace)    # papermill notices the dead kernel; one it launched meanwhile
+            kernels.stop(grace)   # was stopped by its manager, this catches any other
         raise
     if outcome:
         raise outcome[0]
@@ -406,14 +431,18 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
     logging.getLogger("papermill").setLevel(logging.WARNING)
     # The kernel must import this checkout's pipeline package (not another editable install).
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    kernel_managers: list = []
+    kernels = StageKernels()
     with signals_raise(), tempfile.TemporaryDirectory(prefix=f"stage-{stage}-", ignore_cleanup_errors=True) as tmp:
         tmp_nb = Path(tmp) / f"{name}.ipynb"
-        with signals_ignored():
-            restore_backup(outs, backup)      # a runner killed mid-run left its backup behind
+        with signals_deferred():
+            errors = restore_backup(outs, backup)      # a runner killed mid-run left its backup behind
+            if errors:
+                raise RuntimeError(f"stage {stage}: the outputs of an interrupted run could not be put back; "
+                                   + "; ".join(errors))
             remove_stale_temps(outs)
-            stash_outputs(outs, backup)
         try:
+            with signals_deferred():
+                stash_outputs(outs, backup)
             _execute_in_thread(lambda: pm.execute_notebook(
                 str(paths.notebook_source(stage)),
                 str(tmp_nb),
@@ -423,19 +452,19 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
                 progress_bar=False,
                 log_output=False,
                 report_mode=False,
-                kernel_manager_class=ipc_kernel_manager(tmp, kernel_managers),
-            ), kernel_managers)
+                kernel_manager_class=ipc_kernel_manager(tmp, kernels),
+            ), kernels)
             nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
             with atomic_path(executed_path) as tmp_path:
                 nbformat.write(nb, str(tmp_path))
             write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
             write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
         except BaseException as exc:
-            with signals_ignored():
+            with signals_deferred(raise_after=False):
                 _keep_failed_notebook(tmp_nb, stage, study)
                 roll_back(outs, backup, exc)
             raise
-        with signals_ignored():
+        with signals_deferred(raise_after=False):    # the stage is complete: a late signal changes nothing
             drop_backup(backup)
     return executed_path
 

@@ -1,5 +1,6 @@
 import errno
 import hashlib
+import os
 import signal
 import subprocess
 import sys
@@ -210,6 +211,33 @@ def test_a_runner_killed_while_stashing_keeps_the_outputs_it_had_not_moved(repo)
     (backup / run_stage.STASHED).unlink()
     assert run_stage.restore_backup(outs, backup) == []
     assert snapshot(repo) == before
+
+
+def test_sigterm_during_the_run_restores_the_previous_outputs(repo, monkeypatch):
+    import papermill
+
+    before = previous_run(repo)
+
+    def killed_mid_run(source, output, **kwargs):
+        write_text(run_stage.REPO_ROOT / "data/raw/x/x.parquet", "half of an interrupted run")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2.5)                                 # the runner does not wait for the notebook
+
+    monkeypatch.setattr(papermill, "execute_notebook", killed_mid_run)
+    with pytest.raises(run_stage.StageInterrupted) as raised:
+        run_stage.run(STAGE)
+    assert raised.value.signum == signal.SIGTERM
+    assert snapshot(repo) == before
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL        # handlers put back
+
+
+def test_a_signal_while_outputs_move_is_held_until_the_move_is_done():
+    done = []
+    with pytest.raises(run_stage.StageInterrupted):
+        with run_stage.signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            done.append("moved")
+    assert done == ["moved"]
 
 
 # --- a real runner, killed with SIGTERM while its kernel runs -----------------------------------
