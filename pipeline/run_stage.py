@@ -173,6 +173,11 @@ def _backup_of(out: Path, backup: Path) -> Path:
     return backup / out.relative_to(REPO_ROOT)
 
 
+def _outermost(outs: list[Path]) -> list[Path]:
+    """Declared outputs not inside another declared output (which moves them along with it)."""
+    return [out for out in outs if not any(out != other and out.is_relative_to(other) for other in outs)]
+
+
 def remove_stale_temps(outs: list[Path]) -> list[Path]:
     """Remove the ``.<name>.XXXX.tmp`` files io.atomic_path leaves when a write is killed: next to
     each declared output and anywhere inside a declared output folder."""
@@ -190,7 +195,7 @@ def remove_stale_temps(outs: list[Path]) -> list[Path]:
 def stash_outputs(outs: list[Path], backup: Path) -> None:
     """Move every existing declared output into ``backup``, then mark the stash finished."""
     backup.mkdir(parents=True, exist_ok=True)
-    for out in outs:
+    for out in _outermost(outs):
         if out.exists() or out.is_symlink():
             target = _backup_of(out, backup)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +211,7 @@ def restore_backup(outs: list[Path], backup: Path) -> list[str]:
         return []
     errors = []
     finished = (backup / STASHED).exists()
-    for out in outs:
+    for out in _outermost(outs):
         saved = _backup_of(out, backup)
         if not (finished or saved.exists() or saved.is_symlink()):
             continue                      # never moved: still the previous run's output
