@@ -158,8 +158,10 @@ def _remove(path: Path) -> None:
 # --- all-or-nothing outputs -------------------------------------------------------------------
 # Before a stage runs, its declared outputs are moved into BACKUP_DIR/<stage>[-study]/ (same
 # filesystem, so a rename); they come back after any failure and are dropped after success. The
-# file STASHED marks a finished stash: without it, an output missing from the backup was not moved
-# yet (the runner died while stashing) and is kept as it is.
+# file STASHED, written when the stash is finished, lists the outputs that existed: an output it
+# does not list was absent before the run (so whatever is there now goes); one it lists but the
+# backup no longer holds was already put back. Without STASHED (the runner died while stashing),
+# only what the backup holds is put back and everything else is kept as it is.
 BACKUP_DIR = ".stage-backup"
 STASHED = ".stashed"
 
@@ -195,12 +197,14 @@ def remove_stale_temps(outs: list[Path]) -> list[Path]:
 def stash_outputs(outs: list[Path], backup: Path) -> None:
     """Move every existing declared output into ``backup``, then mark the stash finished."""
     backup.mkdir(parents=True, exist_ok=True)
+    stashed = []
     for out in _outermost(outs):
         if out.exists() or out.is_symlink():
             target = _backup_of(out, backup)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(out, target)
-    (backup / STASHED).touch()
+            stashed.append(out.relative_to(REPO_ROOT).as_posix())
+    write_text(backup / STASHED, "".join(f"{name}\n" for name in stashed))
 
 
 def restore_backup(outs: list[Path], backup: Path) -> list[str]:
@@ -210,14 +214,16 @@ def restore_backup(outs: list[Path], backup: Path) -> list[str]:
     if not backup.exists():
         return []
     errors = []
-    finished = (backup / STASHED).exists()
+    marker = backup / STASHED
+    existed = set(marker.read_text(encoding="utf-8").split()) if marker.exists() else None
     for out in _outermost(outs):
         saved = _backup_of(out, backup)
-        if not (finished or saved.exists() or saved.is_symlink()):
-            continue                      # never moved: still the previous run's output
+        in_backup = saved.exists() or saved.is_symlink()
+        if not in_backup and (existed is None or out.relative_to(REPO_ROOT).as_posix() in existed):
+            continue                      # never moved, or already put back: the previous output
         try:
             _remove(out)
-            if saved.exists() or saved.is_symlink():
+            if in_backup:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(saved, out)
         except OSError as exc:

@@ -240,6 +240,18 @@ def test_a_signal_while_outputs_move_is_held_until_the_move_is_done():
     assert done == ["moved"]
 
 
+def test_a_restore_cut_short_does_not_remove_what_it_already_put_back(repo):
+    before = previous_run(repo)
+    outs = run_stage.stage_outs(STAGE, None)
+    backup = run_stage.backup_dir(STAGE, None)
+    run_stage.stash_outputs(outs, backup)
+    write_text(repo / "data/raw/x/x.parquet", "new data")
+    html = repo / "reports/notebooks" / f"{NAME}.html"
+    os.replace(run_stage._backup_of(html, backup), html)    # put back before the restore was cut short
+    assert run_stage.restore_backup(outs, backup) == []
+    assert snapshot(repo) == before
+
+
 # --- a real runner, killed with SIGTERM while its kernel runs -----------------------------------
 
 def md5_tree(repo: Path, outs: list[Path]) -> dict[str, str]:
