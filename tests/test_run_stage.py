@@ -269,20 +269,27 @@ def kernels_of(pid: int) -> list:
     return [p for p in children if "ipykernel" in " ".join(p.cmdline())]
 
 
-@pytest.mark.slow
-def test_sigterm_stops_the_kernel_and_restores_the_previous_outputs(tmp_path):
-    import psutil
-    import yaml
+SYNTHETIC_OUTS = ("data/raw/synthetic", "reports/notebooks/00_synthetic.ipynb", "reports/notebooks/00_synthetic.html",
+                  "reports/notebooks/00_synthetic.code.html")
 
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A fresh copy of this checkout where `dvc repro synthetic` ran once: the previous run."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from _pipeline_copy import env_for, fresh_copy, lock_md5s, run
+    from _pipeline_copy import fresh_copy, run
 
-    repo = fresh_copy(tmp_path / "project")
-    run(["dvc", "repro", "synthetic"], repo)                      # the previous successful run
-    outs = [repo / p for p in ("data/raw/synthetic", "reports/notebooks/00_synthetic.ipynb",
-                               "reports/notebooks/00_synthetic.html", "reports/notebooks/00_synthetic.code.html")]
-    before = md5_tree(repo, outs)
+    repo = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
+    run(["dvc", "repro", "synthetic"], repo)
+    before = md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS])
     assert len(before) >= 4
+    return repo, before
+
+
+def start_and_signal(repo: Path, sig: int):
+    """Start the synthetic stage, wait until its kernel runs the notebook, send ``sig`` to the
+    runner; return the runner and the pids of its kernel and the kernel's children."""
+    from _pipeline_copy import env_for
 
     runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
                               env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -292,15 +299,53 @@ def test_sigterm_stops_the_kernel_and_restores_the_previous_outputs(tmp_path):
         kernels = kernels_of(runner.pid)
         time.sleep(0.05)
     assert kernels, "no kernel started"
-    group = [k.pid for k in kernels] + [c.pid for k in kernels for c in k.children(recursive=True)]
     time.sleep(1.0)                                               # the notebook is running
-    runner.send_signal(signal.SIGTERM)
+    group = [k.pid for k in kernels] + [c.pid for k in kernels for c in k.children(recursive=True)]
+    runner.send_signal(sig)
+    return runner, group
+
+
+def still_running(pids: list[int]) -> list[int]:
+    import psutil
+
+    def alive(pid):
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    return [pid for pid in pids if alive(pid)]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_kernel_and_restores_the_previous_outputs(project):
+    from _pipeline_copy import lock_md5s, run
+
+    repo, before = project
+    runner, group = start_and_signal(repo, signal.SIGTERM)
     _, err = runner.communicate(timeout=60)
     assert runner.returncode == 128 + signal.SIGTERM, err
-    alive = [pid for pid in group if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], f"kernel processes survived: {alive}"
-    assert md5_tree(repo, outs) == before
+    assert still_running(group) == [], "kernel processes survived the runner"
+    assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before
     assert not (repo / ".stage-backup").exists()
     assert "up to date" in run(["dvc", "status", "synthetic"], repo)
     lock = lock_md5s(repo)
-    assert lock and all(p in lock for p in ("data/raw/synthetic", "reports/notebooks/00_synthetic.html"))
+    assert all(p in lock for p in ("data/raw/synthetic", "reports/notebooks/00_synthetic.html"))
+
+
+@pytest.mark.slow
+def test_after_sigkill_the_backup_brings_back_the_previous_outputs(project):
+    from _pipeline_copy import run
+
+    repo, before = project
+    runner, group = start_and_signal(repo, signal.SIGKILL)
+    runner.communicate(timeout=60)
+    deadline = time.monotonic() + 10                              # the orphaned kernel notices its parent died
+    while still_running(group) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert still_running(group) == []
+    assert (repo / ".stage-backup" / "synthetic").is_dir()        # left behind by the killed runner
+    run([sys.executable, "-c", "from pipeline import run_stage as r; "
+         "assert r.restore_backup(r.stage_outs('synthetic', None), r.backup_dir('synthetic', None)) == []"], repo)
+    assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before
+    assert not (repo / ".stage-backup").exists()
+    assert "up to date" in run(["dvc", "status", "synthetic"], repo)
