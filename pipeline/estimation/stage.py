@@ -180,7 +180,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
         skipped["gender_models"] = "owner's sex unknown or the same for every firm"
     if sp["gender_control"]:
         if gender_models:
-            spec_params["controls"] = [*(spec_params.get("controls") or []), GENDER]
+            spec_params["controls"] = [*spec_params["controls"], GENDER]
         else:
             skipped["gender_control"] = "female_owner does not vary (or is unknown)"
     alpha, power, seed = float(sp["alpha"]), float(sp["mde_power"]), int(sp["seed"])
