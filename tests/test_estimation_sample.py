@@ -10,45 +10,45 @@ import pytest
 from _estimation_data import Y, TREATS, make_data, with_extras
 from pipeline.estimation.fit import fit
 from pipeline.estimation.sample import transform_outcome
-from pipeline.estimation.spec import Spec
 from pipeline.estimation.tables import estimate_gender_effects, estimate_study
+from _params import make_spec, params_group
 
 
 @pytest.mark.parametrize("column", ["cluster_id", "stratum", "treat_capital", Y, "followup"])
 def test_missing_column_is_named(column):
     df = make_data(seed=11).drop(columns=[column])
     with pytest.raises(ValueError, match=column):
-        fit(df, Spec(Y, TREATS))
+        fit(df, make_spec(Y, TREATS, vcov="CR1"))
 
 
 def test_missing_gender_column_is_named():
     df = make_data(seed=11).drop(columns=["female_owner"])
     with pytest.raises(ValueError, match="female_owner"):
-        estimate_gender_effects(df, Spec(Y, TREATS))
+        estimate_gender_effects(df, make_spec(Y, TREATS, vcov="CR1"))
 
 
 def test_half_baseline_columns_is_an_error():
     df = make_data(seed=11).drop(columns=[f"{Y}_bl_missing"])
     with pytest.raises(ValueError, match=f"{Y}_bl_missing"):
-        fit(df, Spec(Y, TREATS))
+        fit(df, make_spec(Y, TREATS, vcov="CR1"))
 
 
 def test_no_variation_is_named():
     df = make_data(seed=12)
     df["treat_skills"] = 0
     with pytest.raises(ValueError, match="treat_skills.*no variation"):
-        fit(df, Spec(Y, TREATS))
+        fit(df, make_spec(Y, TREATS, vcov="CR1"))
     df = make_data(seed=12)
     df.loc[df["female_owner"] == 0, "treat_capital"] = 0     # no variation among men
     with pytest.raises(ValueError, match="treat_capital.*no variation"):
-        fit(df, Spec(Y, TREATS, interact_treatments=False), by_gender=True)
+        fit(df, make_spec(Y, TREATS, interact_treatments=False, vcov="CR1"), by_gender=True)
 
 
 def test_empty_outcome_is_named():
     df = make_data(seed=13)
     df.loc[df["followup"], Y] = np.nan
     with pytest.raises(ValueError, match=f"{Y}.*no non-missing"):
-        estimate_study(df, [Y], {"treatments": TREATS}, "s")
+        estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "s")
 
 
 def test_missing_design_values_are_errors():
@@ -57,7 +57,7 @@ def test_missing_design_values_are_errors():
     df.loc[5, "followup"] = True
     df.loc[5, Y] = 1.0
     with pytest.raises(ValueError, match="cluster_id"):
-        fit(df, Spec(Y, TREATS))
+        fit(df, make_spec(Y, TREATS, vcov="CR1"))
 
 
 def test_transform_outcome_by_hand():
