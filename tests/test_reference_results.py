@@ -54,7 +54,7 @@ def data_dir(study: str) -> str:
 def stage_params():
     params = load_params()
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
-    return {"ingest": {**(params.get("ingest") or {}), "hash_salt": SALT}, "clean": params["clean"],
+    return {"ingest": {**params["ingest"], "hash_salt": SALT}, "clean": params["clean"],
             "construct": params.get("construct") or {}, "estimate": est}
 
 

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from pipeline import report, report_figures, report_tables
+from _params import params_group
 
 
 def tidy_fixture() -> pd.DataFrame:
@@ -93,7 +94,7 @@ def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_se
     monkeypatch.setattr(paths, "study_config_path", lambda s: tmp_path / f"{s}.yaml")
     raw = minimal_study(tmp_path, block)
     params = load_params()
-    ingest.run("minimal", raw, {})
+    ingest.run("minimal", raw, params_group("ingest"))
     clean.run("minimal", params["clean"])
     construct.run("minimal", params["construct"], "month")
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}

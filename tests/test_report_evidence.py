@@ -7,6 +7,7 @@ import pytest
 
 from pipeline import harmonise, report_evidence, synthesize, synthesize_frequentist
 from pipeline.io import load_params, write_csv, write_json
+from _params import params_group
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     est = {**params["estimate"], "transforms": ["level"], "by_round": False, "bootstrap_reps": 10,
            "permutations": 20, "n_jobs": 1, "wild_bootstrap_reps": 99}
     for study in ("acz2018", "field2013"):
-        ingest.run(study, data_dir(study), {"hash_salt": "test"})
+        ingest.run(study, data_dir(study), params_group("ingest", hash_salt="test"))
         clean.run(study, params["clean"])
         construct.run(study, params["construct"], params["clean"]["flow_period"])
         estimate_stage.run(study, est)
