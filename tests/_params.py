@@ -21,3 +21,11 @@ def params_group(name: str, **overrides) -> dict:
 def make_spec(outcome: str, treatments, **overrides) -> Spec:
     """A Spec from params.yaml's ``estimate:`` group, with ``treatments`` and ``overrides`` given."""
     return Spec.from_params(params_group("estimate", treatments=treatments, **overrides), outcome)
+
+
+def study_kw(**overrides) -> dict:
+    """The stage keys ``estimate_study`` takes, from params.yaml's ``estimate:`` group (level only,
+    no round models, no q-value families unless overridden)."""
+    group = params_group("estimate")
+    return {"transforms": ["level"], "by_round": False, "trim_top_pct": group["trim_top_pct"], "q_families": None,
+            "alpha": group["alpha"], "power": group["mde_power"], **overrides}

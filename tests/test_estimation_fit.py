@@ -15,7 +15,7 @@ from _estimation_data import statsmodels_fit, Y, TREATS, make_data, hand_design,
 from pipeline.estimation.fit import AbsorbedResults, fit
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study, tidy
 from pipeline.estimation.wild import WildSettings, wild_cluster_test
-from _params import make_spec, params_group
+from _params import make_spec, params_group, study_kw
 
 
 def reported(names):
@@ -96,7 +96,7 @@ TRUTH = {"women": {"treat_skills": 4.0, "treat_capital": 10.0, "interaction": -5
 def sim():
     df = make_data(seed=20240611, n_clusters=400, firms_per_cluster=10, n_strata=8,
                    effects=TRUTH, noise=30.0)
-    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim")
+    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
 
 
 def test_simulation_recovers_gender_effects(sim):
@@ -158,7 +158,7 @@ def test_study_table_shape_and_order(sim):
         expected += [(o, "men_only", "men", t) for t in terms]
     assert list(out[["outcome", "model", "sample", "term"]].itertuples(index=False, name=None)) == expected
     assert (out["study"] == "sim").all()
-    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim")
+    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
     pd.testing.assert_frame_equal(out, again)
     # Gender rows carry that gender's control mean.
     d = df[df["followup"] & df[Y].notna() & (df["treat_skills"] == 0) & (df["treat_capital"] == 0)]
@@ -226,14 +226,14 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
 def test_women_only_study_skips_men():
     df = make_data(seed=8)
     df = df[df["female_owner"] == 1].reset_index(drop=True)
-    out = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "women_study")
+    out = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "women_study", **study_kw())
     assert out["model"].unique().tolist() == ["pooled", "women_only"]
     assert out["sample"].unique().tolist() == ["all", "women"]
 
 
 def test_capital_only_study_infers_treatments():
     df = make_data(seed=9).drop(columns=["treat_skills"])
-    out = estimate_study(df, [Y], params_group("estimate", treatments="auto", vcov="CR1"), "capital_study")
+    out = estimate_study(df, [Y], params_group("estimate", treatments="auto", vcov="CR1"), "capital_study", **study_kw())
     assert set(out["term"]) == {"treat_capital", "treat_capital_women", "treat_capital_men",
                                 "treat_capital_diff"}
 

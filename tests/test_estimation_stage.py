@@ -15,13 +15,13 @@ from pipeline.estimation.spec import TRANSFORMS
 from pipeline.estimation.stage import attrition_table
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study
 from pipeline.estimation.wild import WildSettings, wild_cluster_test, wild_settings
-from _params import make_spec, params_group
+from _params import make_spec, params_group, study_kw
 
 
 def test_attrition_table_by_hand():
     df = with_extras(make_data(seed=24, n_clusters=40), seed=4)
     fu = df[df["followup"]]
-    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR1"), "s")
+    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR1"), "s", params_group("estimate")["alpha"])
     pooled = tab[tab["model"] == "pooled"].set_index("term")
     d, X, names = hand_design(fu.assign(**{Y: fu["attrited"].astype(float)}), baseline=False)
     beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
@@ -128,9 +128,9 @@ def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
     df = make_data(seed=3, n_clusters=14)
     spec_params = params_group("estimate", treatments=list(TREATS), vcov="CR2")
     few = WildSettings(below_clusters=15, reps=999, weights="auto", seed=9)
-    table = estimate_study(df, [Y], spec_params, "s", wild=few)
+    table = estimate_study(df, [Y], spec_params, "s", wild=few, **study_kw())
     assert table["wild_p_value"].notna().all() and table["wild_p_value"].between(0, 1).all()
-    none = estimate_study(df, [Y], spec_params, "s", wild=WildSettings(14, 999, "auto", 9))
+    none = estimate_study(df, [Y], spec_params, "s", wild=WildSettings(14, 999, "auto", 9), **study_kw())
     assert none["wild_p_value"].isna().all()                          # 14 clusters, not fewer than 14
     pd.testing.assert_frame_equal(none.drop(columns="wild_p_value"), table.drop(columns="wild_p_value"))
     # one term by hand: the pooled skills effect, Webb weights (14 clusters > 12: Rademacher under auto)

@@ -11,14 +11,14 @@ from scipy import stats
 from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close, with_extras
 from pipeline.estimation import stage
 from pipeline.estimation.tables import TIDY_COLUMNS, add_q_values, estimate_study, fit_descriptive
-from _params import make_spec, params_group
+from _params import make_spec, params_group, study_kw
 
 
 def test_study_with_transforms_rounds_q_and_mde():
     df = with_extras(make_data(seed=22, n_clusters=40, n_followups=2), seed=2)
     df.loc[df.index[:30], Y] = -1.0
     out = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "s",
-                         transforms=["log", "level", "ihs", "trimmed", "unwinsorised"], by_round=True)
+                         **study_kw(transforms=["log", "level", "ihs", "trimmed", "unwinsorised"], by_round=True))
     assert list(out.columns) == TIDY_COLUMNS
     # level first; revenue has no unwinsorised column -> that transform skipped for it
     assert list(pd.unique(out.loc[out["outcome"] == Y, "transform"])) == [
@@ -89,7 +89,7 @@ def test_descriptive_model_matches_hand_ols():
 
 def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     df = with_extras(make_data(seed=43, n_clusters=32, firms_per_cluster=5, p_missing_bl=0.3), seed=4)
-    kw = {"transforms": ["level", "ihs"], "by_round": True}
+    kw = study_kw(transforms=["level", "ihs"], by_round=True)
     dummy = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "s", **kw)
     listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"), "s", **kw)
     assert len(dummy) == len(listwise)

@@ -40,8 +40,7 @@ def _arm_contrasts(df: pd.DataFrame, treatments: Sequence[str], arm: str = "arm"
     return {a: {t: int(firms.loc[a, t]) for t in treatments} for a in arms if a != control}
 
 
-def attrition_table(df: pd.DataFrame, spec_params: dict | None, study: str | None = None,
-                    alpha: float = 0.05) -> pd.DataFrame:
+def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alpha: float) -> pd.DataFrame:
     """Attrition by arm: ``attrited ~ treatments (+ interaction) + strata and round FE`` on every
     planned follow-up firm-round, cluster SE (the main specification without the baseline control
     and controls), pooled, by gender and per sex. Besides the coefficient rows, one row per

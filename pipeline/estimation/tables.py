@@ -120,7 +120,7 @@ def concat_tidy(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None, *,
-                            alpha: float = 0.05, power: float = MDE_POWER,
+                            alpha: float, power: float,
                             wild: WildSettings | None = None, **fit_kwargs) -> pd.DataFrame:
     """``by_gender``, ``women_only`` and ``men_only`` rows for one outcome (tidy table).
 
@@ -184,9 +184,8 @@ def add_q_values(table: pd.DataFrame, q_families: dict | None = None) -> pd.Data
 
 
 def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | None,
-                   study: str, *, transforms: Sequence[str] = ("level",), by_round: bool = False,
-                   trim_top_pct: float = 1.0, q_families: dict | None = None,
-                   alpha: float = 0.05, power: float = MDE_POWER,
+                   study: str, *, transforms: Sequence[str], by_round: bool,
+                   trim_top_pct: float, q_families: dict | None, alpha: float, power: float,
                    gender_models: bool = True, wild: WildSettings | None = None) -> pd.DataFrame:
     """All models for every outcome and transform of one study, as one tidy table.
 
