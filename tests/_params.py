@@ -29,3 +29,9 @@ def study_kw(**overrides) -> dict:
     group = params_group("estimate")
     return {"transforms": ["level"], "by_round": False, "trim_top_pct": group["trim_top_pct"], "q_families": None,
             "alpha": group["alpha"], "power": group["mde_power"], **overrides}
+
+
+def tidy_kw() -> dict:
+    """``alpha`` and ``power`` of tidy tables, from params.yaml's ``estimate:`` group."""
+    group = params_group("estimate")
+    return {"alpha": group["alpha"], "power": group["mde_power"]}

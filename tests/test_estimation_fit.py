@@ -15,7 +15,7 @@ from _estimation_data import statsmodels_fit, Y, TREATS, make_data, hand_design,
 from pipeline.estimation.fit import AbsorbedResults, fit
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study, tidy
 from pipeline.estimation.wild import WildSettings, wild_cluster_test
-from _params import make_spec, params_group, study_kw
+from _params import make_spec, params_group, study_kw, tidy_kw
 
 
 def reported(names):
@@ -38,7 +38,7 @@ def test_pooled_matches_closed_form_cluster(weighted):
     rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
     rel_close(res.cov_params().to_numpy(), V[np.ix_(x, x)])
 
-    t = tidy(res, study="x")
+    t = tidy(res, study="x", **tidy_kw())
     se = np.sqrt(np.diag(V))
     q = stats.t.ppf(0.975, df_t)
     assert df_t == df["cluster_id"].nunique() - 1
@@ -68,7 +68,7 @@ def test_hc1_when_cluster_is_none():
     assert list(res.params.index) == [names[i] for i in x]
     rel_close(res.params.to_numpy(), beta[x])
     rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     assert t["n_clusters"].isna().all()
     q = stats.t.ppf(0.975, n - k)
     se = np.sqrt(V[2, 2])
@@ -127,7 +127,7 @@ def test_diff_row_is_women_minus_men_with_covariance_se(sim):
     df, _ = sim
     spec = make_spec(Y, TREATS, vcov="CR1")
     res = fit(df, spec, by_gender=True)
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     V = res.cov_params()
     G = df.loc[df["followup"] & df[Y].notna(), "cluster_id"].nunique()
     for term in ["treat_skills", "treat_capital", "treat_skills:treat_capital"]:
@@ -171,9 +171,9 @@ def test_study_table_shape_and_order(sim):
 def test_fully_interacted_equals_split_coefficients():
     df = make_data(seed=5, n_clusters=60, weights=True)    # clusters contain both sexes
     spec = make_spec(Y, TREATS, weights="weight", controls=["revenue_usd_ppp_month_bl"], vcov="CR1")
-    joint = tidy(fit(df, spec, by_gender=True)).set_index("term")
+    joint = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
     for sample in ("women", "men"):
-        split = tidy(fit(df, spec, sample=sample)).set_index("term")
+        split = tidy(fit(df, spec, sample=sample), **tidy_kw()).set_index("term")
         for term in split.index:
             rel_close(joint.loc[f"{term}_{sample}", "estimate"], split.loc[term, "estimate"], 1e-8)
             rel_close(joint.loc[f"{term}_{sample}", "control_mean"], split.loc[term, "control_mean"], 1e-12)
@@ -203,7 +203,7 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
     (a nonsingular reparameterisation with the same K), computed here by hand."""
     df = make_data(seed=7, n_clusters=50)
     spec = make_spec(Y, TREATS, gender_interact_all=False, vcov="CR1")
-    t = tidy(fit(df, spec, by_gender=True)).set_index("term")
+    t = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
     fem = lambda d: d["female_owner"].to_numpy(float)
     extra = [("female_owner", fem),
              ("skills_x_female", lambda d: (d["treat_skills"] * d["female_owner"]).to_numpy(float)),
@@ -241,7 +241,7 @@ def test_capital_only_study_infers_treatments():
 def test_uncrossed_design_has_no_interaction():
     df = make_data(seed=10)
     df = df[~((df["treat_skills"] == 1) & (df["treat_capital"] == 1))].reset_index(drop=True)
-    t = tidy(fit(df, make_spec(Y, TREATS, vcov="CR1")))
+    t = tidy(fit(df, make_spec(Y, TREATS, vcov="CR1")), **tidy_kw())
     assert t["term"].tolist() == ["treat_skills", "treat_capital"]
 
 
@@ -288,7 +288,7 @@ def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
     res = fit(df, spec, **fit_kw)
     ref, _ = statsmodels_fit(df, spec, **fit_kw)
     assert isinstance(res, AbsorbedResults)
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     ref_names = list(ref.params.index)
     for td, (_, row) in zip(res.estimate_info.terms, t.iterrows()):
         assert row["term"] == td.term
@@ -315,7 +315,7 @@ def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
     if spec.cluster is not None:
         # the wild bootstrap refits the model with FE absorbed or as dummies: same draws, same p
         wild = WildSettings(below_clusters=1000, reps=499, weights="rademacher", seed=5)
-        got = tidy(res, wild=wild)["wild_p_value"]
+        got = tidy(res, wild=wild, **tidy_kw())["wild_p_value"]
         assert got.notna().all() and (got > 0).any()
         exog = ref.model.exog[:, 1:]                      # without the constant (partialled out)
         info = res.estimate_info
@@ -356,7 +356,7 @@ def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
     rel_close(res.params[names].to_numpy(), ref.params[names].to_numpy())
     rel_close(res.bse[names].to_numpy(), ref.bse[names].to_numpy())
     assert f"{Y}_bl_missing" not in res.params.index
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     assert (t["n_obs"] == len(d)).all()                           # the n reported is the complete cases
     rel_close(t.set_index("term").loc["treat_capital", "std_error"], ref.bse["treat_capital"])
 
@@ -365,10 +365,10 @@ def test_dummy_missing_baseline_reproduces_todays_numbers():
     df = make_data(seed=42, p_missing_bl=0.3)
     default, explicit = fit(df, make_spec(Y, TREATS, vcov="CR1")), fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
     assert make_spec(Y, TREATS, vcov="CR1").missing_baseline == "dummy"
-    pd.testing.assert_frame_equal(tidy(default), tidy(explicit))
+    pd.testing.assert_frame_equal(tidy(default, **tidy_kw()), tidy(explicit, **tidy_kw()))
     d = df[df["followup"] & df[Y].notna()]
     ref = _statsmodels_reference(d, with_dummy=True)
     names = ["treat_skills", "treat_capital", "treat_skills:treat_capital", f"{Y}_bl", f"{Y}_bl_missing"]
     rel_close(default.params[names].to_numpy(), ref.params[names].to_numpy())
     rel_close(default.bse[names].to_numpy(), ref.bse[names].to_numpy())
-    assert (tidy(default)["n_obs"] == len(d)).all()
+    assert (tidy(default, **tidy_kw())["n_obs"] == len(d)).all()

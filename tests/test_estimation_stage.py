@@ -21,7 +21,8 @@ from _params import make_spec, params_group, study_kw
 def test_attrition_table_by_hand():
     df = with_extras(make_data(seed=24, n_clusters=40), seed=4)
     fu = df[df["followup"]]
-    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR1"), "s", params_group("estimate")["alpha"])
+    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR1"), "s", params_group("estimate")["alpha"],
+                          params_group("estimate")["mde_power"])
     pooled = tab[tab["model"] == "pooled"].set_index("term")
     d, X, names = hand_design(fu.assign(**{Y: fu["attrited"].astype(float)}), baseline=False)
     beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())

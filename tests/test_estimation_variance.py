@@ -13,7 +13,7 @@ from scipy import stats
 from _estimation_data import Y, TREATS, make_data, hand_design, rel_close
 from pipeline.estimation.fit import fit
 from pipeline.estimation.tables import tidy
-from _params import make_spec
+from _params import make_spec, tidy_kw
 
 
 def _cr3_by_refits(d, X, names, groups, w=None):
@@ -50,7 +50,7 @@ def test_cr3_matches_leave_one_cluster_out_statsmodels_refits(weighted):
     terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
     rel_close(res.params[terms].to_numpy(), b[terms].to_numpy())
     rel_close(res.cov_params().loc[terms, terms].to_numpy(), V.loc[terms, terms].to_numpy(), 1e-7)
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     q = stats.t.ppf(0.975, G - 1)
     for term in terms:
         se = np.sqrt(V.loc[term, term])
@@ -67,7 +67,7 @@ def test_cr3_by_gender_diff_uses_jackknife_covariance():
     assert res.fe_result.cov_type == "CR3"
     rel_close(res.params.to_numpy(), cr1.params[list(res.params.index)].to_numpy())
     V = res.cov_params()
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     f, m = "treat_capital:female", "treat_capital:male"
     rel_close(t.loc["treat_capital_diff", "std_error"],
               np.sqrt(V.loc[f, f] + V.loc[m, m] - 2 * V.loc[f, m]), 1e-10)
@@ -121,7 +121,7 @@ def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
     rel_close(res.cov_params().loc[terms, terms].to_numpy(), V[np.ix_(ix, ix)], 1e-8)
     G = d["cluster_id"].nunique()
     assert all(1 < v < G - 1 for v in dfs)              # fewer than G - 1: the correction matters
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     for term, j, dof in zip(terms, ix, dfs):
         row, se = t.loc[term.replace(":", "_x_")], np.sqrt(V[j, j])
         rel_close(row["p_value"], 2 * stats.t.sf(abs(row["estimate"] / se), dof), 1e-7)
@@ -151,7 +151,7 @@ def test_cr2_diff_row_uses_the_contrast_bell_mccaffrey_df():
     c = np.zeros(len(names))
     c[names.index("treat_capital:female")], c[names.index("treat_capital:male")] = 1.0, -1.0
     V, (dof,) = dense_cr2(X, d[Y].to_numpy(), d["cluster_id"].to_numpy(), np.ones(len(d)), [c])
-    row = tidy(res).set_index("term").loc["treat_capital_diff"]
+    row = tidy(res, **tidy_kw()).set_index("term").loc["treat_capital_diff"]
     se = np.sqrt(c @ V @ c)
     rel_close(row["std_error"], se, 1e-8)
     rel_close(row["p_value"], 2 * stats.t.sf(abs(row["estimate"] / se), dof), 1e-7)

@@ -21,7 +21,6 @@ SAMPLES = ("all", "women", "men")
 # units, so no "% of the control mean" is given for them.
 TRANSFORMS = ("level", "unwinsorised", "log", "ihs", "trimmed")
 NONLINEAR_TRANSFORMS = ("log", "ihs")
-MDE_POWER = 0.8
 # Units without a baseline value of the outcome (Spec.missing_baseline): "dummy" keeps them with
 # Y_bl = 0 and Y_bl_missing = 1 as controls; "listwise" drops them from the estimation sample.
 MISSING_BASELINE = ("dummy", "listwise")
