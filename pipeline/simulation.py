@@ -62,7 +62,7 @@ import pandas as pd
 from pipeline import clean, construct, ingest, parallel, paths, synthetic
 from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
-from pipeline.io import param, write_outputs as write_study_outputs
+from pipeline.io import param as read_param, write_outputs as write_study_outputs
 
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
@@ -94,7 +94,7 @@ def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_
     factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
     interim = ingest.interim_table([interim], cfg, factor)
     cleaned = clean.clean(interim, cfg, clean_params)["clean"]
-    table = construct.construct(cleaned, cfg, construct_params, param(clean_params, "clean", "flow_period"))
+    table = construct.construct(cleaned, cfg, construct_params, read_param(clean_params, "clean", "flow_period"))
     return table, truth
 
 

@@ -101,7 +101,6 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -145,6 +145,7 @@ def test_the_estimate_block_has_exactly_the_estimate_stages_keys(cfg):
     """config lists the keys itself (loading a study does not import the estimator); they must be
     the estimate stage's: its Spec fields but ``outcome`` and its stage keys."""
     from dataclasses import fields
+
     from pipeline.estimation import spec as estimate
     assert {f.name for f in fields(estimate.Spec)} - {"outcome"} == set(config.SPEC_FIELDS)
     assert estimate.STAGE_KEYS == tuple(config.STAGE_FIELDS)

@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import clean, construct
 from pipeline.schemas import ValidationError
-from _params import params_group
 
 PARAMS = params_group("clean", winsor_upper_pct=100, winsor_lower_pct=0)   # no outlier treatment
 

@@ -110,6 +110,7 @@ def test_spec_has_no_field_default_and_its_fields_are_the_models():
     """Spec's fields are the typed model's SPEC_FIELDS (one list), none with a default: leaving
     any one out of the constructor fails, naming it."""
     from dataclasses import MISSING, fields
+
     from pipeline.estimation.spec import Spec
     names = [f.name for f in fields(Spec)]
     assert set(names) - {"outcome"} == set(config.SPEC_FIELDS)

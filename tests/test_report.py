@@ -1,9 +1,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 
 from pipeline import report, report_figures, report_tables
-from _params import params_group
 
 
 def tidy_fixture() -> pd.DataFrame:
@@ -86,6 +86,7 @@ def minimal_study(root, estimate_block: dict) -> str:
 def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, monkeypatch,
                                                                                        block, variance):
     from conftest import redirect_outputs
+
     from pipeline import clean, construct, ingest, paths
     from pipeline.estimation import stage as estimate_stage
     from pipeline.io import load_params

@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 
 from pipeline import harmonise, report_evidence, synthesize, synthesize_frequentist
 from pipeline.io import load_params, write_csv, write_json
-from _params import params_group
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,7 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     is the published coefficient in the paper's unit (data README: rand per month, rupees per week)."""
     from conftest import redirect_outputs
     from test_real_studies import data_dir
+
     from pipeline import clean, construct, ingest
     from pipeline.estimation import stage as estimate_stage
 

@@ -16,20 +16,16 @@ import pandas as pd
 import pyreadstat
 import pytest
 import statsmodels.api as sm
-
-from pipeline import synthetic
 from _params import params_group
 
+from pipeline import synthetic
+
 SMALL = params_group(
-    "synthetic", **{
-    "seed": 7,
-    "n_firms": 400,
-    # more mess than the defaults so that a small draw has enough of each kind
-    "share_duplicate_identical": 0.04,
-    "share_duplicate_conflicting": 0.04,
-    "share_typo_extra_zero": 0.03,
-    "share_missing_code": 0.05,
-})
+    "synthetic", seed=7, n_firms=400,
+    # more mess than params.yaml's so that a small draw has enough of each kind
+    share_duplicate_identical=0.04, share_duplicate_conflicting=0.04, share_typo_extra_zero=0.03,
+    share_missing_code=0.05,
+)
 NO_MESS = {
     "share_duplicate_identical": 0.0,
     "share_duplicate_conflicting": 0.0,

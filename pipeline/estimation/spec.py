@@ -4,15 +4,15 @@ split of that group into specification fields and stage keys (both listed, with 
 the labels of the terms (parameter names and their tidy-table names), each defined once here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from pipeline.config import ESTIMATE_KEYS, SPEC_FIELDS, STAGE_FIELDS
 from pipeline.estimation.columns import followup_mask
-from pipeline.io import param
 from pipeline.estimation.variance import VCOV_TYPES
+from pipeline.io import param
 
 CANONICAL_TREATMENTS = ("treat_skills", "treat_capital")
 MODELS = ("pooled", "by_gender", "women_only", "men_only")   # then round_<r>, then descriptive
