@@ -11,7 +11,7 @@ from scipy import stats
 from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close, with_extras
 from pipeline.estimation import stage
 from pipeline.estimation.tables import TIDY_COLUMNS, add_q_values, estimate_study, fit_descriptive
-from _params import make_spec, params_group, study_kw
+from _params import make_spec, params_group, study_kw, tidy_kw
 
 
 def test_study_with_transforms_rounds_q_and_mde():
@@ -63,7 +63,8 @@ def inf_q(p):
 def test_descriptive_model_matches_hand_ols():
     df = with_extras(make_data(seed=23, n_clusters=40), seed=3)
     spec = make_spec(Y, TREATS, vcov="CR1")
-    t = fit_descriptive(df, spec, ["skills_index", "credit_access"], ["owner_age_bl"], study="s")
+    t = fit_descriptive(df, spec, ["skills_index", "credit_access"], ["owner_age_bl"], study="s",
+                        alpha=tidy_kw()["alpha"])
     assert t["model"].tolist() == ["descriptive"] * 2 and (t["sample"] == "women").all()
     d = df[(df["female_owner"] == 1) & df["skills_index"].notna()]
     extra = [(c, (lambda c: lambda x: x[c].to_numpy(float))(c))
@@ -79,7 +80,7 @@ def test_descriptive_model_matches_hand_ols():
     rel_close(t["control_mean"], np.full(2, ctrl[Y].mean()))
     assert t["q_value"].isna().all() and t["mde"].isna().all()
     # control group only: no treatment dummies, control rows only
-    t0 = fit_descriptive(df, spec, ["skills_index"], [], control_only=True)
+    t0 = fit_descriptive(df, spec, ["skills_index"], [], control_only=True, alpha=tidy_kw()["alpha"])
     c = d[(d["treat_skills"] == 0) & (d["treat_capital"] == 0)]
     dd, X, names = hand_design(c, treats=(), interact=False,
                                extra=[("skills_index", lambda x: x["skills_index"].to_numpy(float))])

@@ -251,7 +251,7 @@ def sort_table(out: pd.DataFrame, outcomes: Sequence[str], transforms: Sequence[
 def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
                     controls: Sequence[str] = (), *, sample: str = "women",
                     control_only: bool = False, study: str | None = None,
-                    alpha: float = 0.05) -> pd.DataFrame:
+                    alpha: float) -> pd.DataFrame:
     """NON-CAUSAL: how ``regressors`` (e.g. the skills index, credit access) relate to the outcome.
 
     OLS (WLS with weights) of ``spec.outcome`` on the regressors, ``controls``, the ANCOVA
