@@ -45,7 +45,7 @@ from pipeline.clean_values import (apply_closures, check_sex_coding, flag_not_in
                                    reject_impossible_values, replace_missing_codes, replace_unknown_codes,
                                    unusable_numbers)
 from pipeline.codes import codes_in, map_distinct
-from pipeline.io import write_outputs
+from pipeline.io import param, write_outputs
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import validate_frame
 from pipeline.study import (FACTOR_COLUMN, PIPELINE_COLUMNS, arm_labels, assign_arms, effective_clean_params,
@@ -120,7 +120,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     check_id_collisions(interim, cfg)
     df, rejected_invalid = reject_invalid_rows(interim, cfg)
     after_invalid = df
-    df, rejected_dups = resolve_duplicates(df, cfg, params.get("duplicate_rule", "latest"))
+    df, rejected_dups = resolve_duplicates(df, cfg, param(params, "clean", "duplicate_rule"))
     after_dups = df
     df, log_text, parsed = parse_numbers(df, cfg)
     df, log_not_interviewed = flag_not_interviewed(df, cfg)
@@ -131,7 +131,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     df, log_closed = apply_closures(df, cfg)
     df, log_unusable = unusable_numbers(df, cfg)
     df, log_impossible = reject_impossible_values(df, cfg)
-    period = params.get("flow_period", "month")
+    period = param(params, "clean", "flow_period")
     df = normalise_recall(df, cfg, period)
     currency = str(cfg.get("currency", "lcu")).lower()
     targets, baselines = {}, {}
@@ -140,10 +140,10 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
         targets[new] = bool(out.get("allow_negative", False))
         if out["baseline_column"]:
             baselines[f"{new}_pre"] = bool(out.get("allow_negative", False))
-    lower, upper = float(params.get("winsor_lower_pct", 1)), float(params.get("winsor_upper_pct", 99))
-    method = params.get("outlier_method", "winsorise")
+    lower, upper = float(param(params, "clean", "winsor_lower_pct")), float(param(params, "clean", "winsor_upper_pct"))
+    method = param(params, "clean", "outlier_method")
     df, changed = treat_outliers(df, targets, lower, upper,
-                            by=cfg.get("round") if params.get("winsor_by_round", True) else None, method=method)
+                            by=cfg.get("round") if param(params, "clean", "winsor_by_round") else None, method=method)
     if baselines:
         df, changed_bl = treat_outliers(df, baselines, lower, upper, by=None, method=method, unit=cfg["unit_id"])
         changed.update(changed_bl)

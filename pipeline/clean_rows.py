@@ -57,7 +57,7 @@ def content_hash(df: pd.DataFrame, exclude: list[str]) -> pd.Series:
     return pd.util.hash_pandas_object(df[cols], index=False)
 
 
-def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str = "latest") -> tuple[pd.DataFrame, pd.DataFrame]:
+def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One record per unit x round.
 
     Identical submissions (same answers, different submission id/time): keep the first.

@@ -208,7 +208,7 @@ CleanOverrides = create_model("CleanOverrides", __base__=Block,
 # --------------------------------------------------------------------------------------------
 # The estimate block (the keys of the estimate stage; listed here so that loading a study does
 # not import the estimator). Regression-specification fields of pipeline.estimation.spec.Spec (all
-# but ``outcome``), then the stage keys of pipeline.estimation.spec.STAGE_DEFAULTS.
+# but ``outcome``), then the stage keys. Their values are set only in params.yaml.
 # --------------------------------------------------------------------------------------------
 class EstimateSample(Block):
     rounds: Optional[list[Code]] = None

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.codes import codes_in, map_distinct, norm_codes
-from pipeline.io import write_outputs
+from pipeline.io import param, write_outputs
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import ValidationError, validate_frame  # noqa: F401
 from pipeline.study import (FACTOR_COLUMN, analysis_column, assign_arms, flow_column, load_study,  # noqa: F401
@@ -187,7 +187,7 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
             pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * scale
     rows["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
     if cfg.get("skills_index"):
-        rows = rows.join(skills_scores(clean, cfg["skills_index"], float(params.get("skills_min_answered_share", 0.5))))
+        rows = rows.join(skills_scores(clean, cfg["skills_index"], float(param(params, "construct", "skills_min_answered_share"))))
     if cfg.get("credit_access"):
         rows["credit_access"] = pd.to_numeric(clean[cfg["credit_access"]], errors="coerce").astype("float64")
     for kind, col in (cfg.get("takeup") or {}).items():

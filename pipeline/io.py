@@ -123,6 +123,19 @@ def load_params(path: str | os.PathLike | None = None) -> dict:
     return validate_params(read_yaml(path), where=shown)
 
 
+class MissingParamError(LookupError):
+    """A params group lacks a key (there is no fallback value in code: params.yaml sets every one)."""
+
+
+def param(group: Mapping, name: str, key: str) -> Any:
+    """``group[key]`` of the resolved params group ``name``; a missing key raises
+    :class:`MissingParamError` naming the group and the key, never falls back to a default."""
+    if key not in group:
+        raise MissingParamError(f"params group {name!r} has no key {key!r} (params.yaml sets every key; "
+                                f"a caller that builds a group by hand must give it too)")
+    return group[key]
+
+
 def file_md5(path: str | os.PathLike) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "md5").hexdigest()

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.codes import map_distinct, norm_code
-from pipeline.io import REPO_ROOT
+from pipeline.io import REPO_ROOT, param
 from pipeline.study import normalise
 
 
@@ -29,25 +29,24 @@ class IdentifierLeakError(ValueError):
 # ------------------------------------------------------------------------------------------------
 # Pseudonyms
 # ------------------------------------------------------------------------------------------------
-SALT_ENV = "PIPELINE_HASH_SALT"
 HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 SALT_FILE = REPO_ROOT / ".secrets" / "hash_salt"  # gitignored; made once per checkout
 
 
-def hash_salt(params: Mapping | None, salt_file: Path | None = None) -> str | None:
+def hash_salt(params: Mapping, salt_file: Path | None = None) -> str | None:
     """The salt for hashed identifiers: ``hash_salt`` in the ingest params, else the environment
-    variable named by ``hash_salt_env`` (default ``PIPELINE_HASH_SALT``), else a random salt kept
+    variable named by ``hash_salt_env``, else a random salt kept
     in ``.secrets/hash_salt`` (created on first use, never committed, so reruns in this checkout
     give the same pseudonyms). Never written to any output."""
     import os
     import secrets
 
-    params = params or {}
-    if params.get("hash_salt"):
-        return str(params["hash_salt"])
-    from_env = os.environ.get(str(params.get("hash_salt_env", SALT_ENV)))
+    salt = param(params, "ingest", "hash_salt")
+    if salt:
+        return str(salt)
+    from_env = os.environ.get(str(param(params, "ingest", "hash_salt_env")))
     if from_env:
         return from_env
     salt_file = salt_file or SALT_FILE

@@ -128,8 +128,8 @@ def ipc_kernel_manager(socket_dir: str, kernels: StageKernels | None = None):
 def studies_of(params: dict, pipeline: str) -> dict:
     """The studies a pipeline runs: ``studies:`` (default run) or ``evidence.studies:``."""
     if pipeline == "main":
-        return dict(params.get("studies") or {})
-    return dict((params.get(pipeline) or {}).get("studies") or {})
+        return dict(params["studies"])
+    return dict(params[pipeline]["studies"])
 
 
 def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:

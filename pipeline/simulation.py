@@ -62,7 +62,7 @@ import pandas as pd
 from pipeline import clean, construct, ingest, parallel, paths, synthetic
 from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
-from pipeline.io import write_outputs as write_study_outputs
+from pipeline.io import param as read_param, write_outputs as write_study_outputs
 
 EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
            "skills_x_capital": "treat_skills_x_treat_capital"}
@@ -94,7 +94,7 @@ def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_
     factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
     interim = ingest.interim_table([interim], cfg, factor)
     cleaned = clean.clean(interim, cfg, clean_params)["clean"]
-    table = construct.construct(cleaned, cfg, construct_params, clean_params.get("flow_period", "month"))
+    table = construct.construct(cleaned, cfg, construct_params, read_param(clean_params, "clean", "flow_period"))
     return table, truth
 
 
@@ -114,7 +114,7 @@ def one_draw(i: int, settings: dict) -> list[dict]:
         table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"])
         for oname in settings["outcomes"]:
             spec = est_spec.Spec.from_params(spec_params, OUTCOMES[oname], table)
-            t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True)).set_index("term")
+            t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True), alpha=settings["alpha"], power=settings["power"]).set_index("term")
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
                     r = t.loc[f"{term}_{sex}"]
@@ -137,7 +137,7 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
     fits = {vcov: est_fit.fit(table, est_spec.Spec.from_params({**settings["spec_params"], "vcov": vcov},
                                                                 column, table), by_gender=True)
             for vcov in ("CR1", "CR2")}
-    tidy = {vcov: est_tables.tidy(res).set_index("term") for vcov, res in fits.items()}
+    tidy = {vcov: est_tables.tidy(res, alpha=settings["alpha"], power=settings["power"]).set_index("term") for vcov, res in fits.items()}
     design = fits["CR2"].wild_design
     names = list(design.X.columns)
     rows = []
@@ -229,19 +229,21 @@ def summarise(draws: pd.DataFrame, keys=("variant", "outcome", "effect", "sex"))
 def build_settings(synthetic_params: dict, clean_params: dict, construct_params: dict, estimate_params: dict,
                    cfg: dict, synthetic_overrides: dict | None = None, base_seed: int | None = None,
                    variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None,
-                   wild_reps: int = 999) -> dict:
+                   *, wild_reps: int) -> dict:
     """Settings of the study from resolved params groups; the estimator is the ``estimate:``
-    specification (``vcov`` CR1 when absent), ``vcov`` overriding it; the few-clusters study's wild
-    bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` samples."""
+    specification, ``vcov`` (when given) overriding its ``vcov``; the few-clusters study's wild
+    bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` (``simulation.
+    wild_bootstrap_reps``) samples."""
     synth = {**synthetic_params, **(synthetic_overrides or {})}
     spec_params, stage = est_spec.split_params(estimate_params)
     wild = est_wild.wild_settings(stage)
-    spec_params = {**spec_params, "vcov": vcov or spec_params.get("vcov", "CR1")}
+    spec_params = {**spec_params, "vcov": vcov or spec_params["vcov"]}
     return {"synthetic": synth, "clean": clean_params, "construct": construct_params,
             "spec_params": spec_params, "cfg": normalise(cfg),
             "base_seed": int(synth["seed"] if base_seed is None else base_seed),
             "variants": list(variants), "outcomes": list(outcomes),
-            "wild_weights": wild.weights, "wild_reps": int(wild_reps)}
+            "wild_weights": wild.weights, "wild_reps": int(wild_reps),
+            "alpha": float(stage["alpha"]), "power": float(stage["mde_power"])}
 
 
 def run_study(n_draws: int, settings: dict, client, progress: parallel.Progress | None = None,

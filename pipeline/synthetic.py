@@ -101,12 +101,12 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path, param, write_json
+from pipeline.params import Synthetic
 from pipeline.synthetic_firms import (ARM_HAS_GRANT, ARM_HAS_TRAINING, ARM_KEYS, ARM_LABELS,  # noqa: F401
                                       BASELINE_MEAN_PROFIT_USD_PPP, BP_COLUMNS, BUSINESS_PRACTICES,
                                       REGION_NAMES, SECTOR_NAMES, SEX_FEMALE, SEX_MALE, assign_design,
@@ -120,33 +120,9 @@ from pipeline.synthetic_mess import (CODE_DONT_KNOW, CODE_NOT_APPLICABLE, COLUMN
 
 # --------------------------------------------------------------------------- params
 
-DEFAULT_PARAMS: dict[str, Any] = {
-    "seed": 20261128,
-    "n_firms": 3000,
-    "n_followups": 3,
-    "share_female": 0.5,
-    "n_regions": 4,
-    "n_sectors": 5,
-    "firms_per_market": 20,
-    "lcu_per_usd_ppp": 40.0,
-    "takeup_training": 0.7,
-    "takeup_grant": 0.9,
-    "grant_usd_ppp": 250,
-    "share_weekly_recall": 0.4,
-    "share_duplicate_identical": 0.015,
-    "share_duplicate_conflicting": 0.01,
-    "share_typo_extra_zero": 0.004,
-    "share_missing_code": 0.02,
-    "attrition_control": 0.12,
-    "attrition_treated": 0.07,
-    "closure_rate_per_round": 0.04,
-    "effect_training_women": 4,
-    "effect_training_men": 5,
-    "effect_grant_women": 8,
-    "effect_grant_men": 30,
-    "effect_interaction_women": 12,
-    "effect_interaction_men": 0,
-}
+# The keys of the ``synthetic:`` params group (typed in pipeline.params.Synthetic); their values
+# are set only in params.yaml.
+PARAM_KEYS = tuple(Synthetic.model_fields)
 
 _SHARE_KEYS = (
     "share_female", "share_weekly_recall", "share_duplicate_identical",
@@ -163,13 +139,14 @@ RANDOM_STREAMS = (
 
 # --------------------------------------------------------------------------- helpers
 
-def resolve_params(params: dict | None) -> dict:
-    """Defaults overlaid with ``params``; unknown keys and impossible values raise ValueError."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+def resolve_params(params: dict) -> dict:
+    """``params`` (the ``synthetic:`` group) checked: every key given (a missing one raises naming
+    it), unknown keys and impossible values raise ValueError."""
+    params = dict(params)
+    unknown = sorted(set(params) - set(PARAM_KEYS))
     if unknown:
         raise ValueError(f"unknown synthetic params: {unknown}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = {key: param(params, "synthetic", key) for key in PARAM_KEYS}
     for key in _SHARE_KEYS:
         if not 0.0 <= float(p[key]) <= 1.0:
             raise ValueError(f"{key} must be in [0, 1], got {p[key]}")

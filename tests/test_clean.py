@@ -1,12 +1,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import clean, clean_log, clean_money, clean_values
 
-PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
+PARAMS = params_group("clean", winsor_upper_pct=100, winsor_lower_pct=0)   # no outlier treatment
 
 
 def by_firm_round(df):

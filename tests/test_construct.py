@@ -1,19 +1,20 @@
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import clean, construct
 from pipeline.schemas import ValidationError
 
-PARAMS = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
+PARAMS = params_group("clean", winsor_upper_pct=100, winsor_lower_pct=0)   # no outlier treatment
 
 
 @pytest.fixture
 def table(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
-    return construct.construct(cleaned, cfg, {"skills_min_answered_share": 0.5}, "month").set_index(["firm_id", "round"])
+    return construct.construct(cleaned, cfg, params_group("construct", skills_min_answered_share=0.5), "month").set_index(["firm_id", "round"])
 
 
 def test_grid_attrition_and_assignment(table):
@@ -52,13 +53,13 @@ def test_assignment_that_varies_within_a_firm_is_an_error(cfg, interim):
     interim.loc[interim["submission_id"] == "s02", "treat_arm"] = 3
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
     with pytest.raises(construct.ConstructError, match=r"tiny: treatment arm \(treat_arm\) differs across rounds for 1 units, e.g. \[1\]"):
-        construct.construct(cleaned, cfg, {}, "month")
+        construct.construct(cleaned, cfg, params_group("construct"), "month")
 
 
 def test_study_where_all_owners_are_women(cfg, interim):
     cfg["female_owner"] = {"value": 1}
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
-    table = construct.construct(cleaned, cfg, {}, "month")
+    table = construct.construct(cleaned, cfg, params_group("construct"), "month")
     assert (table["female_owner"] == 1).all()
 
 
@@ -75,7 +76,7 @@ def test_analysis_table_is_validated(cfg, interim):
     with pytest.raises(ValidationError,
                        match=r"tiny: the analysis table fails validation:\n  column 'skills_index', rule in_range\(0, 1\): 1 rows, "
                              r"e.g. \[\{'firm_id': '1', 'round': 0\}\]"):
-        construct.construct(cleaned, cfg, {}, "month")
+        construct.construct(cleaned, cfg, params_group("construct"), "month")
 
 
 def test_unknown_female_code_is_missing_not_male(cfg, interim):
@@ -83,7 +84,7 @@ def test_unknown_female_code_is_missing_not_male(cfg, interim):
     interim.loc[interim["firm_id"] == 2, "owner_sex"] = 7
     out = clean.clean(interim, cfg, PARAMS)
     assert (out["log"]["rule"].str.startswith("unknown_code")).sum() == 2
-    table = construct.construct(out["clean"], cfg, {}, "month").set_index(["firm_id", "round"])
+    table = construct.construct(out["clean"], cfg, params_group("construct"), "month").set_index(["firm_id", "round"])
     assert np.isnan(table.loc[("2", 0), "female_owner"]) and table.loc[("4", 0), "female_owner"] == 0
 
 
@@ -100,7 +101,7 @@ def test_outcome_already_transformed_is_carried_as_is(cfg, interim):
     assert flow_column("log_profit", spec, "lcu", "month") == "log_profit_value"
     assert analysis_column("log_profit", spec, "month") == "log_profit"
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
-    t = construct.construct(cleaned, cfg, {"skills_min_answered_share": 0.5}, "month")
+    t = construct.construct(cleaned, cfg, params_group("construct", skills_min_answered_share=0.5), "month")
     assert "log_profit" in t.columns and "log_profit_unwinsorised" in t.columns
     assert not any(c.startswith("log_profit_usd_ppp") for c in t.columns)
     got = t.set_index(["firm_id", "round"]).loc[("1", 1), "log_profit"]
@@ -115,7 +116,7 @@ def test_a_firm_without_a_cluster_stops_the_stage(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
     cleaned.loc[cleaned["firm_id"] == 3, "market_id"] = np.nan
     with pytest.raises(construct.ConstructError, match=r"cluster \(market_id\) is missing .* 1 units, e\.g\. \[3\]"):
-        construct.construct(cleaned, cfg, {}, "month")
+        construct.construct(cleaned, cfg, params_group("construct"), "month")
 
 
 @settings(max_examples=200, deadline=None)
@@ -138,8 +139,8 @@ def test_blank_stratum_stops_construct_naming_units_and_rows(cfg, interim):
                        match=r"tiny: stratum \(region\) is missing in every round for 1 units, e.g. \[3\] "
                              r"\(rows \[\{'source_file': 'survey.dta', 'source_row': 4\}, "
                              r"\{'source_file': 'survey.dta', 'source_row': 5\}\]\)"):
-        construct.construct(cleaned, cfg, {}, "month")
+        construct.construct(cleaned, cfg, params_group("construct"), "month")
     # blank in one round only: the firm's stratum is its other round's (strata do not vary)
     interim.loc[interim["submission_id"] == "s05", "region"] = 2.0
-    table = construct.construct(clean.clean(interim, cfg, PARAMS)["clean"], cfg, {}, "month")
+    table = construct.construct(clean.clean(interim, cfg, PARAMS)["clean"], cfg, params_group("construct"), "month")
     assert set(table.loc[table["firm_id"] == "3", "stratum"]) == {"region=2"}

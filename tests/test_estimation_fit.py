@@ -13,9 +13,9 @@ from scipy import stats
 
 from _estimation_data import statsmodels_fit, Y, TREATS, make_data, hand_design, hand_ols, rel_close
 from pipeline.estimation.fit import AbsorbedResults, fit
-from pipeline.estimation.spec import Spec
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study, tidy
 from pipeline.estimation.wild import WildSettings, wild_cluster_test
+from _params import make_spec, params_group, study_kw, tidy_kw
 
 
 def reported(names):
@@ -26,7 +26,7 @@ def reported(names):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_pooled_matches_closed_form_cluster(weighted):
     df = make_data(seed=1, weights=weighted)
-    spec = Spec(Y, TREATS, weights="weight" if weighted else None)
+    spec = make_spec(Y, TREATS, weights="weight" if weighted else None, vcov="CR1")
     res = fit(df, spec)
     d, X, names = hand_design(df)
     w = d["weight"].to_numpy() if weighted else None
@@ -38,7 +38,7 @@ def test_pooled_matches_closed_form_cluster(weighted):
     rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
     rel_close(res.cov_params().to_numpy(), V[np.ix_(x, x)])
 
-    t = tidy(res, study="x")
+    t = tidy(res, study="x", **tidy_kw())
     se = np.sqrt(np.diag(V))
     q = stats.t.ppf(0.975, df_t)
     assert df_t == df["cluster_id"].nunique() - 1
@@ -59,7 +59,7 @@ def test_pooled_matches_closed_form_cluster(weighted):
 
 def test_hc1_when_cluster_is_none():
     df = make_data(seed=2)
-    res = fit(df, Spec(Y, TREATS, cluster=None))
+    res = fit(df, make_spec(Y, TREATS, cluster=None, vcov="CR1"))
     d, X, names = hand_design(df)
     beta, V, df_t = hand_ols(X, d[Y].to_numpy(), groups=None)
     n, k = X.shape
@@ -68,7 +68,7 @@ def test_hc1_when_cluster_is_none():
     assert list(res.params.index) == [names[i] for i in x]
     rel_close(res.params.to_numpy(), beta[x])
     rel_close(res.bse.to_numpy(), np.sqrt(np.diag(V))[x])
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     assert t["n_clusters"].isna().all()
     q = stats.t.ppf(0.975, n - k)
     se = np.sqrt(V[2, 2])
@@ -78,7 +78,7 @@ def test_hc1_when_cluster_is_none():
 
 def test_no_baseline_is_plain_ols_and_one_treatment():
     df = make_data(seed=3).drop(columns=[f"{Y}_bl", f"{Y}_bl_missing"])
-    res = fit(df, Spec(Y, ["treat_capital"]))
+    res = fit(df, make_spec(Y, ["treat_capital"], vcov="CR1"))
     d, X, names = hand_design(df, treats=("treat_capital",), interact=False, baseline=False)
     beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
     x = reported(names)
@@ -96,7 +96,7 @@ TRUTH = {"women": {"treat_skills": 4.0, "treat_capital": 10.0, "interaction": -5
 def sim():
     df = make_data(seed=20240611, n_clusters=400, firms_per_cluster=10, n_strata=8,
                    effects=TRUTH, noise=30.0)
-    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], {"treatments": TREATS}, "sim")
+    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
 
 
 def test_simulation_recovers_gender_effects(sim):
@@ -125,9 +125,9 @@ def test_simulation_recovers_gender_effects(sim):
 
 def test_diff_row_is_women_minus_men_with_covariance_se(sim):
     df, _ = sim
-    spec = Spec(Y, TREATS)
+    spec = make_spec(Y, TREATS, vcov="CR1")
     res = fit(df, spec, by_gender=True)
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     V = res.cov_params()
     G = df.loc[df["followup"] & df[Y].notna(), "cluster_id"].nunique()
     for term in ["treat_skills", "treat_capital", "treat_skills:treat_capital"]:
@@ -158,7 +158,7 @@ def test_study_table_shape_and_order(sim):
         expected += [(o, "men_only", "men", t) for t in terms]
     assert list(out[["outcome", "model", "sample", "term"]].itertuples(index=False, name=None)) == expected
     assert (out["study"] == "sim").all()
-    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], {"treatments": TREATS}, "sim")
+    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
     pd.testing.assert_frame_equal(out, again)
     # Gender rows carry that gender's control mean.
     d = df[df["followup"] & df[Y].notna() & (df["treat_skills"] == 0) & (df["treat_capital"] == 0)]
@@ -170,10 +170,10 @@ def test_study_table_shape_and_order(sim):
 
 def test_fully_interacted_equals_split_coefficients():
     df = make_data(seed=5, n_clusters=60, weights=True)    # clusters contain both sexes
-    spec = Spec(Y, TREATS, weights="weight", controls=["revenue_usd_ppp_month_bl"])
-    joint = tidy(fit(df, spec, by_gender=True)).set_index("term")
+    spec = make_spec(Y, TREATS, weights="weight", controls=["revenue_usd_ppp_month_bl"], vcov="CR1")
+    joint = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
     for sample in ("women", "men"):
-        split = tidy(fit(df, spec, sample=sample)).set_index("term")
+        split = tidy(fit(df, spec, sample=sample), **tidy_kw()).set_index("term")
         for term in split.index:
             rel_close(joint.loc[f"{term}_{sample}", "estimate"], split.loc[term, "estimate"], 1e-8)
             rel_close(joint.loc[f"{term}_{sample}", "control_mean"], split.loc[term, "control_mean"], 1e-12)
@@ -183,7 +183,7 @@ def test_fully_interacted_se_relation_when_clusters_nest_in_gender():
     """With every cluster single-sex the meat is block diagonal, so the joint and split
     cluster covariances differ only by the CR1 small-sample factor G/(G-1)(N-1)/(N-K)."""
     df = make_data(seed=6, n_clusters=48, mixed_gender_clusters=False)
-    spec = Spec(Y, TREATS)
+    spec = make_spec(Y, TREATS, vcov="CR1")
     rj = fit(df, spec, by_gender=True)
     cj = lambda r: r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
         (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
@@ -202,8 +202,8 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
     coefficient and CR1 SE of treat x female in y ~ treat + treat x female + female + ...
     (a nonsingular reparameterisation with the same K), computed here by hand."""
     df = make_data(seed=7, n_clusters=50)
-    spec = Spec(Y, TREATS, gender_interact_all=False)
-    t = tidy(fit(df, spec, by_gender=True)).set_index("term")
+    spec = make_spec(Y, TREATS, gender_interact_all=False, vcov="CR1")
+    t = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
     fem = lambda d: d["female_owner"].to_numpy(float)
     extra = [("female_owner", fem),
              ("skills_x_female", lambda d: (d["treat_skills"] * d["female_owner"]).to_numpy(float)),
@@ -226,14 +226,14 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
 def test_women_only_study_skips_men():
     df = make_data(seed=8)
     df = df[df["female_owner"] == 1].reset_index(drop=True)
-    out = estimate_study(df, [Y], {"treatments": TREATS}, "women_study")
+    out = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "women_study", **study_kw())
     assert out["model"].unique().tolist() == ["pooled", "women_only"]
     assert out["sample"].unique().tolist() == ["all", "women"]
 
 
 def test_capital_only_study_infers_treatments():
     df = make_data(seed=9).drop(columns=["treat_skills"])
-    out = estimate_study(df, [Y], {}, "capital_study")
+    out = estimate_study(df, [Y], params_group("estimate", treatments="auto", vcov="CR1"), "capital_study", **study_kw())
     assert set(out["term"]) == {"treat_capital", "treat_capital_women", "treat_capital_men",
                                 "treat_capital_diff"}
 
@@ -241,7 +241,7 @@ def test_capital_only_study_infers_treatments():
 def test_uncrossed_design_has_no_interaction():
     df = make_data(seed=10)
     df = df[~((df["treat_skills"] == 1) & (df["treat_capital"] == 1))].reset_index(drop=True)
-    t = tidy(fit(df, Spec(Y, TREATS)))
+    t = tidy(fit(df, make_spec(Y, TREATS, vcov="CR1")), **tidy_kw())
     assert t["term"].tolist() == ["treat_skills", "treat_capital"]
 
 
@@ -250,12 +250,12 @@ def test_gender_specific_strata_collinearity_is_handled():
     a redundant FE column is dropped (never a treatment term) and results stay well defined."""
     df = make_data(seed=15)
     df["stratum"] = df["stratum"] + "_" + df["female_owner"].astype(str)
-    spec = Spec(Y, TREATS)
+    spec = make_spec(Y, TREATS, vcov="CR1")
     full = fit(df, spec, by_gender=True)
     assert full.estimate_info.dropped_columns == ()
     women = fit(df, spec, sample="women")
     rel_close(full.params["treat_capital:female"], women.params["treat_capital"])
-    partial = Spec(Y, TREATS, gender_interact_all=False)
+    partial = make_spec(Y, TREATS, gender_interact_all=False, vcov="CR1")
     part = fit(df, partial, by_gender=True)
     assert part.estimate_info.dropped_columns == ("female_owner",)   # absorbed FE span female_owner
     ref, dropped = statsmodels_fit(df, partial, by_gender=True)      # with dummies: one stratum dummy
@@ -284,11 +284,11 @@ def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
     contrasts through statsmodels' t_test), every parameter, the covariance, an F-test and the wild
     bootstrap p-values (the same model refitted with dummies as regressors) to 1e-8."""
     df = make_data(seed=21, **data_kw)
-    spec = Spec(Y, TREATS, **spec_kw)
+    spec = make_spec(Y, TREATS, **{"vcov": "CR1", **spec_kw})
     res = fit(df, spec, **fit_kw)
     ref, _ = statsmodels_fit(df, spec, **fit_kw)
     assert isinstance(res, AbsorbedResults)
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     ref_names = list(ref.params.index)
     for td, (_, row) in zip(res.estimate_info.terms, t.iterrows()):
         assert row["term"] == td.term
@@ -315,7 +315,7 @@ def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
     if spec.cluster is not None:
         # the wild bootstrap refits the model with FE absorbed or as dummies: same draws, same p
         wild = WildSettings(below_clusters=1000, reps=499, weights="rademacher", seed=5)
-        got = tidy(res, wild=wild)["wild_p_value"]
+        got = tidy(res, wild=wild, **tidy_kw())["wild_p_value"]
         assert got.notna().all() and (got > 0).any()
         exog = ref.model.exog[:, 1:]                      # without the constant (partialled out)
         info = res.estimate_info
@@ -348,7 +348,7 @@ def _statsmodels_reference(d, with_dummy):
 
 def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
     df = make_data(seed=41, p_missing_bl=0.3)
-    res = fit(df, Spec(Y, TREATS, missing_baseline="listwise"))
+    res = fit(df, make_spec(Y, TREATS, missing_baseline="listwise", vcov="CR1"))
     d = df[df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)]
     assert len(d) < (df["followup"] & df[Y].notna()).sum()      # some rows had no baseline
     ref = _statsmodels_reference(d, with_dummy=False)
@@ -356,19 +356,19 @@ def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
     rel_close(res.params[names].to_numpy(), ref.params[names].to_numpy())
     rel_close(res.bse[names].to_numpy(), ref.bse[names].to_numpy())
     assert f"{Y}_bl_missing" not in res.params.index
-    t = tidy(res)
+    t = tidy(res, **tidy_kw())
     assert (t["n_obs"] == len(d)).all()                           # the n reported is the complete cases
     rel_close(t.set_index("term").loc["treat_capital", "std_error"], ref.bse["treat_capital"])
 
 
 def test_dummy_missing_baseline_reproduces_todays_numbers():
     df = make_data(seed=42, p_missing_bl=0.3)
-    default, explicit = fit(df, Spec(Y, TREATS)), fit(df, Spec(Y, TREATS, missing_baseline="dummy"))
-    assert Spec(Y, TREATS).missing_baseline == "dummy"
-    pd.testing.assert_frame_equal(tidy(default), tidy(explicit))
+    default, explicit = fit(df, make_spec(Y, TREATS, vcov="CR1")), fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
+    assert make_spec(Y, TREATS, vcov="CR1").missing_baseline == "dummy"
+    pd.testing.assert_frame_equal(tidy(default, **tidy_kw()), tidy(explicit, **tidy_kw()))
     d = df[df["followup"] & df[Y].notna()]
     ref = _statsmodels_reference(d, with_dummy=True)
     names = ["treat_skills", "treat_capital", "treat_skills:treat_capital", f"{Y}_bl", f"{Y}_bl_missing"]
     rel_close(default.params[names].to_numpy(), ref.params[names].to_numpy())
     rel_close(default.bse[names].to_numpy(), ref.bse[names].to_numpy())
-    assert (tidy(default)["n_obs"] == len(d)).all()
+    assert (tidy(default, **tidy_kw())["n_obs"] == len(d)).all()

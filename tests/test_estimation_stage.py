@@ -11,16 +11,18 @@ from scipy import stats
 from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close, with_extras
 from pipeline.estimation import stage
 from pipeline.estimation.fit import fit
-from pipeline.estimation.spec import STAGE_DEFAULTS, TRANSFORMS, Spec
+from pipeline.estimation.spec import TRANSFORMS
 from pipeline.estimation.stage import attrition_table
 from pipeline.estimation.tables import TIDY_COLUMNS, estimate_study
 from pipeline.estimation.wild import WildSettings, wild_cluster_test, wild_settings
+from _params import make_spec, params_group, study_kw
 
 
 def test_attrition_table_by_hand():
     df = with_extras(make_data(seed=24, n_clusters=40), seed=4)
     fu = df[df["followup"]]
-    tab = attrition_table(fu, {"treatments": TREATS}, "s")
+    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR1"), "s", params_group("estimate")["alpha"],
+                          params_group("estimate")["mde_power"])
     pooled = tab[tab["model"] == "pooled"].set_index("term")
     d, X, names = hand_design(fu.assign(**{Y: fu["attrited"].astype(float)}), baseline=False)
     beta, V, _ = hand_ols(X, d[Y].to_numpy(), d["cluster_id"].to_numpy())
@@ -43,7 +45,8 @@ def test_attrition_table_by_hand():
 def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
     from pipeline import paths
     df = with_extras(make_data(seed=25, n_clusters=48, firms_per_cluster=5), seed=5)
-    params = {"outcomes": [Y, "revenue_usd_ppp_month", "not_there"], "primary_outcome": Y,
+    params = {**params_group("estimate", vcov="CR1", q_families=None, primary_outcome=None),
+              "outcomes": [Y, "revenue_usd_ppp_month", "not_there"], "primary_outcome": Y,
               "treatments": TREATS, "bootstrap_reps": 5, "permutations": 9, "seed": 3,
               "qte_quantiles": [0.25, 0.5], "balance_covariates": ["owner_age", Y, "female_owner"],
               "descriptive_controls": ["owner_age_bl"]}
@@ -84,7 +87,8 @@ def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path, monk
     df = with_extras(make_data(seed=44, n_clusters=24, firms_per_cluster=5), seed=6)
     df["attrited"] = 0                       # every planned interview observed: no attrition
     df["female_owner"] = 1                   # all women: no gender models
-    params = {"outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
+    params = {**params_group("estimate", vcov="CR1", q_families=None, primary_outcome=None),
+              "outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
               "bootstrap_reps": 3, "qte_quantiles": [0.5], "balance_covariates": ["not_in_the_data"]}
     (tmp_path / "s").mkdir()
     df.to_parquet(tmp_path / "s" / "analysis.parquet")
@@ -123,15 +127,15 @@ def test_a_table_without_columns_is_never_written(tmp_path):
 
 def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
     df = make_data(seed=3, n_clusters=14)
-    spec_params = {"treatments": list(TREATS), "vcov": "CR2"}
+    spec_params = params_group("estimate", treatments=list(TREATS), vcov="CR2")
     few = WildSettings(below_clusters=15, reps=999, weights="auto", seed=9)
-    table = estimate_study(df, [Y], spec_params, "s", wild=few)
+    table = estimate_study(df, [Y], spec_params, "s", wild=few, **study_kw())
     assert table["wild_p_value"].notna().all() and table["wild_p_value"].between(0, 1).all()
-    none = estimate_study(df, [Y], spec_params, "s", wild=WildSettings(14, 999, "auto", 9))
+    none = estimate_study(df, [Y], spec_params, "s", wild=WildSettings(14, 999, "auto", 9), **study_kw())
     assert none["wild_p_value"].isna().all()                          # 14 clusters, not fewer than 14
     pd.testing.assert_frame_equal(none.drop(columns="wild_p_value"), table.drop(columns="wild_p_value"))
     # one term by hand: the pooled skills effect, Webb weights (14 clusters > 12: Rademacher under auto)
-    res = fit(df, Spec(Y, TREATS, vcov="CR2"))
+    res = fit(df, make_spec(Y, TREATS, vcov="CR2"))
     d = res.wild_design
     r = np.array([1.0 if c == "treat_skills" else 0.0 for c in d.X.columns])
     key = "|".join(["s", Y, "level", "pooled", "all", "treat_skills"])
@@ -142,4 +146,4 @@ def test_wild_p_values_only_below_the_cluster_threshold_and_order_free():
     row = table[(table["model"] == "pooled") & (table["term"] == "treat_skills")].iloc[0]
     assert row["wild_p_value"] == by_hand.p_value
     with pytest.raises(ValueError, match="wild_bootstrap_weights"):
-        wild_settings({**STAGE_DEFAULTS, "wild_bootstrap_weights": "mammen"})
+        wild_settings(params_group("estimate", wild_bootstrap_weights="mammen"))

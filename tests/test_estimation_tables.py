@@ -10,15 +10,15 @@ from scipy import stats
 
 from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close, with_extras
 from pipeline.estimation import stage
-from pipeline.estimation.spec import Spec
 from pipeline.estimation.tables import TIDY_COLUMNS, add_q_values, estimate_study, fit_descriptive
+from _params import make_spec, params_group, study_kw, tidy_kw
 
 
 def test_study_with_transforms_rounds_q_and_mde():
     df = with_extras(make_data(seed=22, n_clusters=40, n_followups=2), seed=2)
     df.loc[df.index[:30], Y] = -1.0
-    out = estimate_study(df, [Y, "revenue_usd_ppp_month"], {"treatments": TREATS}, "s",
-                         transforms=["log", "level", "ihs", "trimmed", "unwinsorised"], by_round=True)
+    out = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "s",
+                         **study_kw(transforms=["log", "level", "ihs", "trimmed", "unwinsorised"], by_round=True))
     assert list(out.columns) == TIDY_COLUMNS
     # level first; revenue has no unwinsorised column -> that transform skipped for it
     assert list(pd.unique(out.loc[out["outcome"] == Y, "transform"])) == [
@@ -62,8 +62,9 @@ def inf_q(p):
 
 def test_descriptive_model_matches_hand_ols():
     df = with_extras(make_data(seed=23, n_clusters=40), seed=3)
-    spec = Spec(Y, TREATS)
-    t = fit_descriptive(df, spec, ["skills_index", "credit_access"], ["owner_age_bl"], study="s")
+    spec = make_spec(Y, TREATS, vcov="CR1")
+    t = fit_descriptive(df, spec, ["skills_index", "credit_access"], ["owner_age_bl"], study="s",
+                        alpha=tidy_kw()["alpha"])
     assert t["model"].tolist() == ["descriptive"] * 2 and (t["sample"] == "women").all()
     d = df[(df["female_owner"] == 1) & df["skills_index"].notna()]
     extra = [(c, (lambda c: lambda x: x[c].to_numpy(float))(c))
@@ -79,7 +80,7 @@ def test_descriptive_model_matches_hand_ols():
     rel_close(t["control_mean"], np.full(2, ctrl[Y].mean()))
     assert t["q_value"].isna().all() and t["mde"].isna().all()
     # control group only: no treatment dummies, control rows only
-    t0 = fit_descriptive(df, spec, ["skills_index"], [], control_only=True)
+    t0 = fit_descriptive(df, spec, ["skills_index"], [], control_only=True, alpha=tidy_kw()["alpha"])
     c = d[(d["treat_skills"] == 0) & (d["treat_capital"] == 0)]
     dd, X, names = hand_design(c, treats=(), interact=False,
                                extra=[("skills_index", lambda x: x["skills_index"].to_numpy(float))])
@@ -89,9 +90,9 @@ def test_descriptive_model_matches_hand_ols():
 
 def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     df = with_extras(make_data(seed=43, n_clusters=32, firms_per_cluster=5, p_missing_bl=0.3), seed=4)
-    kw = {"transforms": ["level", "ihs"], "by_round": True}
-    dummy = estimate_study(df, [Y], {"treatments": TREATS}, "s", **kw)
-    listwise = estimate_study(df, [Y], {"treatments": TREATS, "missing_baseline": "listwise"}, "s", **kw)
+    kw = study_kw(transforms=["level", "ihs"], by_round=True)
+    dummy = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "s", **kw)
+    listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"), "s", **kw)
     assert len(dummy) == len(listwise)
     complete = df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)
     for frame, n in ((dummy, (df["followup"] & df[Y].notna()).sum()), (listwise, complete.sum())):
@@ -99,7 +100,8 @@ def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
         assert (pooled["n_obs"] == n).all()
     women = listwise[(listwise["model"] == "women_only") & (listwise["transform"] == "level")]
     assert (women["n_obs"] == (complete & (df["female_owner"] == 1)).sum()).all()
-    params = {"outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
+    params = {**params_group("estimate", vcov="CR1", q_families=None, primary_outcome=None),
+              "outcomes": [Y], "treatments": TREATS, "transforms": ["level"], "by_round": False,
               "bootstrap_reps": 3, "permutations": 5, "qte_quantiles": [0.5], "balance_covariates": [],
               "descriptive_regressors": []}
     out = stage.estimate_all(df, params, "s", {"estimate": {"missing_baseline": "listwise"}})
@@ -107,4 +109,4 @@ def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     qt = out["qte"]
     assert (qt.loc[qt["sample"] == "women", "n_obs"] == (complete & (df["female_owner"] == 1)).sum()).all()
     with pytest.raises(ValueError, match="missing_baseline"):
-        Spec(Y, TREATS, missing_baseline="drop")
+        make_spec(Y, TREATS, missing_baseline="drop", vcov="CR1")

@@ -12,8 +12,8 @@ from scipy import stats
 
 from _estimation_data import Y, TREATS, make_data, hand_design, rel_close
 from pipeline.estimation.fit import fit
-from pipeline.estimation.spec import Spec
 from pipeline.estimation.tables import tidy
+from _params import make_spec, tidy_kw
 
 
 def _cr3_by_refits(d, X, names, groups, w=None):
@@ -42,7 +42,7 @@ def _cr3_by_refits(d, X, names, groups, w=None):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_cr3_matches_leave_one_cluster_out_statsmodels_refits(weighted):
     df = make_data(seed=22, n_clusters=24, weights=weighted)
-    spec = Spec(Y, TREATS, vcov="CR3", weights="weight" if weighted else None)
+    spec = make_spec(Y, TREATS, vcov="CR3", weights="weight" if weighted else None)
     res = fit(df, spec)
     d, X, names = hand_design(df)
     w = d["weight"].to_numpy() if weighted else None
@@ -50,7 +50,7 @@ def test_cr3_matches_leave_one_cluster_out_statsmodels_refits(weighted):
     terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
     rel_close(res.params[terms].to_numpy(), b[terms].to_numpy())
     rel_close(res.cov_params().loc[terms, terms].to_numpy(), V.loc[terms, terms].to_numpy(), 1e-7)
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     q = stats.t.ppf(0.975, G - 1)
     for term in terms:
         se = np.sqrt(V.loc[term, term])
@@ -62,18 +62,18 @@ def test_cr3_matches_leave_one_cluster_out_statsmodels_refits(weighted):
 
 def test_cr3_by_gender_diff_uses_jackknife_covariance():
     df = make_data(seed=23, n_clusters=24)
-    res = fit(df, Spec(Y, TREATS, vcov="CR3"), by_gender=True)
-    cr1 = fit(df, Spec(Y, TREATS), by_gender=True)
+    res = fit(df, make_spec(Y, TREATS, vcov="CR3"), by_gender=True)
+    cr1 = fit(df, make_spec(Y, TREATS, vcov="CR1"), by_gender=True)
     assert res.fe_result.cov_type == "CR3"
     rel_close(res.params.to_numpy(), cr1.params[list(res.params.index)].to_numpy())
     V = res.cov_params()
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     f, m = "treat_capital:female", "treat_capital:male"
     rel_close(t.loc["treat_capital_diff", "std_error"],
               np.sqrt(V.loc[f, f] + V.loc[m, m] - 2 * V.loc[f, m]), 1e-10)
     # the women coefficients' jackknife equals the women-only jackknife when, as here, the
     # model is the two regressions stacked (same leave-one-out refits per sex)
-    women = fit(df, Spec(Y, TREATS, vcov="CR3"), sample="women")
+    women = fit(df, make_spec(Y, TREATS, vcov="CR3"), sample="women")
     G_all, G_w = res.estimate_info.n_clusters, women.estimate_info.n_clusters
     if G_all == G_w:
         rel_close(res.bse[f], women.bse["treat_capital"], 1e-7)
@@ -112,7 +112,7 @@ def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
     """CR2 covariance and, for every tidy row, the t-test with the contrast's Bell-McCaffrey degrees
     of freedom (p-value and interval) against the dense computation."""
     df = make_data(seed=30, n_clusters=24, weights=weighted)
-    res = fit(df, Spec(Y, TREATS, vcov="CR2", weights="weight" if weighted else None))
+    res = fit(df, make_spec(Y, TREATS, vcov="CR2", weights="weight" if weighted else None))
     d, X, names = hand_design(df)
     w = d["weight"].to_numpy() if weighted else np.ones(len(d))
     terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
@@ -121,7 +121,7 @@ def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
     rel_close(res.cov_params().loc[terms, terms].to_numpy(), V[np.ix_(ix, ix)], 1e-8)
     G = d["cluster_id"].nunique()
     assert all(1 < v < G - 1 for v in dfs)              # fewer than G - 1: the correction matters
-    t = tidy(res).set_index("term")
+    t = tidy(res, **tidy_kw()).set_index("term")
     for term, j, dof in zip(terms, ix, dfs):
         row, se = t.loc[term.replace(":", "_x_")], np.sqrt(V[j, j])
         rel_close(row["p_value"], 2 * stats.t.sf(abs(row["estimate"] / se), dof), 1e-7)
@@ -132,7 +132,7 @@ def test_cr2_matches_bell_mccaffrey_hand_formula(weighted):
 def test_cr2_diff_row_uses_the_contrast_bell_mccaffrey_df():
     """by_gender: the women - men row is a contrast of two coefficients; its df is that contrast's."""
     df = make_data(seed=31, n_clusters=20)
-    res = fit(df, Spec(Y, TREATS, vcov="CR2", fixed_effects=["round"]), by_gender=True)
+    res = fit(df, make_spec(Y, TREATS, vcov="CR2", fixed_effects=["round"]), by_gender=True)
     d = df[df["followup"] & df[Y].notna()].reset_index(drop=True)
     fem = d["female_owner"].to_numpy(float)
     cols = {"const:female": fem, "const:male": 1 - fem}
@@ -151,7 +151,7 @@ def test_cr2_diff_row_uses_the_contrast_bell_mccaffrey_df():
     c = np.zeros(len(names))
     c[names.index("treat_capital:female")], c[names.index("treat_capital:male")] = 1.0, -1.0
     V, (dof,) = dense_cr2(X, d[Y].to_numpy(), d["cluster_id"].to_numpy(), np.ones(len(d)), [c])
-    row = tidy(res).set_index("term").loc["treat_capital_diff"]
+    row = tidy(res, **tidy_kw()).set_index("term").loc["treat_capital_diff"]
     se = np.sqrt(c @ V @ c)
     rel_close(row["std_error"], se, 1e-8)
     rel_close(row["p_value"], 2 * stats.t.sf(abs(row["estimate"] / se), dof), 1e-7)

@@ -17,6 +17,7 @@ from pipeline.io import load_params
 from pipeline.study import read_study_file
 from pipeline.method_note import method_note
 from test_real_studies import SALT, STUDIES, data_dir
+from _params import params_group
 
 
 def summary(**spec) -> dict:
@@ -90,7 +91,7 @@ def sections(tmp_path_factory):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(paths, "interim_dir", lambda s: root / "interim" / s)
                 mp.setattr(paths, "processed_dir", lambda s: root / "processed" / s)
-                ingest.run(study, directory, {"hash_salt": SALT})
+                ingest.run(study, directory, params_group("ingest", hash_salt=SALT))
                 clean.run(study, params["clean"])
                 construct.run(study, params["construct"], params["clean"]["flow_period"])
                 out = estimate_stage.run(study, est)

@@ -21,14 +21,15 @@ from pipeline import clean, construct, ingest, paths
 from pipeline.codes import PER_YEAR
 from pipeline.privacy import assert_no_identifiers
 from pipeline.study import load_study
+from _params import params_group
 
 MEAGER_SITES = ["angelucci", "attanasio", "augsberg", "banerjee", "crepon", "karlan", "tarozzi"]
 STUDIES = {"acz2018": ("acz2018", "acz2018.dta"), "field2013": ("field2013", "Grace-Period-Data.dta"),
            "berge2015": ("berge2015", "DataBBT2014.dta"),
            **{f"meager_{s}": ("meager", f"{s}.csv") for s in MEAGER_SITES}}
 # the stages' params as in params.yaml; meager in USD PPP per two weeks (Meager's unit)
-CLEAN = {"duplicate_rule": "latest", "flow_period": "month", "winsor_upper_pct": 99, "winsor_lower_pct": 1,
-         "winsor_by_round": True}
+CLEAN = params_group("clean", duplicate_rule="latest", flow_period="month", winsor_upper_pct=99, winsor_lower_pct=1,
+                     winsor_by_round=True)
 SALT = "test-salt-not-a-secret"
 
 
@@ -62,9 +63,9 @@ def results(out_root):
                 mp.setattr(paths, "interim_dir", lambda s: out_root / "interim" / s)
                 mp.setattr(paths, "processed_dir", lambda s: out_root / "processed" / s)
                 period = period_of(study)
-                ing = ingest.run(study, directory, {"hash_salt": SALT})
+                ing = ingest.run(study, directory, params_group("ingest", hash_salt=SALT))
                 cl = clean.run(study, {**CLEAN, "flow_period": period})
-                co = construct.run(study, {"skills_min_answered_share": 0.5}, period)
+                co = construct.run(study, params_group("construct", skills_min_answered_share=0.5), period)
             cache[study] = {"ingest": ing, "clean": cl, "construct": co}
         return cache[study]
 
@@ -184,9 +185,9 @@ def test_meager_profit_is_profit_times_profit_std(site, results):
 def test_meager_in_another_period_scales_by_the_period_only(results, outputs):
     study = "meager_karlan"
     directory = data_dir(study)
-    ingest.run(study, directory, {})
+    ingest.run(study, directory, params_group("ingest"))
     clean.run(study, {**CLEAN, "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0})
-    monthly = construct.run(study, {}, "month")["analysis"].set_index("firm_id")
+    monthly = construct.run(study, params_group("construct"), "month")["analysis"].set_index("firm_id")
     fortnightly = results(study)["construct"]["analysis"].set_index("firm_id")
     np.testing.assert_allclose(monthly["profit_usd_ppp_month"],
                                fortnightly.loc[monthly.index, "profit_usd_ppp_two_weeks_unwinsorised"]

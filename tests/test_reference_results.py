@@ -29,7 +29,8 @@ from pipeline import clean, construct, ingest, paths
 from pipeline.estimation import stage
 from pipeline.estimation.fit import fit as fit_model
 from pipeline.estimation.sample import apply_sample, gender_varies, resolve_outcome
-from pipeline.estimation.spec import Spec, study_params
+from _params import make_spec
+from pipeline.estimation.spec import study_params
 from pipeline.io import load_params
 from pipeline.codes import PER_YEAR
 
@@ -53,7 +54,7 @@ def data_dir(study: str) -> str:
 def stage_params():
     params = load_params()
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
-    return {"ingest": {**(params.get("ingest") or {}), "hash_salt": SALT}, "clean": params["clean"],
+    return {"ingest": {**params["ingest"], "hash_salt": SALT}, "clean": params["clean"],
             "construct": params.get("construct") or {}, "estimate": est}
 
 
@@ -181,9 +182,9 @@ def test_berge2015_two_by_two_parameterisation(run_study):
     and the interaction = both - training - grant (the reference gives no SE for it)."""
     res = run_study("berge2015")
     analysis = res["analysis"]
-    spec = Spec(outcome="log_profit", treatments=["treat_skills", "treat_capital"],
-                interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
-                cluster="cluster_id", vcov="CR1")
+    spec = make_spec("log_profit", ["treat_skills", "treat_capital"],
+                     interact_treatments=True, baseline_control=False, fixed_effects=["stratum"],
+                     cluster="cluster_id", vcov="CR1", controls=[], weights=None)
     for model, sample in (("men_only", "men"), ("women_only", "women")):
         fit = fit_model(analysis, spec, sample)
         ref = BERGE[model]

@@ -1,6 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 
 from pipeline import report, report_figures, report_tables
 
@@ -85,6 +86,7 @@ def minimal_study(root, estimate_block: dict) -> str:
 def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, monkeypatch,
                                                                                        block, variance):
     from conftest import redirect_outputs
+
     from pipeline import clean, construct, ingest, paths
     from pipeline.estimation import stage as estimate_stage
     from pipeline.io import load_params
@@ -93,7 +95,7 @@ def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_se
     monkeypatch.setattr(paths, "study_config_path", lambda s: tmp_path / f"{s}.yaml")
     raw = minimal_study(tmp_path, block)
     params = load_params()
-    ingest.run("minimal", raw, {})
+    ingest.run("minimal", raw, params_group("ingest"))
     clean.run("minimal", params["clean"])
     construct.run("minimal", params["construct"], "month")
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}

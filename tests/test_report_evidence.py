@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _params import params_group
 
 from pipeline import harmonise, report_evidence, synthesize, synthesize_frequentist
 from pipeline.io import load_params, write_csv, write_json
@@ -87,6 +88,7 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     is the published coefficient in the paper's unit (data README: rand per month, rupees per week)."""
     from conftest import redirect_outputs
     from test_real_studies import data_dir
+
     from pipeline import clean, construct, ingest
     from pipeline.estimation import stage as estimate_stage
 
@@ -95,7 +97,7 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     est = {**params["estimate"], "transforms": ["level"], "by_round": False, "bootstrap_reps": 10,
            "permutations": 20, "n_jobs": 1, "wild_bootstrap_reps": 99}
     for study in ("acz2018", "field2013"):
-        ingest.run(study, data_dir(study), {"hash_salt": "test"})
+        ingest.run(study, data_dir(study), params_group("ingest", hash_salt="test"))
         clean.run(study, params["clean"])
         construct.run(study, params["construct"], params["clean"]["flow_period"])
         estimate_stage.run(study, est)

@@ -22,7 +22,7 @@ def sim():
 def groups():
     from pipeline.io import load_params
     params = load_params()
-    return {g: params[g] for g in ("synthetic", "clean", "construct", "estimate")}
+    return {g: params[g] for g in ("synthetic", "clean", "construct", "estimate", "simulation")}
 
 
 def draws_frame(estimates, se, truth, ci_half=None):
@@ -82,7 +82,8 @@ def test_small_study_end_to_end(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"),
-                                  synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100)
+                                  synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100,
+                                  wild_reps=groups["simulation"]["wild_bootstrap_reps"])
     draws = sim.run_study(12, settings, dask_clients[2])
     assert len(draws) == 12 * 2 * 2 * 9
     assert sorted(draws["seed"].unique()) == list(range(100, 112))

@@ -16,6 +16,7 @@ from pipeline import config, study
 from pipeline.io import read_yaml
 from pipeline.privacy import assert_no_identifiers
 from pipeline.study import StudyConfigError, assign_arms, load_study, normalise
+from _params import params_group
 
 
 # ------------------------------------------------------------------------------------------------ configs
@@ -58,10 +59,10 @@ def test_factor_that_converts_to_a_period_gives_raw_times_factor(tmp_path, outpu
            "usd_ppp_per_lcu": {"lookup": {"file": "meta.csv", "where": {"site": "X"}, "column": "f"},
                                "converts_to": "two_weeks"}}
     (tmp_path / "conv.yaml").write_text(yaml.safe_dump(cfg))
-    ingest.run(tmp_path / "conv.yaml", tmp_path, {})
-    params = {"flow_period": "two_weeks", "winsor_upper_pct": 100, "winsor_lower_pct": 0}
+    ingest.run(tmp_path / "conv.yaml", tmp_path, params_group("ingest"))
+    params = params_group("clean", flow_period="two_weeks", winsor_upper_pct=100, winsor_lower_pct=0)
     clean.run(tmp_path / "conv.yaml", params)
-    table = construct.run(tmp_path / "conv.yaml", {}, "two_weeks")["analysis"]
+    table = construct.run(tmp_path / "conv.yaml", params_group("construct"), "two_weeks")["analysis"]
     np.testing.assert_allclose(table["profit_usd_ppp_two_weeks"], [130.0, -26.0, 0.0], rtol=1e-12)
     assert table["female_owner"].isna().all()
     summary = json.loads((outputs / "interim" / "conv" / "ingest_summary.json").read_text())
@@ -167,9 +168,9 @@ def test_new_study_from_one_yaml_file(tmp_path, outputs):
     config = tmp_path / "kobo_demo.yaml"
     config.write_text(NEW_STUDY_YAML)
 
-    ing = ingest.run(config, raw, {})
-    cl = clean.run(config, {"flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0})
-    co = construct.run(config, {"skills_min_answered_share": 0.5}, "month")
+    ing = ingest.run(config, raw, params_group("ingest"))
+    cl = clean.run(config, params_group("clean", flow_period="month", winsor_upper_pct=100, winsor_lower_pct=0))
+    co = construct.run(config, params_group("construct", skills_min_answered_share=0.5), "month")
 
     # every row accounted for
     assert len(ing["interim"]) == 24
@@ -212,19 +213,19 @@ def test_spss_and_parquet_files(tmp_path, outputs):
            "outcomes": {"profit": {"column": "profit", "allow_negative": True}}, "recall_period": {"value": "month"}}
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ingest.IngestError, match=r"s\.sav: SPSS user-missing values \{'profit': \[-99\]\} are not in missing_codes"):
-        ingest.run(tmp_path / "spss.yaml", tmp_path, {})
+        ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))
     cfg["missing_codes"] = {-99: "refused"}
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    result = ingest.run(tmp_path / "spss.yaml", tmp_path, {})
+    result = ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))
     assert result["interim"]["profit"].tolist() == [100, -99, 300, 400]      # code kept for the clean stage
     book = result["codebook"].set_index("column")
     assert json.loads(book.loc["sex", "value_labels"]) == {"1": "male", "2": "female"}
     assert book.loc["profit", "label"] == "Profit last month"
-    log = clean.run(tmp_path / "spss.yaml", {"flow_period": "month"})["log"]
+    log = clean.run(tmp_path / "spss.yaml", params_group("clean", flow_period="month"))["log"]
     assert log.set_index("source_row").loc[1, "rule"] == "missing_code:refused"
     cfg["files"] = [{"path": "s.parquet"}]
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    assert len(ingest.run(tmp_path / "spss.yaml", tmp_path, {})["interim"]) == 4
+    assert len(ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))["interim"]) == 4
 
 
 # ------------------------------------------------------------------------------------------------ extends

@@ -16,18 +16,16 @@ import pandas as pd
 import pyreadstat
 import pytest
 import statsmodels.api as sm
+from _params import params_group
 
 from pipeline import synthetic
 
-SMALL = {
-    "seed": 7,
-    "n_firms": 400,
-    # more mess than the defaults so that a small draw has enough of each kind
-    "share_duplicate_identical": 0.04,
-    "share_duplicate_conflicting": 0.04,
-    "share_typo_extra_zero": 0.03,
-    "share_missing_code": 0.05,
-}
+SMALL = params_group(
+    "synthetic", seed=7, n_firms=400,
+    # more mess than params.yaml's so that a small draw has enough of each kind
+    share_duplicate_identical=0.04, share_duplicate_conflicting=0.04, share_typo_extra_zero=0.03,
+    share_missing_code=0.05,
+)
 NO_MESS = {
     "share_duplicate_identical": 0.0,
     "share_duplicate_conflicting": 0.0,
@@ -47,7 +45,7 @@ def small():
 @pytest.fixture(scope="module")
 def large():
     """A large draw with duplicates, typos and missing codes off (attrition and closures on)."""
-    return synthetic.generate({"seed": 11, "n_firms": 60000, **NO_MESS})
+    return synthetic.generate(params_group("synthetic", seed=11, n_firms=60000, **NO_MESS))
 
 
 def latest(survey: pd.DataFrame) -> pd.DataFrame:
@@ -90,16 +88,16 @@ def test_write_is_byte_identical_and_atomic(small, tmp_path):
 
 def test_unknown_or_invalid_params_are_rejected():
     with pytest.raises(ValueError, match="unknown"):
-        synthetic.generate({"n_firm": 10})
+        synthetic.generate({**params_group("synthetic"), "n_firm": 10})
     with pytest.raises(ValueError):
-        synthetic.generate({"share_female": 1.5})
+        synthetic.generate(params_group("synthetic", share_female=1.5))
     with pytest.raises(ValueError):
-        synthetic.generate({"n_firms": 50})  # fewer than 4 firms per stratum
+        synthetic.generate(params_group("synthetic", n_firms=50))  # fewer than 4 firms per stratum
 
 
 def test_default_generation_is_fast():
     start = time.perf_counter()
-    survey, *_ = synthetic.generate({})
+    survey, *_ = synthetic.generate(params_group("synthetic"))
     assert time.perf_counter() - start < 5.0
     assert survey["firm_id"].nunique() == 3000
 
@@ -125,7 +123,7 @@ def test_columns_order_and_submission_metadata(small):
     window = times.groupby(survey["round"]).agg(["min", "max"])
     assert (window["min"].iloc[1:].to_numpy() > window["max"].iloc[:-1].to_numpy()).all()
     assert ((window["max"] - window["min"]) < pd.Timedelta(days=60)).all()
-    assert set(survey["round"]) == set(range(SMALL.get("n_followups", 3) + 1)) == set(truth["design"]["rounds"])
+    assert set(survey["round"]) == set(range(SMALL["n_followups"] + 1)) == set(truth["design"]["rounds"])
 
 
 def test_labels_read_back_from_dta(small, tmp_path):
@@ -169,7 +167,7 @@ def test_every_stratum_has_every_arm_and_assignment_is_market_level(small):
 
 
 def test_market_sizes_and_arm_balance_at_default_size():
-    survey, _, _, truth = synthetic.generate({})
+    survey, _, _, truth = synthetic.generate(params_group("synthetic"))
     baseline = survey[survey["round"] == 0].drop_duplicates("firm_id")
     assert len(baseline) == 3000  # baseline is complete
     sizes = baseline.groupby("market_id").size()

@@ -185,7 +185,7 @@ def transform_available(df: pd.DataFrame, outcome: str, transform: str) -> bool:
 
 
 def transform_outcome(df: pd.DataFrame, outcome: str, transform: str, *,
-                      trim_top_pct: float = 1.0) -> tuple[pd.DataFrame, str]:
+                      trim_top_pct: float) -> tuple[pd.DataFrame, str]:
     """``df`` with the transformed outcome (and its ANCOVA baseline pair) added; its column name.
 
     ``level``

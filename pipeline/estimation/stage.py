@@ -41,8 +41,8 @@ def _arm_contrasts(df: pd.DataFrame, treatments: Sequence[str], arm: str = "arm"
     return {a: {t: int(firms.loc[a, t]) for t in treatments} for a in arms if a != control}
 
 
-def attrition_table(df: pd.DataFrame, spec_params: dict | None, study: str | None = None,
-                    alpha: float = 0.05) -> pd.DataFrame:
+def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alpha: float,
+                    power: float) -> pd.DataFrame:
     """Attrition by arm: ``attrited ~ treatments (+ interaction) + strata and round FE`` on every
     planned follow-up firm-round, cluster SE (the main specification without the baseline control
     and controls), pooled, by gender and per sex. Besides the coefficient rows, one row per
@@ -60,7 +60,7 @@ def attrition_table(df: pd.DataFrame, spec_params: dict | None, study: str | Non
     results += [fit(df, spec, sample=sex) for sex in ("women", "men") if sex in present]
     parts = []
     for res in results:
-        t = tidy(res, study, alpha)
+        t = tidy(res, study, alpha=alpha, power=power)
         names = list(res.params.index)
         interest = [p for td in res.estimate_info.terms for p, _ in td.weights]
         R = np.zeros((len(set(interest)), len(names)))
@@ -181,7 +181,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
         skipped["gender_models"] = "owner's sex unknown or the same for every firm"
     if sp["gender_control"]:
         if gender_models:
-            spec_params["controls"] = [*(spec_params.get("controls") or []), GENDER]
+            spec_params["controls"] = [*spec_params["controls"], GENDER]
         else:
             skipped["gender_control"] = "female_owner does not vary (or is unknown)"
     alpha, power, seed = float(sp["alpha"]), float(sp["mde_power"]), int(sp["seed"])
@@ -226,7 +226,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
     else:
         att_p = {}
         try:
-            attrition = attrition_table(fu, spec_params, study, alpha)
+            attrition = attrition_table(fu, spec_params, study, alpha, power)
             rates = attrition_rates(full)
             for _, r in attrition.iterrows():
                 if r["term"].startswith("arm: ") and r["model"] in ("pooled", "women_only", "men_only"):

@@ -17,7 +17,7 @@ from pipeline.estimation.design import drop_collinear_absorbed, treatment_terms
 from pipeline.estimation.fit import FitInfo, fit, weighted_control_mean
 from pipeline.estimation.sample import (baseline_columns, crossed_interactions, prepare, round_models,
                                         sexes_present, transform_available, transform_outcome)
-from pipeline.estimation.spec import (EFFECT_KEYS, MDE_POWER, MODELS, NONLINEAR_TRANSFORMS, TRANSFORMS,
+from pipeline.estimation.spec import (EFFECT_KEYS, MODELS, NONLINEAR_TRANSFORMS, TRANSFORMS,
                                       Spec)
 from pipeline.estimation.wild import WildSettings, wild_p_value
 
@@ -42,7 +42,7 @@ def empty_tidy() -> pd.DataFrame:
     return out
 
 
-def tidy(results, study: str | None = None, alpha: float = 0.05, power: float = MDE_POWER,
+def tidy(results, study: str | None = None, *, alpha: float, power: float,
          wild: WildSettings | None = None) -> pd.DataFrame:
     """One row per term of interest of a :func:`fit` result, columns ``TIDY_COLUMNS``.
 
@@ -120,7 +120,7 @@ def concat_tidy(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None, *,
-                            alpha: float = 0.05, power: float = MDE_POWER,
+                            alpha: float, power: float,
                             wild: WildSettings | None = None, **fit_kwargs) -> pd.DataFrame:
     """``by_gender``, ``women_only`` and ``men_only`` rows for one outcome (tidy table).
 
@@ -131,10 +131,10 @@ def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = No
     present = sexes_present(df, spec)
     parts = []
     if present == {"women", "men"}:
-        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha, power, wild))
+        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
     for sex in ("women", "men"):
         if sex in present:
-            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha, power, wild))
+            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
         else:
             log.info("%s: no %s in the sample; %s_only skipped", spec.outcome, sex, sex)
     return concat_tidy(parts)
@@ -184,9 +184,8 @@ def add_q_values(table: pd.DataFrame, q_families: dict | None = None) -> pd.Data
 
 
 def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | None,
-                   study: str, *, transforms: Sequence[str] = ("level",), by_round: bool = False,
-                   trim_top_pct: float = 1.0, q_families: dict | None = None,
-                   alpha: float = 0.05, power: float = MDE_POWER,
+                   study: str, *, transforms: Sequence[str], by_round: bool,
+                   trim_top_pct: float, q_families: dict | None, alpha: float, power: float,
                    gender_models: bool = True, wild: WildSettings | None = None) -> pd.DataFrame:
     """All models for every outcome and transform of one study, as one tidy table.
 
@@ -221,14 +220,14 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
             data, column = transform_outcome(df, outcome, transform, trim_top_pct=trim_top_pct)
             spec = replace(base, outcome=column)
             kw = {"transform": transform, "outcome_label": outcome}
-            parts.append(tidy(fit(data, spec, **kw), study, alpha, power, wild))
+            parts.append(tidy(fit(data, spec, **kw), study, alpha=alpha, power=power, wild=wild))
             if gender_models:    # False: owner's sex unknown or constant (no gender models)
                 parts.append(estimate_gender_effects(data, spec, study, alpha=alpha, power=power, wild=wild,
                                                      **kw))
             if by_round:
                 for r in round_models(data, spec):
                     sub = data[data["round"] == r]
-                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha, power, wild))
+                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha=alpha, power=power, wild=wild))
     out = concat_tidy(parts)
     out = add_q_values(out, q_families)
     return sort_table(out, outcomes, transforms)
@@ -252,7 +251,7 @@ def sort_table(out: pd.DataFrame, outcomes: Sequence[str], transforms: Sequence[
 def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
                     controls: Sequence[str] = (), *, sample: str = "women",
                     control_only: bool = False, study: str | None = None,
-                    alpha: float = 0.05) -> pd.DataFrame:
+                    alpha: float) -> pd.DataFrame:
     """NON-CAUSAL: how ``regressors`` (e.g. the skills index, credit access) relate to the outcome.
 
     OLS (WLS with weights) of ``spec.outcome`` on the regressors, ``controls``, the ANCOVA
