@@ -91,8 +91,9 @@ _NOT_PERSON = {"district", "village", "region", "province", "state", "county", "
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
 # "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
-# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594")
-PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/.\-])")
+# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594");
+# a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
+PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
 GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
 
 
@@ -125,6 +126,10 @@ def _phone_digits_ok(match: str) -> bool:
 
 def _has_phone_text(s: str) -> bool:
     return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
+
+
+def _has_letters(s: str) -> bool:
+    return any(ch.isalpha() for ch in s)
 
 
 def _matches(series: pd.Series, test) -> pd.Series:
@@ -184,8 +189,11 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
             add(column, "e-mail addresses", emails)
             continue
         phones = _matches(series, _has_phone_text)
+        # In free text (a value with letters) one phone number is one too many; a bare number may be
+        # an id of phone length, so a column of bare numbers is flagged only when phones are common
+        in_text = phones & _matches(series, _has_letters)
         n_phones = int(phones.sum())
-        if n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01):
+        if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
             continue
         geo = _matches(series, GEOPOINT_RE.match)
