@@ -138,14 +138,15 @@ def _matches(series: pd.Series, test) -> pd.Series:
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
-                     hashed: Iterable[str] = ()) -> list[dict]:
+                     hashed: Iterable[str] = (), identifier_values: re.Pattern | None = None) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
     detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
 
     ``allow`` lists columns known not to be identifiers (a false positive declared in the study
     configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
     value still looks like a hash. Each finding: column, rule, count and example row positions
-    (never the values themselves).
+    (never the values themselves). ``identifier_values`` (from :func:`identifier_value_pattern`)
+    finds the values of the study's identifier columns (e.g. respondents' names) in any text column.
     """
     allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
     findings = []
@@ -196,10 +197,78 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
         if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
             continue
+        if identifier_values is not None:
+            named = _matches(series, identifier_values.search)
+            if named.any():
+                add(column, "values of the configured identifier columns (e.g. names) in text", named)
+                continue
         geo = _matches(series, GEOPOINT_RE.match)
         if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
             add(column, "GPS coordinates (lat lon pairs)", geo)
     return findings
+
+
+def _is_name_like(value: Any) -> bool:
+    """A value worth searching for elsewhere: text with a letter and at least 3 characters (a name,
+    not a code such as 1, "A" or "no")."""
+    text = str(value).strip()
+    return len(text) >= 3 and any(ch.isalpha() for ch in text)
+
+
+def identifier_value_pattern(data: pd.DataFrame, value_labels: Mapping[str, Mapping],
+                             columns: Iterable[str]) -> re.Pattern | None:
+    """One case-insensitive whole-word pattern for the name-like values of the identifier columns
+    (their distinct values and, for coded columns, their value labels: a loan officer coded 3 is
+    named in the label of 3); None if there are none."""
+    found: set[str] = set()
+    for column in columns:
+        if column in data.columns:
+            found |= {str(v).strip() for v in data[column].dropna().unique() if _is_name_like(v)}
+        found |= {str(v).strip() for v in (value_labels.get(column) or {}).values() if _is_name_like(v)}
+    if not found:
+        return None
+    words = sorted(found, key=lambda v: (-len(v), v))  # longest first: "Ann Njeri" before "Ann"
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+
+
+def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable[str] = (),
+                         skip: Iterable[str] = (), identifier_values: re.Pattern | None = None) -> list[dict]:
+    """Value labels (Stata/SPSS metadata, written to the codebook) that hold a phone number, an
+    e-mail address or a value of an identifier column: one finding per column and code, with the
+    rule (never the label). ``allow`` (``not_identifiers``) and ``skip`` (the identifier columns,
+    whose labels are not written) are not searched."""
+    allow, skip = set(allow), set(skip)
+    findings = []
+    for column, labels in value_labels.items():
+        if column in allow or column in skip:
+            continue
+        for code, label in (labels or {}).items():
+            text = str(label)
+            rule = ("e-mail address" if EMAIL_RE.search(text) else
+                    "phone number" if _has_phone_text(text) else
+                    "value of a configured identifier column" if identifier_values is not None
+                    and identifier_values.search(text) else None)
+            if rule:
+                findings.append({"column": str(column), "code": str(code), "rule": rule})
+    return findings
+
+
+def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, source: str,
+                                identifier_values: re.Pattern | None = None) -> None:
+    """Fail (:class:`IdentifierLeakError`) if a value label of a column that is kept holds a
+    phone number, e-mail address or identifier value, naming the file, column and code (rule:
+    refused, not redacted: the label is the documentation of a code, and only the study author can
+    say whether the column is an identifier or the label should be ignored)."""
+    cfg = normalise(cfg)
+    found = value_label_findings(value_labels, allow=cfg["not_identifiers"],
+                                 skip=list(cfg["identifiers"]) + list(cfg["hash_identifiers"]),
+                                 identifier_values=identifier_values)
+    if found:
+        raise IdentifierLeakError(
+            f"{source}: value labels would write direct identifiers to the codebook:\n  "
+            + "\n  ".join(f"column {f['column']!r}, code {f['code']}: {f['rule']}" for f in found)
+            + "\nDeclare each such column under `identifiers:` (its labels are then not written), or "
+              "under `not_identifiers:` if its labels are not identifiers.")
 
 
 def _text_findings(text: str) -> list[dict]:
@@ -217,7 +286,7 @@ def _text_findings(text: str) -> list[dict]:
 
 def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers: Iterable[str] = (), *,
                           cfg: dict | None = None, allow: Iterable[str] = (), hashed: Iterable[str] = (),
-                          source: str | None = None) -> None:
+                          source: str | None = None, identifier_values: re.Pattern | None = None) -> None:
     """Fail (:class:`IdentifierLeakError`) if a table or file holds direct identifiers.
 
     ``path_or_frame``: a DataFrame, or a file (.parquet, .csv, .xlsx, .dta, .sav, .json, .html,
@@ -235,7 +304,8 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
     problems: list[tuple[str, dict]] = []
     if isinstance(path_or_frame, pd.DataFrame):
         problems += [(source or "table", f) for f in
-                     find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed)]
+                     find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed,
+                                      identifier_values=identifier_values)]
     else:
         path = Path(path_or_frame)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

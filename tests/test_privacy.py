@@ -77,3 +77,43 @@ def test_phone_at_sentence_end_in_brackets_or_rare_is_found():
     assert find_identifiers(pd.DataFrame({"comment": ok * 40})) == []
     ids = pd.DataFrame({"ref": [str(123456789 + i) for i in range(2)] + ["x"] * 500})
     assert find_identifiers(ids) == []
+
+
+def _ingest_one(raw, cfg, value_labels):
+    from pipeline import ingest
+    from pipeline.study import normalise
+
+    cfg = normalise(cfg)
+    return ingest.ingest_frame(raw, value_labels, {}, cfg, cfg["files"][0], salt=None)
+
+
+def test_value_labels_with_phones_emails_or_identifier_values_are_refused(raw, cfg):
+    from pipeline.ingest import IngestError
+
+    labels = {"owner_sex": {1: "Male", 2: "Female"}}
+    _, book = _ingest_one(raw, cfg, labels)                      # ordinary labels pass
+    assert "Female" in book.set_index("column").loc["owner_sex", "value_labels"]
+    for column, code, label, rule in [
+            ("market_id", 11, "stall of Ann.", "value of a configured identifier column"),   # Ann is an owner_name
+            ("region", 1, "agent (0712 345 678)", "phone number"),
+            ("region", 1, "agent: bob@example.org.", "e-mail address")]:
+        with pytest.raises(IngestError, match=rf"tiny: survey\.dta: .*\n  column '{column}', code {code}: {rule}"):
+            _ingest_one(raw, cfg, {**labels, column: {code: label, 99: "other"}})
+    # the allow-list: a column whose labels are known to be safe
+    _ingest_one(raw, {**cfg, "not_identifiers": ["market_id"]}, {"market_id": {11: "stall of Ann"}})
+    # an identifier column's own labels are never written, so they are not refused
+    _, book = _ingest_one(raw, cfg, {"owner_name": {1: "Ann"}})
+    assert book.set_index("column").loc["owner_name", "value_labels"] == ""
+
+
+def test_free_text_with_one_phone_or_an_identifier_value_stops_ingest(raw, cfg):
+    from pipeline.ingest import IngestError
+
+    quiet = ["fine"] * len(raw)
+    _ingest_one(raw.assign(remarks=quiet), cfg, {})
+    for text, rule in [("met bob at the market", "values of the configured identifier columns"),
+                       ("call me on 0712 345 678.", "phone numbers")]:
+        leaky = raw.assign(remarks=quiet[:-1] + [text])
+        with pytest.raises(IngestError, match=rf"(?s)tiny: .*column 'remarks': {rule}.*\(1 values, e\.g\. rows \[{len(raw) - 1}\]"):
+            _ingest_one(leaky, cfg, {})
+        _ingest_one(leaky, {**cfg, "not_identifiers": ["remarks"]}, {})   # declared safe
