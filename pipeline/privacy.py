@@ -274,6 +274,9 @@ def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, 
 def _text_findings(text: str) -> list[dict]:
     text = re.sub(r"<(style|script)\b.*?</\1>", " ", text, flags=re.S | re.I)
     text = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", " ", text)
+    # base64 without a data: prefix (an executed notebook's "image/png" outputs): digits between
+    # "+" and "/" could read as a phone number; no prose has a 200-character run of these characters
+    text = re.sub(r"[A-Za-z0-9+/=]{200,}", " ", text)
     found = []
     emails = EMAIL_RE.findall(text)
     if emails:
@@ -286,13 +289,16 @@ def _text_findings(text: str) -> list[dict]:
 
 def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers: Iterable[str] = (), *,
                           cfg: dict | None = None, allow: Iterable[str] = (), hashed: Iterable[str] = (),
-                          source: str | None = None, identifier_values: re.Pattern | None = None) -> None:
+                          source: str | None = None, identifier_values: re.Pattern | None = None,
+                          json_keys: bool = True) -> None:
     """Fail (:class:`IdentifierLeakError`) if a table or file holds direct identifiers.
 
     ``path_or_frame``: a DataFrame, or a file (.parquet, .csv, .xlsx, .dta, .sav, .json, .html,
     .txt, .md) or a folder (every such file in it). With ``cfg`` (a study configuration) its
     identifiers, hashed identifiers and ``not_identifiers`` are used. The message names the
-    table, column, rule, count and example row positions, never the values.
+    table, column, rule, count and example row positions, never the values. ``json_keys``: a JSON
+    key named like a configured identifier counts as one (off for stage summaries, whose keys are
+    field names such as ``notes``; their values are still searched as text).
     """
     identifiers = set(identifiers)
     allow, hashed = set(allow), set(hashed)
@@ -321,7 +327,7 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
                 obj = json.loads(file.read_text(encoding="utf-8"))
                 keys = _json_keys(obj)
                 found = [{"column": k, "rule": "configured identifier", "count": 1, "rows": []}
-                         for k in keys if k in identifiers]
+                         for k in keys if k in identifiers and json_keys]
                 found += _text_findings(json.dumps(obj, ensure_ascii=False))
             elif suffix in ("html", "htm", "txt", "md", "ipynb"):
                 found = _text_findings(file.read_text(encoding="utf-8", errors="replace"))
@@ -347,3 +353,21 @@ def _json_keys(obj: Any) -> set[str]:
         for v in obj:
             keys |= _json_keys(v)
     return keys
+
+
+def assert_stage_outputs_clean(outs: Iterable[str | Path], study: str | None = None,
+                               root: Path = REPO_ROOT) -> None:
+    """The final scan of a stage: every file it wrote (tables, JSON, the executed notebook and its
+    HTML) is searched for phone numbers, e-mail addresses and the study's configured identifier
+    columns; :class:`IdentifierLeakError` names each file, so the stage fails and its outputs are
+    rolled back. ``study``: a per-study stage's study (its ``identifiers``, ``hash_identifiers``
+    and ``not_identifiers`` are used); None for pipeline-level stages. Outputs under
+    ``<root>/data/raw`` (the synthetic stage's raw survey, identifiers included by design: ingest
+    drops them) are not searched."""
+    from pipeline.study import load_study
+
+    cfg = load_study(study) if study else None
+    raw = Path(root) / "data" / "raw"
+    for out in map(Path, outs):
+        if out.exists() and not out.resolve().is_relative_to(raw.resolve()):
+            assert_no_identifiers(out, cfg=cfg, json_keys=False)

@@ -117,3 +117,65 @@ def test_free_text_with_one_phone_or_an_identifier_value_stops_ingest(raw, cfg):
         with pytest.raises(IngestError, match=rf"(?s)tiny: .*column 'remarks': {rule}.*\(1 values, e\.g\. rows \[{len(raw) - 1}\]"):
             _ingest_one(leaky, cfg, {})
         _ingest_one(leaky, {**cfg, "not_identifiers": ["remarks"]}, {})   # declared safe
+
+
+def _base64_with_digits(n: int = 400) -> str:
+    """A base64 run (as in an embedded PNG) holding "+0712345678+": digits between two "+"."""
+    import base64
+
+    blob = base64.b64encode(bytes(range(256)) * 2).decode()[:n]
+    return blob[: n // 2] + "+0712345678+" + blob[n // 2:]
+
+
+def test_final_scan_passes_report_noise_and_fails_a_planted_phone(tmp_path):
+    from pipeline.privacy import assert_stage_outputs_clean
+
+    nb = {"cells": [{"outputs": [{"data": {"image/png": _base64_with_digits(),
+                                           "text/plain": "pandas 2.2.3, Python 3.11.9, 2026-12-04T05:20:22.123456"}}]}],
+          "metadata": {"papermill": {"duration": 12.345678901}}}
+    (tmp_path / "n.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "n.html").write_text(f'<img src="data:image/png;base64,{_base64_with_digits()}"><p>n = 11594. '
+                                     "Effect 1234.5 (99.1); total 1,250,000,000; id 20240105</p>")
+    (tmp_path / "s.json").write_text(json.dumps({"notes": [], "rows": 11594, "sha256": "ab" * 32}))
+    pd.DataFrame({"profit": [1.5, 2.5], "note": ["sold 2 goats", "ok"]}).to_parquet(tmp_path / "t.parquet")
+    outs = [tmp_path / name for name in ("n.ipynb", "n.html", "s.json", "t.parquet", "absent.csv")]
+    assert_stage_outputs_clean(outs, root=tmp_path)
+    # the same base64 run with no image around it is still not a phone number; prose is
+    (tmp_path / "n.html").write_text(f"<p>{_base64_with_digits()}</p><p>Call the owner on 0712 345 678.</p>")
+    with pytest.raises(IdentifierLeakError, match=r"n\.html: column '\(text\)': phone numbers \(1 values\)"):
+        assert_stage_outputs_clean(outs, root=tmp_path)
+    # raw survey files written by the synthetic stage hold identifiers by design
+    (tmp_path / "n.html").unlink()
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    pd.DataFrame({"phone": ["0712 345 678"]}).to_csv(raw / "survey.csv")
+    assert_stage_outputs_clean(outs + [raw], root=tmp_path)
+    with pytest.raises(IdentifierLeakError, match="survey.csv"):
+        assert_stage_outputs_clean([raw], root=tmp_path / "elsewhere")
+
+
+def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    from pipeline import paths, run_stage
+    from pipeline.io import write_text
+
+    root, name = tmp_path / "repo", paths.STAGE_NOTEBOOKS["report"]
+    notebooks = root / "reports" / "notebooks"
+    outs = [root / "reports" / "results.csv"] + [notebooks / f"{name}{s}" for s in (".ipynb", ".html", ".code.html")]
+    monkeypatch.setattr(run_stage, "REPO_ROOT", root)
+    monkeypatch.setattr(run_stage, "stage_outs", lambda stage, study, pipeline="main": outs)
+    monkeypatch.setattr(paths, "executed_notebook_dir", lambda stage, study, pipeline="main": notebooks)
+    monkeypatch.setenv("PYTHONPATH", "")
+    for out in outs:
+        write_text(out, "old\n")
+
+    def execute_notebook(source, output, **kwargs):
+        write_text(root / "reports" / "results.csv", "study,comment\nx,call 0712 345 678.\n")
+        nbformat.write(nbformat.v4.new_notebook(), output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    with pytest.raises(IdentifierLeakError, match=r"results\.csv: column 'comment': phone numbers"):
+        run_stage.run("report")
+    assert {out.name: out.read_text() for out in outs} == {out.name: "old\n" for out in outs}
