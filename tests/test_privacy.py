@@ -114,7 +114,8 @@ def test_free_text_with_one_phone_or_an_identifier_value_stops_ingest(raw, cfg):
     for text, rule in [("met bob at the market", "values of the configured identifier columns"),
                        ("call me on 0712 345 678.", "phone numbers")]:
         leaky = raw.assign(remarks=quiet[:-1] + [text])
-        with pytest.raises(IngestError, match=rf"(?s)tiny: .*column 'remarks': {rule}.*\(1 values, e\.g\. rows \[{len(raw) - 1}\]"):
+        expected = rf"(?s)tiny: .*column 'remarks': {rule}.*\(1 values, e\.g\. rows \[{len(raw) - 1}\]"
+        with pytest.raises(IngestError, match=expected):
             _ingest_one(leaky, cfg, {})
         _ingest_one(leaky, {**cfg, "not_identifiers": ["remarks"]}, {})   # declared safe
 
