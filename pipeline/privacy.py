@@ -138,7 +138,7 @@ def _matches(series: pd.Series, test) -> pd.Series:
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
-                     hashed: Iterable[str] = (), identifier_values: re.Pattern | None = None) -> list[dict]:
+                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
     detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
 
@@ -208,6 +208,32 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
     return findings
 
 
+_WORD_RE = re.compile(r"\w+")
+MAX_NAME_WORDS = 4   # an identifier value longer than this is free text (a note), not a name
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD_RE.findall(text.casefold()))
+
+
+class IdentifierValues:
+    """The name-like values of a study's identifier columns (e.g. "Ann Njeri"), searched as whole
+    words, case-insensitively, in other text: ``search(text)`` is true when any run of up to
+    :data:`MAX_NAME_WORDS` consecutive words of ``text`` is one of them. A set lookup per word run,
+    so thousands of names cost no more than a few."""
+
+    def __init__(self, values: Iterable[str]):
+        self.names = {w for w in map(_words, values) if w and len(w) <= MAX_NAME_WORDS}
+        self.lengths = sorted({len(w) for w in self.names})
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def search(self, text: str) -> bool:
+        words = _words(text)
+        return any(words[i:i + n] in self.names for n in self.lengths for i in range(len(words) - n + 1))
+
+
 def _is_name_like(value: Any) -> bool:
     """A value worth searching for elsewhere: text with a letter and at least 3 characters (a name,
     not a code such as 1, "A" or "no")."""
@@ -216,23 +242,21 @@ def _is_name_like(value: Any) -> bool:
 
 
 def identifier_value_pattern(data: pd.DataFrame, value_labels: Mapping[str, Mapping],
-                             columns: Iterable[str]) -> re.Pattern | None:
-    """One case-insensitive whole-word pattern for the name-like values of the identifier columns
-    (their distinct values and, for coded columns, their value labels: a loan officer coded 3 is
-    named in the label of 3); None if there are none."""
+                             columns: Iterable[str]) -> IdentifierValues | None:
+    """The name-like values of the identifier columns (their distinct values and, for coded
+    columns, their value labels: a loan officer coded 3 is named in the label of 3), to be searched
+    in the study's other text; None if there are none."""
     found: set[str] = set()
     for column in columns:
         if column in data.columns:
             found |= {str(v).strip() for v in data[column].dropna().unique() if _is_name_like(v)}
         found |= {str(v).strip() for v in (value_labels.get(column) or {}).values() if _is_name_like(v)}
-    if not found:
-        return None
-    words = sorted(found, key=lambda v: (-len(v), v))  # longest first: "Ann Njeri" before "Ann"
-    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+    values = IdentifierValues(found)
+    return values if values else None
 
 
 def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable[str] = (),
-                         skip: Iterable[str] = (), identifier_values: re.Pattern | None = None) -> list[dict]:
+                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
     """Value labels (Stata/SPSS metadata, written to the codebook) that hold a phone number, an
     e-mail address or a value of an identifier column: one finding per column and code, with the
     rule (never the label). ``allow`` (``not_identifiers``) and ``skip`` (the identifier columns,
@@ -254,7 +278,7 @@ def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable
 
 
 def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, source: str,
-                                identifier_values: re.Pattern | None = None) -> None:
+                                identifier_values: IdentifierValues | None = None) -> None:
     """Fail (:class:`IdentifierLeakError`) if a value label of a column that is kept holds a
     phone number, e-mail address or identifier value, naming the file, column and code (rule:
     refused, not redacted: the label is the documentation of a code, and only the study author can
@@ -289,7 +313,7 @@ def _text_findings(text: str) -> list[dict]:
 
 def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers: Iterable[str] = (), *,
                           cfg: dict | None = None, allow: Iterable[str] = (), hashed: Iterable[str] = (),
-                          source: str | None = None, identifier_values: re.Pattern | None = None,
+                          source: str | None = None, identifier_values: IdentifierValues | None = None,
                           json_keys: bool = True) -> None:
     """Fail (:class:`IdentifierLeakError`) if a table or file holds direct identifiers.
 
