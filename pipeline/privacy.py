@@ -4,7 +4,11 @@
   as links (e.g. a loan-group name that is the cluster);
 * :func:`find_identifiers` -- configured and detected identifiers (phone numbers, e-mail
   addresses, GPS coordinates, person-name columns) in a table;
-* :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one.
+* :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one;
+* :func:`assert_no_identifier_labels` -- fails if a value label (codebook) holds one;
+* :func:`assert_stage_outputs_clean` -- the final scan of everything a stage wrote (run_stage).
+
+Rule: refuse, never redact silently (docs/study_config.md, "What the detector refuses").
 """
 from __future__ import annotations
 
