@@ -25,7 +25,8 @@ from pipeline import paths
 from pipeline.io import file_sha256
 from pipeline.codes import map_distinct, norm_code
 from pipeline.io import write_outputs
-from pipeline.privacy import IdentifierLeakError, assert_no_identifiers, hash_salt, salted_hash
+from pipeline.privacy import (IdentifierLeakError, assert_no_identifier_labels, assert_no_identifiers, hash_salt,
+                              identifier_value_pattern, salted_hash)
 from pipeline.study import (FACTOR_COLUMN, ROW_ID, configured_columns, currency_factor, load_study, normalise,
                             resolve_file)
 
@@ -344,13 +345,20 @@ def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, 
     if data.empty:
         raise IngestError(f"{source}: file has no rows")
     require_columns(data, configured_columns(cfg), source)
+    id_values = None
+    try:
+        if scan_identifiers:   # value labels and the identifier columns' values (names) searched too
+            id_values = identifier_value_pattern(data, value_labels, cfg["identifiers"] + cfg["hash_identifiers"])
+            assert_no_identifier_labels(value_labels, cfg, source, id_values)
+    except IdentifierLeakError as exc:
+        raise IngestError(f"{cfg['study']}: {exc}") from None
     book = codebook(data.drop(columns=[c for c in cfg["identifiers"] if c in data.columns]),
                     value_labels, variable_labels, cfg["identifiers"], source, cfg["hash_identifiers"])
     data = drop_identifiers(data, cfg["identifiers"], source)
     data = hash_identifiers(data, cfg["hash_identifiers"], salt, source)
     try:
         if scan_identifiers:
-            assert_no_identifiers(data, cfg=cfg, source=source)
+            assert_no_identifiers(data, cfg=cfg, source=source, identifier_values=id_values)
     except IdentifierLeakError as exc:
         raise IngestError(f"{cfg['study']}: {exc}") from None
     data.insert(0, "source_row", range(len(data)))

@@ -4,7 +4,11 @@
   as links (e.g. a loan-group name that is the cluster);
 * :func:`find_identifiers` -- configured and detected identifiers (phone numbers, e-mail
   addresses, GPS coordinates, person-name columns) in a table;
-* :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one.
+* :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one;
+* :func:`assert_no_identifier_labels` -- fails if a value label (codebook) holds one;
+* :func:`assert_stage_outputs_clean` -- the final scan of everything a stage wrote (run_stage).
+
+Rule: refuse, never redact silently (docs/study_config.md, "What the detector refuses").
 """
 from __future__ import annotations
 
@@ -90,8 +94,9 @@ _NOT_PERSON = {"district", "village", "region", "province", "state", "county", "
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
 # "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
-# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594")
-PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/.\-])")
+# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594");
+# a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
+PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
 GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
 
 
@@ -126,20 +131,25 @@ def _has_phone_text(s: str) -> bool:
     return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
 
 
+def _has_letters(s: str) -> bool:
+    return any(ch.isalpha() for ch in s)
+
+
 def _matches(series: pd.Series, test) -> pd.Series:
     """Boolean per row: ``test`` on the value's text (once per distinct value); missing -> False."""
     return map_distinct(series, lambda v: bool(test(str(v))), na_value=False).astype(bool)
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
-                     hashed: Iterable[str] = ()) -> list[dict]:
+                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
     detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
 
     ``allow`` lists columns known not to be identifiers (a false positive declared in the study
     configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
     value still looks like a hash. Each finding: column, rule, count and example row positions
-    (never the values themselves).
+    (never the values themselves). ``identifier_values`` (from :func:`identifier_value_pattern`)
+    finds the values of the study's identifier columns (e.g. respondents' names) in any text column.
     """
     allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
     findings = []
@@ -183,19 +193,117 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
             add(column, "e-mail addresses", emails)
             continue
         phones = _matches(series, _has_phone_text)
+        # In free text (a value with letters) one phone number is one too many; a bare number may be
+        # an id of phone length, so a column of bare numbers is flagged only when phones are common
+        in_text = phones & _matches(series, _has_letters)
         n_phones = int(phones.sum())
-        if n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01):
+        if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
             continue
+        if identifier_values is not None:
+            named = _matches(series, identifier_values.search)
+            if named.any():
+                add(column, "values of the configured identifier columns (e.g. names) in text", named)
+                continue
         geo = _matches(series, GEOPOINT_RE.match)
         if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
             add(column, "GPS coordinates (lat lon pairs)", geo)
     return findings
 
 
+_WORD_RE = re.compile(r"\w+")
+MAX_NAME_WORDS = 4   # an identifier value longer than this is free text (a note), not a name
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD_RE.findall(text.casefold()))
+
+
+class IdentifierValues:
+    """The name-like values of a study's identifier columns (e.g. "Ann Njeri"), searched as whole
+    words, case-insensitively, in other text: ``search(text)`` is true when any run of up to
+    :data:`MAX_NAME_WORDS` consecutive words of ``text`` is one of them. A set lookup per word run,
+    so thousands of names cost no more than a few."""
+
+    def __init__(self, values: Iterable[str]):
+        self.names = {w for w in map(_words, values) if w and len(w) <= MAX_NAME_WORDS}
+        self.lengths = sorted({len(w) for w in self.names})
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def search(self, text: str) -> bool:
+        words = _words(text)
+        return any(words[i:i + n] in self.names for n in self.lengths for i in range(len(words) - n + 1))
+
+
+def _is_name_like(value: Any) -> bool:
+    """A value worth searching for elsewhere: text with a letter and at least 3 characters (a name,
+    not a code such as 1, "A" or "no")."""
+    text = str(value).strip()
+    return len(text) >= 3 and any(ch.isalpha() for ch in text)
+
+
+def identifier_value_pattern(data: pd.DataFrame, value_labels: Mapping[str, Mapping],
+                             columns: Iterable[str]) -> IdentifierValues | None:
+    """The name-like values of the identifier columns (their distinct values and, for coded
+    columns, their value labels: a loan officer coded 3 is named in the label of 3), to be searched
+    in the study's other text; None if there are none."""
+    found: set[str] = set()
+    for column in columns:
+        if column in data.columns:
+            found |= {str(v).strip() for v in data[column].dropna().unique() if _is_name_like(v)}
+        found |= {str(v).strip() for v in (value_labels.get(column) or {}).values() if _is_name_like(v)}
+    values = IdentifierValues(found)
+    return values if values else None
+
+
+def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable[str] = (),
+                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
+    """Value labels (Stata/SPSS metadata, written to the codebook) that hold a phone number, an
+    e-mail address or a value of an identifier column: one finding per column and code, with the
+    rule (never the label). ``allow`` (``not_identifiers``) and ``skip`` (the identifier columns,
+    whose labels are not written) are not searched."""
+    allow, skip = set(allow), set(skip)
+    findings = []
+    for column, labels in value_labels.items():
+        if column in allow or column in skip:
+            continue
+        for code, label in (labels or {}).items():
+            text = str(label)
+            rule = ("e-mail address" if EMAIL_RE.search(text) else
+                    "phone number" if _has_phone_text(text) else
+                    "value of a configured identifier column" if identifier_values is not None
+                    and identifier_values.search(text) else None)
+            if rule:
+                findings.append({"column": str(column), "code": str(code), "rule": rule})
+    return findings
+
+
+def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, source: str,
+                                identifier_values: IdentifierValues | None = None) -> None:
+    """Fail (:class:`IdentifierLeakError`) if a value label of a column that is kept holds a
+    phone number, e-mail address or identifier value, naming the file, column and code (rule:
+    refused, not redacted: the label is the documentation of a code, and only the study author can
+    say whether the column is an identifier or the label should be ignored)."""
+    cfg = normalise(cfg)
+    found = value_label_findings(value_labels, allow=cfg["not_identifiers"],
+                                 skip=list(cfg["identifiers"]) + list(cfg["hash_identifiers"]),
+                                 identifier_values=identifier_values)
+    if found:
+        raise IdentifierLeakError(
+            f"{source}: value labels would write direct identifiers to the codebook:\n  "
+            + "\n  ".join(f"column {f['column']!r}, code {f['code']}: {f['rule']}" for f in found)
+            + "\nDeclare each such column under `identifiers:` (its labels are then not written), or "
+              "under `not_identifiers:` if its labels are not identifiers.")
+
+
 def _text_findings(text: str) -> list[dict]:
     text = re.sub(r"<(style|script)\b.*?</\1>", " ", text, flags=re.S | re.I)
     text = re.sub(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+", " ", text)
+    # base64 without a data: prefix (an executed notebook's "image/png" outputs): digits between
+    # "+" and "/" could read as a phone number; no prose has a 200-character run of these characters
+    text = re.sub(r"[A-Za-z0-9+/=]{200,}", " ", text)
     found = []
     emails = EMAIL_RE.findall(text)
     if emails:
@@ -208,13 +316,16 @@ def _text_findings(text: str) -> list[dict]:
 
 def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers: Iterable[str] = (), *,
                           cfg: dict | None = None, allow: Iterable[str] = (), hashed: Iterable[str] = (),
-                          source: str | None = None) -> None:
+                          source: str | None = None, identifier_values: IdentifierValues | None = None,
+                          json_keys: bool = True) -> None:
     """Fail (:class:`IdentifierLeakError`) if a table or file holds direct identifiers.
 
     ``path_or_frame``: a DataFrame, or a file (.parquet, .csv, .xlsx, .dta, .sav, .json, .html,
     .txt, .md) or a folder (every such file in it). With ``cfg`` (a study configuration) its
     identifiers, hashed identifiers and ``not_identifiers`` are used. The message names the
-    table, column, rule, count and example row positions, never the values.
+    table, column, rule, count and example row positions, never the values. ``json_keys``: a JSON
+    key named like a configured identifier counts as one (off for stage summaries, whose keys are
+    field names such as ``notes``; their values are still searched as text).
     """
     identifiers = set(identifiers)
     allow, hashed = set(allow), set(hashed)
@@ -226,7 +337,8 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
     problems: list[tuple[str, dict]] = []
     if isinstance(path_or_frame, pd.DataFrame):
         problems += [(source or "table", f) for f in
-                     find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed)]
+                     find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed,
+                                      identifier_values=identifier_values)]
     else:
         path = Path(path_or_frame)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -242,7 +354,7 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
                 obj = json.loads(file.read_text(encoding="utf-8"))
                 keys = _json_keys(obj)
                 found = [{"column": k, "rule": "configured identifier", "count": 1, "rows": []}
-                         for k in keys if k in identifiers]
+                         for k in keys if k in identifiers and json_keys]
                 found += _text_findings(json.dumps(obj, ensure_ascii=False))
             elif suffix in ("html", "htm", "txt", "md", "ipynb"):
                 found = _text_findings(file.read_text(encoding="utf-8", errors="replace"))
@@ -268,3 +380,21 @@ def _json_keys(obj: Any) -> set[str]:
         for v in obj:
             keys |= _json_keys(v)
     return keys
+
+
+def assert_stage_outputs_clean(outs: Iterable[str | Path], study: str | None = None,
+                               root: Path = REPO_ROOT) -> None:
+    """The final scan of a stage: every file it wrote (tables, JSON, the executed notebook and its
+    HTML) is searched for phone numbers, e-mail addresses and the study's configured identifier
+    columns; :class:`IdentifierLeakError` names each file, so the stage fails and its outputs are
+    rolled back. ``study``: a per-study stage's study (its ``identifiers``, ``hash_identifiers``
+    and ``not_identifiers`` are used); None for pipeline-level stages. Outputs under
+    ``<root>/data/raw`` (the synthetic stage's raw survey, identifiers included by design: ingest
+    drops them) are not searched."""
+    from pipeline.study import load_study
+
+    cfg = load_study(study) if study else None
+    raw = Path(root) / "data" / "raw"
+    for out in map(Path, outs):
+        if out.exists() and not out.resolve().is_relative_to(raw.resolve()):
+            assert_no_identifiers(out, cfg=cfg, json_keys=False)

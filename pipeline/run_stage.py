@@ -38,6 +38,7 @@ import nbformat
 
 from pipeline import paths
 from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+from pipeline.privacy import assert_stage_outputs_clean
 
 KERNEL_NAME = "microenterprise"
 
@@ -470,6 +471,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
                 nbformat.write(nb, str(tmp_path))
             write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
             write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
+            assert_stage_outputs_clean(outs, study, REPO_ROOT)    # an identifier in any output fails the stage
         except BaseException as exc:
             with signals_deferred(raise_after=False):
                 _keep_failed_notebook(tmp_nb, stage, study)

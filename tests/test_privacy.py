@@ -64,3 +64,119 @@ def test_salted_hash_links_within_a_salt_only():
     a, b = salted_hash(values, "one"), salted_hash(values, "two")
     assert a[0] == a[2] and a[0] != a[1] and a[4] == a[5] and a[3] is None
     assert a[0] != b[0] and len(a[0]) == 16
+
+
+def test_phone_at_sentence_end_in_brackets_or_rare_is_found():
+    ok = ["sold 2 goats", "paid 1,250,000 on 2024-01-05", "loan 12.5% for 18 months", "id 00123", "v1.26.4"]
+    for text in ["please call 0712 345 678.", "contact (0712 345 678) later", "call +254 712 345 678, thanks",
+                 "mail ann.k@example.co.ke."]:
+        frame = pd.DataFrame({"comment": ok * 40 + [text]})  # 1 in 201 rows: below any count threshold
+        found = find_identifiers(frame)
+        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("comment", 1, [200])], text
+    # ordinary numbers are not phones: amounts, dates, decimals, short ids; bare 9-digit ids only if common
+    assert find_identifiers(pd.DataFrame({"comment": ok * 40})) == []
+    ids = pd.DataFrame({"ref": [str(123456789 + i) for i in range(2)] + ["x"] * 500})
+    assert find_identifiers(ids) == []
+
+
+def _ingest_one(raw, cfg, value_labels):
+    from pipeline import ingest
+    from pipeline.study import normalise
+
+    cfg = normalise(cfg)
+    return ingest.ingest_frame(raw, value_labels, {}, cfg, cfg["files"][0], salt=None)
+
+
+def test_value_labels_with_phones_emails_or_identifier_values_are_refused(raw, cfg):
+    from pipeline.ingest import IngestError
+
+    labels = {"owner_sex": {1: "Male", 2: "Female"}}
+    _, book = _ingest_one(raw, cfg, labels)                      # ordinary labels pass
+    assert "Female" in book.set_index("column").loc["owner_sex", "value_labels"]
+    for column, code, label, rule in [
+            ("market_id", 11, "stall of Ann.", "value of a configured identifier column"),   # Ann is an owner_name
+            ("region", 1, "agent (0712 345 678)", "phone number"),
+            ("region", 1, "agent: bob@example.org.", "e-mail address")]:
+        with pytest.raises(IngestError, match=rf"tiny: survey\.dta: .*\n  column '{column}', code {code}: {rule}"):
+            _ingest_one(raw, cfg, {**labels, column: {code: label, 99: "other"}})
+    # the allow-list: a column whose labels are known to be safe
+    _ingest_one(raw, {**cfg, "not_identifiers": ["market_id"]}, {"market_id": {11: "stall of Ann"}})
+    # an identifier column's own labels are never written, so they are not refused
+    _, book = _ingest_one(raw, cfg, {"owner_name": {1: "Ann"}})
+    assert book.set_index("column").loc["owner_name", "value_labels"] == ""
+
+
+def test_free_text_with_one_phone_or_an_identifier_value_stops_ingest(raw, cfg):
+    from pipeline.ingest import IngestError
+
+    quiet = ["fine"] * len(raw)
+    _ingest_one(raw.assign(remarks=quiet), cfg, {})
+    for text, rule in [("met bob at the market", "values of the configured identifier columns"),
+                       ("call me on 0712 345 678.", "phone numbers")]:
+        leaky = raw.assign(remarks=quiet[:-1] + [text])
+        expected = rf"(?s)tiny: .*column 'remarks': {rule}.*\(1 values, e\.g\. rows \[{len(raw) - 1}\]"
+        with pytest.raises(IngestError, match=expected):
+            _ingest_one(leaky, cfg, {})
+        _ingest_one(leaky, {**cfg, "not_identifiers": ["remarks"]}, {})   # declared safe
+
+
+def _base64_with_digits(n: int = 400) -> str:
+    """A base64 run (as in an embedded PNG) holding "+0712345678+": digits between two "+"."""
+    import base64
+
+    blob = base64.b64encode(bytes(range(256)) * 2).decode()[:n]
+    return blob[: n // 2] + "+0712345678+" + blob[n // 2:]
+
+
+def test_final_scan_passes_report_noise_and_fails_a_planted_phone(tmp_path):
+    from pipeline.privacy import assert_stage_outputs_clean
+
+    nb = {"cells": [{"outputs": [{"data": {"image/png": _base64_with_digits(),
+                                           "text/plain": "pandas 2.2.3, Python 3.11.9, 2026-12-04T05:20:22.123456"}}]}],
+          "metadata": {"papermill": {"duration": 12.345678901}}}
+    (tmp_path / "n.ipynb").write_text(json.dumps(nb))
+    (tmp_path / "n.html").write_text(f'<img src="data:image/png;base64,{_base64_with_digits()}"><p>n = 11594. '
+                                     "Effect 1234.5 (99.1); total 1,250,000,000; id 20240105</p>")
+    (tmp_path / "s.json").write_text(json.dumps({"notes": [], "rows": 11594, "sha256": "ab" * 32}))
+    pd.DataFrame({"profit": [1.5, 2.5], "note": ["sold 2 goats", "ok"]}).to_parquet(tmp_path / "t.parquet")
+    outs = [tmp_path / name for name in ("n.ipynb", "n.html", "s.json", "t.parquet", "absent.csv")]
+    assert_stage_outputs_clean(outs, root=tmp_path)
+    # the same base64 run with no image around it is still not a phone number; prose is
+    (tmp_path / "n.html").write_text(f"<p>{_base64_with_digits()}</p><p>Call the owner on 0712 345 678.</p>")
+    with pytest.raises(IdentifierLeakError, match=r"n\.html: column '\(text\)': phone numbers \(1 values\)"):
+        assert_stage_outputs_clean(outs, root=tmp_path)
+    # raw survey files written by the synthetic stage hold identifiers by design
+    (tmp_path / "n.html").unlink()
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    pd.DataFrame({"phone": ["0712 345 678"]}).to_csv(raw / "survey.csv")
+    assert_stage_outputs_clean(outs + [raw], root=tmp_path)
+    with pytest.raises(IdentifierLeakError, match="survey.csv"):
+        assert_stage_outputs_clean([raw], root=tmp_path / "elsewhere")
+
+
+def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs(tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    from pipeline import paths, run_stage
+    from pipeline.io import write_text
+
+    root, name = tmp_path / "repo", paths.STAGE_NOTEBOOKS["report"]
+    notebooks = root / "reports" / "notebooks"
+    outs = [root / "reports" / "results.csv"] + [notebooks / f"{name}{s}" for s in (".ipynb", ".html", ".code.html")]
+    monkeypatch.setattr(run_stage, "REPO_ROOT", root)
+    monkeypatch.setattr(run_stage, "stage_outs", lambda stage, study, pipeline="main": outs)
+    monkeypatch.setattr(paths, "executed_notebook_dir", lambda stage, study, pipeline="main": notebooks)
+    monkeypatch.setenv("PYTHONPATH", "")
+    for out in outs:
+        write_text(out, "old\n")
+
+    def execute_notebook(source, output, **kwargs):
+        write_text(root / "reports" / "results.csv", "study,comment\nx,call 0712 345 678.\n")
+        nbformat.write(nbformat.v4.new_notebook(), output)
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    with pytest.raises(IdentifierLeakError, match=r"results\.csv: column 'comment': phone numbers"):
+        run_stage.run("report")
+    assert {out.name: out.read_text() for out in outs} == {out.name: "old\n" for out in outs}
