@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -367,7 +368,7 @@ def test_configuration_mistakes_name_the_key(study, outputs, changes, message):
 def test_write_outputs_is_all_or_nothing(tmp_path):
     good = pd.DataFrame({"a": [1, 2]})
     bad = pd.DataFrame({"mixed": [1, "two"]})   # pyarrow cannot write a column of int and str
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid):
         write_outputs(tmp_path / "out", {"a.parquet": good, "b.json": {"x": 1}, "c.parquet": bad})
     assert files_under(tmp_path) == set()
     write_outputs(tmp_path / "out", {"a.parquet": good, "b.json": {"x": 1}})

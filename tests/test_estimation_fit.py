@@ -42,8 +42,7 @@ def test_pooled_matches_closed_form_cluster(weighted):
     se = np.sqrt(np.diag(V))
     q = stats.t.ppf(0.975, df_t)
     assert df_t == df["cluster_id"].nunique() - 1
-    for i, term, pname in [(1, "treat_skills", "treat_skills"), (2, "treat_capital", "treat_capital"),
-                           (3, "treat_skills_x_treat_capital", "treat_skills:treat_capital")]:
+    for i, term in [(1, "treat_skills"), (2, "treat_capital"), (3, "treat_skills_x_treat_capital")]:
         row = t.set_index("term").loc[term]
         rel_close(row["estimate"], beta[i])
         rel_close(row["std_error"], se[i])
@@ -185,8 +184,11 @@ def test_fully_interacted_se_relation_when_clusters_nest_in_gender():
     df = make_data(seed=6, n_clusters=48, mixed_gender_clusters=False)
     spec = make_spec(Y, TREATS, vcov="CR1")
     rj = fit(df, spec, by_gender=True)
-    cj = lambda r: r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
-        (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
+
+    def cj(r):
+        return r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
+            (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
+
     for sample, sex in (("women", "female"), ("men", "male")):
         rs = fit(df, spec, sample=sample)
         for term in ["treat_skills", "treat_capital", "treat_skills:treat_capital"]:
@@ -204,7 +206,9 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
     df = make_data(seed=7, n_clusters=50)
     spec = make_spec(Y, TREATS, gender_interact_all=False, vcov="CR1")
     t = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
-    fem = lambda d: d["female_owner"].to_numpy(float)
+
+    def fem(d):
+        return d["female_owner"].to_numpy(float)
     extra = [("female_owner", fem),
              ("skills_x_female", lambda d: (d["treat_skills"] * d["female_owner"]).to_numpy(float)),
              ("capital_x_female", lambda d: (d["treat_capital"] * d["female_owner"]).to_numpy(float)),

@@ -67,8 +67,10 @@ def test_descriptive_model_matches_hand_ols():
                         alpha=tidy_kw()["alpha"])
     assert t["model"].tolist() == ["descriptive"] * 2 and (t["sample"] == "women").all()
     d = df[(df["female_owner"] == 1) & df["skills_index"].notna()]
-    extra = [(c, (lambda c: lambda x: x[c].to_numpy(float))(c))
-             for c in ("skills_index", "credit_access", "owner_age_bl")]
+
+    def column(name):
+        return lambda x: x[name].to_numpy(float)
+    extra = [(c, column(c)) for c in ("skills_index", "credit_access", "owner_age_bl")]
     dd, X, names = hand_design(d, extra=extra)
     beta, V, _ = hand_ols(X, dd[Y].to_numpy(), dd["cluster_id"].to_numpy())
     for term in ("skills_index", "credit_access"):
