@@ -291,7 +291,8 @@ def test_construct_failure_writes_nothing(study, outputs):
     path, raw = study(frame)
     ingest.run(path, raw, params_group("ingest"))
     clean.run(path, CLEAN)
-    with pytest.raises(construct.ConstructError, match=r"broken: treatment arm \(arm\) differs across rounds for 1 units, e\.g\. \[1\]"):
+    with pytest.raises(construct.ConstructError,
+                       match=r"broken: treatment arm \(arm\) differs across rounds for 1 units, e\.g\. \[1\]"):
         construct.run(path, params_group("construct"), "month")
     assert not (outputs / "processed").exists()
 

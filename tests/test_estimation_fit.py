@@ -95,7 +95,8 @@ TRUTH = {"women": {"treat_skills": 4.0, "treat_capital": 10.0, "interaction": -5
 def sim():
     df = make_data(seed=20240611, n_clusters=400, firms_per_cluster=10, n_strata=8,
                    effects=TRUTH, noise=30.0)
-    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
+    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"),
+                              "sim", **study_kw())
 
 
 def test_simulation_recovers_gender_effects(sim):
@@ -157,7 +158,8 @@ def test_study_table_shape_and_order(sim):
         expected += [(o, "men_only", "men", t) for t in terms]
     assert list(out[["outcome", "model", "sample", "term"]].itertuples(index=False, name=None)) == expected
     assert (out["study"] == "sim").all()
-    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
+    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"),
+                           "sim", **study_kw())
     pd.testing.assert_frame_equal(out, again)
     # Gender rows carry that gender's control mean.
     d = df[df["followup"] & df[Y].notna() & (df["treat_skills"] == 0) & (df["treat_capital"] == 0)]
@@ -367,7 +369,8 @@ def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
 
 def test_dummy_missing_baseline_reproduces_todays_numbers():
     df = make_data(seed=42, p_missing_bl=0.3)
-    default, explicit = fit(df, make_spec(Y, TREATS, vcov="CR1")), fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
+    default = fit(df, make_spec(Y, TREATS, vcov="CR1"))
+    explicit = fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
     assert make_spec(Y, TREATS, vcov="CR1").missing_baseline == "dummy"
     pd.testing.assert_frame_equal(tidy(default, **tidy_kw()), tidy(explicit, **tidy_kw()))
     d = df[df["followup"] & df[Y].notna()]

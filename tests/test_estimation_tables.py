@@ -94,7 +94,8 @@ def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     df = with_extras(make_data(seed=43, n_clusters=32, firms_per_cluster=5, p_missing_bl=0.3), seed=4)
     kw = study_kw(transforms=["level", "ihs"], by_round=True)
     dummy = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "s", **kw)
-    listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"), "s", **kw)
+    listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"),
+                              "s", **kw)
     assert len(dummy) == len(listwise)
     complete = df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)
     for frame, n in ((dummy, (df["followup"] & df[Y].notna()).sum()), (listwise, complete.sum())):
