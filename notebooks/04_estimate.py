@@ -36,7 +36,8 @@ Markdown(method_note(summary))
 
 # %%
 primary = summary["primary_outcome"]
-cols = ["model", "term", "estimate", "std_error", "ci_low", "ci_high", "p_value", "control_mean", "effect_pct_of_control_mean", "n_obs", "n_clusters"]
+cols = ["model", "term", "estimate", "std_error", "ci_low", "ci_high", "p_value", "control_mean",
+        "effect_pct_of_control_mean", "n_obs", "n_clusters"]
 results[(results["outcome"] == primary) & (results["transform"] == "level")
         & results["model"].isin(["pooled", "by_gender"])][cols].round(3)
 

@@ -39,7 +39,8 @@ result = synthesize.run(studies, stage_params)
 # ## Study effects on one scale (the inputs)
 
 # %%
-result["study_effects"][["study", "arm", "intervention", "group", "scale", "effect", "std_error", "estimate_native", "native_unit"]].round(3)
+result["study_effects"][["study", "arm", "intervention", "group", "scale", "effect", "std_error",
+                         "estimate_native", "native_unit"]].round(3)
 
 # %% [markdown]
 # ## Pooled effects

@@ -170,7 +170,7 @@ def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFr
         closed &= df["interviewed"] == 1
     df["business_closed"] = closed.astype("int8")
     logs = []
-    for name, out in cfg["outcomes"].items():
+    for out in cfg["outcomes"].values():
         if not out.get("flow", True):
             continue
         col = out["column"]

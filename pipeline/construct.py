@@ -174,7 +174,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
         raise ConstructError(f"{study}: the clean table has no {FACTOR_COLUMN} column (the ingest stage adds it)")
     key = "_unit"  # the raw unit id, whatever the study calls it; becomes firm_id (text) at the end
     rows = pd.DataFrame({key: clean[unit], "round": round_numbers(clean[round_col], cfg) if round_col else 0})
-    interviewed = clean["interviewed"].astype("int8") if "interviewed" in clean.columns else pd.Series(1, index=clean.index, dtype="int8")
+    interviewed = (clean["interviewed"].astype("int8") if "interviewed" in clean.columns
+                   else pd.Series(1, index=clean.index, dtype="int8"))
     pre_columns = {}
     for name, out in cfg["outcomes"].items():
         base = flow_column(name, out, currency, flow_period)
@@ -187,7 +188,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
             pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * scale
     rows["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
     if cfg.get("skills_index"):
-        rows = rows.join(skills_scores(clean, cfg["skills_index"], float(param(params, "construct", "skills_min_answered_share"))))
+        min_answered_share = float(param(params, "construct", "skills_min_answered_share"))
+        rows = rows.join(skills_scores(clean, cfg["skills_index"], min_answered_share))
     if cfg.get("credit_access"):
         rows["credit_access"] = pd.to_numeric(clean[cfg["credit_access"]], errors="coerce").astype("float64")
     for kind, col in (cfg.get("takeup") or {}).items():
@@ -300,7 +302,8 @@ def run(study: str, params: dict, flow_period: str) -> dict:
         "covariates": sorted(cfg["covariates"]),
         "controls": list(cfg["controls"]),
         "currency": cfg.get("currency"),
-        "usd_ppp_per_lcu": float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns else cfg["usd_ppp_per_lcu"]["value"],
+        "usd_ppp_per_lcu": (float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns
+                            else cfg["usd_ppp_per_lcu"]["value"]),
         "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
     }
     assert_no_identifiers(table, cfg=cfg, source=f"{cfg['study']} analysis table")

@@ -110,7 +110,8 @@ def published_effects(table: pd.DataFrame, source: str) -> pd.DataFrame:
         raise ValueError(f"{source}: missing column(s) {missing}; expected {required}")
     bad = table[~table["intervention"].isin(INTERVENTIONS) | ~table["sex"].isin(GROUPS)
                 | ~table["scale"].isin(["usd_ppp_month", "pct_of_control_mean"])
-                | ~np.isfinite(pd.to_numeric(table["std_error"], errors="coerce")) | (pd.to_numeric(table["std_error"], errors="coerce") <= 0)]
+                | ~np.isfinite(pd.to_numeric(table["std_error"], errors="coerce"))
+                | (pd.to_numeric(table["std_error"], errors="coerce") <= 0)]
     if not bad.empty:
         raise ValueError(f"{source}: rows {list(bad.index + 2)} (file lines) have an intervention outside {INTERVENTIONS}, "
                          f"a sex outside {GROUPS}, an unknown scale or a non-positive standard error")

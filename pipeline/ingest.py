@@ -83,7 +83,7 @@ def read_sav(path: Path) -> tuple[pd.DataFrame, dict[str, dict], dict[str, str]]
         raise IngestError(f"{path}: cannot read as SPSS .sav ({type(exc).__name__}: {exc})") from exc
     value_labels = {col: {_label_key(k): str(v) for k, v in labels.items()}
                     for col, labels in (meta.variable_value_labels or {}).items()}
-    variable_labels = {c: (l or "") for c, l in (meta.column_names_to_labels or {}).items()}
+    variable_labels = {c: (label or "") for c, label in (meta.column_names_to_labels or {}).items()}
     declared: dict[str, list] = {}
     for col, ranges in (getattr(meta, "missing_ranges", None) or {}).items():
         for rng in ranges:

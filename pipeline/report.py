@@ -128,7 +128,8 @@ def study_spec(study: str) -> dict:
         conversion = read_json(ingest_path).get("conversion") or {}
     construct_path = paths.processed_dir(study) / "construct_summary.json"
     currency = read_json(construct_path).get("currency") if construct_path.exists() else None
-    return {"summary": summary, "specification": summary.get("specification", {}), "outcomes": list(summary.get("outcomes") or []),
+    return {"summary": summary, "specification": summary.get("specification", {}),
+            "outcomes": list(summary.get("outcomes") or []),
             "primary_outcome": summary.get("primary_outcome"), "notes": summary.get("notes") or [],
             "tables": summary.get("tables") or {}, "currency": currency,
             "usd_ppp_per_lcu": conversion.get("usd_ppp_per_lcu")}
@@ -168,7 +169,8 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
                           multiple_testing_table(study_results)) if t]
     design_tables = [t for t in [balance_table(study, decimals), *attrition_tables(study, decimals, design)] if t]
     not_applicable = [f"{name.replace('_', ' ')}: {info.get('reason', 'not applicable')}"
-                      for name, info in spec["tables"].items() if isinstance(info, dict) and info.get("status") == "not_applicable"]
+                      for name, info in spec["tables"].items()
+                      if isinstance(info, dict) and info.get("status") == "not_applicable"]
     if eff.empty:
         not_applicable.insert(0, "effects by owner gender: not estimable (the study's owners are all of one gender, "
                                  "or gender is not recorded)")
@@ -178,7 +180,8 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
         "tables": tables, "design_tables": design_tables, "not_applicable": not_applicable,
         "qte_figure": qte_figure(study, unit), "effects": eff.to_dict("records"), "has_truth": truth is not None,
         "all_within_2se": bool(eff["within_2se"].all()) if truth is not None and not eff.empty else None,
-        "headlines": [headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()] if not eff.empty else [],
+        "headlines": ([headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()]
+                      if not eff.empty else []),
         "figure": fig, "flow_columns": list(flow.columns), "flow": flow.to_dict("records"),
         "notebooks": (["notebooks/00_synthetic"] if study == "synthetic" else []) +
                      [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],

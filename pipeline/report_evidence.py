@@ -111,8 +111,9 @@ def pooled_table(pooled: pd.DataFrame, decimals: int) -> dict:
             "notes": "Posterior of the hypermean computed exactly by integration over the between-study SD; "
                      "priors as recorded in data/synthesis/synthesize_summary.json. Pooling: the Gelman-Pardoe pooling factor "
                      "(0 = no pooling, 1 = full pooling). PM: frequentist random effects, Paule-Mandel tau², as a cross-check. "
-                     "Coverage: the share of meta-analyses simulated at the pooled mean and the median between-study SD, with "
-                     "these studies' standard errors and the same priors, whose interval contains the pooled mean (Monte Carlo SE)."}
+                     "Coverage: the share of meta-analyses simulated at the pooled mean and the median "
+                     "between-study SD, with these studies' standard errors and the same priors, whose interval "
+                     "contains the pooled mean (Monte Carlo SE)."}
 
 
 def _coverage(r) -> str:
@@ -166,8 +167,10 @@ def evidence_context(synthesis_dir: Path, decimals: int) -> dict:
     meta = pd.read_csv(synthesis_dir / "meta_regression.csv")
     forests = []
     for _, row in pooled.iterrows():
-        key = (effects["scale"] == row["scale"]) & (effects["intervention"] == row["intervention"]) & (effects["group"] == row["group"])
-        skey = (shrunk["scale"] == row["scale"]) & (shrunk["intervention"] == row["intervention"]) & (shrunk["group"] == row["group"])
+        key = ((effects["scale"] == row["scale"]) & (effects["intervention"] == row["intervention"])
+               & (effects["group"] == row["group"]))
+        skey = ((shrunk["scale"] == row["scale"]) & (shrunk["intervention"] == row["intervention"])
+                & (shrunk["group"] == row["group"]))
         title = f"{INTERVENTION_WORDS[row['intervention']]}: {row['group']} ({SCALE_WORDS[row['scale']]})"
         forests.append({"title": title, "png": forest_png(effects[key], shrunk[skey], row, title, SCALE_WORDS[row["scale"]])})
     metrics = {f"{r['intervention']}_{r['group']}_{r['scale']}": {"estimate": round(float(r["mu_mean"]), 6),

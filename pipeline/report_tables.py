@@ -126,8 +126,9 @@ def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict
             row = [f"{label}: {SEX_LABELS[sex]}"]
             for t in transforms:
                 r = sub[(sub["transform"] == t) & (sub["term"] == f"{term}_{sex}")]
-                row.append("" if r.empty else f"{fmt(r.iloc[0]['estimate'], decimals if t not in ('log', 'ihs') else 3)}"
-                                              f"{stars(r.iloc[0]['p_value'])} ({fmt(r.iloc[0]['std_error'], decimals if t not in ('log', 'ihs') else 3)})")
+                dec = decimals if t not in ("log", "ihs") else 3
+                row.append("" if r.empty else f"{fmt(r.iloc[0]['estimate'], dec)}"
+                                              f"{stars(r.iloc[0]['p_value'])} ({fmt(r.iloc[0]['std_error'], dec)})")
             if len(row) > 1 and any(row[1:]):
                 rows.append(row)
     return {"caption": f"Robustness: {outcome} under other outcome definitions", "columns": ["Effect"] + transforms,
@@ -144,8 +145,9 @@ def multiple_testing_table(results: pd.DataFrame) -> dict | None:
     if sub.empty or "q_value" not in sub.columns:
         return None
     wild = "wild_p_value" in sub.columns and sub["wild_p_value"].notna().any()
-    rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]), SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""),
-             pval(r["p_value"]), *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
+    rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]),
+             SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""), pval(r["p_value"]),
+             *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
             for _, r in sub.iterrows()]
     notes = ("q: Anderson (2008) sharpened false-discovery-rate q-values within the family of business-income "
              "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE.")
@@ -214,7 +216,8 @@ def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
                  f"[{fmt(r['ci_low'], decimals)}, {fmt(r['ci_high'], decimals)}]", fmt(r["trim_share"], 3)]
                 for _, r in lee.iterrows()]
         out.append({"caption": "Lee (2009) bounds on the effect on the primary outcome", "first_col_left": True,
-                     "columns": ["Comparison", "Owners", "Lower bound", "Upper bound", "95% CI (identified set)", "Share trimmed"],
+                     "columns": ["Comparison", "Owners", "Lower bound", "Upper bound", "95% CI (identified set)",
+                                 "Share trimmed"],
                      "rows": rows, "notes": "Trimming within strata the arm with less attrition; cluster-bootstrap CI."})
     return out
 

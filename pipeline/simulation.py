@@ -114,7 +114,8 @@ def one_draw(i: int, settings: dict) -> list[dict]:
         table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"])
         for oname in settings["outcomes"]:
             spec = est_spec.Spec.from_params(spec_params, OUTCOMES[oname], table)
-            t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True), alpha=settings["alpha"], power=settings["power"]).set_index("term")
+            t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True), alpha=settings["alpha"],
+                                power=settings["power"]).set_index("term")
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
                     r = t.loc[f"{term}_{sex}"]
@@ -137,7 +138,8 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
     fits = {vcov: est_fit.fit(table, est_spec.Spec.from_params({**settings["spec_params"], "vcov": vcov},
                                                                 column, table), by_gender=True)
             for vcov in ("CR1", "CR2")}
-    tidy = {vcov: est_tables.tidy(res, alpha=settings["alpha"], power=settings["power"]).set_index("term") for vcov, res in fits.items()}
+    tidy = {vcov: est_tables.tidy(res, alpha=settings["alpha"], power=settings["power"]).set_index("term")
+            for vcov, res in fits.items()}
     design = fits["CR2"].wild_design
     names = list(design.X.columns)
     rows = []

@@ -80,8 +80,10 @@ def _study_inputs(study: str) -> dict:
     outcome_cfg = cfg["outcomes"].get(primary) or {}
     non_money = outcome_cfg.get("money") is False
     return {"cfg": cfg, "results": pd.read_csv(paths.processed_dir(study) / "results.csv"), "primary": primary,
-            "outcome_is_log": non_money and primary.startswith("log"), "non_money_not_log": non_money and not primary.startswith("log"),
-            "share_female": float(construct.get("female_owner_share") if construct.get("female_owner_share") is not None else np.nan),
+            "outcome_is_log": non_money and primary.startswith("log"),
+            "non_money_not_log": non_money and not primary.startswith("log"),
+            "share_female": float(construct.get("female_owner_share")
+                                  if construct.get("female_owner_share") is not None else np.nan),
             "native": harmonise.native_unit(construct.get("currency"), construct.get("usd_ppp_per_lcu"), cfg["recall_period"])}
 
 
@@ -194,13 +196,14 @@ def run(studies: Sequence[str], params: Mapping) -> dict:
     effects = attach_moderators(effects, pd.read_csv(REPO_ROOT / moderators_source), moderators_source,
                                 [*configured, *published["study"]])
     out = synthesize(effects, params)
-    frequentist = out["pooled"].filter(regex="^(scale|intervention|group|n_studies|re_)") if not out["pooled"].empty else out["pooled"]
+    frequentist = (out["pooled"].filter(regex="^(scale|intervention|group|n_studies|re_)") if not out["pooled"].empty
+                   else out["pooled"])
     summary = {"studies": list(studies), "published_effects": source, "n_published": int(len(published)),
                "moderators": {"file": moderators_source, "regressed_on": list(MODERATORS),
                               "note": "one moderator per regression, skills and capital studies together"},
                "settings": dict(params), "left_out": left_out, "not_pooled": out["not_pooled"], "priors": out["priors"],
-               "priors_note": "Priors: baggr's defaults for the rubin model, per group: hypermean ~ normal(0, 10 × max |effect|), "
-                              "between-study SD ~ uniform(0, 10 × SD of the effects)."}
+               "priors_note": "Priors: baggr's defaults for the rubin model, per group: "
+                              "hypermean ~ normal(0, 10 × max |effect|), between-study SD ~ uniform(0, 10 × SD of the effects)."}
     tables = {"study_effects.csv": effects, "pooled.csv": out["pooled"], "shrunk.csv": out["shrunk"],
               "leave_one_out.csv": out["leave_one_out"], "meta_regression.csv": out["meta_regression"],
               "frequentist.csv": frequentist}

@@ -268,7 +268,8 @@ def meta_regression(effects, ses, moderators: pd.DataFrame, studies: Sequence[st
     y, se, _ = _validate(effects, ses, studies)
     X = np.column_stack([np.ones(len(y)), moderators.to_numpy(float)])
     terms = ["intercept", *map(str, moderators.columns)]
-    b0, sb = np.broadcast_to(np.asarray(beta_mean, float), (X.shape[1],)), np.broadcast_to(np.asarray(beta_sd, float), (X.shape[1],))
+    b0 = np.broadcast_to(np.asarray(beta_mean, float), (X.shape[1],))
+    sb = np.broadcast_to(np.asarray(beta_sd, float), (X.shape[1],))
     if not np.all(np.isfinite(X)) or np.any(sb <= 0):
         raise ValueError("meta_regression: moderators must be finite and beta_sd positive")
     tau, log_q, scale = _tau_nodes(tau_prior, np.array([max(se.max(), y.std(ddof=1) if len(y) > 1 else 0.0)]), n_grid)

@@ -16,7 +16,7 @@ def design_2x2(seed=3, n_strata=2, clusters_per_arm=1, firms=5):
         rng.shuffle(arms)
         for a in arms:
             u = rng.normal()
-            for f in range(firms):
+            for _ in range(firms):
                 rows.append({"stratum": f"S{s}", "cluster_id": f"C{cid:03d}", "arm": labels[a],
                              "treat_skills": a[0], "treat_capital": a[1],
                              "female_owner": float(rng.random() < 0.5),

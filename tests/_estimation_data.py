@@ -8,7 +8,7 @@ observation per cluster (G = N). Inference uses t(G-1) (cluster) or t(N-K) (HC1)
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,10 @@ import scipy.linalg
 
 from pipeline.estimation.columns import GENDER
 from pipeline.estimation.design import by_sex, check_variation, sex_masks, treatment_terms
+
+if TYPE_CHECKING:
+    from pipeline.estimation.sample import Sample
+    from pipeline.estimation.spec import Spec
 
 Y = "profit_usd_ppp_month"
 TREATS = ["treat_skills", "treat_capital"]
@@ -96,20 +100,24 @@ def hand_design(df, outcome=Y, treats=("treat_skills", "treat_capital"), interac
     d = df[df["followup"] & df[outcome].notna()].reset_index(drop=True)
     cols, names = [np.ones(len(d))], ["const"]
     for t in treats:
-        cols.append(d[t].to_numpy(float)); names.append(t)
+        cols.append(d[t].to_numpy(float))
+        names.append(t)
     if interact:
         cols.append((d[treats[0]] * d[treats[1]]).to_numpy(float))
         names.append(f"{treats[0]}:{treats[1]}")
     if extra:
         for name, fn in extra:
-            cols.append(fn(d)); names.append(name)
+            cols.append(fn(d))
+            names.append(name)
     if baseline:
         for c in (f"{outcome}_bl", f"{outcome}_bl_missing"):
-            cols.append(d[c].to_numpy(float)); names.append(c)
+            cols.append(d[c].to_numpy(float))
+            names.append(c)
     for f in fe:
         levels = sorted(d[f].unique())
         for lev in levels[1:]:
-            cols.append((d[f] == lev).to_numpy(float)); names.append(f"{f}[{lev}]")
+            cols.append((d[f] == lev).to_numpy(float))
+            names.append(f"{f}[{lev}]")
     return d, np.column_stack(cols), names
 
 

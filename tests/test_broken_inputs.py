@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -290,7 +291,8 @@ def test_construct_failure_writes_nothing(study, outputs):
     path, raw = study(frame)
     ingest.run(path, raw, params_group("ingest"))
     clean.run(path, CLEAN)
-    with pytest.raises(construct.ConstructError, match=r"broken: treatment arm \(arm\) differs across rounds for 1 units, e\.g\. \[1\]"):
+    with pytest.raises(construct.ConstructError,
+                       match=r"broken: treatment arm \(arm\) differs across rounds for 1 units, e\.g\. \[1\]"):
         construct.run(path, params_group("construct"), "month")
     assert not (outputs / "processed").exists()
 
@@ -367,7 +369,7 @@ def test_configuration_mistakes_name_the_key(study, outputs, changes, message):
 def test_write_outputs_is_all_or_nothing(tmp_path):
     good = pd.DataFrame({"a": [1, 2]})
     bad = pd.DataFrame({"mixed": [1, "two"]})   # pyarrow cannot write a column of int and str
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid):
         write_outputs(tmp_path / "out", {"a.parquet": good, "b.json": {"x": 1}, "c.parquet": bad})
     assert files_under(tmp_path) == set()
     write_outputs(tmp_path / "out", {"a.parquet": good, "b.json": {"x": 1}})

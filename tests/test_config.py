@@ -7,6 +7,7 @@ import copy
 import json
 import re
 
+import pydantic
 import pytest
 import yaml
 
@@ -33,7 +34,7 @@ def test_every_study_validates_and_its_dump_is_what_it_says(path):
 
 def test_the_model_is_frozen():
     model = config.validate_study(read_yaml(STUDIES[0]), "x")
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         model.study = "other"
 
 

@@ -14,7 +14,8 @@ PARAMS = params_group("clean", winsor_upper_pct=100, winsor_lower_pct=0)   # no 
 @pytest.fixture
 def table(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
-    return construct.construct(cleaned, cfg, params_group("construct", skills_min_answered_share=0.5), "month").set_index(["firm_id", "round"])
+    return construct.construct(cleaned, cfg, params_group("construct", skills_min_answered_share=0.5),
+                               "month").set_index(["firm_id", "round"])
 
 
 def test_grid_attrition_and_assignment(table):
@@ -52,7 +53,8 @@ def test_skills_index_is_share_of_answered_practices(table):
 def test_assignment_that_varies_within_a_firm_is_an_error(cfg, interim):
     interim.loc[interim["submission_id"] == "s02", "treat_arm"] = 3
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
-    with pytest.raises(construct.ConstructError, match=r"tiny: treatment arm \(treat_arm\) differs across rounds for 1 units, e.g. \[1\]"):
+    with pytest.raises(construct.ConstructError,
+                       match=r"tiny: treatment arm \(treat_arm\) differs across rounds for 1 units, e.g. \[1\]"):
         construct.construct(cleaned, cfg, params_group("construct"), "month")
 
 
@@ -74,7 +76,8 @@ def test_analysis_table_is_validated(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
     cleaned.loc[0, "bp_1"] = 3                                 # a practice answered "3": share > 1
     with pytest.raises(ValidationError,
-                       match=r"tiny: the analysis table fails validation:\n  column 'skills_index', rule in_range\(0, 1\): 1 rows, "
+                       match=r"tiny: the analysis table fails validation:\n  "
+                             r"column 'skills_index', rule in_range\(0, 1\): 1 rows, "
                              r"e.g. \[\{'firm_id': '1', 'round': 0\}\]"):
         construct.construct(cleaned, cfg, params_group("construct"), "month")
 

@@ -42,8 +42,7 @@ def test_pooled_matches_closed_form_cluster(weighted):
     se = np.sqrt(np.diag(V))
     q = stats.t.ppf(0.975, df_t)
     assert df_t == df["cluster_id"].nunique() - 1
-    for i, term, pname in [(1, "treat_skills", "treat_skills"), (2, "treat_capital", "treat_capital"),
-                           (3, "treat_skills_x_treat_capital", "treat_skills:treat_capital")]:
+    for i, term in [(1, "treat_skills"), (2, "treat_capital"), (3, "treat_skills_x_treat_capital")]:
         row = t.set_index("term").loc[term]
         rel_close(row["estimate"], beta[i])
         rel_close(row["std_error"], se[i])
@@ -96,7 +95,8 @@ TRUTH = {"women": {"treat_skills": 4.0, "treat_capital": 10.0, "interaction": -5
 def sim():
     df = make_data(seed=20240611, n_clusters=400, firms_per_cluster=10, n_strata=8,
                    effects=TRUTH, noise=30.0)
-    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
+    return df, estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"),
+                              "sim", **study_kw())
 
 
 def test_simulation_recovers_gender_effects(sim):
@@ -158,7 +158,8 @@ def test_study_table_shape_and_order(sim):
         expected += [(o, "men_only", "men", t) for t in terms]
     assert list(out[["outcome", "model", "sample", "term"]].itertuples(index=False, name=None)) == expected
     assert (out["study"] == "sim").all()
-    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"), "sim", **study_kw())
+    again = estimate_study(df, [Y, "revenue_usd_ppp_month"], params_group("estimate", treatments=TREATS, vcov="CR1"),
+                           "sim", **study_kw())
     pd.testing.assert_frame_equal(out, again)
     # Gender rows carry that gender's control mean.
     d = df[df["followup"] & df[Y].notna() & (df["treat_skills"] == 0) & (df["treat_capital"] == 0)]
@@ -185,8 +186,11 @@ def test_fully_interacted_se_relation_when_clusters_nest_in_gender():
     df = make_data(seed=6, n_clusters=48, mixed_gender_clusters=False)
     spec = make_spec(Y, TREATS, vcov="CR1")
     rj = fit(df, spec, by_gender=True)
-    cj = lambda r: r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
-        (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
+
+    def cj(r):
+        return r.estimate_info.n_clusters / (r.estimate_info.n_clusters - 1) * (
+            (r.nobs - 1) / (r.nobs - r.fe_result.k_params))
+
     for sample, sex in (("women", "female"), ("men", "male")):
         rs = fit(df, spec, sample=sample)
         for term in ["treat_skills", "treat_capital", "treat_skills:treat_capital"]:
@@ -204,7 +208,9 @@ def test_partially_interacted_diff_equals_interaction_parameterisation():
     df = make_data(seed=7, n_clusters=50)
     spec = make_spec(Y, TREATS, gender_interact_all=False, vcov="CR1")
     t = tidy(fit(df, spec, by_gender=True), **tidy_kw()).set_index("term")
-    fem = lambda d: d["female_owner"].to_numpy(float)
+
+    def fem(d):
+        return d["female_owner"].to_numpy(float)
     extra = [("female_owner", fem),
              ("skills_x_female", lambda d: (d["treat_skills"] * d["female_owner"]).to_numpy(float)),
              ("capital_x_female", lambda d: (d["treat_capital"] * d["female_owner"]).to_numpy(float)),
@@ -363,7 +369,8 @@ def test_listwise_missing_baseline_is_ols_on_the_complete_cases():
 
 def test_dummy_missing_baseline_reproduces_todays_numbers():
     df = make_data(seed=42, p_missing_bl=0.3)
-    default, explicit = fit(df, make_spec(Y, TREATS, vcov="CR1")), fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
+    default = fit(df, make_spec(Y, TREATS, vcov="CR1"))
+    explicit = fit(df, make_spec(Y, TREATS, missing_baseline="dummy", vcov="CR1"))
     assert make_spec(Y, TREATS, vcov="CR1").missing_baseline == "dummy"
     pd.testing.assert_frame_equal(tidy(default, **tidy_kw()), tidy(explicit, **tidy_kw()))
     d = df[df["followup"] & df[Y].notna()]

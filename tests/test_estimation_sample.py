@@ -4,7 +4,6 @@ outcome transforms, against hand computations.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from _estimation_data import Y, TREATS, make_data, with_extras
@@ -78,7 +77,7 @@ def test_transform_outcome_by_hand():
     np.testing.assert_array_equal(d[f"{name}_bl"], df[f"{Y}_unwinsorised_bl"])
     # trimmed: per round, values above the 90th percentile of that round (unwinsorised) dropped
     d, name = transform_outcome(df, Y, "trimmed", trim_top_pct=10)
-    for r, g in df.groupby("round"):
+    for _, g in df.groupby("round"):
         u = g[f"{Y}_unwinsorised"]
         thr = np.quantile(u.dropna(), 0.9)
         kept = d.loc[g.index, name]

@@ -54,7 +54,7 @@ def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
     df.to_parquet(tmp_path / "s" / "analysis.parquet")
     monkeypatch.setattr(paths, "processed_dir", lambda study: tmp_path / study)
     out = stage.run("s", params)
-    for key, name in stage.OUTPUT_FILES.items():
+    for name in stage.OUTPUT_FILES.values():
         assert (tmp_path / "s" / name).exists(), name
     res = pd.read_csv(tmp_path / "s" / "results.csv")
     assert list(res.columns) == TIDY_COLUMNS

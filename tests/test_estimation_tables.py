@@ -67,8 +67,10 @@ def test_descriptive_model_matches_hand_ols():
                         alpha=tidy_kw()["alpha"])
     assert t["model"].tolist() == ["descriptive"] * 2 and (t["sample"] == "women").all()
     d = df[(df["female_owner"] == 1) & df["skills_index"].notna()]
-    extra = [(c, (lambda c: lambda x: x[c].to_numpy(float))(c))
-             for c in ("skills_index", "credit_access", "owner_age_bl")]
+
+    def column(name):
+        return lambda x: x[name].to_numpy(float)
+    extra = [(c, column(c)) for c in ("skills_index", "credit_access", "owner_age_bl")]
     dd, X, names = hand_design(d, extra=extra)
     beta, V, _ = hand_ols(X, dd[Y].to_numpy(), dd["cluster_id"].to_numpy())
     for term in ("skills_index", "credit_access"):
@@ -92,7 +94,8 @@ def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     df = with_extras(make_data(seed=43, n_clusters=32, firms_per_cluster=5, p_missing_bl=0.3), seed=4)
     kw = study_kw(transforms=["level", "ihs"], by_round=True)
     dummy = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1"), "s", **kw)
-    listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"), "s", **kw)
+    listwise = estimate_study(df, [Y], params_group("estimate", treatments=TREATS, vcov="CR1", missing_baseline="listwise"),
+                              "s", **kw)
     assert len(dummy) == len(listwise)
     complete = df["followup"] & df[Y].notna() & (df[f"{Y}_bl_missing"] == 0)
     for frame, n in ((dummy, (df["followup"] & df[Y].notna()).sum()), (listwise, complete.sum())):

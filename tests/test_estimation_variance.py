@@ -3,7 +3,6 @@ Bell-McCaffrey formula with scipy's sqrtm; leave-one-cluster-out statsmodels ref
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd

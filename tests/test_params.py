@@ -176,7 +176,8 @@ def params_fallbacks(source: str, keys: set[str], filename: str = "<source>") ->
     A one-argument get is a fallback too (to None)."""
     found = []
     for node in ast.walk(ast.parse(source, filename)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("get", "setdefault", "pop")):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get", "setdefault", "pop")):
             continue
         holder = node.func.value
         if not (isinstance(holder, ast.Name) and PARAMS_HOLDERS.match(holder.id)):
@@ -218,12 +219,14 @@ def clean(df, cfg, params, spec_params):
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda p: p["clean"].update(winsor_upper=99), "clean: unknown key 'winsor_upper' ('winsor_upper': did you mean 'winsor_upper_pct'?)"),
+    (lambda p: p["clean"].update(winsor_upper=99),
+     "clean: unknown key 'winsor_upper' ('winsor_upper': did you mean 'winsor_upper_pct'?)"),
     (lambda p: p.update(estimat={}), "(top level): unknown key 'estimat' ('estimat': did you mean 'estimate'?)"),
     (lambda p: p["estimate"].update(weight=None), "estimate: unknown key 'weight' ('weight': did you mean 'weights'?)"),
     (lambda p: p["evidence"]["studies"]["acz2018"].update(data=""), "evidence.studies.acz2018: unknown key 'data'"),
     (lambda p: p["construct"].update(skills_min_share=0.5), "construct: unknown key 'skills_min_share'"),
-    (lambda p: p["clean"].update(winsor_by_round="false"), "clean.winsor_by_round: Input should be a valid boolean (got 'false')"),
+    (lambda p: p["clean"].update(winsor_by_round="false"),
+     "clean.winsor_by_round: Input should be a valid boolean (got 'false')"),
     (lambda p: p["estimate"].update(seed="1"), "estimate.seed: Input should be a valid integer (got '1')"),
     (lambda p: p["estimate"].update(fixed_effects="round"), "estimate.fixed_effects: Input should be a valid list"),
     (lambda p: p["simulation"].update(draws=2000.5), "simulation.draws: Input should be a valid integer"),

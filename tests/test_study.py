@@ -212,7 +212,8 @@ def test_spss_and_parquet_files(tmp_path, outputs):
            "treatment": {"column": "t", "arms": {0: {}, 1: {"capital": 1}}},
            "outcomes": {"profit": {"column": "profit", "allow_negative": True}}, "recall_period": {"value": "month"}}
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ingest.IngestError, match=r"s\.sav: SPSS user-missing values \{'profit': \[-99\]\} are not in missing_codes"):
+    with pytest.raises(ingest.IngestError,
+                       match=r"s\.sav: SPSS user-missing values \{'profit': \[-99\]\} are not in missing_codes"):
         ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))
     cfg["missing_codes"] = {-99: "refused"}
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))

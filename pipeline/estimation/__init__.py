@@ -15,8 +15,9 @@ Estimation follows the "Estimation and inference" section of ``METHODS.md``:
   regressor including the fixed-effect dummies), with t(G-1) inference (``use_t=True``).
   ``Spec.cluster = None`` gives HC1 with t(N-K). ``Spec.vcov = "CR2"`` (the ``vcov:`` param) gives
   instead Bell-McCaffrey CR2 (``A_g = (I - H_gg)^-1/2`` with the hat matrix of the full model,
-  FE dummies included; no further factor; Bell-McCaffrey df per contrast) and ``"CR3"`` the cluster jackknife of MacKinnon, Nielsen & Webb (2023), ``(G-1)/G sum_g (b_(g) - b)
-  (b_(g) - b)'`` with the fixed effects re-estimated in every leave-one-cluster-out fit, t(G-1):
+  FE dummies included; no further factor; Bell-McCaffrey df per contrast) and ``"CR3"`` the cluster
+  jackknife of MacKinnon, Nielsen & Webb (2023), ``(G-1)/G sum_g (b_(g) - b) (b_(g) - b)'``
+  with the fixed effects re-estimated in every leave-one-cluster-out fit, t(G-1):
   the simulation study found CR1 about 9% too small for the by_gender model (strata x sex FE,
   ~7-8 clusters per stratum); CR2 reached 93-97% coverage in every cell at 500 draws, CR3 was
   conservative (up to 98%). Every covariance is an entry of :mod:`pipeline.estimation.variance`.

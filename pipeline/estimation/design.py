@@ -75,8 +75,9 @@ def absorbed_design(s: Sample, spec: Spec, pairs, by_gender: bool, sample: str):
 
 def drop_collinear_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
     """Greedy, order-respecting selection of linearly independent columns after absorbing the
-    fixed effects and the intercept: a column is dropped when the share of its raw (weighted) sum of squares left after the FE and the
-    columns kept before it is below COLLINEARITY_TOL (a collinear protected column raises)."""
+    fixed effects and the intercept: a column is dropped when the share of its raw (weighted) sum of
+    squares left after the FE and the columns kept before it is below COLLINEARITY_TOL
+    (a collinear protected column raises)."""
     names = list(X)
     M = np.column_stack([X[n] for n in names])
     Zd, _ = absorb(M, fe_codes or None, w)

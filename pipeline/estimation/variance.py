@@ -140,7 +140,6 @@ def _loo_cluster_estimates(Z0, fes, w, groups, n_clusters, refit) -> np.ndarray:
     """(G, k) leave-one-cluster-out coefficients, the fixed effects re-estimated without the
     cluster (the same as refitting the dummy-variable regression on the other clusters)."""
     k = Z0.shape[0] - 1
-    n = Z0.shape[1]
     n_levels = sum(L for _, L, _ in fes)
     out = np.empty((n_clusters, k))
     order = np.argsort(groups, kind="stable")
