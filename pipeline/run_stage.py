@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import glob
 import logging
 import os
@@ -33,6 +34,13 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+if __name__ == "__main__":
+    # The stage runner's own process only: nbformat imports jsonschema, whose optional "iri" format
+    # checker (JSON Schema draft 7 and later) builds an RFC 3987 parser at import, about 1 s of every
+    # stage. nbformat validates notebooks against draft 4, which has no "iri" format, and nothing
+    # else in the runner checks formats, so the runner goes without that checker.
+    sys.modules.setdefault("rfc3987_syntax", None)
 
 import nbformat
 
@@ -64,18 +72,28 @@ def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
-    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network)."""
+@functools.lru_cache(maxsize=1)
+def _html_exporter():
+    """One exporter for both renderings: its template environment, theme CSS and highlighter are
+    set up once per runner (building them is most of an export's cost), only the exclusions change."""
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
                             extra_template_paths=[str(Path(__file__).parent / "templates")])
-    exporter.exclude_input = hide_code
-    exporter.exclude_input_prompt = hide_code
-    exporter.exclude_output_prompt = hide_code
     exporter.mathjax_url = ""
     exporter.require_js_url = ""
     exporter.widget_renderer_url = ""
+    return exporter
+
+
+def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
+    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network). The exclusions
+    are read at each call (nbconvert's ``_init_resources``), so reusing the exporter gives the same
+    bytes as a fresh one (tests/test_run_stage.py checks)."""
+    exporter = _html_exporter()
+    exporter.exclude_input = hide_code
+    exporter.exclude_input_prompt = hide_code
+    exporter.exclude_output_prompt = hide_code
     body, _ = exporter.from_notebook_node(nb)
     return body
 
