@@ -86,6 +86,14 @@ def _html_exporter():
     return exporter
 
 
+def prepare_exporter_in_background() -> threading.Thread:
+    """Import nbconvert and build the exporter in a thread while the kernel runs the notebook (the
+    runner only waits for the kernel meanwhile); join it before the first export."""
+    thread = threading.Thread(target=_html_exporter, name="html-exporter", daemon=True)
+    thread.start()
+    return thread
+
+
 def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
     """Self-contained HTML (CSS inlined, no MathJax/require.js from the network). The exclusions
     are read at each call (nbconvert's ``_init_resources``), so reusing the exporter gives the same
@@ -472,6 +480,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
         try:
             with signals_deferred():
                 stash_outputs(outs, backup)
+            exporter_ready = prepare_exporter_in_background()
             _execute_in_thread(lambda: pm.execute_notebook(
                 str(paths.notebook_source(stage)),
                 str(tmp_nb),
@@ -486,6 +495,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
             nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
             with atomic_path(executed_path) as tmp_path:
                 nbformat.write(nb, str(tmp_path))
+            exporter_ready.join()     # an error building the exporter is raised again by export_html
             write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
             write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
         except BaseException as exc:
