@@ -86,10 +86,22 @@ def _html_exporter():
     return exporter
 
 
+def _warm_exporter() -> None:
+    """Build the exporter and render a small notebook once: the first render compiles the regular
+    expressions of the Markdown parser and the Python highlighter (about half a second)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\n\nText with `code`, *emphasis* and a [link](x).\n\n- a list"),
+        nbformat.v4.new_code_cell("import pandas as pd\nresult = f(x=1)  # comment\nresult['a'].round(3)",
+                                  outputs=[nbformat.v4.new_output("execute_result", execution_count=1,
+                                                                  data={"text/plain": "1", "text/html": "<b>1</b>"})]),
+    ])
+    export_html(nb, hide_code=False)
+
+
 def prepare_exporter_in_background() -> threading.Thread:
-    """Import nbconvert and build the exporter in a thread while the kernel runs the notebook (the
-    runner only waits for the kernel meanwhile); join it before the first export."""
-    thread = threading.Thread(target=_html_exporter, name="html-exporter", daemon=True)
+    """Import nbconvert, build the exporter and warm it in a thread while the kernel runs the
+    notebook (the runner only waits for the kernel meanwhile); join it before the first export."""
+    thread = threading.Thread(target=_warm_exporter, name="html-exporter", daemon=True)
     thread.start()
     return thread
 

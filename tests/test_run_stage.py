@@ -64,6 +64,7 @@ def test_the_reused_exporter_gives_the_bytes_of_a_fresh_one_in_any_order():
     nb.cells[0].execution_count = 1
     expected = {hide: fresh_export(nb, hide) for hide in (True, False)}
     assert expected[True] != expected[False]
+    run_stage.prepare_exporter_in_background().join()   # as the runner does: another notebook first
     for hide in (False, True, True, False):       # the exclusions of one call never leak into the next
         assert run_stage.export_html(nb, hide_code=hide) == expected[hide]
     assert "printed 42" in expected[True] and "1234" in expected[True] and "x = 1" not in expected[True]

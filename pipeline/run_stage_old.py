@@ -1,0 +1,500 @@
+"""Run one pipeline stage: execute its notebook with papermill, then publish it.
+
+    python -m pipeline.run_stage clean --study synthetic
+
+1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
+   ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's parameters (its group) are injected into
+   the notebook's ``parameters`` cell; the notebook runs with the repository root as working
+   directory.
+2. Run-dependent metadata (papermill and nbclient timings) is scrubbed, so two runs of the
+   same inputs give byte-identical notebooks and HTML.
+3. The executed notebook is written under ``reports/notebooks/`` with two HTML renderings:
+   ``NAME.html`` (code hidden, for reviewers) and ``NAME.code.html`` (with code, for analysts).
+4. All or nothing: the outputs the stage declares in ``dvc.yaml`` are moved into
+   ``.stage-backup/<stage>[-study]/`` before it runs and dropped after the notebook and HTML are
+   written; after any failure (an error, a full disk, SIGTERM/SIGINT, on which the kernel and its
+   process group are stopped first) what the run wrote is removed and the backup moved back, and a
+   backup left by a killed runner is restored when the stage next runs. Stale ``.*.tmp`` files of
+   ``io.atomic_path`` are removed at the start. A cleanup error is printed and noted on the original
+   exception, never raised in its place; the failed notebook is kept in ``logs/failed/`` to debug.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import nbformat
+
+from pipeline import paths
+from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+
+KERNEL_NAME = "microenterprise"
+
+# Metadata keys whose values depend on when or where a notebook ran.
+_NB_VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
+
+
+def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop timing and path metadata that would make reruns differ; keep parameters and outputs."""
+    nb = copy.deepcopy(nb)
+    pm = nb.metadata.get("papermill")
+    if pm is not None:
+        for key in _NB_VOLATILE:
+            pm.pop(key, None)
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives it a random id
+        cell.metadata.pop("execution", None)
+        cell_pm = cell.metadata.get("papermill")
+        if cell_pm is not None:
+            for key in ("start_time", "end_time", "duration"):
+                cell_pm.pop(key, None)
+    return nb
+
+
+def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
+    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_template_paths=[str(Path(__file__).parent / "templates")])
+    exporter.exclude_input = hide_code
+    exporter.exclude_input_prompt = hide_code
+    exporter.exclude_output_prompt = hide_code
+    exporter.mathjax_url = ""
+    exporter.require_js_url = ""
+    exporter.widget_renderer_url = ""
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+class StageKernels:
+    """The kernels a stage started, so that an interrupted runner can stop them and refuse new ones."""
+
+    def __init__(self):
+        self.managers: list = []
+        self.stopping = threading.Event()
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.stopping.set()
+        for km in self.managers:
+            stop_kernel(km, grace)
+
+
+def ipc_kernel_manager(socket_dir: str, kernels: StageKernels | None = None):
+    """A kernel manager whose kernel talks over Unix sockets in ``socket_dir`` (a private temporary
+    folder) instead of TCP on localhost: no open port, and no "running over TCP without encryption"
+    warning on every stage. Each manager is recorded in ``kernels``; once the runner is stopping, no
+    kernel is launched (one launched meanwhile is stopped at once)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self):
+            return "ipc"
+
+        @default("ip")
+        def _default_ip(self):
+            return os.path.join(socket_dir, "kernel")
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if kernels is not None:
+                kernels.managers.append(self)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if kernels is not None and kernels.stopping.is_set():
+                raise RuntimeError("the stage runner is stopping: no kernel is started")
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            if kernels is not None and kernels.stopping.is_set():
+                stop_kernel(self)
+
+    return IPCKernelManager
+
+
+def studies_of(params: dict, pipeline: str) -> dict:
+    """The studies a pipeline runs: ``studies:`` (default run) or ``evidence.studies:``."""
+    if pipeline == "main":
+        return dict(params["studies"])
+    return dict(params[pipeline]["studies"])
+
+
+def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:
+    """The outputs the pipeline's dvc.yaml declares for this stage (with ${key} filled in for
+    per-study stages). Paths are relative to the stage's ``wdir`` (the repository root)."""
+    dvc_yaml = read_yaml(paths.pipeline_file(pipeline))
+    spec = dvc_yaml["stages"][stage]
+    outs = []
+    if "foreach" in spec:
+        spec = spec["do"]
+    for entry in list(spec.get("outs", [])) + list(spec.get("metrics", [])) + list(spec.get("plots", [])):
+        name = next(iter(entry)) if isinstance(entry, dict) else entry
+        if study is not None:
+            name = name.replace("${key}", study).replace("${item}", study)
+        outs.append(REPO_ROOT / name)
+    return outs
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# --- all-or-nothing outputs -------------------------------------------------------------------
+# Before a stage runs, its declared outputs are moved into BACKUP_DIR/<stage>[-study]/ (same
+# filesystem, so a rename); they come back after any failure and are dropped after success. The
+# file STASHED, written when the stash is finished, lists the outputs that existed: an output it
+# does not list was absent before the run (so whatever is there now goes); one it lists but the
+# backup no longer holds was already put back. Without STASHED (the runner died while stashing),
+# only what the backup holds is put back and everything else is kept as it is.
+BACKUP_DIR = ".stage-backup"
+STASHED = ".stashed"
+
+
+def backup_dir(stage: str, study: str | None, pipeline: str = "main") -> Path:
+    label = ("" if pipeline == "main" else f"{pipeline}-") + stage + (f"-{study}" if study else "")
+    return REPO_ROOT / BACKUP_DIR / label
+
+
+def _backup_of(out: Path, backup: Path) -> Path:
+    return backup / out.relative_to(REPO_ROOT)
+
+
+def _outermost(outs: list[Path]) -> list[Path]:
+    """Declared outputs not inside another declared output (which moves them along with it)."""
+    return [out for out in outs if not any(out != other and out.is_relative_to(other) for other in outs)]
+
+
+def remove_stale_temps(outs: list[Path]) -> list[Path]:
+    """Remove the ``.<name>.XXXX.tmp`` files io.atomic_path leaves when a write is killed: next to
+    each declared output and anywhere inside a declared output folder."""
+    stale = []
+    for out in outs:
+        if out.parent.is_dir():
+            stale += out.parent.glob(f".{glob.escape(out.name)}.*.tmp")
+        if out.is_dir():
+            stale += out.rglob(".*.tmp")
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def stash_outputs(outs: list[Path], backup: Path) -> None:
+    """Move every existing declared output into ``backup``, then mark the stash finished."""
+    backup.mkdir(parents=True, exist_ok=True)
+    stashed = []
+    for out in _outermost(outs):
+        if out.exists() or out.is_symlink():
+            target = _backup_of(out, backup)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(out, target)
+            stashed.append(out.relative_to(REPO_ROOT).as_posix())
+    write_text(backup / STASHED, "".join(f"{name}\n" for name in stashed))
+
+
+def restore_backup(outs: list[Path], backup: Path) -> list[str]:
+    """Put the outputs back as they were before the run whose backup this is: remove what that
+    run wrote and move the backed-up files back. Errors are collected (naming the path), not
+    raised; the backup is kept when anything could not be restored."""
+    if not backup.exists():
+        return []
+    errors = []
+    marker = backup / STASHED
+    existed = set(marker.read_text(encoding="utf-8").split()) if marker.exists() else None
+    for out in _outermost(outs):
+        saved = _backup_of(out, backup)
+        in_backup = saved.exists() or saved.is_symlink()
+        if not in_backup and (existed is None or out.relative_to(REPO_ROOT).as_posix() in existed):
+            continue                      # never moved, or already put back: the previous output
+        try:
+            _remove(out)
+            if in_backup:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(saved, out)
+        except OSError as exc:
+            errors.append(f"could not restore {out}: {exc}")
+    if not errors:
+        try:
+            drop_backup(backup)
+        except OSError as exc:
+            errors.append(f"could not remove the backup {backup}: {exc}")
+    for message in errors:
+        print(f"stage cleanup: {message}", file=sys.stderr)
+    return errors
+
+
+def roll_back(outs: list[Path], backup: Path, cause: BaseException) -> None:
+    """After a failure: remove the stale temp files and the outputs this run wrote, restore the
+    previous ones. A cleanup error never replaces ``cause``: it is printed and added to its notes."""
+    errors = []
+    try:
+        remove_stale_temps(outs)
+    except OSError as exc:
+        errors.append(f"could not remove temporary files: {exc}")
+        print(f"stage cleanup: {errors[-1]}", file=sys.stderr)
+    errors += restore_backup(outs, backup)
+    for message in errors:
+        cause.add_note(f"stage cleanup: {message}")
+    if errors:
+        cause.add_note(f"the previous outputs are kept in {backup} and restored at the next run")
+
+
+def drop_backup(backup: Path) -> None:
+    shutil.rmtree(backup)
+    try:
+        backup.parent.rmdir()             # .stage-backup/ itself, when no other stage uses it
+    except OSError:
+        pass
+
+
+# What a stage's notebook receives from params.yaml beyond its own group (injected as
+# ``stage_params``): notebook parameter -> params key. With the study's entry (per-study stages) or
+# the pipeline's study list (report, synthesize) this is everything a stage reads; dvc.yaml declares
+# exactly these keys (tests/test_dvc_wiring.py), and the executed notebook records their values.
+EXTRA_PARAMS: dict[str, dict[str, str]] = {
+    "construct": {"flow_period": "clean.flow_period"},
+    "report": {"flow_period": "clean.flow_period"},
+    "simulation": {"synthetic_params": "synthetic", "clean_params": "clean", "construct_params": "construct",
+                   "estimate_params": "estimate"},
+}
+
+
+def params_value(params: dict, key: str):
+    """``params["a"]["b"]`` for key ``a.b``, naming the key when it is absent."""
+    node = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"params.yaml has no {key!r} (read by a stage; see pipeline/run_stage.py EXTRA_PARAMS)")
+        node = node[part]
+    return node
+
+
+def declared_params(stage: str, pipeline: str = "main") -> list[str]:
+    """The params keys a stage reads, as its dvc.yaml entry must list them (``${key}``: the study)."""
+    studies_key = "studies" if pipeline == "main" else f"{pipeline}.studies"
+    keys = [stage] + ([f"{studies_key}.${{key}}"] if stage == "ingest" else [])
+    keys += list(EXTRA_PARAMS.get(stage, {}).values())
+    if stage in ("report", "synthesize"):
+        keys.append(studies_key)
+    return keys
+
+
+def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: str) -> dict:
+    """What papermill injects: the stage's params group, the keys of EXTRA_PARAMS, and the study
+    (per-study stages) or the pipeline's study list (pipeline-level stages), so the executed
+    notebook records everything the stage used."""
+    studies = studies_of(params, pipeline)
+    parameters = {"stage_params": params.get(stage, {}) or {}}
+    parameters.update({name: params_value(params, key) for name, key in EXTRA_PARAMS.get(stage, {}).items()})
+    if study is not None:
+        if study not in studies:
+            raise KeyError(f"study {study!r} is not listed in the {pipeline!r} pipeline's studies "
+                           f"({', '.join(studies) or 'none'})")
+        parameters["study"] = study
+        if stage == "ingest":
+            parameters["data_dir"] = studies[study]["data_dir"]
+    elif stage in ("report", "synthesize"):
+        parameters["studies"] = list(studies)
+        parameters["pipeline"] = pipeline
+    return parameters
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """SIGTERM (or SIGINT) received while a stage ran: raised in the runner so the kernel is
+    stopped and the outputs are rolled back like any other failure."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stage runner received {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_raise():
+    """Turn SIGTERM and SIGINT into ``StageInterrupted`` in the main thread while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        raise StageInterrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def signals_deferred(raise_after: bool = True):
+    """Hold SIGTERM/SIGINT while the block moves outputs (main thread only), so a move is never
+    cut in half; with ``raise_after``, a signal that came meanwhile raises ``StageInterrupted`` when
+    the block ends (otherwise it is dropped: the runner is already failing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if pending and raise_after:
+        raise StageInterrupted(pending[0])
+
+
+def stop_kernel(km, grace: float = 2.0) -> None:
+    """Stop a kernel with its whole process group (the kernel runs in a session of its own, so its
+    children such as dask workers share its group and die with it): SIGTERM, then SIGKILL for
+    whatever is left after ``grace`` seconds."""
+    provisioner = getattr(km, "provisioner", None)
+    process = getattr(provisioner, "process", None)
+    pgid = getattr(provisioner, "pgid", None)
+    if process is None and pgid is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            if pgid:
+                os.killpg(pgid, sig)
+            elif process is not None:
+                process.send_signal(sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if process is not None:
+            try:
+                process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                if sig == signal.SIGKILL:
+                    print(f"stage runner: kernel process {process.pid} did not stop", file=sys.stderr)
+
+
+def _execute_in_thread(execute, kernels: StageKernels, grace: float = 2.0) -> None:
+    """Run papermill in a worker thread so the runner's main thread keeps its own SIGTERM/SIGINT
+    handlers (nbclient installs event-loop handlers only when it runs in the main thread) and can
+    stop the kernel itself."""
+    outcome: list[BaseException] = []
+
+    def target():
+        try:
+            execute()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=target, name="papermill", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except BaseException:
+        with signals_deferred(raise_after=False):
+            kernels.stop(grace)
+            worker.join(grace)    # papermill notices the dead kernel; one it launched meanwhile
+            kernels.stop(grace)   # was stopped by its manager, this catches any other
+        raise
+    if outcome:
+        raise outcome[0]
+
+
+def _keep_failed_notebook(executed_tmp: Path, stage: str, study: str | None) -> None:
+    """Best effort: a failure to copy the failed notebook is reported, never raised."""
+    if not executed_tmp.exists():
+        return
+    failed_dir = REPO_ROOT / "logs" / "failed"
+    try:
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(executed_tmp, failed_dir / f"{stage}{'-' + study if study else ''}.ipynb")
+        print(f"stage {stage} failed; executed notebook kept in {failed_dir}", file=sys.stderr)
+    except OSError as exc:
+        print(f"stage {stage} failed; could not keep the executed notebook in {failed_dir}: {exc}", file=sys.stderr)
+
+
+def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main") -> Path:
+    """Run a stage all-or-nothing: its declared outputs end either all from this run or, after any
+    failure (an error, a full disk, SIGTERM/SIGINT), exactly as they were before it."""
+    import papermill as pm
+
+    params = load_params(params_path)     # checked against pipeline.params before anything runs
+    parameters = notebook_parameters(stage, study, params, pipeline)
+
+    name = paths.STAGE_NOTEBOOKS[stage]
+    out_dir = paths.executed_notebook_dir(stage, study, pipeline)
+    executed_path = out_dir / f"{name}.ipynb"
+    outs = stage_outs(stage, study, pipeline)
+    backup = backup_dir(stage, study, pipeline)
+    logging.getLogger("papermill").setLevel(logging.WARNING)
+    # The kernel must import this checkout's pipeline package (not another editable install).
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    kernels = StageKernels()
+    with signals_raise(), tempfile.TemporaryDirectory(prefix=f"stage-{stage}-", ignore_cleanup_errors=True) as tmp:
+        tmp_nb = Path(tmp) / f"{name}.ipynb"
+        with signals_deferred():
+            errors = restore_backup(outs, backup)      # a runner killed mid-run left its backup behind
+            if errors:
+                raise RuntimeError(f"stage {stage}: the outputs of an interrupted run could not be put back; "
+                                   + "; ".join(errors))
+            remove_stale_temps(outs)
+        try:
+            with signals_deferred():
+                stash_outputs(outs, backup)
+            _execute_in_thread(lambda: pm.execute_notebook(
+                str(paths.notebook_source(stage)),
+                str(tmp_nb),
+                parameters=parameters,
+                kernel_name=KERNEL_NAME,
+                cwd=str(REPO_ROOT),
+                progress_bar=False,
+                log_output=False,
+                report_mode=False,
+                kernel_manager_class=ipc_kernel_manager(tmp, kernels),
+            ), kernels)
+            nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
+            with atomic_path(executed_path) as tmp_path:
+                nbformat.write(nb, str(tmp_path))
+            write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
+            write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
+        except BaseException as exc:
+            with signals_deferred(raise_after=False):
+                _keep_failed_notebook(tmp_nb, stage, study)
+                roll_back(outs, backup, exc)
+            raise
+        with signals_deferred(raise_after=False):    # the stage is complete: a late signal changes nothing
+            drop_backup(backup)
+    return executed_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=sorted(paths.STAGE_NOTEBOOKS))
+    parser.add_argument("--study", default=None, help="study name for per-study stages")
+    parser.add_argument("--pipeline", default="main", choices=sorted(paths.PIPELINE_FILES),
+                        help="main: the default run (dvc.yaml); evidence: the real studies (evidence/dvc.yaml)")
+    args = parser.parse_args(argv)
+    os.chdir(REPO_ROOT)
+    try:
+        run(args.stage, args.study, pipeline=args.pipeline)
+    except StageInterrupted as exc:
+        print(f"stage {args.stage} stopped: {exc}; its outputs are as before the run", file=sys.stderr)
+        return 128 + exc.signum
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
