@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import glob
 import logging
 import os
@@ -33,6 +34,13 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+
+if __name__ == "__main__":
+    # The stage runner's own process only: nbformat imports jsonschema, whose optional "iri" format
+    # checker (JSON Schema draft 7 and later) builds an RFC 3987 parser at import, about 1 s of every
+    # stage. nbformat validates notebooks against draft 4, which has no "iri" format, and nothing
+    # else in the runner checks formats, so the runner goes without that checker.
+    sys.modules.setdefault("rfc3987_syntax", None)
 
 import nbformat
 
@@ -65,18 +73,51 @@ def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return nb
 
 
-def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
-    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network)."""
+@functools.lru_cache(maxsize=1)
+def _html_exporter():
+    """One exporter for both renderings: its template environment, theme CSS and highlighter are
+    set up once per runner (building them is most of an export's cost), only the exclusions change."""
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
                             extra_template_paths=[str(Path(__file__).parent / "templates")])
-    exporter.exclude_input = hide_code
-    exporter.exclude_input_prompt = hide_code
-    exporter.exclude_output_prompt = hide_code
     exporter.mathjax_url = ""
     exporter.require_js_url = ""
     exporter.widget_renderer_url = ""
+    return exporter
+
+
+def _warm_exporter() -> None:
+    """Build the exporter and render a small notebook once: the first render compiles the regular
+    expressions of the Markdown parser and the Python highlighter (about half a second)."""
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\n\nText with `code`, *emphasis* and a [link](x).\n\n- a list"),
+        nbformat.v4.new_code_cell("import pandas as pd\nresult = f(x=1)  # comment\nresult['a'].round(3)",
+                                  outputs=[nbformat.v4.new_output("execute_result", execution_count=1,
+                                                                  data={"text/plain": "1", "text/html": "<b>1</b>"})]),
+    ])
+    try:
+        export_html(nb, hide_code=False)
+    except Exception:  # noqa: BLE001 - best effort: the stage's own export raises the same error
+        pass
+
+
+def prepare_exporter_in_background() -> threading.Thread:
+    """Import nbconvert, build the exporter and warm it in a thread while the kernel runs the
+    notebook (the runner only waits for the kernel meanwhile); join it before the first export."""
+    thread = threading.Thread(target=_warm_exporter, name="html-exporter", daemon=True)
+    thread.start()
+    return thread
+
+
+def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
+    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network). The exclusions
+    are read at each call (nbconvert's ``_init_resources``), so reusing the exporter gives the same
+    bytes as a fresh one (tests/test_run_stage.py checks)."""
+    exporter = _html_exporter()
+    exporter.exclude_input = hide_code
+    exporter.exclude_input_prompt = hide_code
+    exporter.exclude_output_prompt = hide_code
     body, _ = exporter.from_notebook_node(nb)
     return body
 
@@ -455,6 +496,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
         try:
             with signals_deferred():
                 stash_outputs(outs, backup)
+            exporter_ready = prepare_exporter_in_background()
             _execute_in_thread(lambda: pm.execute_notebook(
                 str(paths.notebook_source(stage)),
                 str(tmp_nb),
@@ -469,6 +511,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
             nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
             with atomic_path(executed_path) as tmp_path:
                 nbformat.write(nb, str(tmp_path))
+            exporter_ready.join()
             write_text(out_dir / f"{name}.html", export_html(nb, hide_code=True))
             write_text(out_dir / f"{name}.code.html", export_html(nb, hide_code=False))
             assert_stage_outputs_clean(outs, study, REPO_ROOT)    # an identifier in any output fails the stage

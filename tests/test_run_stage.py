@@ -47,6 +47,43 @@ def test_html_is_offline_and_hides_code_for_reviewers():
     assert run_stage.export_html(nb, hide_code=True) == reviewer  # deterministic
 
 
+def fresh_export(nb, hide_code: bool) -> str:
+    """The export as the runner did it before the exporter was reused: a new exporter per rendering."""
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
+                            extra_template_paths=[str(Path(run_stage.__file__).parent / "templates")])
+    exporter.exclude_input = exporter.exclude_input_prompt = exporter.exclude_output_prompt = hide_code
+    exporter.mathjax_url = exporter.require_js_url = exporter.widget_renderer_url = ""
+    return exporter.from_notebook_node(nb)[0]
+
+
+def test_the_reused_exporter_gives_the_bytes_of_a_fresh_one_in_any_order():
+    nb = run_stage.scrub_notebook(executed_like_papermill())
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="printed 42\n"),
+                           nbformat.v4.new_output("execute_result", data={"text/plain": "1234"}, execution_count=1)]
+    nb.cells[0].execution_count = 1
+    expected = {hide: fresh_export(nb, hide) for hide in (True, False)}
+    assert expected[True] != expected[False]
+    run_stage.prepare_exporter_in_background().join()   # as the runner does: another notebook first
+    for hide in (False, True, True, False):       # the exclusions of one call never leak into the next
+        assert run_stage.export_html(nb, hide_code=hide) == expected[hide]
+    assert "printed 42" in expected[True] and "1234" in expected[True] and "x = 1" not in expected[True]
+
+
+def test_the_runner_process_skips_the_rfc3987_parser_but_validates_notebooks(tmp_path):
+    # what `python -m pipeline.run_stage` imports; the check must still reject an invalid notebook
+    code = ("import runpy, sys; sys.argv = ['run_stage', '--help']\n"
+            "try:\n    runpy.run_module('pipeline.run_stage', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "import nbformat\nnb = nbformat.v4.new_notebook(); nbformat.validate(nb)\n"
+            "nb.cells = [{'cell_type': 'code'}]\n"
+            "try:\n    nbformat.validate(nb)\nexcept nbformat.ValidationError:\n    print('invalid rejected')\n"
+            "print('rfc3987_syntax loaded:', sys.modules.get('rfc3987_syntax') is not None)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=run_stage.REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "invalid rejected" in done.stdout
+    assert "rfc3987_syntax loaded: False" in done.stdout
+
+
 def test_stage_outs_fill_in_the_study():
     outs = run_stage.stage_outs("clean", "acme")
     names = {p.relative_to(run_stage.REPO_ROOT).as_posix() for p in outs}
