@@ -3,10 +3,10 @@
     python -m pipeline.run_stage clean --study synthetic
 
 1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
-   ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's parameters (its group) are injected into
-   the notebook's ``parameters`` cell; the notebook runs with the repository root as working
-   directory.
-2. Run-dependent metadata (papermill and nbclient timings) is scrubbed, so two runs of the
+   ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's
+   parameters (its group) are injected into the notebook's ``parameters`` cell; the notebook runs
+   with the repository root as working directory.
+2. Run-dependent metadata (papermill and nbclient timings) is scrubbed (``pipeline/notebook_html.py``), so two runs of the
    same inputs give byte-identical notebooks and HTML.
 3. The executed notebook is written under ``reports/notebooks/`` with two HTML renderings:
    ``NAME.html`` (code hidden, for reviewers) and ``NAME.code.html`` (with code, for analysts).
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
-import functools
 import glob
 import logging
 import os
@@ -46,81 +44,10 @@ import nbformat
 
 from pipeline import paths
 from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+from pipeline.notebook_html import export_html, prepare_exporter_in_background, scrub_notebook
 from pipeline.privacy import assert_stage_outputs_clean
 
 KERNEL_NAME = "microenterprise"
-
-# Metadata keys whose values depend on when or where a notebook ran.
-_NB_VOLATILE = ("start_time", "end_time", "duration", "input_path", "output_path", "environment_variables")
-
-
-def scrub_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """Drop timing and path metadata that would make reruns differ; keep parameters and outputs."""
-    nb = copy.deepcopy(nb)
-    pm = nb.metadata.get("papermill")
-    if pm is not None:
-        for key in _NB_VOLATILE:
-            pm.pop(key, None)
-    nb.metadata.pop("widgets", None)
-    for cell in nb.cells:
-        if "injected-parameters" in cell.metadata.get("tags", []):
-            cell["id"] = "injected-parameters"  # papermill gives it a random id
-        cell.metadata.pop("execution", None)
-        cell_pm = cell.metadata.get("papermill")
-        if cell_pm is not None:
-            for key in ("start_time", "end_time", "duration"):
-                cell_pm.pop(key, None)
-    return nb
-
-
-@functools.lru_cache(maxsize=1)
-def _html_exporter():
-    """One exporter for both renderings: its template environment, theme CSS and highlighter are
-    set up once per runner (building them is most of an export's cost), only the exclusions change."""
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="lab", template_file="offline.html.j2",
-                            extra_template_paths=[str(Path(__file__).parent / "templates")])
-    exporter.mathjax_url = ""
-    exporter.require_js_url = ""
-    exporter.widget_renderer_url = ""
-    return exporter
-
-
-def _warm_exporter() -> None:
-    """Build the exporter and render a small notebook once: the first render compiles the regular
-    expressions of the Markdown parser and the Python highlighter (about half a second)."""
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_markdown_cell("# Title\n\nText with `code`, *emphasis* and a [link](x).\n\n- a list"),
-        nbformat.v4.new_code_cell("import pandas as pd\nresult = f(x=1)  # comment\nresult['a'].round(3)",
-                                  outputs=[nbformat.v4.new_output("execute_result", execution_count=1,
-                                                                  data={"text/plain": "1", "text/html": "<b>1</b>"})]),
-    ])
-    try:
-        export_html(nb, hide_code=False)
-    except Exception:  # noqa: BLE001 - best effort: the stage's own export raises the same error
-        pass
-
-
-def prepare_exporter_in_background() -> threading.Thread:
-    """Import nbconvert, build the exporter and warm it in a thread while the kernel runs the
-    notebook (the runner only waits for the kernel meanwhile); join it before the first export."""
-    thread = threading.Thread(target=_warm_exporter, name="html-exporter", daemon=True)
-    thread.start()
-    return thread
-
-
-def export_html(nb: nbformat.NotebookNode, hide_code: bool) -> str:
-    """Self-contained HTML (CSS inlined, no MathJax/require.js from the network). The exclusions
-    are read at each call (nbconvert's ``_init_resources``), so reusing the exporter gives the same
-    bytes as a fresh one (tests/test_run_stage.py checks)."""
-    exporter = _html_exporter()
-    exporter.exclude_input = hide_code
-    exporter.exclude_input_prompt = hide_code
-    exporter.exclude_output_prompt = hide_code
-    body, _ = exporter.from_notebook_node(nb)
-    return body
-
 
 class StageKernels:
     """The kernels a stage started, so that an interrupted runner can stop them and refuse new ones."""
@@ -483,7 +410,8 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
     backup = backup_dir(stage, study, pipeline)
     logging.getLogger("papermill").setLevel(logging.WARNING)
     # The kernel must import this checkout's pipeline package (not another editable install).
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *inherited])
     kernels = StageKernels()
     with signals_raise(), tempfile.TemporaryDirectory(prefix=f"stage-{stage}-", ignore_cleanup_errors=True) as tmp:
         tmp_nb = Path(tmp) / f"{name}.ipynb"
