@@ -8,7 +8,7 @@ from __future__ import annotations
 
 VCOV_WORDS = {
     "CR1": "CR1, the Stata/statsmodels small-sample correction",
-    "CR2": "CR2, Bell-McCaffrey, t with G - 1 degrees of freedom",
+    "CR2": "CR2, Bell-McCaffrey, t with Bell-McCaffrey degrees of freedom for each coefficient and contrast",
     "CR3": "CR3, the cluster jackknife, t with G - 1 degrees of freedom",
 }
 WILD_WEIGHT_WORDS = {"auto": "Rademacher weights, Webb's six-point weights at or below 12 clusters",

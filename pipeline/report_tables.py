@@ -254,8 +254,9 @@ def few_cluster_table() -> dict | None:
     return {"caption": f"Few clusters: coverage of the true effect with {int(few['n_clusters'].median())} markets "
                        f"({int(few['draws'].iloc[0])} datasets)", "first_col_left": True,
             "columns": ["Effect", "Owners", "Truth", "CR1 95% CI", "CR2 95% CI", "Wild bootstrap test"], "rows": rows,
-            "notes": "Share of datasets whose 95% interval contains the true effect (CR1, CR2: t with G - 1 degrees of "
-                     "freedom), or whose wild cluster restricted bootstrap test of the true value does not reject at 5% "
+            "notes": "Share of datasets whose 95% interval contains the true effect (CR1: t with G - 1 degrees of "
+                     "freedom; CR2: t with Bell-McCaffrey degrees of freedom), or whose wild cluster restricted "
+                     "bootstrap test of the true value does not reject at 5% "
                      f"({wild.get('weights', '?')} weights, {wild.get('reps', '?')} bootstrap samples); Monte Carlo SE in "
                      "brackets. The same generator as above with 2 regions x 2 sectors of 5 markets of 150 firms and no "
                      "typing errors; unwinsorised profit, by_gender model."}
