@@ -39,7 +39,28 @@ def test_attrition_table_by_hand():
     F = b @ np.linalg.solve(Vb, b) / 3
     rel_close(pooled["joint_f_stat"].iloc[0], F, 1e-8)
     rel_close(pooled["joint_p_value"].iloc[0], stats.f.sf(F, 3, fu["cluster_id"].nunique() - 1), 1e-7)
+    assert (pooled["joint_df_num"] == 3).all() and (pooled["joint_df_denom"] == fu["cluster_id"].nunique() - 1).all()
     assert set(tab["model"]) == {"pooled", "by_gender", "women_only", "men_only"}
+
+
+def test_attrition_joint_test_under_cr2_is_the_cr2_wald_on_g_minus_1_df():
+    """CR2: the joint F is the Wald statistic with the (dense, independent) CR2 covariance, and the
+    table states its df: F(q, G - 1) (the Bell-McCaffrey df is per contrast, not for a joint test)."""
+    from test_estimation_variance import dense_cr2
+    df = with_extras(make_data(seed=26, n_clusters=16), seed=6)
+    fu = df[df["followup"]]
+    group = params_group("estimate")
+    tab = attrition_table(fu, params_group("estimate", treatments=TREATS, vcov="CR2", fixed_effects=["round"]), "s",
+                          group["alpha"], group["mde_power"])
+    pooled = tab[tab["model"] == "pooled"]
+    d, X, names = hand_design(fu.assign(**{Y: fu["attrited"].astype(float)}), baseline=False, fe=("round",))
+    V, _ = dense_cr2(X, d[Y].to_numpy(), d["cluster_id"].to_numpy(), np.ones(len(d)), [])
+    b = np.linalg.lstsq(X, d[Y].to_numpy(), rcond=None)[0][1:4]
+    F = b @ np.linalg.solve(V[1:4, 1:4], b) / 3
+    G = fu["cluster_id"].nunique()
+    rel_close(pooled["joint_f_stat"].iloc[0], F, 1e-7)
+    assert pooled["joint_df_num"].iloc[0] == 3 and pooled["joint_df_denom"].iloc[0] == G - 1
+    rel_close(pooled["joint_p_value"].iloc[0], stats.f.sf(F, 3, G - 1), 1e-6)
 
 
 def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):

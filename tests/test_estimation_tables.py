@@ -113,3 +113,53 @@ def test_listwise_applies_to_every_model_of_the_study_and_is_recorded():
     assert (qt.loc[qt["sample"] == "women", "n_obs"] == (complete & (df["female_owner"] == 1)).sum()).all()
     with pytest.raises(ValueError, match="missing_baseline"):
         make_spec(Y, TREATS, missing_baseline="drop", vcov="CR1")
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cr2_mde_uses_each_terms_bell_mccaffrey_df(weighted):
+    """Under CR2 the MDE of every row (coefficients and the women - men contrasts) uses the t df of
+    that row's interval: its Bell-McCaffrey df from the dense computation, not G - 1."""
+    from test_estimation_variance import dense_cr2
+    from pipeline.estimation.fit import fit
+    from pipeline.estimation.tables import tidy
+    df = make_data(seed=32, n_clusters=18, weights=weighted)
+    spec = make_spec(Y, TREATS, vcov="CR2", fixed_effects=["round"], weights="weight" if weighted else None)
+    res = fit(df, spec)
+    d, X, names = hand_design(df, fe=("round",))
+    w = d["weight"].to_numpy() if weighted else np.ones(len(d))
+    terms = ["treat_skills", "treat_capital", "treat_skills:treat_capital"]
+    contrasts = [np.eye(len(names))[names.index(t)] for t in terms]
+    V, dfs = dense_cr2(X, d[Y].to_numpy(), d["cluster_id"].to_numpy(), w, contrasts)
+    t = tidy(res, **tidy_kw()).set_index("term")
+    power, alpha = tidy_kw()["power"], tidy_kw()["alpha"]
+    G = d["cluster_id"].nunique()
+    for term, c, dof in zip(terms, contrasts, dfs):
+        se = np.sqrt(c @ V @ c)
+        expected = (stats.t.ppf(power, dof) + stats.t.ppf(1 - alpha / 2, dof)) * se
+        row = t.loc[term.replace(":", "_x_")]
+        rel_close(row["mde"], expected, 1e-7)
+        # the interval uses the same df: half-width / SE is the same t quantile
+        rel_close((row["ci_high"] - row["ci_low"]) / 2 / row["std_error"], stats.t.ppf(1 - alpha / 2, dof), 1e-9)
+        assert dof < G - 1 and row["mde"] > (stats.t.ppf(power, G - 1) + stats.t.ppf(1 - alpha / 2, G - 1)) * se
+
+
+def test_cr2_mde_of_the_women_minus_men_row_uses_the_contrast_df():
+    from pipeline.estimation.fit import fit
+    from pipeline.estimation.tables import tidy
+    df = make_data(seed=31, n_clusters=20)
+    res = fit(df, make_spec(Y, TREATS, vcov="CR2", fixed_effects=["round"]), by_gender=True)
+    names = list(res.params.index)
+    power, alpha = tidy_kw()["power"], tidy_kw()["alpha"]
+    t = tidy(res, **tidy_kw()).set_index("term")
+    for term in ("treat_skills", "treat_capital"):
+        c = np.zeros(len(names))
+        c[names.index(f"{term}:female")], c[names.index(f"{term}:male")] = 1.0, -1.0
+        dof = float(res.fe_result.contrast_df(c)[0])
+        row = t.loc[f"{term}_diff"]
+        assert dof != res.estimate_info.n_clusters - 1
+        rel_close(row["mde"], (stats.t.ppf(power, dof) + stats.t.ppf(1 - alpha / 2, dof)) * row["std_error"], 1e-12)
+        # the women row: its own coefficient df
+        dof_w = float(res.df_params[f"{term}:female"])
+        rel_close(t.loc[f"{term}_women", "mde"],
+                  (stats.t.ppf(power, dof_w) + stats.t.ppf(1 - alpha / 2, dof_w)) * t.loc[f"{term}_women", "std_error"],
+                  1e-12)

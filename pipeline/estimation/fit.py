@@ -33,7 +33,8 @@ class TermDef:
 
 @dataclass(frozen=True)
 class FitInfo:
-    """What :func:`tidy` needs besides the statsmodels results (attached as ``.estimate_info``)."""
+    """What :func:`tidy` needs besides the fit's numbers (attached as ``.estimate_info``); the t
+    degrees of freedom are the results' (``df_params``, ``t_test(...).df``)."""
 
     spec: Spec
     model: str
@@ -45,7 +46,6 @@ class FitInfo:
     baseline_columns: tuple[str, ...] = ()
     transform: str = "level"
     outcome_label: str | None = None       # the outcome named in the tidy table (default spec.outcome)
-    df_t: float = np.inf                   # degrees of freedom of the t inference
 
 
 def weighted_control_mean(y: np.ndarray, control: np.ndarray, w: np.ndarray | None) -> float:
@@ -103,8 +103,7 @@ def _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outco
         spec=spec, model=model_name, sample=sample, n_obs=int(res.nobs), n_clusters=n_clusters,
         terms=tuple(term_defs), dropped_columns=tuple(dropped),
         baseline_columns=tuple(c for c in s.covariates if c not in spec.controls),
-        transform=transform, outcome_label=outcome_label,
-        df_t=float(n_clusters - 1) if n_clusters is not None else float(res.df_resid))
+        transform=transform, outcome_label=outcome_label)
 
 
 class _TTestResult:
@@ -129,16 +128,24 @@ class _FTestResult:
 class AbsorbedResults:
     """Results of :func:`fit` with a statsmodels-like interface (``params``, ``bse``,
     ``pvalues``, ``tvalues``, ``conf_int``, ``cov_params()``, ``t_test``, ``f_test``, ``nobs``,
-    ``df_resid``). Only the non-fixed-effect parameters are reported (no ``const``, no dummies);
-    t / F inference with the covariance's degrees of freedom (G - 1 clustered, N - K HC1; t-tests
-    under CR2 with the Bell-McCaffrey degrees of freedom of each contrast), as
-    statsmodels' ``use_t=True``. ``fe_result`` is the :class:`pipeline.estimation.ols.FEResult`."""
+    ``df_resid``). Only the non-fixed-effect parameters are reported (no ``const``, no dummies).
+
+    Degrees of freedom, as the covariance registry (:mod:`pipeline.estimation.variance`) gives them:
+    every t-test, interval and minimum detectable effect of a coefficient or contrast uses that
+    contrast's t df (``df_params`` per coefficient, ``t_test(r).df``): G - 1 under CR1 and CR3,
+    N - K under HC1, and under CR2 the Bell-McCaffrey df of the contrast. The joint Wald test
+    (:meth:`f_test`) uses F(q, ``df_inference``), the registry's model df (G - 1 clustered, N - K
+    HC1) under every estimator, CR2 included: the Bell-McCaffrey df is defined for one contrast,
+    and its multivariate extension (Pustejovsky & Tipton 2018, HTZ) is not implemented, so a CR2
+    joint test with few clusters may over-reject. ``fe_result`` is the
+    :class:`pipeline.estimation.ols.FEResult`."""
 
     def __init__(self, r: ols.FEResult):
         self.fe_result = r
         self.params, self.bse, self.tvalues, self.pvalues = r.params, r.bse, r.tvalues, r.pvalues
         self.nobs, self.df_resid = float(r.nobs), float(r.df_resid)
         self.df_inference = r.df_inference
+        self.df_params = r.df_by_param          # t df of each coefficient (CR2: Bell-McCaffrey)
         self.cov_type = r.cov_type
 
     def cov_params(self) -> pd.DataFrame:
@@ -156,6 +163,7 @@ class AbsorbedResults:
         return _TTestResult(eff, sd, df)
 
     def f_test(self, R) -> _FTestResult:
+        """Wald test of ``R b = 0``: F = (Rb)'(R V R')^-1 (Rb) / q on (q, ``df_inference``)."""
         R = np.atleast_2d(np.asarray(R, dtype=float))
         V = self.fe_result.cov.to_numpy()
         rb = R @ self.params.to_numpy()

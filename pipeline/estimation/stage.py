@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 ATTRITION_COLUMNS = ["study", "outcome", "model", "sample", "term", "estimate", "std_error",
                      "ci_low", "ci_high", "p_value", "n_obs", "n_clusters", "control_mean",
-                     "joint_f_stat", "joint_p_value"]
+                     "joint_f_stat", "joint_df_num", "joint_df_denom", "joint_p_value"]
 
 
 def _arm_contrasts(df: pd.DataFrame, treatments: Sequence[str], arm: str = "arm") -> dict[str, dict]:
@@ -48,7 +48,9 @@ def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alph
     and controls), pooled, by gender and per sex. Besides the coefficient rows, one row per
     treated arm (term ``arm: <label>``) gives the attrition difference arm - control (a linear
     combination for the combined arm). ``control_mean`` is the control arm's attrition rate;
-    ``joint_f_stat`` / ``joint_p_value`` test that all treatment terms of the model are zero."""
+    ``joint_f_stat`` / ``joint_p_value`` test that all treatment terms of the model are zero, on
+    F(``joint_df_num``, ``joint_df_denom``) (``AbsorbedResults.f_test``: the denominator is G - 1
+    under every clustered covariance, CR2 included, N - K with HC1)."""
     require(df, ["attrited"], "attrition indicator")
     base = Spec.from_params(spec_params, "attrited", df)
     spec = replace(base, baseline_control=False, controls=())
@@ -68,6 +70,7 @@ def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alph
             R[i, names.index(p)] = 1.0
         ft = res.f_test(R)
         t["joint_f_stat"] = float(np.squeeze(ft.fvalue))
+        t["joint_df_num"], t["joint_df_denom"] = int(ft.df_num), int(ft.df_denom)
         t["joint_p_value"] = float(np.squeeze(ft.pvalue))
         extra = []
         if res.estimate_info.model != "by_gender":

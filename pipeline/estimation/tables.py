@@ -42,17 +42,35 @@ def empty_tidy() -> pd.DataFrame:
     return out
 
 
+def _term_inference(results, td, names: list[str], ci: pd.DataFrame, alpha: float) -> tuple:
+    """(estimate, SE, CI low, CI high, p-value, t df) of one tidy term: a single coefficient from
+    ``params`` / ``bse`` / ``conf_int`` / ``pvalues`` / ``df_params``, a linear combination (the
+    ``_diff`` rows) from ``results.t_test`` (same covariance, the contrast's own t df)."""
+    if len(td.weights) == 1 and td.weights[0][1] == 1.0:
+        p = td.weights[0][0]
+        lo, hi = (float(x) for x in ci.loc[p])
+        return (float(results.params[p]), float(results.bse[p]), lo, hi, float(results.pvalues[p]),
+                float(results.df_params[p]))
+    r = np.zeros((1, len(names)))
+    for p, wgt in td.weights:
+        r[0, names.index(p)] = wgt
+    tt = results.t_test(r)
+    lo, hi = (float(x) for x in np.asarray(tt.conf_int(alpha=alpha)).ravel())
+    return (float(np.squeeze(tt.effect)), float(np.squeeze(tt.sd)), lo, hi, float(np.squeeze(tt.pvalue)),
+            float(np.squeeze(tt.df)))
+
+
 def tidy(results, study: str | None = None, *, alpha: float, power: float,
          wild: WildSettings | None = None) -> pd.DataFrame:
     """One row per term of interest of a :func:`fit` result, columns ``TIDY_COLUMNS``.
 
-    Single coefficients come from ``params`` / ``bse`` / ``conf_int()`` / ``pvalues``; linear
-    combinations (the ``_diff`` rows) from ``results.t_test`` (same covariance and t df).
-    ``control_mean`` is the (weighted) mean outcome of control-arm observations in the
-    estimation sample, for the gender rows that of the gender; NaN for ``_diff`` rows.
-    ``mde`` is the minimum detectable effect at ``power`` (80%) and two-sided level ``alpha`` from
-    the estimated SE, ``(t_power + t_{1-alpha/2}) * SE`` with the model's t degrees of freedom (G - 1
-    clustered, N - K with HC1); ``q_value`` is NaN here (filled by :func:`estimate_study`).
+    Estimates, SEs, intervals and p-values: :func:`_term_inference`. ``control_mean`` is the
+    (weighted) mean outcome of control-arm observations in the estimation sample, for the gender
+    rows that of the gender; NaN for ``_diff`` rows. ``mde`` is the minimum detectable effect at
+    ``power`` (80%) and two-sided level ``alpha`` from the estimated SE,
+    ``(t_power + t_{1-alpha/2}) * SE`` with the t degrees of freedom of the term's own interval
+    (G - 1 under CR1 / CR3, N - K with HC1, the term's Bell-McCaffrey df under CR2);
+    ``q_value`` is NaN here (filled by :func:`estimate_study`).
     ``wild_p_value``: the wild cluster restricted bootstrap p-value where ``wild`` applies to the
     model's number of clusters, else NaN.
     For the log and ihs transforms the ``_pct_`` columns are NaN (not percentage effects).
@@ -62,43 +80,28 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
         raise ValueError("results were not produced by pipeline.estimation.fit.fit")
     names = list(results.params.index)
     ci = results.conf_int(alpha=alpha)
+    outcome = info.outcome_label or info.spec.outcome
     rows = []
     for td in info.terms:
-        if len(td.weights) == 1 and td.weights[0][1] == 1.0:
-            p = td.weights[0][0]
-            est, se = float(results.params[p]), float(results.bse[p])
-            lo, hi = (float(x) for x in ci.loc[p])
-            pv = float(results.pvalues[p])
-        else:
-            r = np.zeros((1, len(names)))
-            for p, wgt in td.weights:
-                r[0, names.index(p)] = wgt
-            tt = results.t_test(r)
-            est, se = float(np.squeeze(tt.effect)), float(np.squeeze(tt.sd))
-            lo, hi = (float(x) for x in np.asarray(tt.conf_int(alpha=alpha)).ravel())
-            pv = float(np.squeeze(tt.pvalue))
+        est, se, lo, hi, pv, dof = _term_inference(results, td, names, ci, alpha)
         wild_p = np.nan
         if wild is not None and wild.applies(info.n_clusters):
-            key = "|".join(str(x) for x in (study, info.outcome_label or info.spec.outcome, info.transform,
-                                             info.model, info.sample, td.term))
+            key = "|".join(str(x) for x in (study, outcome, info.transform, info.model, info.sample, td.term))
             wild_p = wild_p_value(results, td, wild, key)
         cm = td.control_mean
         pct_ok = np.isfinite(cm) and cm != 0 and info.transform not in NONLINEAR_TRANSFORMS
-        m = float(inference.mde(se, info.df_t, power=power, alpha=alpha))
+        m = float(inference.mde(se, dof, power=power, alpha=alpha))
         rows.append({
-            "study": study, "outcome": info.outcome_label or info.spec.outcome,
-            "transform": info.transform, "model": info.model,
+            "study": study, "outcome": outcome, "transform": info.transform, "model": info.model,
             "sample": info.sample, "term": td.term, "estimate": est, "std_error": se,
             "ci_low": lo, "ci_high": hi, "p_value": pv, "wild_p_value": wild_p, "q_value": np.nan,
-            "n_obs": info.n_obs,
-            "n_clusters": info.n_clusters, "control_mean": cm,
+            "n_obs": info.n_obs, "n_clusters": info.n_clusters, "control_mean": cm,
             "effect_pct_of_control_mean": 100.0 * est / cm if pct_ok else np.nan,
             "mde": m, "mde_pct_of_control_mean": 100.0 * m / abs(cm) if pct_ok else np.nan,
         })
     if not rows:
         return empty_tidy()
-    out = pd.DataFrame(rows, columns=TIDY_COLUMNS)
-    return coerce_tidy(out)
+    return coerce_tidy(pd.DataFrame(rows, columns=TIDY_COLUMNS))
 
 
 def coerce_tidy(out: pd.DataFrame) -> pd.DataFrame:
