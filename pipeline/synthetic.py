@@ -130,6 +130,9 @@ _SHARE_KEYS = (
     "attrition_control", "attrition_treated", "closure_rate_per_round",
 )
 
+# The owners' sexes as truth.json names them (the samples of the estimate stage's tables).
+GENDERS = ("women", "men")
+
 # Independent random streams, one per component; order fixed forever (append only).
 RANDOM_STREAMS = (
     "design", "owners", "takeup", "profit", "closure", "business", "practices", "recall",
@@ -178,13 +181,26 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     """Return (survey, value_labels, variable_labels, truth). Pure, deterministic given params['seed'].
 
     ``survey`` has one row per submission (duplicates included), columns :data:`COLUMNS`,
-    sorted by submitted_at then submission_id like a server export.
+    sorted by submitted_at then submission_id like a server export. Three steps, each with its own
+    random streams: the latent world (:func:`_latent_world`), the survey mess
+    (:func:`_survey_mess`) and the server export (:func:`_server_export`); then the truth.
     """
     p = resolve_params(params)
     rngs = dict(zip(RANDOM_STREAMS, np.random.default_rng(int(p["seed"])).spawn(len(RANDOM_STREAMS))))
-    n_firms, n_rounds = int(p["n_firms"]), int(p["n_followups"]) + 1
+    world = _latent_world(p, rngs)
+    mess = _survey_mess(p, world, rngs)
+    survey, chosen = _server_export(world, mess)
+    truth = _truth(p, design=world["design"], firm_arm=world["firm_arm"], female=world["owners"]["female"],
+                   took_training_firm=world["takeup"]["took_training_firm"],
+                   received_grant_firm=world["takeup"]["received_grant_firm"],
+                   prob_open=world["prob_open"], counts=_mess_counts(world, mess, chosen, survey))
+    return survey, _value_labels(p), _variable_labels(p), truth
 
-    # ---- the latent world: design, owners, take-up, closures, outcomes
+
+def _latent_world(p: dict, rngs: dict) -> dict:
+    """The latent world: design, owners, take-up, closures, profits, business and practices.
+    Panel arrays have shape (n_firms, n_rounds); flattened firm-major later."""
+    n_firms, n_rounds = int(p["n_firms"]), int(p["n_followups"]) + 1
     design = assign_design(p, rngs["design"])
     owners = draw_owners(p, n_firms, rngs["owners"])
     female = owners["female"]
@@ -192,70 +208,85 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     firm_arm = design["market_arm"][firm_market]
     firm_region = design["market_region"][firm_market]
     firm_sector = design["market_sector"][firm_market]
-    # Panel arrays have shape (n_firms, n_rounds); flattened firm-major later.
     follow_up = np.broadcast_to(np.arange(n_rounds), (n_firms, n_rounds)) >= 1
     takeup = draw_takeup(p, firm_arm, follow_up, rngs["takeup"])
-    took_training, received_grant = takeup["took_training"], takeup["received_grant"]
     business_open, prob_open = draw_closures(p, n_firms, n_rounds, rngs["closure"])
     profit = draw_untreated_profit(p, design, female, firm_region, firm_sector, n_rounds, rngs["profit"])
-    increment = effect_on_takers(p, female, took_training, received_grant, prob_open)
+    increment = effect_on_takers(p, female, takeup["took_training"], takeup["received_grant"], prob_open)
     profit_reported = profit["profit_untreated"] + increment
     profit_true = np.where(business_open, profit_reported, 0.0)
-    business = draw_business(p, female, profit, profit_true, received_grant, rngs["business"])
-    practices, bp_dont_know = draw_practices(p, profit["log_firm"], took_training, rngs["practices"])
+    business = draw_business(p, female, profit, profit_true, takeup["received_grant"], rngs["business"])
+    practices, bp_dont_know = draw_practices(p, profit["log_firm"], takeup["took_training"], rngs["practices"])
+    return {"n_firms": n_firms, "n_rounds": n_rounds, "design": design, "owners": owners, "firm_arm": firm_arm,
+            "firm_region": firm_region, "firm_sector": firm_sector, "follow_up": follow_up, "takeup": takeup,
+            "business_open": business_open, "prob_open": prob_open, "profit_reported": profit_reported,
+            "business": business, "practices": practices, "bp_dont_know": bp_dont_know}
 
-    # ---- the survey mess: recall, attrition, missing codes, typos, timing, duplicates, ids, notes
+
+def _survey_mess(p: dict, world: dict, rngs: dict) -> dict:
+    """How the survey records the world: recall periods, attrition, missing codes, typos,
+    fieldwork timing, duplicate submissions, ids and enumerator notes (answers edited in place)."""
+    n_firms, n_rounds = world["n_firms"], world["n_rounds"]
     weekly = rngs["recall"].random((n_firms, n_rounds)) < p["share_weekly_recall"]
-    answers, recall_period = record_answers(p, {**business, "business_open": business_open, "owners": owners,
-                                                "profit_reported": profit_reported}, weekly)
-    attrited = draw_attrition(p, firm_arm, follow_up, rngs["attrition"])
+    answers, recall_period = record_answers(
+        p, {**world["business"], "business_open": world["business_open"], "owners": world["owners"],
+            "profit_reported": world["profit_reported"]}, weekly)
+    attrited = draw_attrition(p, world["firm_arm"], world["follow_up"], rngs["attrition"])
     interviewed = ~attrited
     missing_counts = inject_missing_codes(p, answers, interviewed, rngs["missing"])
-    typo = inject_typos(p, answers, business_open, rngs["typos"])
+    typo = inject_typos(p, answers, world["business_open"], rngs["typos"])
     keep = flat(interviewed)
-    submitted_s, enumerator_id = fieldwork_timing(design, firm_region, n_rounds, rngs["timing"])
+    submitted_s, enumerator_id = fieldwork_timing(world["design"], world["firm_region"], n_rounds, rngs["timing"])
     dup = draw_duplicates(p, keep, rngs["duplicates"])
     id_bytes = rngs["ids"].integers(0, 256, (n_firms * n_rounds, 2, 16), dtype=np.uint8)
-    notes = draw_notes(owners, business_open, np.repeat(np.arange(n_firms), n_rounds), rngs["notes"])
+    notes = draw_notes(world["owners"], world["business_open"], np.repeat(np.arange(n_firms), n_rounds),
+                       rngs["notes"])
+    return {"answers": answers, "recall_period": recall_period, "attrited": attrited, "interviewed": interviewed,
+            "missing_counts": missing_counts, "typo": typo, "keep": keep, "submitted_s": submitted_s,
+            "enumerator_id": enumerator_id, "dup": dup, "id_bytes": id_bytes, "notes": notes}
 
-    # ---- the server export: interviews, conflicting answers, duplicate submissions
-    panel = {"submitted_s": submitted_s, "enumerator_id": enumerator_id, "took_training": took_training,
-             "received_grant": received_grant, "business_open": business_open, "recall_period": recall_period,
-             "practices": practice_answers(practices, bp_dont_know, business_open), "loan_any": business["loan_any"]}
-    interviews = assemble_interviews(design, owners, firm_arm, firm_region, firm_sector, panel, answers, notes,
-                                     _hex_ids(id_bytes[:, 0]))
-    # The conflicting duplicates' earlier submission has some answers wrong; the copy is correct.
+
+def _server_export(world: dict, mess: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """(survey, which answers of each conflicting duplicate were changed): the interviews as the
+    server exports them. The conflicting duplicates' earlier submission has some answers wrong;
+    the later copy is correct."""
+    takeup, business_open = world["takeup"], world["business_open"]
+    panel = {"submitted_s": mess["submitted_s"], "enumerator_id": mess["enumerator_id"],
+             "took_training": takeup["took_training"], "received_grant": takeup["received_grant"],
+             "business_open": business_open, "recall_period": mess["recall_period"],
+             "practices": practice_answers(world["practices"], world["bp_dont_know"], business_open),
+             "loan_any": world["business"]["loan_any"]}
+    interviews = assemble_interviews(world["design"], world["owners"], world["firm_arm"], world["firm_region"],
+                                     world["firm_sector"], panel, mess["answers"], mess["notes"],
+                                     _hex_ids(mess["id_bytes"][:, 0]))
+    dup = mess["dup"]
     correct_copies = interviews.loc[dup["conflicting"]]
     chosen = corrupt_conflicting(interviews, dup)
-    survey = export(interviews, correct_copies, keep, dup, id_bytes)
+    return export(interviews, correct_copies, mess["keep"], dup, mess["id_bytes"]), chosen
 
-    value_labels = _value_labels(p)
-    variable_labels = _variable_labels(p)
 
-    # ---- truth
-    arm_keep = firm_arm[:, None] * np.ones(n_rounds, dtype=int)
-    attrited_by_arm = {ARM_KEYS[a]: int((attrited & (arm_keep == a)).sum()) for a in ARM_KEYS}
-    planned_by_arm = {ARM_KEYS[a]: int(((arm_keep == a) & follow_up).sum()) for a in ARM_KEYS}
+def _mess_counts(world: dict, mess: dict, chosen: np.ndarray, survey: pd.DataFrame) -> dict:
+    """The record of every piece of injected mess (``truth["mess"]``)."""
+    arm_keep = world["firm_arm"][:, None] * np.ones(world["n_rounds"], dtype=int)
+    attrited, interviewed, dup = mess["attrited"], mess["interviewed"], mess["dup"]
+    business_open = world["business_open"]
     closed_all = ~business_open
-    truth = _truth(
-        p, design=design, firm_arm=firm_arm, female=female,
-        took_training_firm=takeup["took_training_firm"], received_grant_firm=takeup["received_grant_firm"],
-        prob_open=prob_open, counts={
-            "duplicates_identical": int(dup["identical"].sum()),
-            "duplicates_conflicting": int(dup["conflicting"].sum()),
-            "conflicting_fields_changed": {c: int(chosen[:, j].sum()) for j, c in enumerate(CONFLICT_COLUMNS)},
-            "typo_extra_zero": int((typo & interviewed).sum()),
-            "missing_codes": missing_counts,
-            "bp_dont_know": int((bp_dont_know & (business_open & interviewed)[:, :, None]).sum()),
-            "attrited_firm_rounds": attrited_by_arm,
-            "planned_followup_firm_rounds": planned_by_arm,
-            "closed_firm_rounds": int(closed_all.sum()),
-            "closed_firm_rounds_interviewed": int((closed_all & interviewed).sum()),
-            "negative_profit_interviews": int(((profit_reported < 0) & business_open & interviewed).sum()),
-            "interviews": int(keep.sum()),
-            "rows": int(len(survey)),
-        })
-    return survey, value_labels, variable_labels, truth
+    return {
+        "duplicates_identical": int(dup["identical"].sum()),
+        "duplicates_conflicting": int(dup["conflicting"].sum()),
+        "conflicting_fields_changed": {c: int(chosen[:, j].sum()) for j, c in enumerate(CONFLICT_COLUMNS)},
+        "typo_extra_zero": int((mess["typo"] & interviewed).sum()),
+        "missing_codes": mess["missing_counts"],
+        "bp_dont_know": int((world["bp_dont_know"] & (business_open & interviewed)[:, :, None]).sum()),
+        "attrited_firm_rounds": {ARM_KEYS[a]: int((attrited & (arm_keep == a)).sum()) for a in ARM_KEYS},
+        "planned_followup_firm_rounds": {ARM_KEYS[a]: int(((arm_keep == a) & world["follow_up"]).sum())
+                                         for a in ARM_KEYS},
+        "closed_firm_rounds": int(closed_all.sum()),
+        "closed_firm_rounds_interviewed": int((closed_all & interviewed).sum()),
+        "negative_profit_interviews": int(((world["profit_reported"] < 0) & business_open & interviewed).sum()),
+        "interviews": int(mess["keep"].sum()),
+        "rows": int(len(survey)),
+    }
 
 
 # --------------------------------------------------------------------------- labels
@@ -319,57 +350,46 @@ def _variable_labels(p: dict) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- truth
 
+# The estimand recorded in truth.json (what the ``effect_*`` params are; see the module docstring).
+ESTIMAND = (
+    "Intention-to-treat effect on monthly business profit in USD PPP: the expected "
+    "difference in true monthly profit (closed businesses counted as 0 profit) between "
+    "firms assigned to an arm and firms assigned to control, owners of the same gender, "
+    "at any follow-up round (identical in every follow-up round, so also pooled over "
+    "rounds 1..n_followups), among firms interviewed at that round. 'skills' = training "
+    "only vs control; 'capital' = grant only vs control; 'skills_x_capital' = the extra "
+    "effect when both are assigned (ITT of training + grant = skills + capital + "
+    "skills_x_capital). Exact in expectation: take-up is independent Bernoulli among the "
+    "assigned, closures and attrition are independent of treatment effects and profits, "
+    "and an open taker's profit rises by effect / take-up rate / P(open at round t) "
+    "(see effect_on_takers_usd_ppp_by_round). True profit = the direct profit answer "
+    "before conversion to LCU per recall period, rounding and injected mess; to recover "
+    "it: weekly values x weeks_per_month, divide by lcu_per_usd_ppp, closed (-88) = 0."
+)
+
+
 def _truth(p: dict, *, design: dict, firm_arm: np.ndarray, female: np.ndarray,
            took_training_firm: np.ndarray, received_grant_firm: np.ndarray,
            prob_open: np.ndarray, counts: dict) -> dict:
     """The true parameters and the record of every piece of injected mess."""
-    genders = ("women", "men")
-    itt = {
-        "skills": {g: float(p[f"effect_training_{g}"]) for g in genders},
-        "capital": {g: float(p[f"effect_grant_{g}"]) for g in genders},
-        "skills_x_capital": {g: float(p[f"effect_interaction_{g}"]) for g in genders},
-    }
-    itt_by_arm = {
-        "training_only": dict(itt["skills"]),
-        "grant_only": dict(itt["capital"]),
-        "training_and_grant": {g: itt["skills"][g] + itt["capital"][g] + itt["skills_x_capital"][g]
-                               for g in genders},
-    }
+    itt = _true_itt(p)
     pt, pg = float(p["takeup_training"]), float(p["takeup_grant"])
-    per_taker = {
-        f"round_{t}": {
-            "training_taker": {g: itt["skills"][g] / pt / prob_open[t] for g in genders},
-            "grant_recipient": {g: itt["capital"][g] / pg / prob_open[t] for g in genders},
-            "both_extra": {g: itt["skills_x_capital"][g] / (pt * pg) / prob_open[t] for g in genders},
-        }
-        for t in range(1, len(prob_open))
-    }
     assigned_t, assigned_g = ARM_HAS_TRAINING[firm_arm], ARM_HAS_GRANT[firm_arm]
-    n_rounds = len(prob_open)
     return {
         "generator": "pipeline.synthetic",
         "params": dict(p),
         "units": "USD PPP per month",
-        "estimand": (
-            "Intention-to-treat effect on monthly business profit in USD PPP: the expected "
-            "difference in true monthly profit (closed businesses counted as 0 profit) between "
-            "firms assigned to an arm and firms assigned to control, owners of the same gender, "
-            "at any follow-up round (identical in every follow-up round, so also pooled over "
-            "rounds 1..n_followups), among firms interviewed at that round. 'skills' = training "
-            "only vs control; 'capital' = grant only vs control; 'skills_x_capital' = the extra "
-            "effect when both are assigned (ITT of training + grant = skills + capital + "
-            "skills_x_capital). Exact in expectation: take-up is independent Bernoulli among the "
-            "assigned, closures and attrition are independent of treatment effects and profits, "
-            "and an open taker's profit rises by effect / take-up rate / P(open at round t) "
-            "(see effect_on_takers_usd_ppp_by_round). True profit = the direct profit answer "
-            "before conversion to LCU per recall period, rounding and injected mess; to recover "
-            "it: weekly values x weeks_per_month, divide by lcu_per_usd_ppp, closed (-88) = 0."
-        ),
+        "estimand": ESTIMAND,
         "itt": itt,
         "itt_difference_women_minus_men": {k: v["women"] - v["men"] for k, v in itt.items()},
-        "itt_by_arm": itt_by_arm,
-        "effect_on_takers_usd_ppp_by_round": per_taker,
-        "prob_business_open_by_round": {f"round_{t}": float(prob_open[t]) for t in range(n_rounds)},
+        "itt_by_arm": {
+            "training_only": dict(itt["skills"]),
+            "grant_only": dict(itt["capital"]),
+            "training_and_grant": {g: itt["skills"][g] + itt["capital"][g] + itt["skills_x_capital"][g]
+                                   for g in GENDERS},
+        },
+        "effect_on_takers_usd_ppp_by_round": _effect_on_takers_by_round(itt, pt, pg, prob_open),
+        "prob_business_open_by_round": {f"round_{t}": float(prob_open[t]) for t in range(len(prob_open))},
         "takeup": {
             "training": {"rate": pt, "realized_among_assigned": float(took_training_firm[assigned_t].mean())},
             "grant": {"rate": pg, "realized_among_assigned": float(received_grant_firm[assigned_g].mean())},
@@ -380,21 +400,47 @@ def _truth(p: dict, *, design: dict, firm_arm: np.ndarray, female: np.ndarray,
         "recall_period_codes": {"1": "last week", "2": "last month"},
         "missing_value_codes": {str(k): v for k, v in MISSING_CODES.items()},
         "identifier_columns": list(IDENTIFIER_COLUMNS),
-        "design": {
-            "n_firms": int(p["n_firms"]),
-            "rounds": list(range(n_rounds)),
-            "n_strata": int(design["n_strata"]),
-            "n_markets": int(design["n_markets"]),
-            "markets_per_stratum": {  # keyed "region r, sector s" (codes)
-                f"region {s // int(p['n_sectors']) + 1}, sector {s % int(p['n_sectors']) + 1}": int(m)
-                for s, m in enumerate(design["markets_per_stratum"])},
-            "markets_by_arm": {ARM_KEYS[a]: int((design["market_arm"] == a).sum()) for a in ARM_KEYS},
-            "firms_by_arm": {ARM_KEYS[a]: int((firm_arm == a).sum()) for a in ARM_KEYS},
-            "women": int(female.sum()),
-            "men": int((~female).sum()),
-            "randomisation": "2x2 factorial at the market level, balanced within region x sector strata",
-        },
+        "design": _design_record(p, design, firm_arm, female, len(prob_open)),
         "mess": counts,
+    }
+
+
+def _true_itt(p: dict) -> dict[str, dict[str, float]]:
+    """effect (skills / capital / skills_x_capital) -> {women, men: true ITT} from the params."""
+    return {
+        "skills": {g: float(p[f"effect_training_{g}"]) for g in GENDERS},
+        "capital": {g: float(p[f"effect_grant_{g}"]) for g in GENDERS},
+        "skills_x_capital": {g: float(p[f"effect_interaction_{g}"]) for g in GENDERS},
+    }
+
+
+def _effect_on_takers_by_round(itt: dict, pt: float, pg: float, prob_open: np.ndarray) -> dict:
+    """The profit increment of an open taker in each follow-up round (effect / take-up / P(open))."""
+    return {
+        f"round_{t}": {
+            "training_taker": {g: itt["skills"][g] / pt / prob_open[t] for g in GENDERS},
+            "grant_recipient": {g: itt["capital"][g] / pg / prob_open[t] for g in GENDERS},
+            "both_extra": {g: itt["skills_x_capital"][g] / (pt * pg) / prob_open[t] for g in GENDERS},
+        }
+        for t in range(1, len(prob_open))
+    }
+
+
+def _design_record(p: dict, design: dict, firm_arm: np.ndarray, female: np.ndarray, n_rounds: int) -> dict:
+    """The realised randomisation design (``truth["design"]``)."""
+    return {
+        "n_firms": int(p["n_firms"]),
+        "rounds": list(range(n_rounds)),
+        "n_strata": int(design["n_strata"]),
+        "n_markets": int(design["n_markets"]),
+        "markets_per_stratum": {  # keyed "region r, sector s" (codes)
+            f"region {s // int(p['n_sectors']) + 1}, sector {s % int(p['n_sectors']) + 1}": int(m)
+            for s, m in enumerate(design["markets_per_stratum"])},
+        "markets_by_arm": {ARM_KEYS[a]: int((design["market_arm"] == a).sum()) for a in ARM_KEYS},
+        "firms_by_arm": {ARM_KEYS[a]: int((firm_arm == a).sum()) for a in ARM_KEYS},
+        "women": int(female.sum()),
+        "men": int((~female).sum()),
+        "randomisation": "2x2 factorial at the market level, balanced within region x sector strata",
     }
 
 
