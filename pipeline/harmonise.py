@@ -19,8 +19,12 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-INTERVENTIONS = ("skills", "capital")
-GROUPS = ("all", "women", "men")
+from pipeline.vocabulary import ALL, BY_GENDER, EFFECT_KEYS, POOLED, SAMPLES, TREATMENTS, WOMEN, sex_term
+
+# The result term of each single intervention -> its name ("skills", "capital": the effect keys).
+INTERVENTION_TERMS = {t: EFFECT_KEYS[t] for t in TREATMENTS}
+INTERVENTIONS = tuple(INTERVENTION_TERMS.values())
+GROUPS = SAMPLES
 EFFECT_COLUMNS = ["study", "arm", "intervention", "group", "outcome", "scale", "effect", "std_error",
                   "ci_low", "ci_high", "estimate_native", "std_error_native", "native_unit", "control_mean",
                   "n_obs", "n_clusters", "model", "term", "share_female_owners", "lender_targeted_women",
@@ -32,7 +36,7 @@ def arm_interventions(arms: Mapping[str, Mapping]) -> dict[str, str]:
 
     Arms that bundle both interventions are left out: in a 2x2 design their extra effect is the
     ``treat_skills_x_treat_capital`` interaction, which is not an effect of either alone."""
-    terms = {"treat_skills": "skills", "treat_capital": "capital"}
+    terms = dict(INTERVENTION_TERMS)
     for arm in arms.values():
         kinds = [k for k in INTERVENTIONS if int(arm.get(k, 0))]
         if len(kinds) == 1:
@@ -43,11 +47,11 @@ def arm_interventions(arms: Mapping[str, Mapping]) -> dict[str, str]:
 def _rows_for_group(results: pd.DataFrame, term: str, group: str, all_women: bool) -> pd.DataFrame:
     """The estimate of ``term`` for one group: the pooled model for ``all``, the by-gender model's
     ``<term>_women`` / ``<term>_men`` otherwise (a women-only study's pooled effect is its women's)."""
-    if group == "all":
-        return results[(results["model"] == "pooled") & (results["term"] == term)]
-    hit = results[(results["model"] == "by_gender") & (results["term"] == f"{term}_{group}")]
-    if hit.empty and group == "women" and all_women:
-        hit = results[(results["model"] == "pooled") & (results["term"] == term)]
+    if group == ALL:
+        return results[(results["model"] == POOLED) & (results["term"] == term)]
+    hit = results[(results["model"] == BY_GENDER) & (results["term"] == sex_term(term, group))]
+    if hit.empty and group == WOMEN and all_women:
+        hit = results[(results["model"] == POOLED) & (results["term"] == term)]
     return hit
 
 

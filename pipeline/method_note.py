@@ -6,9 +6,12 @@ so the report's method note and the estimate notebook describe the models as the
 """
 from __future__ import annotations
 
+from pipeline.vocabulary import IGNORED_NOTE_PREFIX, ROUND_MODEL_PREFIX, SAMPLE_NOTE_PREFIX
+
 VCOV_WORDS = {
     "CR1": "CR1, the Stata/statsmodels small-sample correction",
-    "CR2": "CR2, Bell-McCaffrey, t with Bell-McCaffrey degrees of freedom for each coefficient and contrast",
+    "CR2": "CR2, Bell-McCaffrey, t with Bell-McCaffrey degrees of freedom for each coefficient and contrast, "
+           "also in its minimum detectable effect; joint F-tests with G - 1",
     "CR3": "CR3, the cluster jackknife, t with G - 1 degrees of freedom",
 }
 WILD_WEIGHT_WORDS = {"auto": "Rademacher weights, Webb's six-point weights at or below 12 clusters",
@@ -99,16 +102,18 @@ def method_note(summary: dict) -> str:
     else:
         sentences.append(f"No models by owner gender ({skipped.get('gender_models', 'not estimated')}).")
     transforms = [t for t in summary.get("transforms") or [] if t != "level"]
-    rounds = [m for m in summary.get("models") or [] if m.startswith("round_")]
+    rounds = [m for m in summary.get("models") or [] if m.startswith(ROUND_MODEL_PREFIX)]
     if transforms or len(rounds) > 1:
         sentences.append("Robustness: " + "; ".join(
             ([f"outcome transforms {_names(transforms)}"] if transforms else [])
-            + ([f"each follow-up round alone ({_names(r.removeprefix('round_') for r in rounds)})"] if len(rounds) > 1 else []))
+            + ([f"each follow-up round alone ({_names(r.removeprefix(ROUND_MODEL_PREFIX) for r in rounds)})"]
+               if len(rounds) > 1 else []))
             + ".")
-    ignored = [n.removeprefix("ignored: ") for n in summary.get("notes") or [] if n.startswith("ignored: ")]
+    notes = summary.get("notes") or []
+    ignored = [n.removeprefix(IGNORED_NOTE_PREFIX) for n in notes if n.startswith(IGNORED_NOTE_PREFIX)]
     if ignored:
         sentences.append(f"Ignored for this study: {'; '.join(ignored)}.")
-    other = [n for n in summary.get("notes") or [] if not n.startswith(("ignored: ", "effect models on"))]
+    other = [n for n in notes if not n.startswith((IGNORED_NOTE_PREFIX, SAMPLE_NOTE_PREFIX))]
     if other:  # the sample notes are stated above
         sentences.append(f"Note: {'; '.join(other)}.")
     if summary.get("skipped_outcomes"):

@@ -9,11 +9,15 @@ import pandas as pd
 
 from pipeline import paths
 from pipeline.io import read_json
+from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
+                                 split_sex_term)
+from pipeline.vocabulary import SEXES as SEX_KEYS
 
-TERM_LABELS = {"treat_skills": "Training only (skills)", "treat_capital": "Grant only (capital)",
-               "treat_skills_x_treat_capital": "Skills × capital"}
-SEX_LABELS = {"women": "women", "men": "men", "diff": "women − men"}
-SEXES = {"women": "Women", "men": "Men"}
+# How the reader sees the terms and sexes of the results tables (pipeline.vocabulary's words).
+TERM_LABELS = {TREATMENTS[0]: "Training only (skills)", TREATMENTS[1]: "Grant only (capital)",
+               INTERACTION_TERM: "Skills × capital"}
+SEX_LABELS = {**{sex: sex for sex in SEX_KEYS}, DIFF: DIFF_LABEL}
+SEXES = {sex: sex.capitalize() for sex in SEX_KEYS}
 
 
 def fmt(value, decimals: int = 1) -> str:
@@ -43,7 +47,7 @@ def _model_rows(results: pd.DataFrame, model: str, outcomes: list[str]) -> tuple
 
 def pooled_table(results: pd.DataFrame, outcomes: list[str], decimals: int, note: str) -> dict | None:
     """Effects of every arm on every outcome, all owners (the pooled model): one column per outcome."""
-    sub, outcomes = _model_rows(results, "pooled", outcomes)
+    sub, outcomes = _model_rows(results, POOLED, outcomes)
     if sub.empty or not outcomes:
         return None
     rows = []
@@ -68,17 +72,17 @@ def _level(results: pd.DataFrame) -> pd.DataFrame:
 def publication_table(results: pd.DataFrame, outcomes: list[str], decimals: int, spec_note: str) -> dict | None:
     """Main results in journal style: effects by gender (by_gender model), SEs in parentheses,
     stars, the p-value of equal effects, N, clusters and control means; one column per outcome."""
-    sub, outcomes = _model_rows(results, "by_gender", outcomes)
+    sub, outcomes = _model_rows(results, BY_GENDER, outcomes)
     if sub.empty or not outcomes:
         return None
     rows = []
     for term, label in TERM_LABELS.items():
-        if not (sub["term"] == f"{term}_women").any():
+        if not (sub["term"] == sex_term(term, SEX_KEYS[0])).any():
             continue
-        for sex in ("women", "men"):
+        for sex in SEX_KEYS:
             cells_est, cells_se = [f"{label}: {SEX_LABELS[sex]}"], [""]
             for o in outcomes:
-                r = sub[(sub["outcome"] == o) & (sub["term"] == f"{term}_{sex}")]
+                r = sub[(sub["outcome"] == o) & (sub["term"] == sex_term(term, sex))]
                 if r.empty:
                     cells_est.append(""), cells_se.append("")
                     continue
@@ -88,14 +92,15 @@ def publication_table(results: pd.DataFrame, outcomes: list[str], decimals: int,
             rows += [cells_est, cells_se]
         diff = [f"p-value, equal effects ({label})"]
         for o in outcomes:
-            r = sub[(sub["outcome"] == o) & (sub["term"] == f"{term}_diff")]
+            r = sub[(sub["outcome"] == o) & (sub["term"] == sex_term(term, DIFF))]
             diff.append(pval(r.iloc[0]["p_value"]) if not r.empty else "")
         rows.append(diff)
     footer = [["Observations"] + [str(int(sub[sub["outcome"] == o]["n_obs"].iloc[0])) for o in outcomes],
               ["Clusters"] + [_int(sub[sub["outcome"] == o]["n_clusters"].iloc[0]) for o in outcomes]]
-    for sex in ("women", "men"):
+    for sex in SEX_KEYS:
         footer.append([f"Control mean, {sex}"] + [
-            fmt(_first(sub[(sub["outcome"] == o) & (sub["term"].str.endswith(f"_{sex}"))]["control_mean"]), decimals)
+            fmt(_first(sub[(sub["outcome"] == o) & (sub["term"].str.endswith(sex_term("", sex)))]["control_mean"]),
+                decimals)
             for o in outcomes])
     return {"caption": "Main results: intention-to-treat effects by owner gender",
             "columns": [""] + outcomes, "rows": rows + footer, "first_col_left": True,
@@ -116,16 +121,16 @@ def _int(value) -> str:
 
 def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict | None:
     """The gender effects of the primary outcome under each outcome transform."""
-    sub = results[(results["outcome"] == outcome) & (results["model"] == "by_gender")]
+    sub = results[(results["outcome"] == outcome) & (results["model"] == BY_GENDER)]
     if sub.empty or "transform" not in sub.columns:
         return None
     transforms = list(dict.fromkeys(sub["transform"]))
     rows = []
     for term, label in TERM_LABELS.items():
-        for sex in ("women", "men"):
+        for sex in SEX_KEYS:
             row = [f"{label}: {SEX_LABELS[sex]}"]
             for t in transforms:
-                r = sub[(sub["transform"] == t) & (sub["term"] == f"{term}_{sex}")]
+                r = sub[(sub["transform"] == t) & (sub["term"] == sex_term(term, sex))]
                 dec = decimals if t not in ("log", "ihs") else 3
                 row.append("" if r.empty else f"{fmt(r.iloc[0]['estimate'], dec)}"
                                               f"{stars(r.iloc[0]['p_value'])} ({fmt(r.iloc[0]['std_error'], dec)})")
@@ -141,16 +146,17 @@ def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict
 def multiple_testing_table(results: pd.DataFrame) -> dict | None:
     """Plain p-values beside Anderson (2008) sharpened q-values across the family of outcomes."""
     sub = _level(results)
-    sub = sub[(sub["model"] == "by_gender") & ~sub["term"].str.endswith("_diff")]
+    sub = sub[(sub["model"] == BY_GENDER) & ~sub["term"].str.endswith(sex_term("", DIFF))]
     if sub.empty or "q_value" not in sub.columns:
         return None
     wild = "wild_p_value" in sub.columns and sub["wild_p_value"].notna().any()
-    rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]),
-             SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""), pval(r["p_value"]),
+    rows = [[r["outcome"], TERM_LABELS.get(split_sex_term(r["term"])[0], r["term"]),
+             SEX_LABELS.get(split_sex_term(r["term"])[1], ""), pval(r["p_value"]),
              *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
             for _, r in sub.iterrows()]
     notes = ("q: Anderson (2008) sharpened false-discovery-rate q-values within the family of business-income "
-             "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE.")
+             "outcomes. MDE: minimum detectable effect at 80% power, 5% two-sided, from the estimated SE and the "
+             "degrees of freedom of the effect's own interval (Bell-McCaffrey under CR2, G - 1 under CR1 / CR3).")
     if wild:
         notes += (" Wild p: wild cluster restricted bootstrap (few clusters: "
                   f"{int(sub['n_clusters'].max())} or fewer in these models), the field's test when cluster-robust "
@@ -176,7 +182,7 @@ def balance_table(study: str, decimals: int) -> dict | None:
     bal = read_table(paths.processed_dir(study) / "balance.csv")
     if bal is None:
         return None
-    bal = bal[bal["sample"] == "all"] if "sample" in bal.columns else bal
+    bal = bal[bal["sample"] == ALL] if "sample" in bal.columns else bal
     arms = [c[len("mean_"):] for c in bal.columns if c.startswith("mean_")]
     rows = []
     for _, r in bal.iterrows():
@@ -190,7 +196,7 @@ def balance_table(study: str, decimals: int) -> dict | None:
             "across arms and its randomisation-inference (RI) counterpart (assignment re-drawn within strata)."
     joint = read_table(joint_path)
     if joint is not None:
-        joint = joint[joint["sample"] == "all"] if "sample" in joint.columns else joint
+        joint = joint[joint["sample"] == ALL] if "sample" in joint.columns else joint
         notes += " Joint tests of all covariates: " + "; ".join(
             f"{r['comparison']}: F p = {pval(r['f_p_value'])}, RI p = {pval(r['ri_p_value'])}" for _, r in joint.iterrows()) + "."
     return {"caption": "Balance at baseline", "first_col_left": True,
@@ -202,14 +208,15 @@ def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
     out = []
     att = read_table(paths.processed_dir(study) / "attrition.csv")
     if att is not None:
-        att = att[(att["model"] == "pooled") & (att["sample"] == "all")] if "model" in att.columns else att
+        att = att[(att["model"] == POOLED) & (att["sample"] == ALL)] if "model" in att.columns else att
     if att is not None and not att.empty:
         rows = [[TERM_LABELS.get(r["term"], r["term"]), fmt(r["estimate"], 3), f"({fmt(r['std_error'], 3)})", pval(r["p_value"]),
                  fmt(r["control_mean"], 3)] for _, r in att.iterrows()]
-        joint = pval(att["joint_p_value"].iloc[0]) if "joint_p_value" in att.columns and len(att) else "–"
+        joint = _joint_test_words(att.iloc[0])
         out.append({"caption": "Attrition by arm (follow-up interviews missing)", "first_col_left": True,
                     "columns": ["Regressor", "Effect on attrition", "SE", "p", "Control attrition"], "rows": rows,
-                    "notes": f"Linear probability model of attrition on the arms. {design_note} Joint test p = {joint}."})
+                    "notes": f"Linear probability model of attrition on the arms. {design_note} "
+                             f"Joint test that every arm term is zero: {joint}."})
     lee = read_table(paths.processed_dir(study) / "lee_bounds.csv")
     if lee is not None:
         rows = [[r["comparison"], r["sample"], fmt(r["lower"], decimals), fmt(r["upper"], decimals),
@@ -220,6 +227,14 @@ def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
                                  "Share trimmed"],
                      "rows": rows, "notes": "Trimming within strata the arm with less attrition; cluster-bootstrap CI."})
     return out
+
+
+def _joint_test_words(row: pd.Series) -> str:
+    """``F(q, df) p = ...`` of the attrition table's joint test (the df where the table has them)."""
+    p = pval(row["joint_p_value"]) if "joint_p_value" in row.index else "–"
+    if "joint_df_denom" not in row.index or not np.isfinite(row["joint_df_denom"]):
+        return f"p = {p}"
+    return f"F({int(row['joint_df_num'])}, {int(row['joint_df_denom'])}) p = {p}"
 
 
 def simulation_table() -> dict | None:

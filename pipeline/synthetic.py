@@ -108,10 +108,12 @@ import pandas as pd
 from pipeline.io import atomic_path, param, write_json
 from pipeline.params import Synthetic
 from pipeline.synthetic_firms import (ARM_HAS_GRANT, ARM_HAS_TRAINING, ARM_KEYS, ARM_LABELS,  # noqa: F401
-                                      BASELINE_MEAN_PROFIT_USD_PPP, BP_COLUMNS, BUSINESS_PRACTICES,
+                                      BASELINE_MEAN_PROFIT_USD_PPP, BP_COLUMNS, CAPITAL, EFFECT_PARAMS, SKILLS,
+                                      SKILLS_X_CAPITAL, BUSINESS_PRACTICES,
                                       REGION_NAMES, SECTOR_NAMES, SEX_FEMALE, SEX_MALE, assign_design,
                                       draw_business, draw_closures, draw_owners, draw_practices, draw_takeup,
                                       draw_untreated_profit, effect_on_takers)
+from pipeline.vocabulary import MEN, SEXES, WOMEN
 from pipeline.synthetic_mess import (CODE_DONT_KNOW, CODE_NOT_APPLICABLE, COLUMNS, CONFLICT_COLUMNS,  # noqa: F401
                                      IDENTIFIER_COLUMNS, MISSING_CODES, WEEKS_PER_MONTH, _hex_ids,
                                      assemble_interviews, corrupt_conflicting, draw_attrition, draw_duplicates,
@@ -130,8 +132,6 @@ _SHARE_KEYS = (
     "attrition_control", "attrition_treated", "closure_rate_per_round",
 )
 
-# The owners' sexes as truth.json names them (the samples of the estimate stage's tables).
-GENDERS = ("women", "men")
 
 # Independent random streams, one per component; order fixed forever (append only).
 RANDOM_STREAMS = (
@@ -381,12 +381,11 @@ def _truth(p: dict, *, design: dict, firm_arm: np.ndarray, female: np.ndarray,
         "units": "USD PPP per month",
         "estimand": ESTIMAND,
         "itt": itt,
-        "itt_difference_women_minus_men": {k: v["women"] - v["men"] for k, v in itt.items()},
+        "itt_difference_women_minus_men": {k: v[WOMEN] - v[MEN] for k, v in itt.items()},
         "itt_by_arm": {
-            "training_only": dict(itt["skills"]),
-            "grant_only": dict(itt["capital"]),
-            "training_and_grant": {g: itt["skills"][g] + itt["capital"][g] + itt["skills_x_capital"][g]
-                                   for g in GENDERS},
+            "training_only": dict(itt[SKILLS]),
+            "grant_only": dict(itt[CAPITAL]),
+            "training_and_grant": {g: itt[SKILLS][g] + itt[CAPITAL][g] + itt[SKILLS_X_CAPITAL][g] for g in SEXES},
         },
         "effect_on_takers_usd_ppp_by_round": _effect_on_takers_by_round(itt, pt, pg, prob_open),
         "prob_business_open_by_round": {f"round_{t}": float(prob_open[t]) for t in range(len(prob_open))},
@@ -407,20 +406,16 @@ def _truth(p: dict, *, design: dict, firm_arm: np.ndarray, female: np.ndarray,
 
 def _true_itt(p: dict) -> dict[str, dict[str, float]]:
     """effect (skills / capital / skills_x_capital) -> {women, men: true ITT} from the params."""
-    return {
-        "skills": {g: float(p[f"effect_training_{g}"]) for g in GENDERS},
-        "capital": {g: float(p[f"effect_grant_{g}"]) for g in GENDERS},
-        "skills_x_capital": {g: float(p[f"effect_interaction_{g}"]) for g in GENDERS},
-    }
+    return {effect: {g: float(p[f"effect_{name}_{g}"]) for g in SEXES} for effect, name in EFFECT_PARAMS.items()}
 
 
 def _effect_on_takers_by_round(itt: dict, pt: float, pg: float, prob_open: np.ndarray) -> dict:
     """The profit increment of an open taker in each follow-up round (effect / take-up / P(open))."""
     return {
         f"round_{t}": {
-            "training_taker": {g: itt["skills"][g] / pt / prob_open[t] for g in GENDERS},
-            "grant_recipient": {g: itt["capital"][g] / pg / prob_open[t] for g in GENDERS},
-            "both_extra": {g: itt["skills_x_capital"][g] / (pt * pg) / prob_open[t] for g in GENDERS},
+            "training_taker": {g: itt[SKILLS][g] / pt / prob_open[t] for g in SEXES},
+            "grant_recipient": {g: itt[CAPITAL][g] / pg / prob_open[t] for g in SEXES},
+            "both_extra": {g: itt[SKILLS_X_CAPITAL][g] / (pt * pg) / prob_open[t] for g in SEXES},
         }
         for t in range(1, len(prob_open))
     }
@@ -438,8 +433,8 @@ def _design_record(p: dict, design: dict, firm_arm: np.ndarray, female: np.ndarr
             for s, m in enumerate(design["markets_per_stratum"])},
         "markets_by_arm": {ARM_KEYS[a]: int((design["market_arm"] == a).sum()) for a in ARM_KEYS},
         "firms_by_arm": {ARM_KEYS[a]: int((firm_arm == a).sum()) for a in ARM_KEYS},
-        "women": int(female.sum()),
-        "men": int((~female).sum()),
+        WOMEN: int(female.sum()),
+        MEN: int((~female).sum()),
         "randomisation": "2x2 factorial at the market level, balanced within region x sector strata",
     }
 

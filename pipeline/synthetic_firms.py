@@ -19,14 +19,20 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
+from pipeline.vocabulary import EFFECT_KEYS, INTERACTION_TERM, MEN, TREATMENTS, WOMEN
+
 SEX_MALE, SEX_FEMALE = 1, 2
+# The true effects (truth.json's keys, the estimate stage's effect keys) -> the names of their
+# ``effect_<name>_<sex>`` params.
+SKILLS, CAPITAL, SKILLS_X_CAPITAL = (EFFECT_KEYS[t] for t in (*TREATMENTS, INTERACTION_TERM))
+EFFECT_PARAMS = {SKILLS: "training", CAPITAL: "grant", SKILLS_X_CAPITAL: "interaction"}
 ARM_LABELS = {1: "Control", 2: "Training only", 3: "Grant only", 4: "Training + grant"}
 ARM_KEYS = {1: "control", 2: "training_only", 3: "grant_only", 4: "training_and_grant"}
 ARM_HAS_TRAINING = np.array([False, False, True, False, True])  # index = arm code
 ARM_HAS_GRANT = np.array([False, False, False, True, True])
 
 # Latent profit model (USD PPP per month).
-BASELINE_MEAN_PROFIT_USD_PPP = {"women": 80.0, "men": 120.0}
+BASELINE_MEAN_PROFIT_USD_PPP = {WOMEN: 80.0, MEN: 120.0}
 GROWTH_PER_ROUND = 0.03          # common (all arms) profit growth per round
 SD_LOG_FIRM = 0.55               # firm productivity (persistent)
 SD_LOG_MARKET = 0.25             # market effect (drives the ICC, about 0.05)
@@ -40,12 +46,12 @@ SD_NOISE_SHARE_OF_MEAN = 0.25    # additive mean-zero noise, sd = share x gender
 MEDIAN_COST_RATIO, SD_LOG_COST_RATIO, SD_LOG_COST_ROUND = 1.8, 0.35, 0.15
 SD_LOG_REPORTING_REV_COSTS = 0.25
 # Capital stock (USD PPP): log-normal, raised by a share of the grant.
-MEAN_CAPITAL_USD_PPP = {"women": 350.0, "men": 600.0}
+MEAN_CAPITAL_USD_PPP = {WOMEN: 350.0, MEN: 600.0}
 SD_LOG_CAPITAL, SD_LOG_CAPITAL_ROUND = 1.0, 0.20
-GRANT_SHARE_INVESTED = {"women": 0.5, "men": 0.8}
+GRANT_SHARE_INVESTED = {WOMEN: 0.5, MEN: 0.8}
 CAPITAL_ROUNDING_LCU = 100       # capital is reported in round hundreds (heaping)
 # Hours worked per week in the business.
-MEAN_HOURS = {"women": 40.0, "men": 48.0}
+MEAN_HOURS = {WOMEN: 40.0, MEN: 48.0}
 SD_HOURS_FIRM, SD_HOURS_ROUND = 10.0, 6.0
 # Business practices: logit(P yes) = practice propensity + item intercept + training effect.
 TRAINING_LOGIT_EFFECT = {"marketing": 0.6, "buying_stock": 0.5,
@@ -200,7 +206,7 @@ def draw_untreated_profit(p: dict, design: dict, female: np.ndarray, firm_region
     productivity that revenue, costs, capital and practices also depend on."""
     firm_market = design["firm_market"]
     n_firms = len(firm_market)
-    mean_profit = np.where(female, BASELINE_MEAN_PROFIT_USD_PPP["women"], BASELINE_MEAN_PROFIT_USD_PPP["men"])
+    mean_profit = by_sex(female, BASELINE_MEAN_PROFIT_USD_PPP)
     log_region = rng.normal(0, SD_LOG_REGION, int(p["n_regions"]))
     log_sector = rng.normal(0, SD_LOG_SECTOR, int(p["n_sectors"]))
     region_mult = np.exp(log_region) / np.exp(log_region).mean()
@@ -222,12 +228,17 @@ def draw_untreated_profit(p: dict, design: dict, female: np.ndarray, firm_region
     return {"scale": scale, "profit_untreated": profit_untreated, "log_firm": log_firm, "growth": growth}
 
 
+def by_sex(female: np.ndarray, values: dict) -> np.ndarray:
+    """``values[WOMEN]`` where ``female``, else ``values[MEN]``."""
+    return np.where(female, values[WOMEN], values[MEN])
+
+
 def effect_on_takers(p: dict, female: np.ndarray, took_training: np.ndarray, received_grant: np.ndarray,
                      prob_open: np.ndarray) -> np.ndarray:
     """Additive profit increment of each open taker per round (see the estimand in
     :mod:`pipeline.synthetic`): ITT / take-up rate / P(open at round t)."""
-    eff = {arm: np.where(female, p[f"effect_{arm}_women"], p[f"effect_{arm}_men"]).astype(float)
-           for arm in ("training", "grant", "interaction")}
+    eff = {arm: by_sex(female, {sex: p[f"effect_{arm}_{sex}"] for sex in (WOMEN, MEN)}).astype(float)
+           for arm in EFFECT_PARAMS.values()}
     pt, pg = float(p["takeup_training"]), float(p["takeup_grant"])
     per_taker = (took_training * (eff["training"] / pt)[:, None]
                  + received_grant * (eff["grant"] / pg)[:, None]
@@ -248,15 +259,15 @@ def draw_business(p: dict, female: np.ndarray, profit: dict, profit_true: np.nda
     revenue_reported = revenue_true * np.exp(rng.normal(-s2 / 2, SD_LOG_REPORTING_REV_COSTS, (n_firms, n_rounds)))
     costs_reported = costs_true * np.exp(rng.normal(-s2 / 2, SD_LOG_REPORTING_REV_COSTS, (n_firms, n_rounds)))
 
-    mean_capital = np.where(female, MEAN_CAPITAL_USD_PPP["women"], MEAN_CAPITAL_USD_PPP["men"])
+    mean_capital = by_sex(female, MEAN_CAPITAL_USD_PPP)
     log_capital = 0.8 * log_firm + rng.normal(0, np.sqrt(SD_LOG_CAPITAL ** 2 - (0.8 * SD_LOG_FIRM) ** 2), n_firms)
     capital_firm = mean_capital * np.exp(log_capital - SD_LOG_CAPITAL ** 2 / 2)
-    invest_share = np.where(female, GRANT_SHARE_INVESTED["women"], GRANT_SHARE_INVESTED["men"])
+    invest_share = by_sex(female, GRANT_SHARE_INVESTED)
     capital_usd = (capital_firm[:, None] * growth[None, :]
                    * np.exp(rng.normal(-SD_LOG_CAPITAL_ROUND ** 2 / 2, SD_LOG_CAPITAL_ROUND, (n_firms, n_rounds)))
                    + received_grant * (invest_share * p["grant_usd_ppp"])[:, None])
 
-    mean_hours = np.where(female, MEAN_HOURS["women"], MEAN_HOURS["men"])
+    mean_hours = by_sex(female, MEAN_HOURS)
     hours = (mean_hours + rng.normal(0, SD_HOURS_FIRM, n_firms))[:, None] \
         + rng.normal(0, SD_HOURS_ROUND, (n_firms, n_rounds))
     hours_week = np.clip(np.rint(hours), 2, 98).astype(np.int64)

@@ -9,7 +9,7 @@ import scipy.linalg
 from pipeline.estimation.absorb import COLLINEARITY_TOL, absorb
 from pipeline.estimation.columns import GENDER
 from pipeline.estimation.sample import Sample
-from pipeline.estimation.spec import Spec, interaction_name
+from pipeline.estimation.spec import FEMALE, MALE, Spec, gender_param, interaction_name
 
 
 def treatment_terms(s: Sample, pairs: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
@@ -29,7 +29,7 @@ def check_variation(terms: dict[str, np.ndarray], where: str) -> None:
 
 def sex_masks(s: Sample, terms: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Row masks of women and men owners; each sex must be present with treatment variation."""
-    masks = {"female": s.female == 1, "male": s.female == 0}
+    masks = {FEMALE: s.female == 1, MALE: s.female == 0}
     for sex, m in masks.items():
         if not m.any():
             raise ValueError(f"by_gender model needs both sexes; no {sex} owners in the sample")
@@ -42,8 +42,8 @@ def by_sex(X: dict[str, np.ndarray], columns: dict[str, np.ndarray], masks: dict
     names = []
     for name, v in columns.items():
         for sex, m in masks.items():
-            X[f"{name}:{sex}"] = v * m
-            names.append(f"{name}:{sex}")
+            X[gender_param(name, sex)] = v * m
+            names.append(gender_param(name, sex))
     return names
 
 

@@ -17,7 +17,8 @@ import scipy.stats
 from pipeline.estimation import ols
 from pipeline.estimation.design import absorbed_design, drop_collinear_absorbed, treatment_terms
 from pipeline.estimation.sample import Sample, crossed_interactions, prepare
-from pipeline.estimation.spec import Spec, tidy_name
+from pipeline.estimation.spec import FEMALE, MALE, Spec, diff_name, gender_param, tidy_name
+from pipeline.vocabulary import BY_GENDER, SAMPLE_MODELS
 from pipeline.estimation.wild import WildDesign
 
 log = logging.getLogger(__name__)
@@ -89,16 +90,16 @@ def _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outco
         cm = weighted_control_mean(s.y, control, s.weights)
         for p in interest:
             term_defs.append(TermDef(tidy_name(p), ((p, 1.0),), cm))
-        model_name = model or {"all": "pooled", "women": "women_only", "men": "men_only"}[sample]
+        model_name = model or SAMPLE_MODELS[sample]
     else:
-        cm = {sex: weighted_control_mean(s.y, control & (s.female == (1 if sex == "female" else 0)),
-                                 s.weights) for sex in ("female", "male")}
+        cm = {level: weighted_control_mean(s.y, control & (s.female == (1 if level == FEMALE else 0)), s.weights)
+              for level in (FEMALE, MALE)}
         for name in treatment_terms(s, pairs):
-            f, m = f"{name}:female", f"{name}:male"
-            term_defs.append(TermDef(tidy_name(f), ((f, 1.0),), cm["female"]))
-            term_defs.append(TermDef(tidy_name(m), ((m, 1.0),), cm["male"]))
-            term_defs.append(TermDef(tidy_name(name) + "_diff", ((f, 1.0), (m, -1.0)), np.nan))
-        model_name = model or "by_gender"
+            f, m = gender_param(name, FEMALE), gender_param(name, MALE)
+            term_defs.append(TermDef(tidy_name(f), ((f, 1.0),), cm[FEMALE]))
+            term_defs.append(TermDef(tidy_name(m), ((m, 1.0),), cm[MALE]))
+            term_defs.append(TermDef(diff_name(name), ((f, 1.0), (m, -1.0)), np.nan))
+        model_name = model or BY_GENDER
     res.estimate_info = FitInfo(
         spec=spec, model=model_name, sample=sample, n_obs=int(res.nobs), n_clusters=n_clusters,
         terms=tuple(term_defs), dropped_columns=tuple(dropped),

@@ -11,6 +11,7 @@ import pandas as pd
 
 from pipeline.estimation.columns import FOLLOWUP, GENDER, as_float, followup_mask, require
 from pipeline.estimation.spec import SAMPLES, TRANSFORMS, Spec, check_sample
+from pipeline.vocabulary import ALL, MEN, SAMPLE_NOTE_PREFIX, WOMEN
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,9 @@ def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool)
     if not np.any(keep & ~np.isnan(y_all)):
         raise ValueError(f"outcome {spec.outcome!r} has no non-missing "
                          f"{'follow-up ' if spec.followup_only else ''}observations")
-    if sample != "all":
+    if sample != ALL:
         g = as_float(df[GENDER], GENDER)
-        keep &= g == (1.0 if sample == "women" else 0.0)
+        keep &= g == (1.0 if sample == WOMEN else 0.0)
     keep &= ~np.isnan(y_all)
     if baseline and spec.missing_baseline == "listwise":
         keep &= _baseline_observed(df, spec)    # complete cases: baseline observed
@@ -148,9 +149,9 @@ def sexes_present(df: pd.DataFrame, spec: Spec) -> set[str]:
     g = as_float(df[GENDER], GENDER)[rows]
     present = set()
     if (g == 1).any():
-        present.add("women")
+        present.add(WOMEN)
     if (g == 0).any():
-        present.add("men")
+        present.add(MEN)
     return present
 
 
@@ -282,9 +283,9 @@ def apply_sample(analysis: pd.DataFrame, sample: dict | None) -> tuple[pd.DataFr
         rounds = [int(r) for r in (sample["rounds"] if isinstance(sample["rounds"], (list, tuple))
                                    else [sample["rounds"]])]
         keep &= analysis["round"].isin(rounds)
-        notes.append(f"effect models on rounds {rounds} only")
+        notes.append(f"{SAMPLE_NOTE_PREFIX} rounds {rounds} only")
     if sample.get("survivors_only"):
         require(analysis, ["business_closed"], "sample.survivors_only")
         keep &= analysis["business_closed"] == 0
-        notes.append("effect models on surviving (open) businesses only")
+        notes.append(f"{SAMPLE_NOTE_PREFIX} surviving (open) businesses only")
     return analysis.loc[keep], notes

@@ -1,7 +1,8 @@
 """The regression specification (:class:`Spec`, built from the ``estimate:`` params group), the
 split of that group into specification fields and stage keys (both listed, with their types, in
 :mod:`pipeline.config`; their values only in params.yaml), the per-study ``estimate:`` block, and
-the labels of the terms (parameter names and their tidy-table names), each defined once here."""
+the labels of the terms (parameter names and their tidy-table names; the words themselves are
+in :mod:`pipeline.vocabulary`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,10 +14,11 @@ from pipeline.config import ESTIMATE_KEYS, SPEC_FIELDS, STAGE_FIELDS
 from pipeline.estimation.columns import followup_mask
 from pipeline.estimation.variance import VCOV_TYPES
 from pipeline.io import param
+from pipeline.vocabulary import DIFF, SEXES, sex_term
+# The names of the tidy tables, from pipeline.vocabulary (re-exported for the estimation package).
+from pipeline.vocabulary import ARM_TERM_PREFIX, EFFECT_KEYS, MODELS, SAMPLES  # noqa: F401
+from pipeline.vocabulary import TREATMENTS as CANONICAL_TREATMENTS
 
-CANONICAL_TREATMENTS = ("treat_skills", "treat_capital")
-MODELS = ("pooled", "by_gender", "women_only", "men_only")   # then round_<r>, then descriptive
-SAMPLES = ("all", "women", "men")
 # Outcome transforms (see transform_outcome). For log and ihs the effect is not in the outcome's
 # units, so no "% of the control mean" is given for them.
 TRANSFORMS = ("level", "unwinsorised", "log", "ihs", "trimmed")
@@ -123,6 +125,17 @@ def _infer_treatments(df: pd.DataFrame, followup_only: bool) -> tuple[str, ...]:
 # --------------------------------------------------------------------------------------------
 # Term labels
 # --------------------------------------------------------------------------------------------
+# The gender levels of the by_gender model's parameters (``treat_capital:female``, see
+# :func:`gender_param`) -> the sex of their tidy term (``treat_capital_women``).
+FEMALE, MALE = "female", "male"
+GENDER_LEVELS = {FEMALE: SEXES[0], MALE: SEXES[1]}
+
+
+def gender_param(name: str, level: str) -> str:
+    """The by_gender model's parameter of ``name`` for a GENDER_LEVELS key: ``<name>:<level>``."""
+    return f"{name}:{level}"
+
+
 def interaction_name(pair: tuple[str, str]) -> str:
     return f"{pair[0]}:{pair[1]}"
 
@@ -130,15 +143,14 @@ def interaction_name(pair: tuple[str, str]) -> str:
 def tidy_name(param: str) -> str:
     """'treat_skills:treat_capital:female' -> 'treat_skills_x_treat_capital_women'."""
     parts = param.split(":")
-    suffix = ""
-    if parts[-1] in ("female", "male"):
-        suffix = "_women" if parts[-1] == "female" else "_men"
-        parts = parts[:-1]
-    return "_x_".join(parts) + suffix
+    if parts[-1] in GENDER_LEVELS:
+        return sex_term("_x_".join(parts[:-1]), GENDER_LEVELS[parts[-1]])
+    return "_x_".join(parts)
 
 
-EFFECT_KEYS = {"treat_skills": "skills", "treat_capital": "capital",
-               "treat_skills_x_treat_capital": "skills_x_capital"}
+def diff_name(param: str) -> str:
+    """'treat_capital' -> 'treat_capital_diff': the women - men contrast of a by-gender term."""
+    return sex_term(tidy_name(param), DIFF)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,11 +16,14 @@ from pipeline.estimation.columns import FOLLOWUP, GENDER, require
 from pipeline.estimation.fit import fit
 from pipeline.estimation.sample import (apply_sample, baseline_columns, gender_varies, resolve_outcome,
                                         sexes_present)
-from pipeline.estimation.spec import EFFECT_KEYS, Spec, interaction_name, split_params, study_params
+from pipeline.estimation.spec import (ARM_TERM_PREFIX, EFFECT_KEYS, Spec, interaction_name, split_params,
+                                     study_params)
 from pipeline.estimation.tables import (COEFFICIENTS_BY_GENDER_COLUMNS, TIDY_COLUMNS, coefficients_by_gender,
                                         concat_tidy, empty_tidy, estimate_study, fit_descriptive, sort_table,
                                         tidy)
 from pipeline.estimation.wild import wild_settings
+from pipeline.vocabulary import (ALL, BY_GENDER, IGNORED_NOTE_PREFIX, MEN, POOLED, SAMPLE_MODELS, SAMPLES, SEXES, WOMEN,
+                                 split_sex_term)
 
 log = logging.getLogger(__name__)
 
@@ -57,48 +60,58 @@ def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alph
     contrasts = _arm_contrasts(df, spec.treatments)
     results = [fit(df, spec)]
     present = sexes_present(df, spec) if GENDER in df.columns else set()
-    if present == {"women", "men"}:
+    if present == set(SEXES):
         results.append(fit(df, spec, by_gender=True))
-    results += [fit(df, spec, sample=sex) for sex in ("women", "men") if sex in present]
+    results += [fit(df, spec, sample=sex) for sex in SEXES if sex in present]
     parts = []
     for res in results:
         t = tidy(res, study, alpha=alpha, power=power)
-        names = list(res.params.index)
-        interest = [p for td in res.estimate_info.terms for p, _ in td.weights]
-        R = np.zeros((len(set(interest)), len(names)))
-        for i, p in enumerate(dict.fromkeys(interest)):
-            R[i, names.index(p)] = 1.0
-        ft = res.f_test(R)
+        ft = _joint_test_of_terms(res)
         t["joint_f_stat"] = float(np.squeeze(ft.fvalue))
         t["joint_df_num"], t["joint_df_denom"] = int(ft.df_num), int(ft.df_denom)
         t["joint_p_value"] = float(np.squeeze(ft.pvalue))
-        extra = []
-        if res.estimate_info.model != "by_gender":
-            for a, active in contrasts.items():
-                r = np.zeros(len(names))
-                on = [k for k, v in active.items() if v == 1]
-                for k in on:
-                    r[names.index(k)] = 1.0
-                for i, k1 in enumerate(on):
-                    for k2 in on[i + 1:]:
-                        nm = interaction_name((k1, k2))
-                        if nm in names:
-                            r[names.index(nm)] = 1.0
-                tt = res.t_test(r[None, :])
-                lo, hi = np.asarray(tt.conf_int(alpha=alpha)).ravel()
-                extra.append({**t.iloc[0].to_dict(), "term": f"arm: {a}",
-                              "estimate": float(np.squeeze(tt.effect)), "std_error": float(np.squeeze(tt.sd)),
-                              "ci_low": float(lo), "ci_high": float(hi), "p_value": float(np.squeeze(tt.pvalue))})
+        extra = [] if res.estimate_info.model == BY_GENDER else [
+            {**t.iloc[0].to_dict(), **_arm_difference(res, a, active, alpha)} for a, active in contrasts.items()]
         parts.append(pd.concat([t, pd.DataFrame(extra)], ignore_index=True) if extra else t)
     out = pd.concat(parts, ignore_index=True)
     return out[ATTRITION_COLUMNS]
+
+
+def _joint_test_of_terms(res):
+    """The Wald test that every parameter of the model's tidy terms is zero (``res.f_test``)."""
+    names = list(res.params.index)
+    interest = list(dict.fromkeys(p for td in res.estimate_info.terms for p, _ in td.weights))
+    R = np.zeros((len(interest), len(names)))
+    for i, p in enumerate(interest):
+        R[i, names.index(p)] = 1.0
+    return res.f_test(R)
+
+
+def _arm_difference(res, arm: str, active: dict[str, int], alpha: float) -> dict:
+    """The tidy columns of the row ``arm: <label>``: arm - control, the sum of the arm's treatment
+    coefficients and of their interactions in the model (``res.t_test``, the contrast's t df)."""
+    names = list(res.params.index)
+    r = np.zeros(len(names))
+    on = [k for k, v in active.items() if v == 1]
+    for k in on:
+        r[names.index(k)] = 1.0
+    for i, k1 in enumerate(on):
+        for k2 in on[i + 1:]:
+            nm = interaction_name((k1, k2))
+            if nm in names:
+                r[names.index(nm)] = 1.0
+    tt = res.t_test(r[None, :])
+    lo, hi = np.asarray(tt.conf_int(alpha=alpha)).ravel()
+    return {"term": f"{ARM_TERM_PREFIX}{arm}", "estimate": float(np.squeeze(tt.effect)),
+            "std_error": float(np.squeeze(tt.sd)), "ci_low": float(lo), "ci_high": float(hi),
+            "p_value": float(np.squeeze(tt.pvalue))}
 
 
 def attrition_rates(df: pd.DataFrame, arm: str = "arm") -> pd.DataFrame:
     """Share of planned follow-up firm-rounds not interviewed, by sample, arm and round."""
     fu = df[df[FOLLOWUP].astype(bool)]
     parts = []
-    for sample, sub in (("all", fu), ("women", fu[fu[GENDER] == 1]), ("men", fu[fu[GENDER] == 0])):
+    for sample, sub in ((ALL, fu), (WOMEN, fu[fu[GENDER] == 1]), (MEN, fu[fu[GENDER] == 0])):
         if sub.empty:
             continue
         g = sub.groupby([arm, "round"])["attrited"].agg(["size", "mean"]).reset_index()
@@ -115,21 +128,21 @@ def _key_estimates(study, primary, results, attrition, balance_joint, lee, qte) 
     r6 = lambda v: None if v is None or not np.isfinite(v) else round(float(v), 6)  # noqa: E731
     out: dict = {"study": study, "primary_outcome": primary, "effects": {}}
     sub = results[(results["outcome"] == primary) & (results["transform"] == "level")
-                  & (results["model"] == "by_gender")]
+                  & (results["model"] == BY_GENDER)]
     for _, r in sub.iterrows():
-        term, sex = r["term"].rsplit("_", 1)
+        term, sex = split_sex_term(r["term"])
         out["effects"][f"{EFFECT_KEYS.get(term, term)}_{sex}"] = {
             k: r6(r[c]) for k, c in (("estimate", "estimate"), ("se", "std_error"), ("ci_low", "ci_low"),
                                      ("ci_high", "ci_high"), ("p", "p_value"), ("q", "q_value"),
                                      ("mde", "mde"), ("mde_pct", "mde_pct_of_control_mean"),
                                      ("pct", "effect_pct_of_control_mean"))}
     if len(attrition):
-        pooled = attrition[attrition["model"] == "pooled"]
+        pooled = attrition[attrition["model"] == POOLED]
         out["attrition"] = {
             "control_rate": r6(pooled["control_mean"].iloc[0]),
             "joint_p_value": r6(pooled["joint_p_value"].iloc[0]),
-            "difference_by_arm": {inference.slug(t[len("arm: "):]): r6(e) for t, e in
-                                  zip(pooled["term"], pooled["estimate"]) if t.startswith("arm: ")}}
+            "difference_by_arm": {inference.slug(t[len(ARM_TERM_PREFIX):]): r6(e) for t, e in
+                                  zip(pooled["term"], pooled["estimate"]) if t.startswith(ARM_TERM_PREFIX)}}
     if len(balance_joint):
         out["balance_joint_ri_p_value"] = {
             f"{inference.slug(r['arm'])}_{r['sample']}": r6(r["ri_p_value"]) for _, r in balance_joint.iterrows()}
@@ -142,6 +155,11 @@ def _key_estimates(study, primary, results, attrition, balance_joint, lee, qte) 
         out["qte_median"] = {f"{EFFECT_KEYS.get(r['term'], r['term'])}_{r['sample']}": r6(r["estimate"])
                              for _, r in med.iterrows()}
     return out
+
+
+# Errors an add-on (attrition, Lee bounds, balance, QTE) may raise on a study: it is then skipped
+# with the reason, and the causal results are kept.
+ADD_ON_ERRORS = (ValueError, KeyError, IndexError, np.linalg.LinAlgError)
 
 
 def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
@@ -164,21 +182,9 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
         raise ValueError("estimate params: 'outcomes' is empty")
     full = analysis
     analysis, notes = apply_sample(full, sp["sample"])
-    notes += [f"ignored: {x}" for x in sp["ignored"]]
+    notes += [f"{IGNORED_NOTE_PREFIX}{x}" for x in sp["ignored"]]
     skipped: dict[str, str] = {}
-    resolved = {o: resolve_outcome(o, analysis.columns) for o in sp["outcomes"]}
-    outcomes = list(dict.fromkeys(c for c in resolved.values()
-                                  if c is not None and analysis[c].notna().any()))
-    if not outcomes:
-        raise ValueError(f"{study}: none of the outcomes {sp['outcomes']} is in the analysis table")
-    primary = resolve_outcome(sp["primary_outcome"], analysis.columns) if sp["primary_outcome"] else outcomes[0]
-    if primary not in outcomes:
-        raise ValueError(f"{study}: primary outcome {sp['primary_outcome']!r} is not among the "
-                         f"estimable outcomes {outcomes}")
-    q_families = sp["q_families"]
-    if q_families:
-        q_families = {f: [resolve_outcome(o, analysis.columns) or o for o in
-                          ([m] if isinstance(m, str) else m)] for f, m in q_families.items()}
+    resolved, outcomes, primary, q_families = _resolve_outcomes(analysis, sp, study)
     gender_models = gender_varies(analysis)
     if not gender_models:
         skipped["gender_models"] = "owner's sex unknown or the same for every firm"
@@ -187,109 +193,22 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
             spec_params["controls"] = [*spec_params["controls"], GENDER]
         else:
             skipped["gender_control"] = "female_owner does not vary (or is unknown)"
-    alpha, power, seed = float(sp["alpha"]), float(sp["mde_power"]), int(sp["seed"])
+    alpha, power = float(sp["alpha"]), float(sp["mde_power"])
     results = estimate_study(analysis, outcomes, spec_params, study, transforms=sp["transforms"],
                              by_round=bool(sp["by_round"]), trim_top_pct=float(sp["trim_top_pct"]),
                              q_families=q_families, alpha=alpha, power=power,
                              gender_models=gender_models, wild=wild_settings(sp))
     spec = Spec.from_params(spec_params, primary, analysis)
-
-    # Descriptive, non-causal: women's profits and the skills index / credit access.
-    descriptive = empty_tidy()
-    women_fu = (analysis[GENDER] == 1) if GENDER in analysis.columns else pd.Series(False, index=analysis.index)
-    if FOLLOWUP in analysis.columns:
-        women_fu &= analysis[FOLLOWUP].astype(bool)
-    regs = [c for c in sp["descriptive_regressors"]
-            if c in analysis.columns and analysis.loc[women_fu, c].notna().any()]
-    ctrls = [c for c in sp["descriptive_controls"] if c in analysis.columns]
-    if regs and women_fu.any():
-        try:
-            descriptive = fit_descriptive(analysis, spec, regs, ctrls, sample="women",
-                                          control_only=sp["descriptive_sample"] == "control_only",
-                                          study=study, alpha=alpha)
-        except ValueError as exc:    # an add-on: report it, keep the causal results
-            log.warning("descriptive model failed: %s", exc)
-            skipped["descriptive"] = f"failed: {exc}"
+    descriptive = _descriptive(analysis, spec, sp, study, skipped)
+    if descriptive is None:      # not applicable (the reason is in skipped)
+        descriptive = empty_tidy()
+    else:                        # fitted, or failed (no rows)
         results = sort_table(concat_tidy([results, descriptive]), outcomes,
-                              list(pd.unique(results["transform"])))
-    else:
-        skipped["descriptive"] = "no descriptive regressor observed among women, or no women"
-
-    # Attrition and Lee bounds: every planned follow-up row (not only the effect models' sample).
-    add_on_errors = (ValueError, KeyError, IndexError, np.linalg.LinAlgError)
-    sexes = ("all", "women", "men") if gender_varies(full) else ("all",)
-    attrition = pd.DataFrame(columns=ATTRITION_COLUMNS)
-    lee = pd.DataFrame()
-    rates = pd.DataFrame()
-    fu = full[full[FOLLOWUP].astype(bool)] if FOLLOWUP in full.columns else full.iloc[0:0]
-    if "attrited" not in full.columns or not len(fu):
-        skipped["attrition"] = skipped["lee_bounds"] = "no attrited / followup columns"
-    elif not fu["attrited"].astype(bool).any():
-        skipped["attrition"] = skipped["lee_bounds"] = "no attrition (every planned interview observed)"
-    else:
-        att_p = {}
-        try:
-            attrition = attrition_table(fu, spec_params, study, alpha, power)
-            rates = attrition_rates(full)
-            for _, r in attrition.iterrows():
-                if r["term"].startswith("arm: ") and r["model"] in ("pooled", "women_only", "men_only"):
-                    att_p[(r["sample"], r["term"][len("arm: "):])] = r["p_value"]
-        except add_on_errors as exc:
-            attrition, rates = pd.DataFrame(columns=ATTRITION_COLUMNS), pd.DataFrame()
-            skipped["attrition"] = f"failed: {exc}"
-        if "arm" not in full.columns:
-            skipped["lee_bounds"] = "no arm column"
-        else:
-            try:
-                lee = lee_bounds.lee_bounds_table(
-                    fu, primary, treatments=spec.treatments, cells=[c for c in sp["lee_cells"] if c in fu.columns],
-                    cluster=spec.cluster or "firm_id", reps=int(sp["bootstrap_reps"]), seed=seed,
-                    alpha=alpha, attrition_p=att_p, samples=sexes)
-                lee.insert(0, "study", study)
-            except add_on_errors as exc:
-                lee = pd.DataFrame()
-                skipped["lee_bounds"] = f"failed: {exc}"
-
-    # Balance at baseline (every interviewed baseline row).
-    balance, balance_joint = pd.DataFrame(), pd.DataFrame()
-    if FOLLOWUP in full.columns and "arm" in full.columns:
-        bl_rows = full[~full[FOLLOWUP].astype(bool)]
-        if "interviewed" in bl_rows.columns:
-            bl_rows = bl_rows[bl_rows["interviewed"] == 1]
-        covs = [c for c in sp["balance_covariates"] if c in bl_rows.columns and bl_rows[c].notna().any()]
-        if len(bl_rows) and covs:
-            try:
-                balance, balance_joint = balance_tables(
-                    bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
-                    permutations=int(sp["permutations"]), seed=seed, samples=sexes)
-                balance.insert(0, "study", study)
-                balance_joint.insert(0, "study", study)
-            except add_on_errors as exc:
-                balance, balance_joint = pd.DataFrame(), pd.DataFrame()
-                skipped["balance"] = f"failed: {exc}"
-        else:
-            skipped["balance"] = "no baseline rows or no balance covariates observed"
-    else:
-        skipped["balance"] = "no followup / arm columns"
-
-    # Quantile treatment effects (primary outcome, level).
-    qte_tab = pd.DataFrame()
-    qte_cols = ["stratum", spec.cluster or "firm_id"]
-    if not all(c in analysis.columns for c in qte_cols):
-        skipped["qte"] = f"missing columns {[c for c in qte_cols if c not in analysis.columns]}"
-    else:
-        try:
-            qte_tab = qte.qte_table(
-                analysis, primary, spec.treatments, sp["qte_quantiles"], reps=int(sp["bootstrap_reps"]),
-                seed=seed, cluster=spec.cluster or "firm_id", baseline_control=spec.baseline_control,
-                listwise_baseline=spec.missing_baseline == "listwise",
-                fixed_effects=[f for f in sp["qte_fixed_effects"] if f in analysis.columns],
-                interact=spec.interact_treatments, n_jobs=int(sp["n_jobs"]), alpha=alpha, study=study,
-                followup_only=spec.followup_only,
-                samples=("women", "men") if gender_models else ("all",))
-        except add_on_errors as exc:
-            qte_tab = pd.DataFrame()
-            skipped["qte"] = f"failed: {exc}"
+                             list(pd.unique(results["transform"])))
+    sexes = SAMPLES if gender_varies(full) else (ALL,)
+    attrition, rates, lee = _attrition_and_lee(full, spec_params, spec, sp, study, primary, sexes, skipped)
+    balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped)
+    qte_tab = _qte(analysis, spec, sp, study, primary, gender_models, skipped)
     if spec.weights is not None:
         notes.append("weights are not used by QuantReg, Lee bounds or the balance table")
     for what, why in skipped.items():
@@ -307,22 +226,153 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                "models": list(pd.unique(results["model"])),
                "tables": {name: table_status(name, table, skipped) for name, table in tables.items()},
                "attrition_rates": rates.to_dict("records") if len(rates) else [],
-               "specification": {**{k: (list(v) if isinstance(v, tuple) else v)
-                                    for k, v in spec.__dict__.items() if k != "outcome"},
-                                 "sample": sp["sample"],
-                                 # resolved against the data: ANCOVA only where the outcome has a baseline
-                                 "baseline_control_by_outcome": {
-                                     o: bool(baseline_columns(analysis, replace(spec, outcome=o))) for o in outcomes},
-                                 "gender_models": gender_models, "by_round": bool(sp["by_round"]),
-                                 "q_families": q_families,
-                                 # levels among the effect models' follow-up rows (1: absorbs nothing)
-                                 **_design_levels(analysis, spec)},
+               "specification": _specification(analysis, spec, sp, outcomes, gender_models, q_families),
                "wild_bootstrap": {**wild_settings(sp).__dict__,
                                   "rows_with_wild_p_value": int(results["wild_p_value"].notna().sum())},
                "skipped": skipped,
                "notes": notes}
     return {**tables, "descriptive": descriptive, "attrition_rates": rates,
             "key_estimates": key, "summary": summary}
+
+
+def _resolve_outcomes(analysis: pd.DataFrame, sp: dict, study: str) -> tuple[dict, list, str, dict | None]:
+    """(configured outcome -> its column or None, the estimable outcome columns, the primary
+    outcome's column, the q-value families in columns)."""
+    resolved = {o: resolve_outcome(o, analysis.columns) for o in sp["outcomes"]}
+    outcomes = list(dict.fromkeys(c for c in resolved.values()
+                                  if c is not None and analysis[c].notna().any()))
+    if not outcomes:
+        raise ValueError(f"{study}: none of the outcomes {sp['outcomes']} is in the analysis table")
+    primary = resolve_outcome(sp["primary_outcome"], analysis.columns) if sp["primary_outcome"] else outcomes[0]
+    if primary not in outcomes:
+        raise ValueError(f"{study}: primary outcome {sp['primary_outcome']!r} is not among the "
+                         f"estimable outcomes {outcomes}")
+    q_families = sp["q_families"]
+    if q_families:
+        q_families = {f: [resolve_outcome(o, analysis.columns) or o for o in
+                          ([m] if isinstance(m, str) else m)] for f, m in q_families.items()}
+    return resolved, outcomes, primary, q_families
+
+
+def _descriptive(analysis: pd.DataFrame, spec: Spec, sp: dict, study: str,
+                 skipped: dict) -> pd.DataFrame | None:
+    """The descriptive, non-causal model (women's profits on the skills index / credit access);
+    no rows when it failed, None when not applicable (the reason in ``skipped`` for both)."""
+    women_fu = (analysis[GENDER] == 1) if GENDER in analysis.columns else pd.Series(False, index=analysis.index)
+    if FOLLOWUP in analysis.columns:
+        women_fu &= analysis[FOLLOWUP].astype(bool)
+    regs = [c for c in sp["descriptive_regressors"]
+            if c in analysis.columns and analysis.loc[women_fu, c].notna().any()]
+    ctrls = [c for c in sp["descriptive_controls"] if c in analysis.columns]
+    if not (regs and women_fu.any()):
+        skipped["descriptive"] = "no descriptive regressor observed among women, or no women"
+        return None
+    try:
+        return fit_descriptive(analysis, spec, regs, ctrls, sample=WOMEN,
+                               control_only=sp["descriptive_sample"] == "control_only",
+                               study=study, alpha=float(sp["alpha"]))
+    except ValueError as exc:    # an add-on: report it, keep the causal results
+        log.warning("descriptive model failed: %s", exc)
+        skipped["descriptive"] = f"failed: {exc}"
+        return empty_tidy()
+def _attrition_and_lee(full: pd.DataFrame, spec_params: dict, spec: Spec, sp: dict, study: str, primary: str,
+                       sexes: tuple[str, ...], skipped: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(attrition table, attrition rates, Lee bounds) on every planned follow-up row (not only the
+    effect models' sample); empty tables with the reason in ``skipped`` where not applicable."""
+    attrition, rates, lee = pd.DataFrame(columns=ATTRITION_COLUMNS), pd.DataFrame(), pd.DataFrame()
+    fu = full[full[FOLLOWUP].astype(bool)] if FOLLOWUP in full.columns else full.iloc[0:0]
+    if "attrited" not in full.columns or not len(fu):
+        skipped["attrition"] = skipped["lee_bounds"] = "no attrited / followup columns"
+        return attrition, rates, lee
+    if not fu["attrited"].astype(bool).any():
+        skipped["attrition"] = skipped["lee_bounds"] = "no attrition (every planned interview observed)"
+        return attrition, rates, lee
+    alpha = float(sp["alpha"])
+    att_p = {}
+    try:
+        attrition = attrition_table(fu, spec_params, study, alpha, float(sp["mde_power"]))
+        rates = attrition_rates(full)
+        for _, r in attrition.iterrows():
+            if r["term"].startswith(ARM_TERM_PREFIX) and r["model"] in SAMPLE_MODELS.values():
+                att_p[(r["sample"], r["term"][len(ARM_TERM_PREFIX):])] = r["p_value"]
+    except ADD_ON_ERRORS as exc:
+        attrition, rates = pd.DataFrame(columns=ATTRITION_COLUMNS), pd.DataFrame()
+        skipped["attrition"] = f"failed: {exc}"
+    if "arm" not in full.columns:
+        skipped["lee_bounds"] = "no arm column"
+        return attrition, rates, lee
+    try:
+        lee = lee_bounds.lee_bounds_table(
+            fu, primary, treatments=spec.treatments, cells=[c for c in sp["lee_cells"] if c in fu.columns],
+            cluster=spec.cluster or "firm_id", reps=int(sp["bootstrap_reps"]), seed=int(sp["seed"]),
+            alpha=alpha, attrition_p=att_p, samples=sexes)
+        lee.insert(0, "study", study)
+    except ADD_ON_ERRORS as exc:
+        lee = pd.DataFrame()
+        skipped["lee_bounds"] = f"failed: {exc}"
+    return attrition, rates, lee
+
+
+def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[str, ...],
+             skipped: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(balance, balance_joint) at baseline, on every interviewed baseline row; empty tables with
+    the reason in ``skipped`` where not applicable."""
+    if FOLLOWUP not in full.columns or "arm" not in full.columns:
+        skipped["balance"] = "no followup / arm columns"
+        return pd.DataFrame(), pd.DataFrame()
+    bl_rows = full[~full[FOLLOWUP].astype(bool)]
+    if "interviewed" in bl_rows.columns:
+        bl_rows = bl_rows[bl_rows["interviewed"] == 1]
+    covs = [c for c in sp["balance_covariates"] if c in bl_rows.columns and bl_rows[c].notna().any()]
+    if not (len(bl_rows) and covs):
+        skipped["balance"] = "no baseline rows or no balance covariates observed"
+        return pd.DataFrame(), pd.DataFrame()
+    try:
+        balance, balance_joint = balance_tables(
+            bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
+            permutations=int(sp["permutations"]), seed=int(sp["seed"]), samples=sexes)
+    except ADD_ON_ERRORS as exc:
+        skipped["balance"] = f"failed: {exc}"
+        return pd.DataFrame(), pd.DataFrame()
+    balance.insert(0, "study", study)
+    balance_joint.insert(0, "study", study)
+    return balance, balance_joint
+
+
+def _qte(analysis: pd.DataFrame, spec: Spec, sp: dict, study: str, primary: str, gender_models: bool,
+         skipped: dict) -> pd.DataFrame:
+    """Quantile treatment effects of the primary outcome (level), or no rows with the reason in
+    ``skipped``."""
+    qte_cols = ["stratum", spec.cluster or "firm_id"]
+    if not all(c in analysis.columns for c in qte_cols):
+        skipped["qte"] = f"missing columns {[c for c in qte_cols if c not in analysis.columns]}"
+        return pd.DataFrame()
+    try:
+        return qte.qte_table(
+            analysis, primary, spec.treatments, sp["qte_quantiles"], reps=int(sp["bootstrap_reps"]),
+            seed=int(sp["seed"]), cluster=spec.cluster or "firm_id", baseline_control=spec.baseline_control,
+            listwise_baseline=spec.missing_baseline == "listwise",
+            fixed_effects=[f for f in sp["qte_fixed_effects"] if f in analysis.columns],
+            interact=spec.interact_treatments, n_jobs=int(sp["n_jobs"]), alpha=float(sp["alpha"]), study=study,
+            followup_only=spec.followup_only,
+            samples=SEXES if gender_models else (ALL,))
+    except ADD_ON_ERRORS as exc:
+        skipped["qte"] = f"failed: {exc}"
+        return pd.DataFrame()
+
+
+def _specification(analysis: pd.DataFrame, spec: Spec, sp: dict, outcomes: list[str], gender_models: bool,
+                   q_families: dict | None) -> dict:
+    """The resolved specification of the study, as the summary records it (the method note reads it)."""
+    return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in spec.__dict__.items() if k != "outcome"},
+            "sample": sp["sample"],
+            # resolved against the data: ANCOVA only where the outcome has a baseline
+            "baseline_control_by_outcome": {
+                o: bool(baseline_columns(analysis, replace(spec, outcome=o))) for o in outcomes},
+            "gender_models": gender_models, "by_round": bool(sp["by_round"]),
+            "q_families": q_families,
+            # levels among the effect models' follow-up rows (1: absorbs nothing)
+            **_design_levels(analysis, spec)}
 
 
 # The header of every CSV the stage writes (OUTPUT_FILES), whatever the study: a table with nothing

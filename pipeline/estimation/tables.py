@@ -20,6 +20,7 @@ from pipeline.estimation.sample import (baseline_columns, crossed_interactions, 
 from pipeline.estimation.spec import (EFFECT_KEYS, MODELS, NONLINEAR_TRANSFORMS, TRANSFORMS,
                                       Spec)
 from pipeline.estimation.wild import WildSettings, wild_p_value
+from pipeline.vocabulary import BY_GENDER, DESCRIPTIVE, ROUND_MODEL_PREFIX, SEXES, WOMEN, round_model, split_sex_term
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +134,9 @@ def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = No
     prepare(df, spec, "all", need_gender=True)    # column and outcome checks, clear errors
     present = sexes_present(df, spec)
     parts = []
-    if present == {"women", "men"}:
+    if present == set(SEXES):
         parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
-    for sex in ("women", "men"):
+    for sex in SEXES:
         if sex in present:
             parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
         else:
@@ -149,8 +150,8 @@ def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = No
 def _model_rank(model: str) -> tuple:
     if model in MODELS:
         return (0, MODELS.index(model), 0)
-    if model.startswith("round_"):
-        tail = model[len("round_"):]
+    if model.startswith(ROUND_MODEL_PREFIX):
+        tail = model[len(ROUND_MODEL_PREFIX):]
         return (1, int(tail) if tail.lstrip("-").isdigit() else 0, tail)
     return (2, 0, model)
 
@@ -179,7 +180,7 @@ def add_q_values(table: pd.DataFrame, q_families: dict | None = None) -> pd.Data
     out = table.copy()
     out["q_value"] = np.nan
     fam = out["outcome"].map(_families(list(pd.unique(out["outcome"])), q_families))
-    causal = out["model"] != "descriptive"
+    causal = out["model"] != DESCRIPTIVE
     keys = [fam, out["transform"], out["model"], out["sample"], out["term"]]
     for _, idx in out[causal].groupby([k[causal] for k in keys], sort=False).groups.items():
         out.loc[idx, "q_value"] = inference.sharpened_qvalues(out.loc[idx, "p_value"].to_numpy())
@@ -230,7 +231,7 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
             if by_round:
                 for r in round_models(data, spec):
                     sub = data[data["round"] == r]
-                    parts.append(tidy(fit(sub, spec, model=f"round_{r}", **kw), study, alpha=alpha, power=power, wild=wild))
+                    parts.append(tidy(fit(sub, spec, model=round_model(r), **kw), study, alpha=alpha, power=power, wild=wild))
     out = concat_tidy(parts)
     out = add_q_values(out, q_families)
     return sort_table(out, outcomes, transforms)
@@ -252,7 +253,7 @@ def sort_table(out: pd.DataFrame, outcomes: Sequence[str], transforms: Sequence[
 # Descriptive (non-causal) model
 # --------------------------------------------------------------------------------------------
 def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
-                    controls: Sequence[str] = (), *, sample: str = "women",
+                    controls: Sequence[str] = (), *, sample: str = WOMEN,
                     control_only: bool = False, study: str | None = None,
                     alpha: float) -> pd.DataFrame:
     """NON-CAUSAL: how ``regressors`` (e.g. the skills index, credit access) relate to the outcome.
@@ -303,7 +304,7 @@ def fit_descriptive(df: pd.DataFrame, spec: Spec, regressors: Sequence[str],
     for r in regressors:
         est = float(res.params[r])
         rows.append({
-            "study": study, "outcome": spec.outcome, "transform": "level", "model": "descriptive",
+            "study": study, "outcome": spec.outcome, "transform": "level", "model": DESCRIPTIVE,
             "sample": sample, "term": r, "estimate": est, "std_error": float(res.bse[r]),
             "ci_low": float(ci.loc[r, 0]), "ci_high": float(ci.loc[r, 1]),
             "p_value": float(res.pvalues[r]), "q_value": np.nan, "n_obs": int(res.nobs),
@@ -324,10 +325,10 @@ def coefficients_by_gender(results: pd.DataFrame, outcome: str) -> pd.DataFrame:
     """Plot data: effect (skills / capital / skills_x_capital), sex (women / men / diff), estimate,
     ci_low, ci_high, from the ``by_gender`` model of ``outcome`` (level)."""
     sub = results[(results["outcome"] == outcome) & (results["transform"] == "level")
-                  & (results["model"] == "by_gender")]
+                  & (results["model"] == BY_GENDER)]
     rows = []
     for _, r in sub.iterrows():
-        term, sex = r["term"].rsplit("_", 1)
+        term, sex = split_sex_term(r["term"])
         rows.append({"effect": EFFECT_KEYS.get(term, term), "sex": sex, "estimate": r["estimate"],
                      "ci_low": r["ci_low"], "ci_high": r["ci_high"]})
     return pd.DataFrame(rows, columns=COEFFICIENTS_BY_GENDER_COLUMNS)
