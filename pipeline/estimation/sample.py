@@ -57,40 +57,19 @@ class Sample:
 
 
 def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool) -> Sample:
+    """The estimation sample of ``spec`` as arrays: follow-up rows (``spec.followup_only``) of
+    ``sample`` (None or ``all``, ``women``, ``men``) with the outcome observed (and, with
+    ``missing_baseline: listwise``, its baseline). A missing column, or a missing value in a
+    regressor, the fixed effects, clusters or weights of the sample, raises ValueError naming it."""
     if not isinstance(df, pd.DataFrame):
         raise TypeError("df must be a pandas DataFrame")
-    sample = "all" if sample is None else sample
+    sample = ALL if sample is None else sample
     if sample not in SAMPLES:
         raise ValueError(f"sample must be None, 'women' or 'men', got {sample!r}")
+    with_gender = need_gender or sample != ALL
     baseline = baseline_columns(df, spec)
-    require(df, [spec.outcome], "outcome")
-    require(df, spec.treatments, "treatment")
-    require(df, spec.fixed_effects, "fixed effect")
-    require(df, spec.controls, "control")
-    if spec.cluster is not None:
-        require(df, [spec.cluster], "cluster")
-    if spec.weights is not None:
-        require(df, [spec.weights], "weights")
-    if need_gender or sample != "all":
-        require(df, [GENDER], "owner's sex")
-
-    y_all = as_float(df[spec.outcome], spec.outcome)
-    keep = followup_mask(df) if spec.followup_only else np.ones(len(df), dtype=bool)
-    if not np.any(keep & ~np.isnan(y_all)):
-        raise ValueError(f"outcome {spec.outcome!r} has no non-missing "
-                         f"{'follow-up ' if spec.followup_only else ''}observations")
-    if sample != ALL:
-        g = as_float(df[GENDER], GENDER)
-        keep &= g == (1.0 if sample == WOMEN else 0.0)
-    keep &= ~np.isnan(y_all)
-    if baseline and spec.missing_baseline == "listwise":
-        keep &= _baseline_observed(df, spec)    # complete cases: baseline observed
-    if not keep.any():
-        raise ValueError(f"outcome {spec.outcome!r} has no non-missing observations "
-                         f"in sample {sample!r}"
-                         + (" with a baseline (missing_baseline: listwise)" if baseline
-                            and spec.missing_baseline == "listwise" else ""))
-    sub = df.loc[keep]
+    _require_spec_columns(df, spec, with_gender)
+    sub = df.loc[_sample_rows(df, spec, sample, baseline)]
 
     def design_var(col: str, binary: bool = False) -> np.ndarray:
         v = as_float(sub[col], col)
@@ -102,28 +81,62 @@ def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool)
         return v
 
     treat = {t: design_var(t, binary=True) for t in spec.treatments}
-    female = design_var(GENDER, binary=True) if (need_gender or sample != "all") else None
+    female = design_var(GENDER, binary=True) if with_gender else None
     covariates = {c: design_var(c) for c in (*baseline, *spec.controls)}
-    fe = {}
-    for c in spec.fixed_effects:
-        s = sub[c]
-        if s.isna().any():
-            raise ValueError(f"fixed-effect column {c!r} has missing values in the estimation sample")
-        fe[c] = pd.factorize(s, sort=True)
+    fe = {c: pd.factorize(_complete(sub[c], f"fixed-effect column {c!r}"), sort=True) for c in spec.fixed_effects}
     groups = None
     if spec.cluster is not None:
-        s = sub[spec.cluster]
-        if s.isna().any():
-            raise ValueError(f"cluster column {spec.cluster!r} has missing values in the "
-                             f"estimation sample")
-        groups = pd.factorize(s, sort=True)[0].astype(np.int64)
+        groups = pd.factorize(_complete(sub[spec.cluster], f"cluster column {spec.cluster!r}"),
+                              sort=True)[0].astype(np.int64)
     weights = None
     if spec.weights is not None:
         weights = design_var(spec.weights)
         if not (np.isfinite(weights).all() and (weights > 0).all()):
             raise ValueError(f"weights column {spec.weights!r} must be finite and positive")
     return Sample(y=as_float(sub[spec.outcome], spec.outcome), treat=treat, female=female,
-                   covariates=covariates, fe=fe, groups=groups, weights=weights)
+                  covariates=covariates, fe=fe, groups=groups, weights=weights)
+
+
+def _require_spec_columns(df: pd.DataFrame, spec: Spec, with_gender: bool) -> None:
+    """A clear error for any column of the specification missing from ``df``."""
+    require(df, [spec.outcome], "outcome")
+    require(df, spec.treatments, "treatment")
+    require(df, spec.fixed_effects, "fixed effect")
+    require(df, spec.controls, "control")
+    if spec.cluster is not None:
+        require(df, [spec.cluster], "cluster")
+    if spec.weights is not None:
+        require(df, [spec.weights], "weights")
+    if with_gender:
+        require(df, [GENDER], "owner's sex")
+
+
+def _sample_rows(df: pd.DataFrame, spec: Spec, sample: str, baseline: tuple[str, ...]) -> np.ndarray:
+    """Row mask of the estimation sample (see :func:`prepare`); no row raises ValueError."""
+    y_all = as_float(df[spec.outcome], spec.outcome)
+    keep = followup_mask(df) if spec.followup_only else np.ones(len(df), dtype=bool)
+    if not np.any(keep & ~np.isnan(y_all)):
+        raise ValueError(f"outcome {spec.outcome!r} has no non-missing "
+                         f"{'follow-up ' if spec.followup_only else ''}observations")
+    if sample != ALL:
+        g = as_float(df[GENDER], GENDER)
+        keep &= g == (1.0 if sample == WOMEN else 0.0)
+    keep &= ~np.isnan(y_all)
+    listwise = bool(baseline) and spec.missing_baseline == "listwise"
+    if listwise:
+        keep &= _baseline_observed(df, spec)    # complete cases: baseline observed
+    if not keep.any():
+        raise ValueError(f"outcome {spec.outcome!r} has no non-missing observations "
+                         f"in sample {sample!r}"
+                         + (" with a baseline (missing_baseline: listwise)" if listwise else ""))
+    return keep
+
+
+def _complete(s: pd.Series, what: str) -> pd.Series:
+    """``s`` when it has no missing value in the estimation sample, else ValueError naming ``what``."""
+    if s.isna().any():
+        raise ValueError(f"{what} has missing values in the estimation sample")
+    return s
 
 
 def crossed_interactions(df: pd.DataFrame, spec: Spec) -> tuple[tuple[str, str], ...]:
@@ -217,42 +230,61 @@ def transform_outcome(df: pd.DataFrame, outcome: str, transform: str, *,
         return df, outcome
     name = f"{outcome}__{transform}"
     bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
-    has_bl = bl in df.columns and miss in df.columns
+    baseline = (bl, miss) if bl in df.columns and miss in df.columns else None
     y = pd.Series(as_float(df[outcome], outcome), index=df.index)
-    new: dict[str, pd.Series] = {}
     if transform == "unwinsorised":
-        src = f"{outcome}_unwinsorised"
-        require(df, [src], "unwinsorised outcome")
-        new[name] = df[src].astype("float64")
-        if f"{src}_bl" in df.columns and f"{src}_bl_missing" in df.columns:
-            new[f"{name}_bl"] = df[f"{src}_bl"].astype("float64")
-            new[f"{name}_bl_missing"] = df[f"{src}_bl_missing"]
+        new = _unwinsorised(df, outcome, name)
     elif transform == "log":
-        new[name] = np.log(y.where(y > 0))
-        if has_bl:
-            v = df[bl].astype("float64")
-            ok = (df[miss] == 0) & (v > 0)
-            new[f"{name}_bl"] = np.log(v.where(ok)).fillna(0.0)
-            new[f"{name}_bl_missing"] = (~ok).astype("int8")
+        new = _log(df, y, name, baseline)
     elif transform == "ihs":
-        new[name] = np.arcsinh(y)
-        if has_bl:
-            new[f"{name}_bl"] = np.arcsinh(df[bl].astype("float64"))
-            new[f"{name}_bl_missing"] = df[miss]
-    elif transform == "trimmed":
-        if not 0 <= float(trim_top_pct) < 100:
-            raise ValueError(f"trim_top_pct must be in [0, 100), got {trim_top_pct}")
-        src = f"{outcome}_unwinsorised" if f"{outcome}_unwinsorised" in df.columns else outcome
-        v = df[src].astype("float64")
-        if "round" in df.columns:
-            thr = v.groupby(df["round"]).transform(lambda s: s.quantile(1 - float(trim_top_pct) / 100))
-        else:
-            thr = pd.Series(v.quantile(1 - float(trim_top_pct) / 100), index=df.index)
-        new[name] = v.where(v <= thr) if trim_top_pct > 0 else v
-        if has_bl:
-            new[f"{name}_bl"] = df[bl]
-            new[f"{name}_bl_missing"] = df[miss]
+        new = _ihs(df, y, name, baseline)
+    else:
+        new = _trimmed(df, outcome, name, baseline, trim_top_pct)
     return df.assign(**new), name
+
+
+def _unwinsorised(df: pd.DataFrame, outcome: str, name: str) -> dict[str, pd.Series]:
+    src = f"{outcome}_unwinsorised"
+    require(df, [src], "unwinsorised outcome")
+    new = {name: df[src].astype("float64")}
+    if f"{src}_bl" in df.columns and f"{src}_bl_missing" in df.columns:
+        new[f"{name}_bl"] = df[f"{src}_bl"].astype("float64")
+        new[f"{name}_bl_missing"] = df[f"{src}_bl_missing"]
+    return new
+
+
+def _log(df: pd.DataFrame, y: pd.Series, name: str, baseline: tuple[str, str] | None) -> dict[str, pd.Series]:
+    new = {name: np.log(y.where(y > 0))}
+    if baseline is not None:
+        v = df[baseline[0]].astype("float64")
+        ok = (df[baseline[1]] == 0) & (v > 0)
+        new[f"{name}_bl"] = np.log(v.where(ok)).fillna(0.0)
+        new[f"{name}_bl_missing"] = (~ok).astype("int8")
+    return new
+
+
+def _ihs(df: pd.DataFrame, y: pd.Series, name: str, baseline: tuple[str, str] | None) -> dict[str, pd.Series]:
+    new = {name: np.arcsinh(y)}
+    if baseline is not None:
+        new[f"{name}_bl"] = np.arcsinh(df[baseline[0]].astype("float64"))
+        new[f"{name}_bl_missing"] = df[baseline[1]]
+    return new
+
+
+def _trimmed(df: pd.DataFrame, outcome: str, name: str, baseline: tuple[str, str] | None,
+             trim_top_pct: float) -> dict[str, pd.Series]:
+    if not 0 <= float(trim_top_pct) < 100:
+        raise ValueError(f"trim_top_pct must be in [0, 100), got {trim_top_pct}")
+    src = f"{outcome}_unwinsorised" if f"{outcome}_unwinsorised" in df.columns else outcome
+    v = df[src].astype("float64")
+    if "round" in df.columns:
+        thr = v.groupby(df["round"]).transform(lambda s: s.quantile(1 - float(trim_top_pct) / 100))
+    else:
+        thr = pd.Series(v.quantile(1 - float(trim_top_pct) / 100), index=df.index)
+    new = {name: v.where(v <= thr) if trim_top_pct > 0 else v}
+    if baseline is not None:
+        new[f"{name}_bl"], new[f"{name}_bl_missing"] = df[baseline[0]], df[baseline[1]]
+    return new
 
 
 # --------------------------------------------------------------------------------------------
