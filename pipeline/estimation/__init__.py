@@ -57,9 +57,11 @@ estimation sample: use the construct stage's baseline pairs, e.g. ``owner_age_bl
 Outcome transforms (the ``transform`` column; :func:`transform_outcome`): ``level`` (as cleaned,
 winsorised), ``unwinsorised``, ``log`` (y > 0 only), ``ihs`` (asinh) and ``trimmed`` (top
 ``trim_top_pct`` % per round dropped). Beside every effect: the control-group mean, the effect as
-% of it (not for log / ihs), the minimum detectable effect ``mde`` = (t_0.8 + t_0.975) SE (also as
-% of the control mean) and Anderson's sharpened ``q_value`` within a family of outcomes
-(:func:`add_q_values`).
+% of it (not for log / ihs), the minimum detectable effect ``mde`` = (t_0.8 + t_0.975) SE with the
+t degrees of freedom of the row's own interval (Bell-McCaffrey under CR2; also as % of the control
+mean) and Anderson's sharpened ``q_value`` within a family of outcomes (:func:`add_q_values`).
+The attrition table's joint F-test of the treatment terms is on F(q, G - 1) under every clustered
+covariance, CR2 included (columns ``joint_df_num``, ``joint_df_denom``).
 
 The stage (:mod:`pipeline.estimation.stage`: ``run`` / ``estimate_all``) also writes attrition by arm
 (:func:`attrition_table`), Lee bounds (``lee_bounds.lee_bounds_table``), the baseline balance
@@ -74,10 +76,11 @@ In the fit results (``params``) the parameter names are ``treat_skills:treat_cap
 A study with only women (``female_owner`` all 1) has no ``by_gender`` or ``men_only`` rows (and
 symmetrically for only men).
 
-Modules: ``spec`` (Spec, stage keys and defaults, term labels), ``columns`` (column checks),
+Modules: ``spec`` (Spec, stage keys, term labels; the words themselves are in
+:mod:`pipeline.vocabulary`), ``columns`` (column checks),
 ``sample`` (estimation sample, baseline columns, transforms), ``design`` (terms, by-sex columns,
 dummies, collinearity), ``absorb`` (fixed-effect absorption), ``variance`` (covariance registry),
 ``ols`` (the absorbed OLS/WLS), ``fit`` (one model of a Spec), ``wild`` (wild cluster restricted
 bootstrap), ``tables`` (tidy tables, q-values, descriptive model, plot data) and ``stage``
-(attrition, estimate_all, run).
+(attrition, estimate_all and its add-ons, run).
 """

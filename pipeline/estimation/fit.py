@@ -64,9 +64,10 @@ def fit(df: pd.DataFrame, spec: Spec, sample: str | None = None, *, by_gender: b
 
     ``sample``: None (all firms), ``"women"`` or ``"men"``. ``by_gender=True`` fits the
     gender-interacted model on all firms. Covariance ``spec.vcov`` (CR1: statsmodels' cluster
-    correction, t(G-1); HC1 when ``spec.cluster`` is None; CR2, CR3). Collinear control
-    columns are dropped (listed in ``results.estimate_info.dropped_columns``); a collinear
-    treatment term raises ValueError. ``results.estimate_info`` is a :class:`FitInfo`.
+    correction, t(G-1); HC1 when ``spec.cluster`` is None; CR2 with Bell-McCaffrey df; CR3,
+    t(G-1)). Collinear control columns are dropped (listed in
+    ``results.estimate_info.dropped_columns``); a collinear treatment term raises ValueError.
+    ``results.estimate_info`` is a :class:`FitInfo`.
 
     ``model`` overrides the model name of the tidy rows (e.g. ``round_2`` for a fit on one
     round's rows); ``transform`` and ``outcome_label`` are carried to the tidy table (used when

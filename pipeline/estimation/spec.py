@@ -48,9 +48,10 @@ class Spec:
     followup_only: bool
     gender_interact_all: bool   # by_gender: interact baseline, controls and FE with gender
     # Covariance: "CR1" (statsmodels' cluster default, HC1 without cluster; reproduces published
-    # results), "CR2" (Bell-McCaffrey with the full-model hat matrix, t(G-1); the recommended
-    # default, see the simulation study) or "CR3" (cluster jackknife, MacKinnon-Nielsen-Webb
-    # 2023; FE refitted in every leave-one-cluster-out estimate; t(G-1)). See estimation/variance.py.
+    # results; t(G-1)), "CR2" (Bell-McCaffrey with the full-model hat matrix, t with each contrast's
+    # Bell-McCaffrey df; the recommended default, see the simulation study) or "CR3" (cluster
+    # jackknife, MacKinnon-Nielsen-Webb 2023; FE refitted in every leave-one-cluster-out estimate;
+    # t(G-1)). See estimation/variance.py.
     vcov: str
     # ANCOVA rows without a baseline: "dummy" (Y_bl = 0 plus the Y_bl_missing dummy) or
     # "listwise" (left out of the estimation sample). See MISSING_BASELINE.
