@@ -30,9 +30,11 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Attrition
 # --------------------------------------------------------------------------------------------
-ATTRITION_COLUMNS = ["study", "outcome", "model", "sample", "term", "estimate", "std_error",
-                     "ci_low", "ci_high", "p_value", "n_obs", "n_clusters", "control_mean",
-                     "joint_f_stat", "joint_df_num", "joint_df_denom", "joint_p_value"]
+# The tidy columns that apply to attrition (one outcome, level, no power or multiple testing),
+# then the joint test of the treatment terms.
+ATTRITION_COLUMNS = [c for c in TIDY_COLUMNS if c not in (
+    "transform", "wild_p_value", "q_value", "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean")] + [
+    "joint_f_stat", "joint_df_num", "joint_df_denom", "joint_p_value"]
 
 
 def _arm_contrasts(df: pd.DataFrame, treatments: Sequence[str], arm: str = "arm") -> dict[str, dict]:

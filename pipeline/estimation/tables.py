@@ -30,8 +30,8 @@ TIDY_COLUMNS = [
     "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean",
 ]
 TEXT_COLUMNS = ("study", "outcome", "transform", "model", "sample", "term")
-FLOAT_COLUMNS = ("estimate", "std_error", "ci_low", "ci_high", "p_value", "wild_p_value", "q_value", "control_mean",
-                 "effect_pct_of_control_mean", "mde", "mde_pct_of_control_mean")
+COUNT_COLUMNS = ("n_obs", "n_clusters")
+FLOAT_COLUMNS = tuple(c for c in TIDY_COLUMNS if c not in TEXT_COLUMNS + COUNT_COLUMNS)
 
 
 def empty_tidy() -> pd.DataFrame:
