@@ -7,13 +7,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.arms import INTERVENTIONS, arm_average_term
 from pipeline import paths
 from pipeline.io import read_json
 
 TERM_LABELS = {"treat_skills": "Training only (skills)", "treat_capital": "Grant only (capital)",
-               "treat_skills_x_treat_capital": "Skills × capital"}
+               "treat_skills_x_treat_capital": "Skills × capital",
+               **{arm_average_term(k): f"Average of the {k} arms" for k in INTERVENTIONS}}
 SEX_LABELS = {"women": "women", "men": "men", "diff": "women − men"}
 SEXES = {"women": "Women", "men": "Men"}
+
+
+def term_label(term: str) -> str:
+    """A result term as a reader names it: ``arm_<slug>`` terms by their arm's slug."""
+    return TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))
 
 
 def fmt(value, decimals: int = 1) -> str:
@@ -48,7 +55,7 @@ def pooled_table(results: pd.DataFrame, outcomes: list[str], decimals: int, note
         return None
     rows = []
     for term in dict.fromkeys(sub["term"]):
-        est, se = [TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))], [""]
+        est, se = [term_label(term)], [""]
         for o in outcomes:
             r = sub[(sub["outcome"] == o) & (sub["term"] == term)]
             est.append(f"{fmt(r.iloc[0]['estimate'], decimals)}{stars(r.iloc[0]['p_value'])}" if not r.empty else "")
@@ -72,9 +79,10 @@ def publication_table(results: pd.DataFrame, outcomes: list[str], decimals: int,
     if sub.empty or not outcomes:
         return None
     rows = []
-    for term, label in TERM_LABELS.items():
-        if not (sub["term"] == f"{term}_women").any():
-            continue
+    # every effect the by-gender model reports (treat_* and arm_* terms, arm averages), in its order
+    terms = [t.removesuffix("_women") for t in dict.fromkeys(sub["term"]) if t.endswith("_women")]
+    for term in terms:
+        label = term_label(term)
         for sex in ("women", "men"):
             cells_est, cells_se = [f"{label}: {SEX_LABELS[sex]}"], [""]
             for o in outcomes:
@@ -121,9 +129,9 @@ def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict
         return None
     transforms = list(dict.fromkeys(sub["transform"]))
     rows = []
-    for term, label in TERM_LABELS.items():
+    for term in [t.removesuffix("_women") for t in dict.fromkeys(sub["term"]) if t.endswith("_women")]:
         for sex in ("women", "men"):
-            row = [f"{label}: {SEX_LABELS[sex]}"]
+            row = [f"{term_label(term)}: {SEX_LABELS[sex]}"]
             for t in transforms:
                 r = sub[(sub["transform"] == t) & (sub["term"] == f"{term}_{sex}")]
                 dec = decimals if t not in ("log", "ihs") else 3
@@ -145,7 +153,7 @@ def multiple_testing_table(results: pd.DataFrame) -> dict | None:
     if sub.empty or "q_value" not in sub.columns:
         return None
     wild = "wild_p_value" in sub.columns and sub["wild_p_value"].notna().any()
-    rows = [[r["outcome"], TERM_LABELS.get(r["term"].rsplit("_", 1)[0], r["term"]),
+    rows = [[r["outcome"], term_label(r["term"].rsplit("_", 1)[0]),
              SEX_LABELS.get(r["term"].rsplit("_", 1)[1], ""), pval(r["p_value"]),
              *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
             for _, r in sub.iterrows()]
