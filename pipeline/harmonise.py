@@ -2,7 +2,8 @@
 
 Each study's estimate stage writes tidy ITT estimates (``results.csv``) for its own primary
 outcome. This module picks, for every treatment arm, the effect of **skills** (business
-training) or **capital** (grants, loans, credit) on the primary outcome, overall and for women
+training) or **capital** (grants, loans, credit) (arms of one intervention that share a control
+group: their average, see :func:`effect_terms`) on the primary outcome, overall and for women
 and for men where the study estimated them, and expresses it on two scales:
 
 - ``usd_ppp_month``: the estimate itself when the outcome is a monthly money flow in USD PPP;
@@ -19,11 +20,9 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from pipeline.vocabulary import ALL, BY_GENDER, EFFECT_KEYS, POOLED, SAMPLES, TREATMENTS, WOMEN, sex_term
+from pipeline.arms import INTERVENTIONS, arm_average_term, arm_interventions, intervention_arm_groups
+from pipeline.vocabulary import ALL, BY_GENDER, POOLED, SAMPLES, WOMEN, sex_term
 
-# The result term of each single intervention -> its name ("skills", "capital": the effect keys).
-INTERVENTION_TERMS = {t: EFFECT_KEYS[t] for t in TREATMENTS}
-INTERVENTIONS = tuple(INTERVENTION_TERMS.values())
 GROUPS = SAMPLES
 EFFECT_COLUMNS = ["study", "arm", "intervention", "group", "outcome", "scale", "effect", "std_error",
                   "ci_low", "ci_high", "estimate_native", "std_error_native", "native_unit", "control_mean",
@@ -31,16 +30,18 @@ EFFECT_COLUMNS = ["study", "arm", "intervention", "group", "outcome", "scale", "
                   "source", "citation"]
 
 
-def arm_interventions(arms: Mapping[str, Mapping]) -> dict[str, str]:
-    """Result term of each single-intervention arm -> 'skills' or 'capital'.
+def effect_terms(arms: Mapping) -> dict[str, str]:
+    """The result term that carries each single-intervention effect of a study -> its intervention.
 
-    Arms that bundle both interventions are left out: in a 2x2 design their extra effect is the
-    ``treat_skills_x_treat_capital`` interaction, which is not an effect of either alone."""
-    terms = dict(INTERVENTION_TERMS)
-    for arm in arms.values():
-        kinds = [k for k in INTERVENTIONS if int(arm.get(k, 0))]
-        if len(kinds) == 1:
-            terms[f"arm_{arm['slug']}"] = kinds[0]
+    Arms that test the same intervention against one shared control group enter through their
+    average (``<intervention>_arms_avg``, written by the estimate stage with the joint covariance),
+    not one by one: their estimates are correlated through the control group and would otherwise
+    count as independent studies in the pooled model."""
+    terms = arm_interventions(arms)
+    for intervention, members in intervention_arm_groups(arms).items():
+        for term in members:
+            del terms[term]
+        terms[arm_average_term(intervention)] = intervention
     return terms
 
 
@@ -77,7 +78,7 @@ def study_effects(results: pd.DataFrame, *, study: str, arms: Mapping[str, Mappi
     level = results[(results["outcome"] == primary_outcome) & (results["transform"] == "level")]
     all_women = share_female_owners == 1.0
     rows = []
-    for term, intervention in arm_interventions(arms).items():
+    for term, intervention in effect_terms(arms).items():
         for group in GROUPS:
             hit = _rows_for_group(level, term, group, all_women)
             if hit.empty:

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline import paths  # noqa: E402
-from pipeline.report_tables import SEXES, TERM_LABELS, read_table  # noqa: E402
+from pipeline.report_tables import SEXES, read_table, term_label  # noqa: E402
 
 SEX_COLOURS = {"women": "#b2182b", "men": "#2166ac"}
 
@@ -79,7 +79,7 @@ def qte_figure(study: str, unit: str) -> str | None:
             ax.errorbar(x, d["estimate"], yerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
                         fmt="o-", color=SEX_COLOURS[sex], capsize=2, ms=4, label=SEXES[sex])
         ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(TERM_LABELS[term], fontsize=10)
+        ax.set_title(term_label(term), fontsize=10)
         ax.set_xlabel("Quantile of profit")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"Quantile treatment effect ({unit})")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.arms import INTERVENTIONS, arm_average_term
 from pipeline import paths
 from pipeline.io import read_json
 from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
@@ -15,9 +16,21 @@ from pipeline.vocabulary import SEXES as SEX_KEYS
 
 # How the reader sees the terms and sexes of the results tables (pipeline.vocabulary's words).
 TERM_LABELS = {TREATMENTS[0]: "Training only (skills)", TREATMENTS[1]: "Grant only (capital)",
-               INTERACTION_TERM: "Skills × capital"}
+               INTERACTION_TERM: "Skills × capital",
+               **{arm_average_term(k): f"Average of the {k} arms" for k in INTERVENTIONS}}
 SEX_LABELS = {**{sex: sex for sex in SEX_KEYS}, DIFF: DIFF_LABEL}
 SEXES = {sex: sex.capitalize() for sex in SEX_KEYS}
+
+
+def term_label(term: str) -> str:
+    """A result term as a reader names it: ``arm_<slug>`` terms by their arm's slug."""
+    return TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))
+
+
+def _by_gender_terms(rows: pd.DataFrame) -> list[str]:
+    """The effects a by-gender model reports (the terms with a women's row), in the table's order."""
+    women = sex_term("", SEX_KEYS[0])
+    return [t.removesuffix(women) for t in dict.fromkeys(rows["term"]) if t.endswith(women)]
 
 
 def fmt(value, decimals: int = 1) -> str:
@@ -52,7 +65,7 @@ def pooled_table(results: pd.DataFrame, outcomes: list[str], decimals: int, note
         return None
     rows = []
     for term in dict.fromkeys(sub["term"]):
-        est, se = [TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))], [""]
+        est, se = [term_label(term)], [""]
         for o in outcomes:
             r = sub[(sub["outcome"] == o) & (sub["term"] == term)]
             est.append(f"{fmt(r.iloc[0]['estimate'], decimals)}{stars(r.iloc[0]['p_value'])}" if not r.empty else "")
@@ -76,9 +89,9 @@ def publication_table(results: pd.DataFrame, outcomes: list[str], decimals: int,
     if sub.empty or not outcomes:
         return None
     rows = []
-    for term, label in TERM_LABELS.items():
-        if not (sub["term"] == sex_term(term, SEX_KEYS[0])).any():
-            continue
+    # every effect the by-gender model reports (treat_* and arm_* terms, arm averages), in its order
+    for term in _by_gender_terms(sub):
+        label = term_label(term)
         for sex in SEX_KEYS:
             cells_est, cells_se = [f"{label}: {SEX_LABELS[sex]}"], [""]
             for o in outcomes:
@@ -126,9 +139,9 @@ def robustness_table(results: pd.DataFrame, outcome: str, decimals: int) -> dict
         return None
     transforms = list(dict.fromkeys(sub["transform"]))
     rows = []
-    for term, label in TERM_LABELS.items():
+    for term in _by_gender_terms(sub):
         for sex in SEX_KEYS:
-            row = [f"{label}: {SEX_LABELS[sex]}"]
+            row = [f"{term_label(term)}: {SEX_LABELS[sex]}"]
             for t in transforms:
                 r = sub[(sub["transform"] == t) & (sub["term"] == sex_term(term, sex))]
                 dec = decimals if t not in ("log", "ihs") else 3
@@ -150,7 +163,7 @@ def multiple_testing_table(results: pd.DataFrame) -> dict | None:
     if sub.empty or "q_value" not in sub.columns:
         return None
     wild = "wild_p_value" in sub.columns and sub["wild_p_value"].notna().any()
-    rows = [[r["outcome"], TERM_LABELS.get(split_sex_term(r["term"])[0], r["term"]),
+    rows = [[r["outcome"], term_label(split_sex_term(r["term"])[0]),
              SEX_LABELS.get(split_sex_term(r["term"])[1], ""), pval(r["p_value"]),
              *([pval(r["wild_p_value"])] if wild else []), pval(r["q_value"]), fmt(r.get("mde"), 1)]
             for _, r in sub.iterrows()]

@@ -34,7 +34,8 @@ def test_the_synthetic_truth_uses_the_effect_keys_and_sexes():
 def test_readers_use_the_same_words():
     assert harmonise.GROUPS == vocabulary.SAMPLES
     assert harmonise.INTERVENTIONS == ("skills", "capital")
-    assert list(report_tables.TERM_LABELS) == [*vocabulary.TREATMENTS, vocabulary.INTERACTION_TERM]
+    assert list(report_tables.TERM_LABELS) == [*vocabulary.TREATMENTS, vocabulary.INTERACTION_TERM,
+                                               "skills_arms_avg", "capital_arms_avg"]
     assert report_tables.SEX_LABELS == {"women": "women", "men": "men", "diff": "women − men"}
     assert report_tables.SEXES == {"women": "Women", "men": "Men"}
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import inference, lee_bounds, qte
+from pipeline.arms import intervention_arm_groups
 from pipeline.balance import BALANCE_JOINT_COLUMNS, balance_columns, balance_tables
 from pipeline.estimation.columns import FOLLOWUP, GENDER, require
 from pipeline.estimation.fit import fit
@@ -199,7 +200,8 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
     results = estimate_study(analysis, outcomes, spec_params, study, transforms=sp["transforms"],
                              by_round=bool(sp["by_round"]), trim_top_pct=float(sp["trim_top_pct"]),
                              q_families=q_families, alpha=alpha, power=power,
-                             gender_models=gender_models, wild=wild_settings(sp))
+                             gender_models=gender_models, wild=wild_settings(sp),
+                             arm_groups=intervention_arm_groups(((study_cfg or {}).get("treatment") or {}).get("arms") or {}))
     spec = Spec.from_params(spec_params, primary, analysis)
     descriptive = _descriptive(analysis, spec, sp, study, skipped)
     if descriptive is None:      # not applicable (the reason is in skipped)

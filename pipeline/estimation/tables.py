@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline import inference
+from pipeline.estimation.arm_average import arm_average_terms
 from pipeline.estimation.columns import as_float, require
 from pipeline.estimation import ols
 from pipeline.estimation.design import drop_collinear_absorbed, treatment_terms
@@ -62,7 +63,7 @@ def _term_inference(results, td, names: list[str], ci: pd.DataFrame, alpha: floa
 
 
 def tidy(results, study: str | None = None, *, alpha: float, power: float,
-         wild: WildSettings | None = None) -> pd.DataFrame:
+         wild: WildSettings | None = None, arm_groups: Mapping[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """One row per term of interest of a :func:`fit` result, columns ``TIDY_COLUMNS``.
 
     Estimates, SEs, intervals and p-values: :func:`_term_inference`. ``control_mean`` is the
@@ -74,6 +75,8 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
     ``q_value`` is NaN here (filled by :func:`estimate_study`).
     ``wild_p_value``: the wild cluster restricted bootstrap p-value where ``wild`` applies to the
     model's number of clusters, else NaN.
+    ``arm_groups`` (intervention -> its arm terms): each group's arm average is one more row
+    (:mod:`pipeline.estimation.arm_average`).
     For the log and ihs transforms the ``_pct_`` columns are NaN (not percentage effects).
     """
     info: FitInfo = getattr(results, "estimate_info", None)
@@ -83,7 +86,8 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
     ci = results.conf_int(alpha=alpha)
     outcome = info.outcome_label or info.spec.outcome
     rows = []
-    for td in info.terms:
+    terms = info.terms + arm_average_terms(results, info.terms, arm_groups or {})
+    for td in terms:
         est, se, lo, hi, pv, dof = _term_inference(results, td, names, ci, alpha)
         wild_p = np.nan
         if wild is not None and wild.applies(info.n_clusters):
@@ -124,8 +128,8 @@ def concat_tidy(parts: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = None, *,
-                            alpha: float, power: float,
-                            wild: WildSettings | None = None, **fit_kwargs) -> pd.DataFrame:
+                            alpha: float, power: float, wild: WildSettings | None = None,
+                            arm_groups: Mapping[str, tuple[str, ...]] | None = None, **fit_kwargs) -> pd.DataFrame:
     """``by_gender``, ``women_only`` and ``men_only`` rows for one outcome (tidy table).
 
     With one sex only (e.g. a women-only study), only that sex's split regression is run.
@@ -135,10 +139,12 @@ def estimate_gender_effects(df: pd.DataFrame, spec: Spec, study: str | None = No
     present = sexes_present(df, spec)
     parts = []
     if present == set(SEXES):
-        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
+        parts.append(tidy(fit(df, spec, by_gender=True, **fit_kwargs), study, alpha=alpha, power=power, wild=wild,
+                          arm_groups=arm_groups))
     for sex in SEXES:
         if sex in present:
-            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha=alpha, power=power, wild=wild))
+            parts.append(tidy(fit(df, spec, sample=sex, **fit_kwargs), study, alpha=alpha, power=power, wild=wild,
+                              arm_groups=arm_groups))
         else:
             log.info("%s: no %s in the sample; %s_only skipped", spec.outcome, sex, sex)
     return concat_tidy(parts)
@@ -190,7 +196,8 @@ def add_q_values(table: pd.DataFrame, q_families: dict | None = None) -> pd.Data
 def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | None,
                    study: str, *, transforms: Sequence[str], by_round: bool,
                    trim_top_pct: float, q_families: dict | None, alpha: float, power: float,
-                   gender_models: bool = True, wild: WildSettings | None = None) -> pd.DataFrame:
+                   gender_models: bool = True, wild: WildSettings | None = None,
+                   arm_groups: Mapping[str, tuple[str, ...]] | None = None) -> pd.DataFrame:
     """All models for every outcome and transform of one study, as one tidy table.
 
     ``spec_params``: the regression-specification keys of the ``estimate:`` params group (Spec
@@ -198,7 +205,8 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
     and, with ``by_round``, ``round_<r>`` (the pooled specification on the rows of follow-up round
     r only). ``transforms`` (see :func:`transform_outcome`); one not available for an outcome is
     skipped with a log message. ``q_value``: :func:`add_q_values` with ``q_families``;
-    ``wild_p_value`` where ``wild`` applies (see :func:`tidy`).
+    ``wild_p_value`` where ``wild`` applies (see :func:`tidy`); ``arm_groups``: arm averages
+    (see :func:`tidy`).
     Rows are ordered by outcome (as given), transform (``level`` first, then as given), model,
     then term.
     """
@@ -224,14 +232,16 @@ def estimate_study(df: pd.DataFrame, outcomes: list[str], spec_params: dict | No
             data, column = transform_outcome(df, outcome, transform, trim_top_pct=trim_top_pct)
             spec = replace(base, outcome=column)
             kw = {"transform": transform, "outcome_label": outcome}
-            parts.append(tidy(fit(data, spec, **kw), study, alpha=alpha, power=power, wild=wild))
+            parts.append(tidy(fit(data, spec, **kw), study, alpha=alpha, power=power, wild=wild,
+                              arm_groups=arm_groups))
             if gender_models:    # False: owner's sex unknown or constant (no gender models)
                 parts.append(estimate_gender_effects(data, spec, study, alpha=alpha, power=power, wild=wild,
-                                                     **kw))
+                                                     arm_groups=arm_groups, **kw))
             if by_round:
                 for r in round_models(data, spec):
                     sub = data[data["round"] == r]
-                    parts.append(tidy(fit(sub, spec, model=round_model(r), **kw), study, alpha=alpha, power=power, wild=wild))
+                    parts.append(tidy(fit(sub, spec, model=round_model(r), **kw), study, alpha=alpha, power=power,
+                                      wild=wild, arm_groups=arm_groups))
     out = concat_tidy(parts)
     out = add_q_values(out, q_families)
     return sort_table(out, outcomes, transforms)
