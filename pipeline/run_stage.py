@@ -43,7 +43,7 @@ if __name__ == "__main__":
 import nbformat
 
 from pipeline import paths
-from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+from pipeline.io import REPO_ROOT, atomic_path, load_params, write_text
 from pipeline.notebook_html import export_html, prepare_exporter_in_background, scrub_notebook
 from pipeline.privacy import assert_stage_outputs_clean
 from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths, params_value, studies_of  # noqa: F401

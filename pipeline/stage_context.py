@@ -41,6 +41,9 @@ STUDY_LIST_STAGES = ("report", "synthesize")
 # Dependencies that are code or configuration, not data the stage reads through ``inputs``.
 CODE_DEPS = ("pipeline/", "notebooks/", "studies/")
 
+# Params whose value is a secret (the pseudonym salt): a summary records whether it is set, never the value.
+SECRET_PARAMS = ("hash_salt",)
+
 _ITEM = re.compile(r"^\$\{item\.(\w+)\}$")
 
 
@@ -64,7 +67,8 @@ class StageContext:
     def resolved_config(self) -> dict:
         """What the stage ran with, for its summary JSON: the params group, the extra keys and the
         study's configuration as resolved (the pipeline's private ``_`` keys left out)."""
-        record: dict[str, Any] = {"params": dict(self.params)}
+        record: dict[str, Any] = {"params": {k: ("(set, not recorded)" if k in SECRET_PARAMS and v is not None else v)
+                                             for k, v in self.params.items()}}
         if self.extra:
             record["extra"] = dict(self.extra)
         if self.config is not None:
@@ -167,9 +171,9 @@ def build(stage: str, study: str | Path | None = None, *, pipeline: str = "main"
     replace the derived ones (a test's raw folder)."""
     from pipeline.study import load_study   # here: pipeline.study imports paths, which this module extends
 
+    stage_entry(stage, pipeline)           # an unknown stage or pipeline fails here, naming it
     params = params if params is not None else load_params()
     listed = studies_of(params, pipeline)
-    stage_entry(stage, pipeline)           # an unknown stage fails here, naming it
     config, name, item_given = None, None, dict(inputs or {})
     if study is not None:
         by_path = str(study).endswith((".yaml", ".yml"))
@@ -182,7 +186,7 @@ def build(stage: str, study: str | Path | None = None, *, pipeline: str = "main"
             listed = {**listed, name: {k: v for k, v in item_given.items()}}
     derived_in, derived_out = derive_paths(stage, name, pipeline, root, listed)
     extra_values = {n: params_value(params, key) for n, key in EXTRA_PARAMS.get(stage, {}).items()}
-    extra_values.update(extra or {})
+    extra_values.update({k: v for k, v in (extra or {}).items() if v is not None})
     return StageContext(
         stage=stage, pipeline=pipeline, study=name, config=config,
         params=dict(group if group is not None else params.get(stage, {}) or {}),

@@ -16,6 +16,7 @@ from pipeline.estimation import stage as estimate_stage
 from pipeline.io import load_params
 from pipeline.study import read_study_file
 from pipeline.method_note import method_note
+from conftest import stage_context
 from test_real_studies import SALT, STUDIES, data_dir
 from _params import params_group
 
@@ -80,7 +81,7 @@ LIGHT = {"transforms": ["level", "log"], "by_round": False, "bootstrap_reps": 10
 @pytest.fixture(scope="module")
 def sections(tmp_path_factory):
     """study -> (report section, estimate params used, output root); each study run once, outputs in a tmp folder."""
-    root = tmp_path_factory.mktemp("method_note")
+    root = tmp_path_factory.mktemp("method_note") / "data"   # stands for data/ (conftest.stage_context)
     params = load_params()
     est = {**params["estimate"], **LIGHT}
     cache: dict = {}
@@ -91,10 +92,12 @@ def sections(tmp_path_factory):
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(paths, "interim_dir", lambda s: root / "interim" / s)
                 mp.setattr(paths, "processed_dir", lambda s: root / "processed" / s)
-                ingest.run(study, directory, params_group("ingest", hash_salt=SALT))
-                clean.run(study, params["clean"])
-                construct.run(study, params["construct"], params["clean"]["flow_period"])
-                out = estimate_stage.run(study, est)
+                ingest.run(stage_context("ingest", study, root, params_group("ingest", hash_salt=SALT),
+                                         data_dir=directory))
+                clean.run(stage_context("clean", study, root, params["clean"]))
+                construct.run(stage_context("construct", study, root, params["construct"],
+                                            flow_period=params["clean"]["flow_period"]))
+                out = estimate_stage.run(stage_context("estimate", study, root, est))
                 section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1)
             cache[study] = (section, est, root)
         return cache[study]

@@ -95,11 +95,11 @@ def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_se
     monkeypatch.setattr(paths, "study_config_path", lambda s: tmp_path / f"{s}.yaml")
     raw = minimal_study(tmp_path, block)
     params = load_params()
-    ingest.run("minimal", raw, params_group("ingest"))
-    clean.run("minimal", params["clean"])
-    construct.run("minimal", params["construct"], "month")
+    ingest.run(stage_context("ingest", "minimal", tmp_path / "out" / "data", params_group("ingest"), data_dir=raw))
+    clean.run(stage_context("clean", "minimal", tmp_path / "out" / "data", params["clean"]))
+    construct.run(stage_context("construct", "minimal", tmp_path / "out" / "data", params["construct"], flow_period="month"))
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
-    results = estimate_stage.run("minimal", est)["results"]
+    results = estimate_stage.run(stage_context("estimate", "minimal", tmp_path / "out" / "data", est))["results"]
     section, effects = report.study_section("minimal", results, "month", 1)
 
     assert effects.empty and section["effects"] == [] and section["figure"] is None

@@ -97,10 +97,10 @@ def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, mon
     est = {**params["estimate"], "transforms": ["level"], "by_round": False, "bootstrap_reps": 10,
            "permutations": 20, "n_jobs": 1, "wild_bootstrap_reps": 99}
     for study in ("acz2018", "field2013"):
-        ingest.run(study, data_dir(study), params_group("ingest", hash_salt="test"))
-        clean.run(study, params["clean"])
-        construct.run(study, params["construct"], params["clean"]["flow_period"])
-        estimate_stage.run(study, est)
+        ingest.run(stage_context("ingest", study, tmp_path / "out" / "data", params_group("ingest", hash_salt="test"), data_dir=data_dir(study)))
+        clean.run(stage_context("clean", study, tmp_path / "out" / "data", params["clean"]))
+        construct.run(stage_context("construct", study, tmp_path / "out" / "data", params["construct"], flow_period=params["clean"]["flow_period"]))
+        estimate_stage.run(stage_context("estimate", study, tmp_path / "out" / "data", est))
     effects, _ = synthesize.collect_effects(["acz2018", "field2013"], pd.DataFrame(), "none")
     table = report_evidence.effects_table(effects, 1)
     rows = {(r[0], r[1], r[3], r[4]): r for r in table["rows"]}
