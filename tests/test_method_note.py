@@ -14,6 +14,7 @@ import pytest
 from pipeline import clean, construct, ingest, paths, report
 from pipeline.estimation import stage as estimate_stage
 from pipeline.io import load_params
+from pipeline.stage_context import build
 from pipeline.study import read_study_file
 from pipeline.method_note import method_note
 from conftest import stage_context
@@ -89,16 +90,13 @@ def sections(tmp_path_factory):
     def get(study: str):
         if study not in cache:
             directory = data_dir(study)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(paths, "interim_dir", lambda s: root / "interim" / s)
-                mp.setattr(paths, "processed_dir", lambda s: root / "processed" / s)
-                ingest.run(stage_context("ingest", study, root, params_group("ingest", hash_salt=SALT),
-                                         data_dir=directory))
-                clean.run(stage_context("clean", study, root, params["clean"]))
-                construct.run(stage_context("construct", study, root, params["construct"],
-                                            flow_period=params["clean"]["flow_period"]))
-                out = estimate_stage.run(stage_context("estimate", study, root, est))
-                section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1)
+            ingest.run(stage_context("ingest", study, root, params_group("ingest", hash_salt=SALT), data_dir=directory))
+            clean.run(stage_context("clean", study, root, params["clean"]))
+            construct.run(stage_context("construct", study, root, params["construct"],
+                                        flow_period=params["clean"]["flow_period"]))
+            out = estimate_stage.run(stage_context("estimate", study, root, est))
+            report_inputs = build("report", pipeline="evidence", root=root.parent).inputs
+            section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1, report_inputs)
             cache[study] = (section, est, root)
         return cache[study]
 

@@ -62,7 +62,8 @@ def test_factor_that_converts_to_a_period_gives_raw_times_factor(tmp_path, outpu
     ingest.run(stage_context("ingest", tmp_path / "conv.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
     params = params_group("clean", flow_period="two_weeks", winsor_upper_pct=100, winsor_lower_pct=0)
     clean.run(stage_context("clean", tmp_path / "conv.yaml", outputs, params))
-    table = construct.run(stage_context("construct", tmp_path / "conv.yaml", outputs, params_group("construct"), flow_period="two_weeks"))["analysis"]
+    table = construct.run(stage_context("construct", tmp_path / "conv.yaml", outputs, params_group("construct"),
+                                        flow_period="two_weeks"))["analysis"]
     np.testing.assert_allclose(table["profit_usd_ppp_two_weeks"], [130.0, -26.0, 0.0], rtol=1e-12)
     assert table["female_owner"].isna().all()
     summary = json.loads((outputs / "interim" / "conv" / "ingest_summary.json").read_text())
@@ -169,8 +170,10 @@ def test_new_study_from_one_yaml_file(tmp_path, outputs):
     config.write_text(NEW_STUDY_YAML)
 
     ing = ingest.run(stage_context("ingest", config, outputs, params_group("ingest"), data_dir=raw))
-    cl = clean.run(stage_context("clean", config, outputs, params_group("clean", flow_period="month", winsor_upper_pct=100, winsor_lower_pct=0)))
-    co = construct.run(stage_context("construct", config, outputs, params_group("construct", skills_min_answered_share=0.5), flow_period="month"))
+    cl = clean.run(stage_context("clean", config, outputs,
+                                 params_group("clean", flow_period="month", winsor_upper_pct=100, winsor_lower_pct=0)))
+    co = construct.run(stage_context("construct", config, outputs, params_group("construct", skills_min_answered_share=0.5),
+                                     flow_period="month"))
 
     # every row accounted for
     assert len(ing["interim"]) == 24
@@ -226,7 +229,8 @@ def test_spss_and_parquet_files(tmp_path, outputs):
     assert log.set_index("source_row").loc[1, "rule"] == "missing_code:refused"
     cfg["files"] = [{"path": "s.parquet"}]
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    assert len(ingest.run(stage_context("ingest", tmp_path / "spss.yaml", outputs, params_group("ingest"), data_dir=tmp_path))["interim"]) == 4
+    again = ingest.run(stage_context("ingest", tmp_path / "spss.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
+    assert len(again["interim"]) == 4
 
 
 # ------------------------------------------------------------------------------------------------ extends
