@@ -115,11 +115,14 @@ def stage_context(stage: str, study, data: Path, group: dict | None = None, data
     """The context of ``stage`` for ``study`` (a name or a YAML path) with every data input and output
     under ``data``, a folder named ``data`` standing for the repository's (never the repo's own):
     ``data/interim/<study>/...``, as dvc.yaml declares them. ``data_dir``: the raw files (ingest);
-    ``extra``: the EXTRA_PARAMS values (``flow_period=...``)."""
+    ``extra``: the EXTRA_PARAMS values (``flow_period=...``). A real study is found in the evidence
+    pipeline's list, any other in the default run's."""
+    from pipeline.io import load_params
     from pipeline.stage_context import build
 
     assert data.name == "data", data
-    return build(stage, study, group=group, extra=extra, root=data.parent,
+    pipeline = "evidence" if str(study) in load_params()["evidence"]["studies"] else "main"
+    return build(stage, study, pipeline=pipeline, group=group, extra=extra, root=data.parent,
                  inputs={"data_dir": Path(data_dir)} if data_dir is not None else None)
 
 
