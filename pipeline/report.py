@@ -24,7 +24,7 @@ from pipeline.method_note import fixed_effect_words, method_note, variance_words
 from pipeline.report_figures import figure_png, gender_figure, qte_figure
 from pipeline.report_provenance import (git_state, input_hashes, metric_changes, package_versions, previous_metrics,
                                         project_version)
-from pipeline.stage_context import StageContext
+from pipeline.stage_context import StageContext, per_study_stages
 from pipeline.report_tables import (SEXES, _level, attrition_tables, balance_table, few_cluster_table, fmt,
                                     multiple_testing_table, pooled_table, publication_table, read_table,
                                     robustness_table, simulation_table)
@@ -198,8 +198,8 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
         "headlines": ([headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()]
                       if not eff.empty else []),
         "figure": fig, "flow_columns": list(flow.columns), "flow": flow.to_dict("records"),
-        "notebooks": (["notebooks/00_synthetic"] if study == "synthetic" else []) +
-                     [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],
+        "notebooks": ([f"notebooks/{paths.STAGE_NOTEBOOKS['synthetic']}"] if study == "synthetic" else []) +
+                     [f"notebooks/{study}/{paths.STAGE_NOTEBOOKS[stage]}" for stage in per_study_stages()],
     }
     return section, eff
 

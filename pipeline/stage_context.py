@@ -90,8 +90,10 @@ def stage_entry(stage: str, pipeline: str = "main") -> dict:
     return {**spec["do"], "foreach": spec["foreach"]} if "foreach" in spec else spec
 
 
-def is_per_study(stage: str, pipeline: str = "main") -> bool:
-    return "foreach" in stage_entry(stage, pipeline)
+def per_study_stages(pipeline: str = "main") -> list[str]:
+    """The stages that run once per study (``foreach``), in the pipeline's order."""
+    stages = read_yaml(paths.pipeline_file(pipeline))["stages"]
+    return [name for name, spec in stages.items() if "foreach" in spec]
 
 
 def _entries(spec: dict, *sections: str) -> list[str]:
