@@ -39,7 +39,12 @@ EXTRA_PARAMS: dict[str, dict[str, str]] = {
 # Pipeline-level stages that read every study of their pipeline (given the study list).
 STUDY_LIST_STAGES = ("report", "synthesize")
 # Dependencies that are code or configuration, not data the stage reads through ``inputs``.
-CODE_DEPS = ("pipeline/", "notebooks/", "studies/")
+CODE_DEPS = ("pipeline", "notebooks", "studies")
+
+
+def is_code_dep(path: str) -> bool:
+    """Whether a dvc.yaml dependency is code or configuration (under CODE_DEPS), not a data input."""
+    return Path(path).parts[0] in CODE_DEPS
 
 # Params whose value is a secret (the pseudonym salt): a summary records whether it is set, never the value.
 SECRET_PARAMS = ("hash_salt",)
@@ -137,7 +142,7 @@ def derive_paths(stage: str, study: str | None = None, pipeline: str = "main", r
     if "foreach" in spec and study is None:
         raise ValueError(f"stage {stage!r} runs once per study: give the study")
     item = studies.get(study, {}) if study is not None else {}
-    deps = [_resolve(d, study, item) for d in _entries(spec, "deps") if not d.startswith(CODE_DEPS)]
+    deps = [_resolve(d, study, item) for d in _entries(spec, "deps") if not is_code_dep(d)]
     outs = [_resolve(o, study, item) for o in _entries(spec, "outs", "metrics", "plots")]
     names = set(studies) | ({study} if study else set())
     return _named(deps, names, root), _named(outs, names, root)

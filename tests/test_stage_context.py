@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import paths, run_stage
 from pipeline.io import REPO_ROOT, load_params
-from pipeline.stage_context import CODE_DEPS, StageContext, build
+from pipeline.stage_context import StageContext, build, is_code_dep
 
 
 def _normal(path) -> str:
@@ -31,7 +31,7 @@ def dvc_stages() -> dict[tuple[str, str], tuple[set[str], set[str]]]:
         for stage in repo.index.stages:
             pipeline = files[Path(stage.path_in_repo).as_posix()]
             deps = {_normal(Path(stage.wdir) / d.def_path) for d in stage.deps
-                    if not isinstance(d, ParamsDependency) and not d.def_path.startswith(CODE_DEPS)}
+                    if not isinstance(d, ParamsDependency) and not is_code_dep(d.def_path)}
             outs = {_normal(Path(stage.wdir) / o.def_path) for o in stage.outs}
             found[(pipeline, stage.name)] = (deps, outs)
     return found
@@ -61,6 +61,7 @@ def test_inputs_and_outputs_are_named_by_what_the_stage_reads_and_writes():
     assert report.inputs["processed/field2013"] == REPO_ROOT / "data/processed/field2013"
     assert report.inputs["synthesis"] == REPO_ROOT / "data/synthesis"
     assert report.studies == tuple(load_params()["evidence"]["studies"])
+    assert "studies" not in build("synthesize", pipeline="evidence").inputs   # configuration, not data
 
 
 def test_root_moves_every_input_and_output_and_overrides_replace_inputs(tmp_path):
