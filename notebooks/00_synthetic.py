@@ -13,16 +13,17 @@
 
 # %% tags=["parameters"]
 stage_params = None  # None: use the `synthetic:` group of params.yaml
+pipeline = "main"
 
 # %%
 import pandas as pd
 
-from pipeline import paths, synthetic
-from pipeline.io import load_params, read_json
+from pipeline import stage_context, synthetic
+from pipeline.io import read_json
 
-stage_params = stage_params if stage_params is not None else load_params()["synthetic"]
-summary = synthetic.run(stage_params, paths.raw_synthetic_dir())
-truth = read_json(paths.raw_synthetic_dir() / "truth.json")
+context = stage_context.build("synthetic", pipeline=pipeline, group=stage_params)
+summary = synthetic.run(context)
+truth = read_json(context.outputs["synthetic"] / "truth.json")
 
 # %% [markdown]
 # ## True intention-to-treat effects (USD PPP per month)

@@ -8,19 +8,16 @@
 
 # %% tags=["parameters"]
 study = "synthetic"
-data_dir = None      # None: `studies.<study>.data_dir` in params.yaml
+pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the stage reads and writes)
 stage_params = None  # None: the `ingest:` group of params.yaml
 
 # %%
 import pandas as pd
 
-from pipeline import ingest
-from pipeline.io import load_params
+from pipeline import ingest, stage_context
 
-params = load_params()
-stage_params = stage_params if stage_params is not None else params["ingest"]
-data_dir = data_dir if data_dir is not None else params["studies"][study]["data_dir"]
-result = ingest.run(study, data_dir, stage_params)
+context = stage_context.build("ingest", study, pipeline=pipeline, group=stage_params)
+result = ingest.run(context)
 
 # %% [markdown]
 # ## Files read

@@ -8,16 +8,16 @@
 
 # %% tags=["parameters"]
 study = "synthetic"
+pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the stage reads and writes)
 stage_params = None  # None: the `clean:` group of params.yaml
 
 # %%
 import pandas as pd
 
-from pipeline import clean
-from pipeline.io import load_params
+from pipeline import clean, stage_context
 
-stage_params = stage_params if stage_params is not None else load_params()["clean"]
-result = clean.run(study, stage_params)
+context = stage_context.build("clean", study, pipeline=pipeline, group=stage_params)
+result = clean.run(context)
 
 # %% [markdown]
 # ## Flow of rows by arm
@@ -41,4 +41,4 @@ result["log"].groupby(["rule", "column"]).size().rename("values").unstack(0, fil
 # ## Money flows after cleaning (one period), before and after winsorising
 
 # %%
-clean.flow_summary(result["clean"], stage_params["flow_period"])
+clean.flow_summary(result["clean"], context.params["flow_period"])

@@ -8,19 +8,19 @@
 
 # %% tags=["parameters"]
 study = "synthetic"
+pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the stage reads and writes)
 stage_params = None  # None: the `construct:` group of params.yaml
 flow_period = None   # None: `clean.flow_period`
 
 # %%
 import pandas as pd
 
-from pipeline import construct
-from pipeline.io import load_params
+from pipeline import construct, stage_context
 
-params = load_params()
-stage_params = stage_params if stage_params is not None else params["construct"]
-flow_period = flow_period or params["clean"]["flow_period"]
-result = construct.run(study, stage_params, flow_period)
+context = stage_context.build("construct", study, pipeline=pipeline, group=stage_params,
+                              extra={"flow_period": flow_period})
+flow_period = context.extra["flow_period"]
+result = construct.run(context)
 analysis = result["analysis"]
 
 # %% [markdown]

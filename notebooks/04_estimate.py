@@ -10,18 +10,19 @@
 
 # %% tags=["parameters"]
 study = "synthetic"
+pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the stage reads and writes)
 stage_params = None  # None: the `estimate:` group of params.yaml (the study's own `estimate:` block wins, key by key)
 
 # %%
 import pandas as pd
 from IPython.display import Markdown
 
+from pipeline import stage_context
 from pipeline.estimation import stage
-from pipeline.io import load_params
 from pipeline.method_note import method_note
 
-stage_params = stage_params if stage_params is not None else load_params()["estimate"]
-result = stage.run(study, stage_params)
+context = stage_context.build("estimate", study, pipeline=pipeline, group=stage_params)
+result = stage.run(context)
 results = result["results"]
 
 # %% [markdown]

@@ -14,16 +14,11 @@ flow_period = None   # None: `clean.flow_period`
 # %%
 import pandas as pd
 
-from pipeline import report
-from pipeline.io import load_params
+from pipeline import report, stage_context
 
-from pipeline.run_stage import studies_of
-
-params = load_params()
-stage_params = stage_params if stage_params is not None else params["report"]
-studies = studies if studies is not None else list(studies_of(params, pipeline))
-flow_period = flow_period if flow_period is not None else params["clean"]["flow_period"]
-result = report.run(stage_params, studies, flow_period, pipeline)
+context = stage_context.build("report", pipeline=pipeline, group=stage_params, studies=studies,
+                              extra={"flow_period": flow_period})
+result = report.run(context)
 
 # %% [markdown]
 # ## Effects by owner gender, per study (beside the truth for the synthetic study)

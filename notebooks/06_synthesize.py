@@ -27,13 +27,10 @@ pipeline = "evidence"
 stage_params = None  # None: the `synthesize:` group of params.yaml
 
 # %%
-from pipeline import synthesize
-from pipeline.io import load_params
+from pipeline import stage_context, synthesize
 
-params = load_params()
-stage_params = stage_params if stage_params is not None else params["synthesize"]
-studies = studies if studies is not None else list(params["evidence"]["studies"])
-result = synthesize.run(studies, stage_params)
+context = stage_context.build("synthesize", pipeline=pipeline, group=stage_params, studies=studies)
+result = synthesize.run(context)
 
 # %% [markdown]
 # ## Study effects on one scale (the inputs)

@@ -31,19 +31,17 @@ synthetic_params = None  # None: the `synthetic:` group
 clean_params = None      # None: the `clean:` group
 construct_params = None  # None: the `construct:` group
 estimate_params = None   # None: the `estimate:` group
+pipeline = "main"
 
 # %%
 import pandas as pd
 
-from pipeline import simulation
-from pipeline.io import load_params
+from pipeline import simulation, stage_context
 
-params = load_params()
-result = simulation.run(stage_params if stage_params is not None else params["simulation"],
-                        synthetic_params if synthetic_params is not None else params["synthetic"],
-                        clean_params if clean_params is not None else params["clean"],
-                        construct_params if construct_params is not None else params["construct"],
-                        estimate_params if estimate_params is not None else params["estimate"])
+context = stage_context.build("simulation", pipeline=pipeline, group=stage_params, extra={
+    "synthetic_params": synthetic_params, "clean_params": clean_params, "construct_params": construct_params,
+    "estimate_params": estimate_params})
+result = simulation.run(context)
 meta = result["meta"]
 
 # %% [markdown]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline import paths
 from pipeline.clean_log import CleaningError, concat_logs
 from pipeline.clean_money import normalise_recall, treat_outliers
 from pipeline.clean_rows import check_id_collisions, reject_invalid_rows, resolve_duplicates
@@ -45,11 +44,12 @@ from pipeline.clean_values import (apply_closures, check_sex_coding, flag_not_in
                                    reject_impossible_values, replace_missing_codes, replace_unknown_codes,
                                    unusable_numbers)
 from pipeline.codes import codes_in, map_distinct
-from pipeline.io import param, write_outputs
+from pipeline.io import param, write_named_outputs
+from pipeline.stage_context import StageContext
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import validate_frame
 from pipeline.study import (FACTOR_COLUMN, PIPELINE_COLUMNS, arm_labels, assign_arms, effective_clean_params,
-                            flow_column, load_study, normalise)
+                            flow_column, normalise)
 
 
 def flow_table(raw: pd.DataFrame, steps: list[tuple[str, pd.DataFrame]], cfg: dict) -> pd.DataFrame:
@@ -166,12 +166,11 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     return {"clean": df, "rejected": rejected, "log": log, "flow": flow, "extra": extra}
 
 
-def run(study: str, params: dict) -> dict:
+def run(context: StageContext) -> dict:
     """The clean stage: interim table -> clean table, rejected rows, value log, flow table (all
-    or nothing). ``study`` is a name or a path to a YAML file."""
-    cfg = load_study(study)
-    out = paths.interim_dir(cfg["study"])
-    interim = pd.read_parquet(out / "ingested.parquet")
+    or nothing)."""
+    cfg, params = dict(context.config), dict(context.params)
+    interim = pd.read_parquet(context.inputs["ingested.parquet"])
     result = clean(interim, cfg, params)
     extra = result.pop("extra")
     summary = {
@@ -186,9 +185,10 @@ def run(study: str, params: dict) -> dict:
     if cfg["clean_params"]:
         summary["study_clean_params"] = dict(cfg["clean_params"])
     summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
+    summary["resolved_config"] = context.resolved_config()
     for name in ("clean", "rejected", "log"):
         assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
-    write_outputs(out, {
+    write_named_outputs(context.outputs, {
         "clean.parquet": result["clean"],
         "rejected_rows.parquet": result["rejected"],
         "value_log.parquet": result["log"],

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline import paths
 from pipeline.codes import codes_in, map_distinct, norm_codes
-from pipeline.io import param, write_outputs
+from pipeline.io import param, write_named_outputs
+from pipeline.stage_context import StageContext
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import ValidationError, validate_frame  # noqa: F401
 from pipeline.study import (FACTOR_COLUMN, analysis_column, assign_arms, flow_column, load_study,  # noqa: F401
@@ -280,12 +280,11 @@ def analysis_schema(cfg: dict, table: pd.DataFrame, flow_period: str):
     return pa.DataFrameSchema(columns, unique=["firm_id", "round"], strict=False, name=f"{cfg['study']} analysis")
 
 
-def run(study: str, params: dict, flow_period: str) -> dict:
-    """The construct stage: clean table -> canonical analysis table (all or nothing). ``study`` is
-    a name or a path to a YAML file."""
-    cfg = load_study(study)
-    clean = pd.read_parquet(paths.interim_dir(cfg["study"]) / "clean.parquet")
-    table = construct(clean, cfg, params, flow_period)
+def run(context: StageContext) -> dict:
+    """The construct stage: clean table -> canonical analysis table (all or nothing)."""
+    cfg = dict(context.config)
+    clean = pd.read_parquet(context.inputs["clean.parquet"])
+    table = construct(clean, cfg, dict(context.params), context.extra["flow_period"])
     firms = table.drop_duplicates("firm_id")
     summary = {
         "study": cfg["study"],
@@ -305,9 +304,10 @@ def run(study: str, params: dict, flow_period: str) -> dict:
         "usd_ppp_per_lcu": (float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns
                             else cfg["usd_ppp_per_lcu"]["value"]),
         "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
+        "resolved_config": context.resolved_config(),
     }
     assert_no_identifiers(table, cfg=cfg, source=f"{cfg['study']} analysis table")
-    write_outputs(paths.processed_dir(cfg["study"]), {
+    write_named_outputs(context.outputs, {
         "analysis.parquet": table,
         "construct_summary.json": summary,
     })

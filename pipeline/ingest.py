@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import paths
 from pipeline.io import file_sha256
 from pipeline.codes import map_distinct, norm_code
-from pipeline.io import write_outputs
+from pipeline.io import write_named_outputs
+from pipeline.stage_context import StageContext
 from pipeline.privacy import (IdentifierLeakError, assert_no_identifier_labels, assert_no_identifiers, hash_salt,
                               identifier_value_pattern, salted_hash)
-from pipeline.study import (FACTOR_COLUMN, ROW_ID, configured_columns, currency_factor, load_study, normalise,
+from pipeline.study import (FACTOR_COLUMN, ROW_ID, configured_columns, currency_factor, normalise,
                             resolve_file)
 
 
@@ -407,13 +407,14 @@ def ingest(cfg: dict, data_dir: str | Path, salt: str | None = None) -> tuple[pd
     return interim, pd.concat(books, ignore_index=True), summary
 
 
-def run(study: str, data_dir: str | Path, params: dict) -> dict:
-    """The ingest stage: read, check, drop identifiers, write interim table + codebook (all or
-    nothing). ``study`` is a name (``studies/<name>.yaml``) or a path to a YAML file."""
-    cfg = load_study(study)
-    interim, book, summary = ingest(cfg, data_dir, salt=hash_salt(params))
+def run(context: StageContext) -> dict:
+    """The ingest stage: read the study's raw files (``inputs["data_dir"]``), check, drop
+    identifiers, write the interim table, codebook and summary (all or nothing)."""
+    cfg = dict(context.config)
+    interim, book, summary = ingest(cfg, context.inputs["data_dir"], salt=hash_salt(context.params))
+    summary["resolved_config"] = context.resolved_config()
     assert_no_identifiers(book, cfg=cfg, source="codebook.csv")
-    write_outputs(paths.interim_dir(cfg["study"]), {
+    write_named_outputs(context.outputs, {
         "ingested.parquet": interim,
         "codebook.csv": book,
         "ingest_summary.json": summary,

@@ -166,14 +166,26 @@ def render(name: str, obj: Any) -> bytes:
 
 
 def write_outputs(out_dir: str | Path, outputs: Mapping[str, Any]) -> list[Path]:
+    """Write ``outputs`` (file name -> object) into ``out_dir`` all or nothing (:func:`write_files`)."""
+    return write_files({Path(out_dir) / name: obj for name, obj in outputs.items()})
+
+
+def write_named_outputs(declared: Mapping[str, Path], outputs: Mapping[str, Any]) -> list[Path]:
+    """Write ``outputs`` (output name -> object) to the paths a stage's context declares for those
+    names (``StageContext.outputs``), all or nothing; a name the stage does not declare fails."""
+    undeclared = sorted(set(outputs) - set(declared))
+    if undeclared:
+        raise KeyError(f"not declared as outputs of the stage (dvc.yaml): {', '.join(undeclared)}")
+    return write_files({Path(declared[name]): obj for name, obj in outputs.items()})
+
+
+def write_files(outputs: Mapping[Path, Any]) -> list[Path]:
     """Render every output in memory first, then write each atomically. If rendering fails nothing
     is written; if a write fails, the files already written by this call are removed."""
-    out_dir = Path(out_dir)
-    rendered = {name: render(name, obj) for name, obj in outputs.items()}
+    rendered = {Path(path): render(Path(path).name, obj) for path, obj in outputs.items()}
     written: list[Path] = []
     try:
-        for name, data in rendered.items():
-            path = out_dir / name
+        for path, data in rendered.items():
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
             written.append(path)

@@ -11,6 +11,9 @@ section, computes the metrics and assembles and writes the page.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Mapping
+
 import jinja2
 import numpy as np
 import pandas as pd
@@ -21,6 +24,7 @@ from pipeline.method_note import fixed_effect_words, method_note, variance_words
 from pipeline.report_figures import figure_png, gender_figure, qte_figure
 from pipeline.report_provenance import (git_state, input_hashes, metric_changes, package_versions, previous_metrics,
                                         project_version)
+from pipeline.stage_context import StageContext, per_study_stages
 from pipeline.report_tables import (SEXES, _level, attrition_tables, balance_table, few_cluster_table, fmt,
                                     multiple_testing_table, pooled_table, publication_table, read_table,
                                     robustness_table, simulation_table)
@@ -33,9 +37,14 @@ EFFECTS = {
 }
 
 
-def load_results(studies: list[str]) -> pd.DataFrame:
+def study_folder(inputs: Mapping[str, Path], kind: str, study: str) -> Path:
+    """A study's data/<kind>/<study> folder among the report context's inputs (``processed/<study>``)."""
+    return inputs[f"{kind}/{study}"]
+
+
+def load_results(studies: list[str], inputs: Mapping[str, Path]) -> pd.DataFrame:
     """All studies' tidy estimates in one table (study order as in params.yaml)."""
-    frames = [pd.read_csv(paths.processed_dir(s) / "results.csv") for s in studies]
+    frames = [pd.read_csv(study_folder(inputs, "processed", s) / "results.csv") for s in studies]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -86,12 +95,13 @@ def headline_sentence(row: pd.Series, unit: str, decimals: int) -> str:
             f"95% CI {fmt(row['ci_low'], decimals)} to {fmt(row['ci_high'], decimals)}")
 
 
-def metrics(per_study: dict[str, pd.DataFrame], results: pd.DataFrame, studies: list[str]) -> dict:
+def metrics(per_study: dict[str, pd.DataFrame], results: pd.DataFrame, studies: list[str],
+            inputs: Mapping[str, Path]) -> dict:
     """Key estimates for ``dvc metrics``: per study, the pooled effect of every arm on the primary
     outcome and, where estimable, the effects for women and men and their difference."""
     out: dict = {}
     for study, eff in per_study.items():
-        primary = study_spec(study)["primary_outcome"]
+        primary = study_spec(study, inputs)["primary_outcome"]
         block: dict = {"primary_outcome": primary}
         pooled = _level(results[(results["study"] == study) & (results["outcome"] == primary) & (results["model"] == "pooled")])
         for _, r in pooled.iterrows():
@@ -119,14 +129,15 @@ def render_index(context: dict) -> str:
     return TEMPLATE.get_template("index.html.j2").render(**context)
 
 
-def study_spec(study: str) -> dict:
+def study_spec(study: str, inputs: Mapping[str, Path]) -> dict:
     """What the study's estimate stage recorded: its resolved specification and outcomes."""
-    summary = read_json(paths.processed_dir(study) / "estimate_summary.json")
+    processed = study_folder(inputs, "processed", study)
+    summary = read_json(processed / "estimate_summary.json")
     conversion = {}
-    ingest_path = paths.interim_dir(study) / "ingest_summary.json"
+    ingest_path = study_folder(inputs, "interim", study) / "ingest_summary.json"
     if ingest_path.exists():
         conversion = read_json(ingest_path).get("conversion") or {}
-    construct_path = paths.processed_dir(study) / "construct_summary.json"
+    construct_path = processed / "construct_summary.json"
     currency = read_json(construct_path).get("currency") if construct_path.exists() else None
     return {"summary": summary, "specification": summary.get("specification", {}),
             "outcomes": list(summary.get("outcomes") or []),
@@ -146,18 +157,22 @@ def unit_note(spec: dict, flow_period: str) -> str:
     return f"Money outcomes in USD PPP per {flow_period.replace('_', ' ')}."
 
 
-def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals: int) -> tuple[dict, pd.DataFrame]:
-    """One study's section of the report, true to the specification that study was estimated with."""
-    spec = study_spec(study)
+def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals: int,
+                  inputs: Mapping[str, Path]) -> tuple[dict, pd.DataFrame]:
+    """One study's section of the report, true to the specification that study was estimated with
+    (``inputs``: the report context's, with the study's ``processed/<study>`` and ``interim/<study>``
+    folders and, for the synthetic study, ``truth.json``)."""
+    spec = study_spec(study, inputs)
+    processed = study_folder(inputs, "processed", study)
     primary = spec["primary_outcome"]
     outcomes = spec["outcomes"] or [primary]
     unit = f"USD PPP per {flow_period.replace('_', ' ')}"
     eff = gender_effects(results, study, primary)
-    truth_path = paths.raw_synthetic_dir() / "truth.json" if study == "synthetic" else None
+    truth_path = inputs.get("truth.json") if study == "synthetic" else None
     truth = read_json(truth_path) if truth_path and truth_path.exists() else None
     if truth is not None and not eff.empty:
         eff = truth_comparison(eff, truth)
-    flow = read_table(paths.interim_dir(study) / "flow.csv")
+    flow = read_table(study_folder(inputs, "interim", study) / "flow.csv")
     flow = flow if flow is not None else pd.DataFrame()
     study_results = results[results["study"] == study]
     note = f"{method_note(spec['summary'])} {unit_note(spec, flow_period)}"
@@ -167,7 +182,7 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
                           publication_table(study_results, outcomes, decimals, note),
                           robustness_table(study_results, primary, decimals),
                           multiple_testing_table(study_results)) if t]
-    design_tables = [t for t in [balance_table(study, decimals), *attrition_tables(study, decimals, design)] if t]
+    design_tables = [t for t in [balance_table(processed, decimals), *attrition_tables(processed, decimals, design)] if t]
     not_applicable = [f"{name.replace('_', ' ')}: {info.get('reason', 'not applicable')}"
                       for name, info in spec["tables"].items()
                       if isinstance(info, dict) and info.get("status") == "not_applicable"]
@@ -178,56 +193,59 @@ def study_section(study: str, results: pd.DataFrame, flow_period: str, decimals:
     section = {
         "study": study, "spec_note": note, "primary_outcome": primary, "currency": spec["currency"],
         "tables": tables, "design_tables": design_tables, "not_applicable": not_applicable,
-        "qte_figure": qte_figure(study, unit), "effects": eff.to_dict("records"), "has_truth": truth is not None,
+        "qte_figure": qte_figure(processed, unit), "effects": eff.to_dict("records"), "has_truth": truth is not None,
         "all_within_2se": bool(eff["within_2se"].all()) if truth is not None and not eff.empty else None,
         "headlines": ([headline_sentence(r, unit, decimals) for _, r in eff[eff["sex"] != "diff"].iterrows()]
                       if not eff.empty else []),
         "figure": fig, "flow_columns": list(flow.columns), "flow": flow.to_dict("records"),
-        "notebooks": (["notebooks/00_synthetic"] if study == "synthetic" else []) +
-                     [f"notebooks/{study}/{name}" for name in ("01_ingest", "02_clean", "03_construct", "04_estimate")],
+        "notebooks": ([f"notebooks/{paths.STAGE_NOTEBOOKS['synthetic']}"] if study == "synthetic" else []) +
+                     [f"notebooks/{study}/{paths.STAGE_NOTEBOOKS[stage]}" for stage in per_study_stages()],
     }
     return section, eff
 
 
-def run(params: dict, studies: list[str], flow_period: str, pipeline: str = "main") -> dict:
+def run(stage: StageContext) -> dict:
     """The report stage: collect every study's results (each described by its own recorded
     specification), add the cross-study synthesis in the evidence pipeline, write index.html,
-    results.csv, metrics.json and every table as CSV and LaTeX under tables/."""
+    results.csv, metrics.json and every table as CSV and LaTeX under tables/ (the ``stage``
+    context's outputs)."""
     from pipeline import report_evidence
 
+    params, studies, pipeline = stage.params, list(stage.studies), stage.pipeline
+    flow_period, inputs, outputs = stage.extra["flow_period"], stage.inputs, stage.outputs
     decimals = int(params["decimals"])
-    results = load_results(studies)
+    results = load_results(studies, inputs)
     per_study, sections = {}, []
     for study in studies:
-        section, eff = study_section(study, results, flow_period, decimals)
+        section, eff = study_section(study, results, flow_period, decimals, inputs)
         per_study[study] = eff
         sections.append(section)
-    out = paths.reports_dir(pipeline)
     link_prefix = "../" if pipeline != "main" else ""
     for section in sections:
         section["notebooks"] = [link_prefix + nb for nb in section["notebooks"]]
-    evidence = report_evidence.evidence_context(paths.synthesis_dir(), decimals) if pipeline == "evidence" else None
+    evidence = report_evidence.evidence_context(inputs["synthesis"], decimals) if "synthesis" in inputs else None
     context = {
         "title": params["title"], "version": project_version(), "unit": f"USD PPP per {flow_period.replace('_', ' ')}",
         "sections": sections, "decimals": decimals, "fmt": fmt, "packages": package_versions(), "params": params,
-        "simulation": simulation_table() if pipeline == "main" else None,
-        "simulation_few_clusters": few_cluster_table() if pipeline == "main" else None, "evidence": evidence,
+        "simulation": simulation_table(inputs["simulation"]) if "simulation" in inputs else None,
+        "simulation_few_clusters": few_cluster_table(inputs["simulation"]) if "simulation" in inputs else None,
+        "evidence": evidence,
         "self_check_link": "../index.html" if pipeline == "evidence" else None,
         "stage_notebooks": (["notebooks/06_synthesize", "notebooks/05_report"] if pipeline == "evidence" else []),
     }
-    m = metrics(per_study, results, studies)
+    m = metrics(per_study, results, studies, inputs)
     if evidence is not None:
         m["synthesis"] = evidence["metrics"]
-    metrics_path = out / "metrics.json"
+    metrics_path = outputs["metrics.json"]
     context["provenance"] = {"git": git_state(), "inputs": input_hashes(paths.pipeline_file(pipeline).with_suffix(".lock"))}
     context["changes"] = metric_changes(m, previous_metrics(str(metrics_path.relative_to(paths.root()))))
     html = render_index(context)
     tables = [t for s in sections for t in s["tables"] + s["design_tables"]] + (evidence["tables"] if evidence else [])
     table_files = report_evidence.export_tables(tables, [s["study"] for s in sections for _ in s["tables"] + s["design_tables"]]
                                                 + ["synthesis"] * len(evidence["tables"] if evidence else []))
-    write_text(out / "index.html", html)
+    write_text(outputs["index.html"], html)
     for name, text in table_files.items():
-        write_text(out / "tables" / name, text)
-    write_csv(out / "results.csv", results)
+        write_text(outputs["tables"] / name, text)
+    write_csv(outputs["results.csv"], results)
     write_json(metrics_path, m)
     return {"results": results, "effects": per_study, "metrics": m, "html": html}

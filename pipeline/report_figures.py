@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import matplotlib
 
@@ -10,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline import paths  # noqa: E402
 from pipeline.report_tables import SEXES, read_table, term_label  # noqa: E402
 
 SEX_COLOURS = {"women": "#b2182b", "men": "#2166ac"}
@@ -61,8 +61,9 @@ def gender_figure(effects: pd.DataFrame, title: str, unit: str):
     return fig
 
 
-def qte_figure(study: str, unit: str) -> str | None:
-    qte = read_table(paths.processed_dir(study) / "qte.csv")
+def qte_figure(folder: Path, unit: str) -> str | None:
+    """Quantile treatment effects by owner gender from a study's estimate outputs (``folder``)."""
+    qte = read_table(folder / "qte.csv")
     if qte is None:
         return None
     qte = qte[qte["sample"].isin(["women", "men"])]

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.arms import INTERVENTIONS, arm_average_term
-from pipeline import paths
 from pipeline.io import read_json
 from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
                                  split_sex_term)
@@ -191,8 +190,9 @@ def read_table(path: Path) -> pd.DataFrame | None:
     return None if table.empty else table
 
 
-def balance_table(study: str, decimals: int) -> dict | None:
-    bal = read_table(paths.processed_dir(study) / "balance.csv")
+def balance_table(folder: Path, decimals: int) -> dict | None:
+    """The balance table from a study's estimate outputs (``folder``: its data/processed/<study>)."""
+    bal = read_table(folder / "balance.csv")
     if bal is None:
         return None
     bal = bal[bal["sample"] == ALL] if "sample" in bal.columns else bal
@@ -204,7 +204,7 @@ def balance_table(study: str, decimals: int) -> dict | None:
         row += [pval(r.get("f_p_value")), pval(r.get("ri_p_value"))]
         rows.append(row)
     nd = [a for a in arms if f"normdiff_{a}" in bal.columns]
-    joint_path = paths.processed_dir(study) / "balance_joint.csv"
+    joint_path = folder / "balance_joint.csv"
     notes = "Baseline means by arm; normalised differences against control; p-values of the F-test of equal means " \
             "across arms and its randomisation-inference (RI) counterpart (assignment re-drawn within strata)."
     joint = read_table(joint_path)
@@ -217,9 +217,9 @@ def balance_table(study: str, decimals: int) -> dict | None:
                        + ["p (F)", "p (RI)"], "rows": rows, "notes": notes}
 
 
-def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
+def attrition_tables(folder: Path, decimals: int, design_note: str) -> list[dict]:
     out = []
-    att = read_table(paths.processed_dir(study) / "attrition.csv")
+    att = read_table(folder / "attrition.csv")
     if att is not None:
         att = att[(att["model"] == POOLED) & (att["sample"] == ALL)] if "model" in att.columns else att
     if att is not None and not att.empty:
@@ -230,7 +230,7 @@ def attrition_tables(study: str, decimals: int, design_note: str) -> list[dict]:
                     "columns": ["Regressor", "Effect on attrition", "SE", "p", "Control attrition"], "rows": rows,
                     "notes": f"Linear probability model of attrition on the arms. {design_note} "
                              f"Joint test that every arm term is zero: {joint}."})
-    lee = read_table(paths.processed_dir(study) / "lee_bounds.csv")
+    lee = read_table(folder / "lee_bounds.csv")
     if lee is not None:
         rows = [[r["comparison"], r["sample"], fmt(r["lower"], decimals), fmt(r["upper"], decimals),
                  f"[{fmt(r['ci_low'], decimals)}, {fmt(r['ci_high'], decimals)}]", fmt(r["trim_share"], 3)]
@@ -250,12 +250,13 @@ def _joint_test_words(row: pd.Series) -> str:
     return f"F({int(row['joint_df_num'])}, {int(row['joint_df_denom'])}) p = {p}"
 
 
-def simulation_table() -> dict | None:
-    path = paths.simulation_dir() / "simulation.csv"
+def simulation_table(folder: Path) -> dict | None:
+    """The simulation study's table (``folder``: the simulation stage's reports/simulation)."""
+    path = folder / "simulation.csv"
     if not path.exists():
         return None
     sim = pd.read_csv(path)
-    meta = read_json(paths.simulation_dir() / "simulation.json")
+    meta = read_json(folder / "simulation.json")
     rows = [[str(r.get("variant", "")), str(r.get("outcome", "")), str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
              fmt(r["mean_estimate"], 2), fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
             for _, r in sim.iterrows()]
@@ -268,13 +269,13 @@ def simulation_table() -> dict | None:
                      "the one the truth is defined on; as_configured: the default survey. See pipeline/simulation.py."}
 
 
-def few_cluster_table() -> dict | None:
-    """CR1, CR2 and the wild bootstrap side by side with 20 clusters (the simulation stage)."""
-    path = paths.simulation_dir() / "few_clusters.csv"
+def few_cluster_table(folder: Path) -> dict | None:
+    """CR1, CR2 and the wild bootstrap side by side with 20 clusters (the simulation stage's ``folder``)."""
+    path = folder / "few_clusters.csv"
     if not path.exists():
         return None
     few = pd.read_csv(path)
-    meta = read_json(paths.simulation_dir() / "simulation.json").get("few_clusters", {})
+    meta = read_json(folder / "simulation.json").get("few_clusters", {})
     rows = [[str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
              *[f"{100 * r[f'coverage_{m}']:.1f}% ({100 * r[f'mc_se_{m}']:.1f})" for m in ("cr1", "cr2", "wild")]]
             for _, r in few.iterrows()]

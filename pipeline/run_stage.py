@@ -43,9 +43,11 @@ if __name__ == "__main__":
 import nbformat
 
 from pipeline import paths
-from pipeline.io import REPO_ROOT, atomic_path, load_params, read_yaml, write_text
+from pipeline.io import REPO_ROOT, atomic_path, load_params, write_text
 from pipeline.notebook_html import export_html, prepare_exporter_in_background, scrub_notebook
 from pipeline.privacy import assert_stage_outputs_clean
+from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths, params_value, studies_of  # noqa: F401
+from pipeline.stage_context import build as build_context
 
 KERNEL_NAME = "microenterprise"
 
@@ -94,27 +96,10 @@ def ipc_kernel_manager(socket_dir: str, kernels: StageKernels | None = None):
     return IPCKernelManager
 
 
-def studies_of(params: dict, pipeline: str) -> dict:
-    """The studies a pipeline runs: ``studies:`` (default run) or ``evidence.studies:``."""
-    if pipeline == "main":
-        return dict(params["studies"])
-    return dict(params[pipeline]["studies"])
-
-
 def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:
-    """The outputs the pipeline's dvc.yaml declares for this stage (with ${key} filled in for
-    per-study stages). Paths are relative to the stage's ``wdir`` (the repository root)."""
-    dvc_yaml = read_yaml(paths.pipeline_file(pipeline))
-    spec = dvc_yaml["stages"][stage]
-    outs = []
-    if "foreach" in spec:
-        spec = spec["do"]
-    for entry in list(spec.get("outs", [])) + list(spec.get("metrics", [])) + list(spec.get("plots", [])):
-        name = next(iter(entry)) if isinstance(entry, dict) else entry
-        if study is not None:
-            name = name.replace("${key}", study).replace("${item}", study)
-        outs.append(REPO_ROOT / name)
-    return outs
+    """The outputs the pipeline's dvc.yaml declares for this stage (``stage_context.derive_paths``,
+    the derivation every stage's context uses), as absolute paths under the repository root."""
+    return list(derive_paths(stage, study, pipeline)[1].values())
 
 
 def _remove(path: Path) -> None:
@@ -231,55 +216,28 @@ def drop_backup(backup: Path) -> None:
         pass
 
 
-# What a stage's notebook receives from params.yaml beyond its own group (injected as
-# ``stage_params``): notebook parameter -> params key. With the study's entry (per-study stages) or
-# the pipeline's study list (report, synthesize) this is everything a stage reads; dvc.yaml declares
-# exactly these keys (tests/test_dvc_wiring.py), and the executed notebook records their values.
-EXTRA_PARAMS: dict[str, dict[str, str]] = {
-    "construct": {"flow_period": "clean.flow_period"},
-    "report": {"flow_period": "clean.flow_period"},
-    "simulation": {"synthetic_params": "synthetic", "clean_params": "clean", "construct_params": "construct",
-                   "estimate_params": "estimate"},
-}
-
-
-def params_value(params: dict, key: str):
-    """``params["a"]["b"]`` for key ``a.b``, naming the key when it is absent."""
-    node = params
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"params.yaml has no {key!r} (read by a stage; see pipeline/run_stage.py EXTRA_PARAMS)")
-        node = node[part]
-    return node
-
-
 def declared_params(stage: str, pipeline: str = "main") -> list[str]:
     """The params keys a stage reads, as its dvc.yaml entry must list them (``${key}``: the study)."""
     studies_key = "studies" if pipeline == "main" else f"{pipeline}.studies"
     keys = [stage] + ([f"{studies_key}.${{key}}"] if stage == "ingest" else [])
     keys += list(EXTRA_PARAMS.get(stage, {}).values())
-    if stage in ("report", "synthesize"):
+    if stage in STUDY_LIST_STAGES:
         keys.append(studies_key)
     return keys
 
 
 def notebook_parameters(stage: str, study: str | None, params: dict, pipeline: str) -> dict:
-    """What papermill injects: the stage's params group, the keys of EXTRA_PARAMS, and the study
-    (per-study stages) or the pipeline's study list (pipeline-level stages), so the executed
-    notebook records everything the stage used."""
-    studies = studies_of(params, pipeline)
-    parameters = {"stage_params": params.get(stage, {}) or {}}
-    parameters.update({name: params_value(params, key) for name, key in EXTRA_PARAMS.get(stage, {}).items()})
+    """What papermill injects (JSON values, from which the notebook rebuilds its context with
+    ``stage_context.build``): the stage's params group, the keys of EXTRA_PARAMS, the pipeline, and
+    the study (per-study stages) or the pipeline's study list, so the executed notebook records
+    everything the stage used. An unknown stage or study fails here, naming it."""
+    context = build_context(stage, study, pipeline=pipeline, params=params)
+    parameters = {"stage_params": dict(context.params), **context.extra}
     if study is not None:
-        if study not in studies:
-            raise KeyError(f"study {study!r} is not listed in the {pipeline!r} pipeline's studies "
-                           f"({', '.join(studies) or 'none'})")
         parameters["study"] = study
-        if stage == "ingest":
-            parameters["data_dir"] = studies[study]["data_dir"]
-    elif stage in ("report", "synthesize"):
-        parameters["studies"] = list(studies)
-        parameters["pipeline"] = pipeline
+    elif stage in STUDY_LIST_STAGES:
+        parameters["studies"] = list(context.studies)
+    parameters["pipeline"] = pipeline
     return parameters
 
 

@@ -296,13 +296,15 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
     return meta
 
 
-def run(stage_params: dict, synthetic_params: dict, clean_params: dict, construct_params: dict,
-        estimate_params: dict, out_dir: Path | None = None) -> dict:
-    """The simulation stage: ``stage_params`` is the ``simulation:`` group (draws, workers: the
-    size of the local cluster, unused when ``DASK_SCHEDULER_ADDRESS`` names a cluster); the other
-    groups are the ones the default run's stages use, as ``run_stage`` injects them."""
-    settings = build_settings(synthetic_params, clean_params, construct_params, estimate_params,
-                              load_study("synthetic"), wild_reps=int(stage_params["wild_bootstrap_reps"]))
+def run(context) -> dict:
+    """The simulation stage (``context``: a :class:`pipeline.stage_context.StageContext`): its
+    params are the ``simulation:`` group (draws, workers: the size of the local cluster, unused when
+    ``DASK_SCHEDULER_ADDRESS`` names a cluster); ``context.extra`` holds the groups the default run's
+    stages use (``synthetic_params``...); everything is written to ``outputs["simulation"]``."""
+    stage_params, extra = context.params, context.extra
+    settings = build_settings(extra["synthetic_params"], extra["clean_params"], extra["construct_params"],
+                              extra["estimate_params"], load_study("synthetic"),
+                              wild_reps=int(stage_params["wild_bootstrap_reps"]))
     n_draws, workers = int(stage_params["draws"]), int(stage_params["workers"])
     n_few = int(stage_params["few_cluster_draws"])
     if n_few < 20:
@@ -312,5 +314,5 @@ def run(stage_params: dict, synthetic_params: dict, clean_params: dict, construc
         few = run_study(n_few, settings, client, progress=parallel.Progress(n_few, label="few clusters"),
                         kind="few_clusters")
     summary = summarise(draws)
-    meta = write_outputs(draws, summary, settings, Path(out_dir) if out_dir else paths.simulation_dir(), few)
+    meta = write_outputs(draws, summary, settings, context.outputs["simulation"], few)
     return {"draws": draws, "summary": summary, "few_clusters": few, "meta": meta}

@@ -8,6 +8,7 @@ params group, resolved here and passed to the model as arguments.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -62,24 +63,25 @@ def pool_group(effects: pd.DataFrame, key: tuple[str, str, str], settings: Mappi
     return {"pooled": pooled, "shrunk": studies, "leave_one_out": loo, "priors": priors}
 
 
-def _study_inputs(study: str) -> dict:
-    """What harmonising one study needs, read from its recorded stage outputs and its YAML."""
-    from pipeline import harmonise, paths
+def _study_inputs(study: str, folder: Path) -> dict:
+    """What harmonising one study needs, read from its recorded stage outputs (``folder``: its
+    data/processed/<study>) and its YAML."""
+    from pipeline import harmonise
     from pipeline.io import read_json
-    from pipeline.study import load_study
+    from pipeline.study import load_study, shown_path
 
     cfg = load_study(study)
-    needed = [paths.processed_dir(study) / name for name in ("estimate_summary.json", "construct_summary.json", "results.csv")]
-    missing = [p.relative_to(paths.REPO_ROOT).as_posix() for p in needed if not p.exists()]
+    needed = [folder / name for name in ("estimate_summary.json", "construct_summary.json", "results.csv")]
+    missing = [shown_path(p) for p in needed if not p.exists()]
     if missing:  # the synthesis reads what the evidence pipeline wrote; say how to get it
         raise FileNotFoundError(f"synthesize: study {study!r} has no estimate outputs ({', '.join(missing)}); "
                                 "run `make evidence` (dvc repro evidence/dvc.yaml) first, or drop it from evidence.studies")
-    summary = read_json(paths.processed_dir(study) / "estimate_summary.json")
-    construct = read_json(paths.processed_dir(study) / "construct_summary.json")
+    summary = read_json(folder / "estimate_summary.json")
+    construct = read_json(folder / "construct_summary.json")
     primary = summary["primary_outcome"]
     outcome_cfg = cfg["outcomes"].get(primary) or {}
     non_money = outcome_cfg.get("money") is False
-    return {"cfg": cfg, "results": pd.read_csv(paths.processed_dir(study) / "results.csv"), "primary": primary,
+    return {"cfg": cfg, "results": pd.read_csv(folder / "results.csv"), "primary": primary,
             "outcome_is_log": non_money and primary.startswith("log"),
             "non_money_not_log": non_money and not primary.startswith("log"),
             "share_female": float(construct.get("female_owner_share")
@@ -87,13 +89,15 @@ def _study_inputs(study: str) -> dict:
             "native": harmonise.native_unit(construct.get("currency"), construct.get("usd_ppp_per_lcu"), cfg["recall_period"])}
 
 
-def collect_effects(studies: Sequence[str], published: pd.DataFrame, published_source: str) -> tuple[pd.DataFrame, list[str]]:
-    """Every study's harmonised effects (microdata, then publications) and the studies left out, with why."""
+def collect_effects(folders: Mapping[str, Path], published: pd.DataFrame,
+                    published_source: str) -> tuple[pd.DataFrame, list[str]]:
+    """Every study's harmonised effects (microdata from ``folders``, study -> its data/processed
+    folder, in order; then publications) and the studies left out, with why."""
     from pipeline import harmonise
 
     frames, left_out = [], []
-    for study in studies:
-        s = _study_inputs(study)
+    for study, folder in folders.items():
+        s = _study_inputs(study, Path(folder))
         if s["non_money_not_log"]:
             left_out.append(f"{study}: primary outcome {s['primary']} is neither a money flow nor a log")
             continue
@@ -183,14 +187,16 @@ def synthesize(effects: pd.DataFrame, settings: Mapping) -> dict:
             "not_pooled": not_pooled, "priors": priors}
 
 
-def run(studies: Sequence[str], params: Mapping) -> dict:
-    """The synthesize stage: harmonise, pool, write data/synthesis/ (all files or none)."""
-    from pipeline import paths
+def run(context) -> dict:
+    """The synthesize stage (``context``: a :class:`pipeline.stage_context.StageContext`):
+    harmonise each study's outputs (``inputs["processed/<study>"]``), pool, write the outputs
+    (data/synthesis/; all files or none). The summary records the params group and the studies."""
     from pipeline.io import REPO_ROOT, write_csv, write_json
 
+    params, studies = context.params, list(context.studies)
     source = str(params["published_effects"])
     published = pd.read_csv(REPO_ROOT / source)
-    effects, left_out = collect_effects(studies, published, source)
+    effects, left_out = collect_effects({s: context.inputs[f"processed/{s}"] for s in studies}, published, source)
     moderators_source = str(params["moderators"])
     configured = [p.stem for p in (REPO_ROOT / "studies").glob("*.yaml")]
     effects = attach_moderators(effects, pd.read_csv(REPO_ROOT / moderators_source), moderators_source,
@@ -207,8 +213,7 @@ def run(studies: Sequence[str], params: Mapping) -> dict:
     tables = {"study_effects.csv": effects, "pooled.csv": out["pooled"], "shrunk.csv": out["shrunk"],
               "leave_one_out.csv": out["leave_one_out"], "meta_regression.csv": out["meta_regression"],
               "frequentist.csv": frequentist}
-    folder = paths.synthesis_dir()
     for name, table in tables.items():
-        write_csv(folder / name, table if len(table.columns) else pd.DataFrame({"status": ["nothing to pool"]}))
-    write_json(folder / "synthesize_summary.json", summary)
+        write_csv(context.outputs[name], table if len(table.columns) else pd.DataFrame({"status": ["nothing to pool"]}))
+    write_json(context.outputs["synthesize_summary.json"], summary)
     return {**out, "study_effects": effects, "summary": summary}

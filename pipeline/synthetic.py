@@ -462,9 +462,12 @@ def write(survey: pd.DataFrame, value_labels: dict[str, dict[int, str]], variabl
     write_json(out_dir / "truth.json", truth)
 
 
-def run(params: dict, out_dir: str | Path) -> dict:
-    """Generate the survey from ``params`` and write it to ``out_dir``; return a small summary."""
-    survey, value_labels, variable_labels, truth = generate(params)
+def run(context) -> dict:
+    """The synthetic stage (``context``: a :class:`pipeline.stage_context.StageContext`): generate
+    the survey from the ``synthetic:`` group and write it to ``outputs["synthetic"]`` (the raw
+    folder; ``truth.json`` records the params); return a small summary."""
+    out_dir = context.outputs["synthetic"]
+    survey, value_labels, variable_labels, truth = generate(dict(context.params))
     write(survey, value_labels, variable_labels, truth, out_dir)
     mess = truth["mess"]
     return {

@@ -54,10 +54,9 @@ def stage_commands() -> list[tuple[str, list[str]]]:
 
 # What each stage's notebook calls, as a plain process: stage -> Python code (study "synthetic").
 TAX_FUNCTIONS = {
-    "clean": "from pipeline import clean; from pipeline.io import load_params; "
-             "clean.run('synthetic', load_params()['clean'])",
-    "estimate": "from pipeline.estimation import stage; from pipeline.io import load_params; "
-                "stage.run('synthetic', load_params()['estimate'])",
+    "clean": "from pipeline import clean, stage_context; clean.run(stage_context.build('clean', 'synthetic'))",
+    "estimate": "from pipeline import stage_context; from pipeline.estimation import stage; "
+                "stage.run(stage_context.build('estimate', 'synthetic'))",
 }
 REPEATS = 3
 

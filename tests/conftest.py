@@ -105,23 +105,31 @@ def dta_dir(tmp_path, raw):
 # ------------------------------------------------------------------------------------------------
 from pathlib import Path  # noqa: E402
 
-from pipeline import paths  # noqa: E402
 from pipeline.io import REPO_ROOT  # noqa: E402
 
 REAL_DATA = REPO_ROOT / ".." / "shared" / "data"   # ../shared/data from the repository root
 
 
-def redirect_outputs(monkeypatch, root: Path) -> Path:
-    """Point the stages' data/interim and data/processed folders at ``root`` (never the repo's)."""
-    monkeypatch.setattr(paths, "interim_dir", lambda study: root / "interim" / study)
-    monkeypatch.setattr(paths, "processed_dir", lambda study: root / "processed" / study)
-    return root
+def stage_context(stage: str, study, data: Path, group: dict | None = None, data_dir: Path | None = None,
+                  **extra):
+    """The context of ``stage`` for ``study`` (a name or a YAML path) with every data input and output
+    under ``data``, a folder named ``data`` standing for the repository's (never the repo's own):
+    ``data/interim/<study>/...``, as dvc.yaml declares them. ``data_dir``: the raw files (ingest);
+    ``extra``: the EXTRA_PARAMS values (``flow_period=...``). A real study is found in the evidence
+    pipeline's list, any other in the default run's."""
+    from pipeline.io import load_params
+    from pipeline.stage_context import build
+
+    assert data.name == "data", data
+    pipeline = "evidence" if str(study) in load_params()["evidence"]["studies"] else "main"
+    return build(stage, study, pipeline=pipeline, group=group, extra=extra, root=data.parent,
+                 inputs={"data_dir": Path(data_dir)} if data_dir is not None else None)
 
 
 @pytest.fixture
-def outputs(tmp_path, monkeypatch) -> Path:
-    """Stage outputs go to tmp_path/out/{interim,processed}/<study>."""
-    return redirect_outputs(monkeypatch, tmp_path / "out")
+def outputs(tmp_path) -> Path:
+    """The folder standing for data/ in the tests' stage contexts: tmp_path/out/data."""
+    return tmp_path / "out" / "data"
 
 
 def files_under(root: Path) -> set[str]:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from conftest import files_under
+from conftest import files_under, stage_context
 from pipeline import clean, construct, ingest
 from pipeline.io import write_outputs
 from pipeline.schemas import ValidationError
@@ -78,15 +78,15 @@ def study(tmp_path):
     return write
 
 
-def run_all(path, raw, params=None):
-    ingest.run(path, raw, params_group("ingest"))
-    clean.run(path, params or CLEAN)
-    return construct.run(path, params_group("construct"), "month")
+def run_all(path, raw, outputs, params=None):
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
+    clean.run(stage_context("clean", path, outputs, params or CLEAN))
+    return construct.run(stage_context("construct", path, outputs, params_group("construct"), flow_period="month"))
 
 
 def test_the_fixture_itself_runs_clean(study, outputs):
     path, raw = study(survey())
-    result = run_all(path, raw)
+    result = run_all(path, raw, outputs)
     table = result["analysis"].set_index(["firm_id", "round"])
     assert len(table) == 8 and table.loc[("4", 1), "treat_skills"] == 1 == table.loc[("4", 1), "treat_capital"]
     assert table.loc[("1", 0), "profit_usd_ppp_month"] == pytest.approx(100 / 40)
@@ -103,21 +103,21 @@ def test_empty_file(study, outputs):
     path, raw = study()
     (raw / "survey.csv").write_bytes(b"")
     with pytest.raises(ingest.IngestError, match=r"survey\.csv: file is empty"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
 def test_header_only_file(study, outputs):
     path, raw = study(survey().iloc[:0])
     with pytest.raises(ingest.IngestError, match=r"survey\.csv: file has no rows"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
 def test_missing_column_is_named(study, outputs):
     path, raw = study(survey().drop(columns=["revenue"]))
     with pytest.raises(ingest.IngestError, match=r"survey\.csv: required columns \['revenue'\] not in the file"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
@@ -132,14 +132,14 @@ def test_unreadable_file(study, outputs, name, fmt, message):
     path, raw = study(files=[{"path": name, "format": fmt}])
     (raw / name).write_bytes(b"\xff\xfe\x00garbage \x81\x82 not a survey\n\x00\x01" * 20)
     with pytest.raises(ingest.IngestError, match=rf"{name.replace('.', '[.]')}: {message}"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
 def test_checksum_mismatch_writes_nothing(study, outputs):
     path, raw = study(survey(), files=[{"path": "survey.csv", "format": "csv", "sha256": "0" * 64}])
     with pytest.raises(ingest.IngestError, match=r"survey\.csv: sha256 [0-9a-f]{64} does not match"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
@@ -147,7 +147,7 @@ def test_group_prefixes_that_collide_are_named(study, outputs):
     frame = survey().rename(columns={"profit": "g1/profit"}).assign(**{"g2/profit": 1})
     path, raw = study(frame, files=[{"path": "survey.csv", "strip_group_prefixes": True}])
     with pytest.raises(ingest.IngestError, match=r"\['g1/profit', 'g2/profit'\] -> 'profit'"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert files_under(outputs) == set()
 
 
@@ -161,8 +161,8 @@ def test_text_in_a_numeric_column_is_parsed_or_logged(study, outputs):
     frame.loc[3, "revenue"] = "about 3000"
     frame.loc[4, "revenue"] = ""
     path, raw = study(frame)
-    ingest.run(path, raw, params_group("ingest"))
-    result = clean.run(path, CLEAN)
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
+    result = clean.run(stage_context("clean", path, outputs, CLEAN))
     c = result["clean"].set_index("source_row")
     assert c.loc[0, "profit_kes_month"] == 1200 and c.loc[2, "profit_kes_month"] == -50
     assert np.isnan(c.loc[1, "profit_kes_month"]) and np.isnan(c.loc[3, "revenue_kes_month"])
@@ -180,8 +180,8 @@ def test_duplicated_ids_are_rejected_rows(study, outputs):
     copy = frame.iloc[[1]].assign(submitted="2024-03-01 10:00:00")               # same answers again
     correction = frame.iloc[[3]].assign(profit=95, submitted="2024-03-02 10:00:00")  # a later correction
     path, raw = study(pd.concat([frame, copy, correction], ignore_index=True))
-    ingest.run(path, raw, params_group("ingest"))
-    result = clean.run(path, CLEAN)
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
+    result = clean.run(stage_context("clean", path, outputs, CLEAN))
     rules = result["rejected"].set_index("source_row")["rule"].to_dict()
     assert rules == {8: "duplicate_identical", 3: "duplicate_conflicting"}
     assert len(result["clean"]) + len(result["rejected"]) == 10
@@ -193,12 +193,12 @@ def test_duplicated_ids_with_the_error_rule_stop_the_stage(study, outputs):
     frame = survey()
     correction = frame.iloc[[3]].assign(profit=95, submitted="2024-03-02 10:00:00")
     path, raw = study(pd.concat([frame, correction], ignore_index=True))
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     before = files_under(outputs)
     with pytest.raises(clean.CleaningError,
                        match=r"broken: 2 conflicting submissions of the same hh_id x round \(source rows \[3, 8\]; "
                              r"ids \[\{'hh_id': 2, 'round': 1\}\]\)"):
-        clean.run(path, {**CLEAN, "duplicate_rule": "error"})
+        clean.run(stage_context("clean", path, outputs, {**CLEAN, "duplicate_rule": "error"}))
     assert files_under(outputs) == before   # the ingest outputs only
 
 
@@ -208,17 +208,17 @@ def test_csv_ids_1_and_01_are_not_merged_into_one_firm(study, outputs):
     frame = survey().astype({"hh_id": str})
     frame.loc[[2, 3], "hh_id"] = "01"
     path, raw = study(frame)
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     interim = pd.read_parquet(outputs / "interim" / "broken" / "ingested.parquet")
     assert interim["hh_id"].tolist() == ["1", "1", "01", "01", "3", "3", "4", "4"]
     before = files_under(outputs)
     with pytest.raises(clean.CleaningError, match=r"broken: ids of 'hh_id' that differ only in spelling .*"
                                                   r"'1' \(survey.csv rows \[0, 1\]\) and '01' \(survey.csv rows \[2, 3\]\)"):
-        clean.run(path, CLEAN)
+        clean.run(stage_context("clean", path, outputs, CLEAN))
     assert files_under(outputs) == before
     # ids that are canonical integers are read as numbers, as before (same interim table)
     path, raw = study(survey())
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert pd.read_parquet(outputs / "interim" / "broken" / "ingested.parquet")["hh_id"].dtype == "int64"
 
 
@@ -228,11 +228,11 @@ def test_blank_stratum_and_huge_profit_are_not_silently_used(study, outputs):
     path, raw = study(frame, strata=["region"])
     with pytest.raises(construct.ConstructError, match=r"broken: stratum \(region\) is missing in every round "
                                                        r"for 1 units, e.g. \[2\]"):
-        run_all(path, raw)
+        run_all(path, raw, outputs)
     frame = survey().astype({"profit": float})
     frame.loc[2, "profit"] = 1e300
     path, raw = study(frame)
-    table = run_all(path, raw)["analysis"].set_index(["firm_id", "round"])
+    table = run_all(path, raw, outputs)["analysis"].set_index(["firm_id", "round"])
     assert np.isnan(table.loc[("2", 0), "profit_usd_ppp_month"]) and np.isfinite(table["profit_usd_ppp_month"].max())
     log = pd.read_parquet(outputs / "interim" / "broken" / "value_log.parquet").set_index(["source_row", "column"])
     assert log.loc[(2, "profit"), "rule"].startswith("impossible_value:magnitude above")
@@ -245,7 +245,7 @@ def test_unknown_codes_reject_rows_or_values(study, outputs):
     frame.loc[5, "round"] = 5           # not a planned round
     frame.loc[[2, 3], "sex"] = "X"      # not a declared code: the value is blanked, logged
     path, raw = study(frame)
-    result = run_all(path, raw)
+    result = run_all(path, raw, outputs)
     rejected = outputs / "interim" / "broken" / "rejected_rows.parquet"
     reasons = pd.read_parquet(rejected).set_index("source_row")["reason"].to_dict()
     assert reasons == {5: "round=5 is not a defined round", 6: "arm=placebo is not a defined arm",
@@ -264,8 +264,8 @@ def test_impossible_value_is_logged_not_dropped(study, outputs):
     frame.loc[4, "age"] = 230
     frame.loc[5, "revenue"] = -10
     path, raw = study(frame)
-    ingest.run(path, raw, params_group("ingest"))
-    log = clean.run(path, CLEAN)["log"].set_index(["source_row", "column"])
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
+    log = clean.run(stage_context("clean", path, outputs, CLEAN))["log"].set_index(["source_row", "column"])
     assert log.loc[(4, "age"), "rule"] == "impossible_value:outside[15,95]" and log.loc[(4, "age"), "old_value"] == 230
     assert log.loc[(5, "revenue"), "rule"] == "impossible_value:outside[0,inf]"
 
@@ -274,10 +274,10 @@ def test_validation_failure_names_study_column_rule_rows_and_writes_nothing(stud
     frame = survey()
     frame.loc[[2, 5], "weight"] = [0.0, -1.0]
     path, raw = study(frame)
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     before = files_under(outputs)
     with pytest.raises(ValidationError) as err:
-        clean.run(path, CLEAN)
+        clean.run(stage_context("clean", path, outputs, CLEAN))
     message = str(err.value)
     assert "broken: the clean table fails validation" in message
     assert "column 'weight', rule greater_than(0): 2 rows" in message
@@ -289,11 +289,11 @@ def test_construct_failure_writes_nothing(study, outputs):
     frame = survey()
     frame.loc[1, "arm"] = "grant"       # household 1 switches arm between rounds
     path, raw = study(frame)
-    ingest.run(path, raw, params_group("ingest"))
-    clean.run(path, CLEAN)
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
+    clean.run(stage_context("clean", path, outputs, CLEAN))
     with pytest.raises(construct.ConstructError,
                        match=r"broken: treatment arm \(arm\) differs across rounds for 1 units, e\.g\. \[1\]"):
-        construct.run(path, params_group("construct"), "month")
+        construct.run(stage_context("construct", path, outputs, params_group("construct"), flow_period="month"))
     assert not (outputs / "processed").exists()
 
 
@@ -315,7 +315,7 @@ PHONES = ["+254 712 345 678", "0712 345 679", "0733-123-456", "+254712345681", "
 def test_undeclared_identifier_stops_ingest(study, outputs, column, values, rule):
     path, raw = study(survey().assign(**{column: values}))
     with pytest.raises(ingest.IngestError) as err:
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     message = str(err.value)
     assert f"survey.csv: column {column!r}: {rule}" in message and "rows [" in message
     assert not any(v in message for v in map(str, values) if len(str(v)) > 3)  # values never shown
@@ -326,9 +326,9 @@ def test_declared_identifiers_are_dropped_or_hashed(study, outputs):
     frame = survey().assign(contact=PHONES, village_leader=["Ann", "Ann", "Bob", "Bob", "Cat", "Cat", "Dan", "Dan"])
     path, raw = study(frame, identifiers=["contact", {"column": "village_leader", "action": "hash"}],
                       cluster="village_leader")
-    ingest.run(path, raw, params_group("ingest", hash_salt="s3cret"))
-    clean.run(path, CLEAN)
-    table = construct.run(path, params_group("construct"), "month")["analysis"]
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest", hash_salt="s3cret"), data_dir=raw))
+    clean.run(stage_context("clean", path, outputs, CLEAN))
+    table = construct.run(stage_context("construct", path, outputs, params_group("construct"), flow_period="month"))["analysis"]
     interim = pd.read_parquet(outputs / "interim" / "broken" / "ingested.parquet")
     assert "contact" not in interim.columns
     assert interim["village_leader"].str.fullmatch(r"[0-9a-f]{16}").all() and interim["village_leader"].nunique() == 4
@@ -342,9 +342,9 @@ def test_false_positive_can_be_declared(study, outputs):
     frame = survey().assign(batch_code=[f"{123456789 + i}" for i in range(8)])  # 9-digit codes, not phones
     path, raw = study(frame)
     with pytest.raises(ingest.IngestError, match="batch_code"):
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     path, raw = study(frame, not_identifiers=["batch_code"])
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
 
 
 # ------------------------------------------------------------------------------------------------ configuration
@@ -361,7 +361,7 @@ def test_false_positive_can_be_declared(study, outputs):
 def test_configuration_mistakes_name_the_key(study, outputs, changes, message):
     path, raw = study(survey(), **changes)
     with pytest.raises(StudyConfigError, match=message) as err:
-        ingest.run(path, raw, params_group("ingest"))
+        ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert "broken.yaml" in str(err.value)
     assert files_under(outputs) == set()
 
@@ -382,10 +382,10 @@ def test_without_a_configured_salt_a_secret_one_is_kept_per_checkout(study, outp
     monkeypatch.setattr(privacy, "SALT_FILE", tmp_path / "secrets" / "hash_salt")
     frame = survey().assign(village_leader=["Ann", "Ann", "Bob", "Bob", "Cat", "Cat", "Dan", "Dan"])
     path, raw = study(frame, identifiers=[{"column": "village_leader", "action": "hash"}], cluster="village_leader")
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     salt = (tmp_path / "secrets" / "hash_salt").read_text()
     assert len(salt) == 64
     first = (outputs / "interim" / "broken" / "ingested.parquet").read_bytes()
-    ingest.run(path, raw, params_group("ingest"))
+    ingest.run(stage_context("ingest", path, outputs, params_group("ingest"), data_dir=raw))
     assert (outputs / "interim" / "broken" / "ingested.parquet").read_bytes() == first  # same pseudonyms
     assert salt.encode() not in first and b"Ann" not in first

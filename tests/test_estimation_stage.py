@@ -63,8 +63,14 @@ def test_attrition_joint_test_under_cr2_is_the_cr2_wald_on_g_minus_1_df():
     rel_close(pooled["joint_p_value"].iloc[0], stats.f.sf(F, 3, G - 1), 1e-6)
 
 
-def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
-    from pipeline import paths
+def _context(folder, params):
+    """The estimate stage's context for a study without a YAML, reading and writing in ``folder``."""
+    from pipeline.stage_context import StageContext
+    return StageContext("estimate", study="s", params=params, inputs={"analysis.parquet": folder / "analysis.parquet"},
+                        outputs={name: folder / name for name in stage.OUTPUT_FILES.values()})
+
+
+def test_estimate_all_and_run_write_every_output(tmp_path):
     df = with_extras(make_data(seed=25, n_clusters=48, firms_per_cluster=5), seed=5)
     params = {**params_group("estimate", vcov="CR1", q_families=None, primary_outcome=None),
               "outcomes": [Y, "revenue_usd_ppp_month", "not_there"], "primary_outcome": Y,
@@ -73,8 +79,7 @@ def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
               "descriptive_controls": ["owner_age_bl"]}
     (tmp_path / "s").mkdir()
     df.to_parquet(tmp_path / "s" / "analysis.parquet")
-    monkeypatch.setattr(paths, "processed_dir", lambda study: tmp_path / study)
-    out = stage.run("s", params)
+    out = stage.run(_context(tmp_path / "s", params))
     for name in stage.OUTPUT_FILES.values():
         assert (tmp_path / "s" / name).exists(), name
     res = pd.read_csv(tmp_path / "s" / "results.csv")
@@ -102,9 +107,8 @@ def test_estimate_all_and_run_write_every_output(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(out[key], again[key])
 
 
-def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path, monkeypatch):
+def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path):
     import json
-    from pipeline import paths
     df = with_extras(make_data(seed=44, n_clusters=24, firms_per_cluster=5), seed=6)
     df["attrited"] = 0                       # every planned interview observed: no attrition
     df["female_owner"] = 1                   # all women: no gender models
@@ -113,8 +117,7 @@ def test_tables_without_rows_are_header_only_csvs_with_the_reason(tmp_path, monk
               "bootstrap_reps": 3, "qte_quantiles": [0.5], "balance_covariates": ["not_in_the_data"]}
     (tmp_path / "s").mkdir()
     df.to_parquet(tmp_path / "s" / "analysis.parquet")
-    monkeypatch.setattr(paths, "processed_dir", lambda study: tmp_path / study)
-    stage.run("s", params)
+    stage.run(_context(tmp_path / "s", params))
     summary = json.loads((tmp_path / "s" / "estimate_summary.json").read_text())
     for key, name in stage.OUTPUT_FILES.items():
         if not name.endswith(".csv"):

@@ -14,8 +14,10 @@ import pytest
 from pipeline import clean, construct, ingest, paths, report
 from pipeline.estimation import stage as estimate_stage
 from pipeline.io import load_params
+from pipeline.stage_context import build
 from pipeline.study import read_study_file
 from pipeline.method_note import method_note
+from conftest import stage_context
 from test_real_studies import SALT, STUDIES, data_dir
 from _params import params_group
 
@@ -80,7 +82,7 @@ LIGHT = {"transforms": ["level", "log"], "by_round": False, "bootstrap_reps": 10
 @pytest.fixture(scope="module")
 def sections(tmp_path_factory):
     """study -> (report section, estimate params used, output root); each study run once, outputs in a tmp folder."""
-    root = tmp_path_factory.mktemp("method_note")
+    root = tmp_path_factory.mktemp("method_note") / "data"   # stands for data/ (conftest.stage_context)
     params = load_params()
     est = {**params["estimate"], **LIGHT}
     cache: dict = {}
@@ -88,14 +90,13 @@ def sections(tmp_path_factory):
     def get(study: str):
         if study not in cache:
             directory = data_dir(study)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(paths, "interim_dir", lambda s: root / "interim" / s)
-                mp.setattr(paths, "processed_dir", lambda s: root / "processed" / s)
-                ingest.run(study, directory, params_group("ingest", hash_salt=SALT))
-                clean.run(study, params["clean"])
-                construct.run(study, params["construct"], params["clean"]["flow_period"])
-                out = estimate_stage.run(study, est)
-                section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1)
+            ingest.run(stage_context("ingest", study, root, params_group("ingest", hash_salt=SALT), data_dir=directory))
+            clean.run(stage_context("clean", study, root, params["clean"]))
+            construct.run(stage_context("construct", study, root, params["construct"],
+                                        flow_period=params["clean"]["flow_period"]))
+            out = estimate_stage.run(stage_context("estimate", study, root, est))
+            report_inputs = build("report", pipeline="evidence", root=root.parent).inputs
+            section, _ = report.study_section(study, out["results"], params["clean"]["flow_period"], 1, report_inputs)
             cache[study] = (section, est, root)
         return cache[study]
 

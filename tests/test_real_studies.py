@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REAL_DATA, files_under
-from pipeline import clean, construct, ingest, paths
+from conftest import REAL_DATA, files_under, stage_context
+from pipeline import clean, construct, ingest
 from pipeline.codes import PER_YEAR
 from pipeline.privacy import assert_no_identifiers
 from pipeline.study import load_study
@@ -48,7 +48,7 @@ def data_dir(study: str) -> str:
 
 @pytest.fixture(scope="module")
 def out_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("real")
+    return tmp_path_factory.mktemp("real") / "data"   # stands for data/ (conftest.stage_context)
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,12 @@ def results(out_root):
     def get(study: str) -> dict:
         if study not in cache:
             directory = data_dir(study)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(paths, "interim_dir", lambda s: out_root / "interim" / s)
-                mp.setattr(paths, "processed_dir", lambda s: out_root / "processed" / s)
-                period = period_of(study)
-                ing = ingest.run(study, directory, params_group("ingest", hash_salt=SALT))
-                cl = clean.run(study, {**CLEAN, "flow_period": period})
-                co = construct.run(study, params_group("construct", skills_min_answered_share=0.5), period)
+            period = period_of(study)
+            ing = ingest.run(stage_context("ingest", study, out_root, params_group("ingest", hash_salt=SALT),
+                                           data_dir=directory))
+            cl = clean.run(stage_context("clean", study, out_root, {**CLEAN, "flow_period": period}))
+            co = construct.run(stage_context("construct", study, out_root,
+                                             params_group("construct", skills_min_answered_share=0.5), flow_period=period))
             cache[study] = {"ingest": ing, "clean": cl, "construct": co}
         return cache[study]
 
@@ -185,9 +184,11 @@ def test_meager_profit_is_profit_times_profit_std(site, results):
 def test_meager_in_another_period_scales_by_the_period_only(results, outputs):
     study = "meager_karlan"
     directory = data_dir(study)
-    ingest.run(study, directory, params_group("ingest"))
-    clean.run(study, {**CLEAN, "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0})
-    monthly = construct.run(study, params_group("construct"), "month")["analysis"].set_index("firm_id")
+    ingest.run(stage_context("ingest", study, outputs, params_group("ingest"), data_dir=directory))
+    clean.run(stage_context("clean", study, outputs,
+                            {**CLEAN, "flow_period": "month", "winsor_upper_pct": 100, "winsor_lower_pct": 0}))
+    monthly = construct.run(stage_context("construct", study, outputs, params_group("construct"),
+                                          flow_period="month"))["analysis"].set_index("firm_id")
     fortnightly = results(study)["construct"]["analysis"].set_index("firm_id")
     np.testing.assert_allclose(monthly["profit_usd_ppp_month"],
                                fortnightly.loc[monthly.index, "profit_usd_ppp_two_weeks_unwinsorised"]

@@ -24,8 +24,8 @@ import os
 
 import pytest
 
-from conftest import REAL_DATA
-from pipeline import clean, construct, ingest, paths
+from conftest import REAL_DATA, stage_context
+from pipeline import clean, construct, ingest
 from pipeline.estimation import stage
 from pipeline.estimation.fit import fit as fit_model
 from pipeline.estimation.sample import apply_sample, gender_varies, resolve_outcome
@@ -61,20 +61,17 @@ def stage_params():
 @pytest.fixture(scope="module")
 def run_study(tmp_path_factory, stage_params):
     """Each study through the four stages once (tmp output folders)."""
-    root = tmp_path_factory.mktemp("reference")
+    root = tmp_path_factory.mktemp("reference") / "data"   # stands for data/ (conftest.stage_context)
     cache: dict = {}
 
     def get(study: str) -> dict:
         if study not in cache:
             directory = data_dir(study)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(paths, "interim_dir", lambda s: root / "interim" / s)
-                mp.setattr(paths, "processed_dir", lambda s: root / "processed" / s)
-                period = stage_params["clean"]["flow_period"]
-                ing = ingest.run(study, directory, stage_params["ingest"])
-                clean.run(study, stage_params["clean"])
-                co = construct.run(study, stage_params["construct"], period)
-                out = stage.run(study, stage_params["estimate"])
+            period = stage_params["clean"]["flow_period"]
+            ing = ingest.run(stage_context("ingest", study, root, stage_params["ingest"], data_dir=directory))
+            clean.run(stage_context("clean", study, root, stage_params["clean"]))
+            co = construct.run(stage_context("construct", study, root, stage_params["construct"], flow_period=period))
+            out = stage.run(stage_context("estimate", study, root, stage_params["estimate"]))
             summary = json.loads((root / "processed" / study / "estimate_summary.json").read_text())
             cache[study] = {"estimate": out, "factor": ing["summary"]["conversion"]["usd_ppp_per_lcu"],
                             "period": period, "summary": summary,

@@ -59,7 +59,7 @@ def test_figure_bytes_are_deterministic():
 # ------------------------------------------------------------------ a study without gender, baseline or strata
 def minimal_study(root, estimate_block: dict) -> str:
     """A new study made here: one CSV (unit id, arm, weekly profit; one follow-up round, no owner gender,
-    baseline, strata or clusters) and its YAML, found by name through a patched study_config_path."""
+    baseline, strata or clusters) and its YAML (root/minimal.yaml)."""
     import yaml
 
     rng = np.random.default_rng(7)
@@ -83,24 +83,24 @@ def minimal_study(root, estimate_block: dict) -> str:
     ({"treatments": "auto"}, "Standard errors clustered by cluster_id, each unit its own cluster, (CR2"),
     ({"treatments": "auto", "cluster": None}, "Heteroskedasticity-robust standard errors (HC1), not clustered."),
 ])
-def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, monkeypatch,
+def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_section(tmp_path, outputs,
                                                                                        block, variance):
-    from conftest import redirect_outputs
+    from conftest import stage_context
 
-    from pipeline import clean, construct, ingest, paths
+    from pipeline import clean, construct, ingest
     from pipeline.estimation import stage as estimate_stage
     from pipeline.io import load_params
 
-    redirect_outputs(monkeypatch, tmp_path / "out")
-    monkeypatch.setattr(paths, "study_config_path", lambda s: tmp_path / f"{s}.yaml")
     raw = minimal_study(tmp_path, block)
+    study = tmp_path / "minimal.yaml"
     params = load_params()
-    ingest.run("minimal", raw, params_group("ingest"))
-    clean.run("minimal", params["clean"])
-    construct.run("minimal", params["construct"], "month")
+    ingest.run(stage_context("ingest", study, outputs, params_group("ingest"), data_dir=raw))
+    clean.run(stage_context("clean", study, outputs, params["clean"]))
+    construct.run(stage_context("construct", study, outputs, params["construct"], flow_period="month"))
     est = {**params["estimate"], "bootstrap_reps": 10, "permutations": 20, "n_jobs": 1}
-    results = estimate_stage.run("minimal", est)["results"]
-    section, effects = report.study_section("minimal", results, "month", 1)
+    results = estimate_stage.run(stage_context("estimate", study, outputs, est))["results"]
+    folders = {f"{kind}/minimal": outputs / kind / "minimal" for kind in ("processed", "interim")}
+    section, effects = report.study_section("minimal", results, "month", 1, folders)
 
     assert effects.empty and section["effects"] == [] and section["figure"] is None
     assert not results["model"].isin(["by_gender", "women_only", "men_only"]).any()

@@ -83,25 +83,26 @@ def test_native_unit_is_the_study_currency_per_its_recall_period():
     assert harmonise.native_unit(None, None, {}) == ("USD PPP per month", 1.0)
 
 
-def test_the_evidence_table_shows_the_papers_own_units_and_numbers(tmp_path, monkeypatch):
+def test_the_evidence_table_shows_the_papers_own_units_and_numbers(outputs):
     """acz2018 and field2013 through the four stages and the synthesis: the 'Native estimate' column
     is the published coefficient in the paper's unit (data README: rand per month, rupees per week)."""
-    from conftest import redirect_outputs
+    from conftest import stage_context
     from test_real_studies import data_dir
 
     from pipeline import clean, construct, ingest
     from pipeline.estimation import stage as estimate_stage
 
-    redirect_outputs(monkeypatch, tmp_path / "out")
     params = load_params()
     est = {**params["estimate"], "transforms": ["level"], "by_round": False, "bootstrap_reps": 10,
            "permutations": 20, "n_jobs": 1, "wild_bootstrap_reps": 99}
-    for study in ("acz2018", "field2013"):
-        ingest.run(study, data_dir(study), params_group("ingest", hash_salt="test"))
-        clean.run(study, params["clean"])
-        construct.run(study, params["construct"], params["clean"]["flow_period"])
-        estimate_stage.run(study, est)
-    effects, _ = synthesize.collect_effects(["acz2018", "field2013"], pd.DataFrame(), "none")
+    studies = ("acz2018", "field2013")
+    for study in studies:
+        ingest.run(stage_context("ingest", study, outputs, params_group("ingest", hash_salt="test"), data_dir=data_dir(study)))
+        clean.run(stage_context("clean", study, outputs, params["clean"]))
+        construct.run(stage_context("construct", study, outputs, params["construct"],
+                                    flow_period=params["clean"]["flow_period"]))
+        estimate_stage.run(stage_context("estimate", study, outputs, est))
+    effects, _ = synthesize.collect_effects({s: outputs / "processed" / s for s in studies}, pd.DataFrame(), "none")
     table = report_evidence.effects_table(effects, 1)
     rows = {(r[0], r[1], r[3], r[4]): r for r in table["rows"]}
     unit, native = table["columns"].index("Native unit"), table["columns"].index("Native estimate")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import files_under
+from conftest import files_under, stage_context
 from pipeline import clean, construct, ingest
 from pipeline.io import REPO_ROOT
 from pipeline import config, study
@@ -59,10 +59,11 @@ def test_factor_that_converts_to_a_period_gives_raw_times_factor(tmp_path, outpu
            "usd_ppp_per_lcu": {"lookup": {"file": "meta.csv", "where": {"site": "X"}, "column": "f"},
                                "converts_to": "two_weeks"}}
     (tmp_path / "conv.yaml").write_text(yaml.safe_dump(cfg))
-    ingest.run(tmp_path / "conv.yaml", tmp_path, params_group("ingest"))
+    ingest.run(stage_context("ingest", tmp_path / "conv.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
     params = params_group("clean", flow_period="two_weeks", winsor_upper_pct=100, winsor_lower_pct=0)
-    clean.run(tmp_path / "conv.yaml", params)
-    table = construct.run(tmp_path / "conv.yaml", params_group("construct"), "two_weeks")["analysis"]
+    clean.run(stage_context("clean", tmp_path / "conv.yaml", outputs, params))
+    table = construct.run(stage_context("construct", tmp_path / "conv.yaml", outputs, params_group("construct"),
+                                        flow_period="two_weeks"))["analysis"]
     np.testing.assert_allclose(table["profit_usd_ppp_two_weeks"], [130.0, -26.0, 0.0], rtol=1e-12)
     assert table["female_owner"].isna().all()
     summary = json.loads((outputs / "interim" / "conv" / "ingest_summary.json").read_text())
@@ -168,9 +169,11 @@ def test_new_study_from_one_yaml_file(tmp_path, outputs):
     config = tmp_path / "kobo_demo.yaml"
     config.write_text(NEW_STUDY_YAML)
 
-    ing = ingest.run(config, raw, params_group("ingest"))
-    cl = clean.run(config, params_group("clean", flow_period="month", winsor_upper_pct=100, winsor_lower_pct=0))
-    co = construct.run(config, params_group("construct", skills_min_answered_share=0.5), "month")
+    ing = ingest.run(stage_context("ingest", config, outputs, params_group("ingest"), data_dir=raw))
+    cl = clean.run(stage_context("clean", config, outputs,
+                                 params_group("clean", flow_period="month", winsor_upper_pct=100, winsor_lower_pct=0)))
+    co = construct.run(stage_context("construct", config, outputs, params_group("construct", skills_min_answered_share=0.5),
+                                     flow_period="month"))
 
     # every row accounted for
     assert len(ing["interim"]) == 24
@@ -214,19 +217,20 @@ def test_spss_and_parquet_files(tmp_path, outputs):
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ingest.IngestError,
                        match=r"s\.sav: SPSS user-missing values \{'profit': \[-99\]\} are not in missing_codes"):
-        ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))
+        ingest.run(stage_context("ingest", tmp_path / "spss.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
     cfg["missing_codes"] = {-99: "refused"}
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    result = ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))
+    result = ingest.run(stage_context("ingest", tmp_path / "spss.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
     assert result["interim"]["profit"].tolist() == [100, -99, 300, 400]      # code kept for the clean stage
     book = result["codebook"].set_index("column")
     assert json.loads(book.loc["sex", "value_labels"]) == {"1": "male", "2": "female"}
     assert book.loc["profit", "label"] == "Profit last month"
-    log = clean.run(tmp_path / "spss.yaml", params_group("clean", flow_period="month"))["log"]
+    log = clean.run(stage_context("clean", tmp_path / "spss.yaml", outputs, params_group("clean", flow_period="month")))["log"]
     assert log.set_index("source_row").loc[1, "rule"] == "missing_code:refused"
     cfg["files"] = [{"path": "s.parquet"}]
     (tmp_path / "spss.yaml").write_text(yaml.safe_dump(cfg))
-    assert len(ingest.run(tmp_path / "spss.yaml", tmp_path, params_group("ingest"))["interim"]) == 4
+    again = ingest.run(stage_context("ingest", tmp_path / "spss.yaml", outputs, params_group("ingest"), data_dir=tmp_path))
+    assert len(again["interim"]) == 4
 
 
 # ------------------------------------------------------------------------------------------------ extends

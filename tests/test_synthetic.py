@@ -19,6 +19,7 @@ import statsmodels.api as sm
 from _params import params_group
 
 from pipeline import synthetic
+from pipeline.stage_context import StageContext
 
 SMALL = params_group(
     "synthetic", seed=7, n_firms=400,
@@ -74,7 +75,7 @@ def test_generate_is_deterministic(small):
 def test_write_is_byte_identical_and_atomic(small, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     synthetic.write(*small, first)
-    summary = synthetic.run(SMALL, second)
+    summary = synthetic.run(StageContext("synthetic", params=SMALL, outputs={"synthetic": second}))
     for name in ("survey.dta", "truth.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     synthetic.write(*small, first)  # overwrite in place: same bytes, no temporary files left

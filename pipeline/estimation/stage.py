@@ -438,26 +438,18 @@ OUTPUT_FILES = {
 }
 
 
-def study_config(study: str) -> dict | None:
-    """The study's configuration (``studies/<study>.yaml``), or None where there is none."""
-    from pipeline import paths
-    from pipeline.study import load_study
-
-    return load_study(study) if paths.study_config_path(study).exists() else None
-
-
-def run(study: str, params: dict) -> dict:
-    """The estimate stage: analysis table -> every table of :func:`estimate_all`, written to
-    ``data/processed/<study>/`` (``OUTPUT_FILES``) only after everything is computed."""
-    from pipeline import paths
+def run(context) -> dict:
+    """The estimate stage (``context``: a :class:`pipeline.stage_context.StageContext`): analysis
+    table -> every table of :func:`estimate_all`, written to the context's outputs (``OUTPUT_FILES``)
+    only after everything is computed."""
     from pipeline.io import write_csv, write_json
 
-    analysis = pd.read_parquet(paths.processed_dir(study) / "analysis.parquet")
-    out = estimate_all(analysis, params, study, study_config(study))
-    folder = paths.processed_dir(study)
+    analysis = pd.read_parquet(context.inputs["analysis.parquet"])
+    config = dict(context.config) if context.config is not None else None
+    out = estimate_all(analysis, dict(context.params), context.study, config)
     for key, name in OUTPUT_FILES.items():
         if name.endswith(".json"):
-            write_json(folder / name, out[key])
+            write_json(context.outputs[name], out[key])
         else:
-            write_csv(folder / name, out[key])
+            write_csv(context.outputs[name], out[key])
     return out
