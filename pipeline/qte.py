@@ -16,12 +16,13 @@ is much slower with many dummies. Weights are not supported (QuantReg has none).
 
 Inference: clusters are resampled with replacement within strata (the unit of randomisation, all
 rounds and both sexes of a drawn cluster together), ``reps`` times, from
-``inference.stratified_cluster_draws(..., seed)``; the CI is the percentile interval of the
-bootstrap estimates and ``std_error`` their standard deviation. Women's and men's estimates come
-from the same resamples, so the ``diff`` rows (women - men) have a valid bootstrap CI too.
-The draws are made up front in the parent process, so results do not depend on ``n_jobs``
-(``n_jobs > 1`` runs the replications in that many forked processes, each limited to one
-OpenBLAS thread).
+``inference.stratified_cluster_draws(..., seed)`` (clusters numbered in order of first
+appearance, so that the draws do not depend on the salt of hashed cluster ids); the CI is the
+percentile interval of the bootstrap estimates and ``std_error`` their standard deviation.
+Women's and men's estimates come from the same resamples, so the ``diff`` rows (women - men)
+have a valid bootstrap CI too. The draws are made up front in the parent process, so results do
+not depend on ``n_jobs`` (``n_jobs > 1`` runs the replications in that many forked processes,
+each limited to one OpenBLAS thread).
 """
 from __future__ import annotations
 
@@ -159,8 +160,8 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         cols[bl] = d[bl].astype("float64").to_numpy()
         if not listwise_baseline:
             cols[miss] = d[miss].astype("float64").to_numpy()
-    for fe in fixed_effects:
-        codes, levels = pd.factorize(d[fe], sort=True)
+    for fe in fixed_effects:   # levels by first appearance: a stratum label can be a salted hash
+        codes, levels = inference.first_appearance_codes(d[fe])
         for c in range(1, len(levels)):
             cols[f"{fe}[{levels[c]}]"] = (codes == c).astype(float)
     X = np.column_stack(list(cols.values()))
@@ -180,7 +181,8 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         sd = X[m].std(axis=0)
         k = [j for j in range(X.shape[1]) if j <= len(terms) or sd[j] > 0]
         col_keep.append(np.asarray(k))
-    cl_codes, cl_levels = pd.factorize(d[cluster], sort=True)
+    # clusters numbered by first appearance, not sorted: the draws index them (inference docstring)
+    cl_codes, cl_levels = inference.first_appearance_codes(d[cluster])
     cl_strata = d.groupby(cl_codes)[strata].first().astype(str).to_numpy()
     payload = {"y": y, "X": X, "sample_masks": masks, "cols": col_keep, "quantiles": quantiles,
                "n_terms": len(terms), "max_iter": max_iter, "p_tol": p_tol,

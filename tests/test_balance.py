@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from _arms_data import design_2x2
+from _arms_data import design_2x2, two_salt_designs
 
 from pipeline import balance
 from pipeline import inference as inf
@@ -180,3 +180,14 @@ def test_permuted_arms_keep_counts_and_are_seeded():
     for perm in p1:
         for s in ("a", "b"):
             assert sorted(perm[strata == s]) == sorted(arm[strata == s])
+
+
+def test_balance_tables_do_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():
+    """Issue 8: with salted-hash cluster and stratum ids, the randomisation-inference p-values
+    followed the salt (clusters and strata numbered in sorted-hash order before permuting)."""
+    one, other = two_salt_designs()
+    tables = [balance.balance_tables(df, ["age", "educ"], permutations=60, seed=1, samples=("all", "women"))
+              for df in (one, other)]
+    assert tables[0][0]["ri_p_value"].notna().all() and tables[0][1]["ri_p_value"].notna().all()
+    for a, b in zip(*tables):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)

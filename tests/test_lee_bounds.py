@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from _arms_data import design_2x2
+from _arms_data import design_2x2, two_salt_designs
 
 from pipeline import lee_bounds as lee
 
@@ -78,3 +78,12 @@ def test_lee_bounds_table_runs_with_bootstrap():
     assert (tab["n_boot"] == 30).all() and (tab["trimmed_arm"] == "treated").all()
     again = lee.lee_bounds_table(df, "y", reps=30, seed=3, samples=("all", "women"))
     pd.testing.assert_frame_equal(tab, again)
+
+
+def test_lee_bounds_table_does_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():
+    """Issue 8: with salted-hash cluster and stratum ids the bootstrap CIs followed the salt
+    (clusters and strata numbered in sorted-hash order before drawing)."""
+    one, other = two_salt_designs()
+    a, b = (lee.lee_bounds_table(df, "y", reps=40, seed=3, samples=("all", "women")) for df in (one, other))
+    assert a["ci_low"].notna().all() and (a["n_boot"] > 30).all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
