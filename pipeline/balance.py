@@ -118,11 +118,9 @@ def balance_columns(arms: Sequence[str] = (), control: str | None = None) -> lis
             "ri_p_value", "n_clusters"]
 
 
-def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "arm",
-                   treatments: Sequence[str] = ("treat_skills", "treat_capital"),
-                   strata: str = "stratum", cluster: str = "cluster_id",
-                   samples: Sequence[str] = ("all", "women", "men"), permutations: int = 1000,
-                   seed: int = 0, gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
+def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: Sequence[str], cluster: str,
+                   samples: Sequence[str], permutations: int, seed: int, arm: str = "arm",
+                   strata: str = "stratum", gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Balance of baseline covariates by arm: (per-covariate table, joint-test table).
 
     ``df`` holds one row per unit at baseline (the caller selects the rows). Per covariate and
@@ -138,6 +136,8 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
 
     Randomisation inference: ``permutations`` re-draws of the assignment, shuffling the arms of
     the clusters within each stratum (``seed``); p = (1 + #{F* >= F}) / (1 + permutations).
+    The params (``estimate``: ``treatments``, ``cluster``, ``permutations``, ``seed``) have no
+    defaults here; the analysis table's column names do.
     """
     covariates = [c for c in covariates if c in df.columns]
     if not covariates:

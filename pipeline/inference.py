@@ -99,9 +99,11 @@ def sharpened_qvalues(pvalues: Sequence[float], grid_steps: int = 1000) -> np.nd
 # --------------------------------------------------------------------------------------------
 # Power
 # --------------------------------------------------------------------------------------------
-def mde(std_error, df=np.inf, power: float = 0.8, alpha: float = 0.05):
+def mde(std_error, df, *, power: float, alpha: float):
     """Minimum detectable effect: (t_{power} + t_{1 - alpha/2}) x SE with t(df) quantiles
-    (the normal when df is infinite). Vectorised over ``std_error`` and ``df``."""
+    (the normal when df is infinite). Vectorised over ``std_error`` and ``df``. ``power`` and
+    ``alpha`` are the estimate params ``mde_power`` and ``alpha`` (no defaults here: params.yaml
+    holds them)."""
     if not 0 < power < 1 or not 0 < alpha < 1:
         raise ValueError("power and alpha must be in (0, 1)")
     se = np.asarray(std_error, dtype=float)
@@ -186,7 +188,8 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     (fixed effects absorbed by :func:`demean_within`) to K. Columns of X with (numerically) no
     variation are dropped first; ``q`` is the number of tested columns left. ``groups``: cluster labels
     (integer codes are used as they are, other labels numbered by :func:`first_appearance_codes`,
-    so that the order of the sums over clusters does not follow a hash salt). ``pvalue=False`` skips the p-value (permutation loops).
+    so that the order of the sums over clusters does not follow a hash salt). ``pvalue=False``
+    skips the p-value (permutation loops).
     The test is refused (``f_stat`` NaN, the reason in ``note``) when the cluster-robust covariance
     of the tested coefficients (decided on its correlation matrix, tolerance ``RANK_TOL``) has a
     smaller rank than their number.

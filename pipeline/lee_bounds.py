@@ -109,18 +109,18 @@ def lee_bounds(y: np.ndarray, observed: np.ndarray, treated: np.ndarray,
             "cells": len(w), "cells_dropped": dropped, "cells_reversed": reversed_}
 
 
-def lee_bounds_table(df: pd.DataFrame, outcome: str, *, arm: str = "arm",
-                     treatments: Sequence[str] = ("treat_skills", "treat_capital"),
-                     cells: Sequence[str] = ("stratum",), strata: str = "stratum",
-                     cluster: str = "cluster_id", samples: Sequence[str] = ("all", "women", "men"),
-                     reps: int = 200, seed: int = 0, alpha: float = 0.05,
-                     gender: str = "female_owner", attrition_p: dict | None = None) -> pd.DataFrame:
+def lee_bounds_table(df: pd.DataFrame, outcome: str, *, treatments: Sequence[str], cells: Sequence[str],
+                     cluster: str, samples: Sequence[str], reps: int, seed: int, alpha: float,
+                     attrition_p: dict | None = None, arm: str = "arm", strata: str = "stratum",
+                     gender: str = "female_owner") -> pd.DataFrame:
     """Lee bounds of each treated arm against control, per sample, on the rows of ``df`` (every
     planned follow-up unit-round: observed = outcome not missing).
 
     Confidence interval for the identified set: [2.5th percentile of the bootstrap lower bounds,
     97.5th percentile of the bootstrap upper bounds] (``alpha``), clusters resampled within strata.
     ``attrition_p`` maps (sample, arm) to the p-value of the attrition difference (shown beside).
+    The params (``estimate``: ``treatments``, ``lee_cells``, ``cluster``, ``bootstrap_reps``,
+    ``seed``, ``alpha``) have no defaults here; the analysis table's column names do.
     """
     arms, control = arm_order(df, arm, treatments)
     base = df.reset_index(drop=True)

@@ -7,8 +7,8 @@ Model, per sex and quantile tau (statsmodels ``QuantReg``, its default IRLS solv
 
 on the pooled follow-up rounds. The coefficients are *conditional* quantile effects (given the
 baseline outcome and round), not effects on the unconditional quantiles of profit. Strata fixed
-effects are left out by default (``fixed_effects=("round",)``; add ``"stratum"`` to include
-them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
+effects are left out by default (params ``estimate.qte_fixed_effects: [round]``; add ``stratum`` to
+include them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
 independent of strata and the coefficients remain effects conditional on baseline and round;
 with strata dummies they would be effects conditional on strata too -- a different estimand,
 since quantile effects do not average over covariates the way mean effects do -- and QuantReg
@@ -121,13 +121,16 @@ def _crossed(treat: dict[str, np.ndarray]) -> list[tuple[str, str]]:
 
 
 def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantiles: Sequence[float], *,
-              reps: int = 200, seed: int = 0, strata: str = "stratum", cluster: str = "cluster_id",
-              baseline_control: bool = True, fixed_effects: Sequence[str] = ("round",),
-              interact: bool = True, samples: Sequence[str] = ("women", "men"),
-              followup_only: bool = True, n_jobs: int = 1, alpha: float = 0.05,
-              gender: str = "female_owner", study: str | None = None, transform: str = "level",
-              max_iter: int = 1000, p_tol: float = 1e-6, listwise_baseline: bool = False) -> pd.DataFrame:
+              reps: int, seed: int, cluster: str, baseline_control: bool, fixed_effects: Sequence[str],
+              interact: bool, samples: Sequence[str], followup_only: bool, n_jobs: int, alpha: float,
+              listwise_baseline: bool, study: str | None, strata: str = "stratum",
+              gender: str = "female_owner", transform: str = "level", max_iter: int = 1000,
+              p_tol: float = 1e-6) -> pd.DataFrame:
     """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``.
+
+    The settings that are params (``estimate``: ``bootstrap_reps``, ``seed``, ``qte_fixed_effects``,
+    ``n_jobs``, ``alpha`` and the study's resolved specification) have no defaults here; the
+    column names of the analysis table and QuantReg's solver settings do.
 
     ``listwise_baseline`` (the estimate specification's ``missing_baseline: listwise``): rows whose
     baseline is missing (``<outcome>_bl_missing == 1``) are left out and the baseline enters alone,

@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+# The design's columns as the estimate stage passes them (estimate params: treatments, cluster).
+DESIGN = {"treatments": ("treat_skills", "treat_capital"), "cluster": "cluster_id"}
+
 
 def design_2x2(seed=3, n_strata=2, clusters_per_arm=1, firms=5):
     """Clusters assigned to the 4 arms of a 2x2 within strata, firms within clusters."""

@@ -95,10 +95,11 @@ def test_qvalues_equal_literal_stata_loop_and_reject_like_fdr_tsbky():
 # Minimum detectable effect
 # ------------------------------------------------------------------------------------------
 def test_mde_closed_form_and_power():
-    assert inf.mde(1.0) == pytest.approx(stats.norm.ppf(0.8) + stats.norm.ppf(0.975), abs=1e-12)
-    assert inf.mde(1.0) == pytest.approx(2.801585, abs=1e-6)
+    assert inf.mde(1.0, np.inf, power=0.8, alpha=0.05) == pytest.approx(stats.norm.ppf(0.8) + stats.norm.ppf(0.975),
+                                                               abs=1e-12)
+    assert inf.mde(1.0, np.inf, power=0.8, alpha=0.05) == pytest.approx(2.801585, abs=1e-6)
     se, df = 3.0, 12
-    m = inf.mde(se, df)
+    m = inf.mde(se, df, power=0.8, alpha=0.05)
     assert m == pytest.approx((stats.t.ppf(0.8, df) + stats.t.ppf(0.975, df)) * se, rel=1e-12)
     # An effect equal to the MDE is detected with probability 0.8 (upper tail, t approximation).
     assert stats.t.sf(stats.t.ppf(0.975, df) - m / se, df) == pytest.approx(0.8, abs=1e-12)
