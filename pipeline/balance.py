@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import linalg
 
 from pipeline.inference import (RANK_TOL, STREAM_PERMUTATION, arm_order, cluster_level, cluster_wald,
-                                demean_within, slug)
+                                demean_within, first_appearance_codes, slug)
 
 # The columns of the joint-test table (the estimate stage writes them even where it has no rows).
 BALANCE_JOINT_COLUMNS = ["sample", "comparison", "arm", "n_obs", "n_clusters", "n_regressors", "f_stat",
@@ -36,11 +36,11 @@ def normalized_difference(x_treat: np.ndarray, x_control: np.ndarray) -> float:
 def permuted_arms(cluster_arm: np.ndarray, cluster_stratum: np.ndarray, n_perm: int,
                   seed: int) -> np.ndarray:
     """``n_perm`` x G array of arm codes: the clusters' arms shuffled within each stratum (the
-    number of clusters per arm and stratum is kept, as in a re-run of the randomisation)."""
+    number of clusters per arm and stratum is kept, as in a re-run of the randomisation). Strata are
+    visited in order of first appearance (not sorted: stratum labels can be salted hashes)."""
     rng = np.random.default_rng([int(seed), STREAM_PERMUTATION])
     out = np.empty((n_perm, len(cluster_arm)), dtype=cluster_arm.dtype)
-    strata = sorted(set(cluster_stratum.tolist()))
-    for s in strata:
+    for s in pd.unique(np.asarray(cluster_stratum)):
         members = np.flatnonzero(cluster_stratum == s)
         vals = cluster_arm[members]
         out[:, members] = rng.permuted(np.broadcast_to(vals, (n_perm, len(members))), axis=1)
@@ -118,11 +118,9 @@ def balance_columns(arms: Sequence[str] = (), control: str | None = None) -> lis
             "ri_p_value", "n_clusters"]
 
 
-def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "arm",
-                   treatments: Sequence[str] = ("treat_skills", "treat_capital"),
-                   strata: str = "stratum", cluster: str = "cluster_id",
-                   samples: Sequence[str] = ("all", "women", "men"), permutations: int = 1000,
-                   seed: int = 0, gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
+def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: Sequence[str], cluster: str,
+                   samples: Sequence[str], permutations: int, seed: int, arm: str = "arm",
+                   strata: str = "stratum", gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Balance of baseline covariates by arm: (per-covariate table, joint-test table).
 
     ``df`` holds one row per unit at baseline (the caller selects the rows). Per covariate and
@@ -138,6 +136,8 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
 
     Randomisation inference: ``permutations`` re-draws of the assignment, shuffling the arms of
     the clusters within each stratum (``seed``); p = (1 + #{F* >= F}) / (1 + permutations).
+    The params (``estimate``: ``treatments``, ``cluster``, ``permutations``, ``seed``) have no
+    defaults here; the analysis table's column names do.
     """
     covariates = [c for c in covariates if c in df.columns]
     if not covariates:
@@ -145,6 +145,7 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
     arms, control = arm_order(df, arm, treatments)
     arms_treated = [a for a in arms if a != control]
     base = df.reset_index(drop=True)
+    # clusters in order of first appearance: the permutations index them (inference docstring)
     cl_arm = cluster_level(base, cluster, arm)
     cl_stratum = cluster_level(base, cluster, strata)
     arm_code_of = {a: i for i, a in enumerate(arms)}
@@ -165,7 +166,7 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, arm: str = "a
         sub = base.loc[sub_mask]
         ccode = cluster_code[sub_mask]
         codes_obs = cluster_arm[ccode]
-        strata_codes = pd.factorize(sub[strata], sort=True)[0]
+        strata_codes = first_appearance_codes(sub[strata])[0]
         groups = ccode                      # integer cluster codes
         # Per covariate.
         varying = [c for c in covariates if np.nanstd(sub[c].astype("float64").to_numpy()) > 0]

@@ -48,11 +48,20 @@ def reference_arm(cfg: dict):
     return None
 
 
+def hashed_unit_id(cfg: dict) -> bool:
+    """Whether the (normalised) study's unit id is an identifier replaced by a salted hash."""
+    return cfg["unit_id"] in cfg.get("hash_identifiers", [])
+
+
 def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Assignment, strata, cluster and owner gender: one row per enterprise."""
     cfg = normalise(cfg)
     unit, study = cfg["unit_id"], cfg["study"]
-    units = pd.Index(sorted(clean[unit].dropna().unique()), name=unit)
+    ids = clean[unit].dropna().unique()
+    # A unit id replaced by a salted hash at ingest would sort in an order that follows the
+    # per-checkout salt, and so would the analysis table's rows and the bootstrap and permutation
+    # draws indexed by them (issue 8): such units keep the clean table's (source file and row) order.
+    units = pd.Index(ids if hashed_unit_id(cfg) else sorted(ids), name=unit)
     firms = pd.DataFrame(index=units)
     keys, reasons = assign_arms(clean, cfg)
     if (reasons != "").any():
@@ -228,6 +237,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
     table.insert(0, "study", study)
     table["firm_id"] = format_ids(table[key])
+    if hashed_unit_id(cfg):         # units in firm_table's order, not by their hash (see there)
+        table[key] = pd.Categorical(table[key], categories=firms.index, ordered=True)
     table = table.sort_values([key, "round"], kind="stable").drop(columns=[key]).reset_index(drop=True)
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]

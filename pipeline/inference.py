@@ -4,6 +4,8 @@
 * :func:`mde` -- minimum detectable effect from an estimated standard error.
 * :func:`stratified_cluster_draws` / :func:`rows_for_draw` -- the cluster bootstrap (clusters
   resampled with replacement within strata), shared by the QTE and Lee-bound confidence intervals.
+* :func:`first_appearance_codes` -- how clusters and strata are numbered before anything random is
+  indexed by them (their order of first appearance in the data, never their sorted order).
 * :func:`cluster_wald` -- a cluster-robust (CR1) Wald F-test of OLS coefficients (numpy; the
   balance tests and their randomisation inference need thousands of them).
 * :func:`arm_order` / :func:`slug` / :func:`cluster_level` -- arms in table order, their column
@@ -14,6 +16,14 @@ Balance tables are in :mod:`pipeline.balance`, Lee bounds in :mod:`pipeline.lee_
 Seeds: every random procedure takes ``seed`` (an int) and derives its own stream from it with
 ``numpy.random.default_rng([seed, STREAM])`` so that, for instance, the number of bootstrap
 replications never changes the permutations drawn for randomisation inference.
+
+Order: a random draw is an array indexed by cluster (or stratum) position, so the positions must
+not depend on anything but the data's content and row order. Cluster and stratum ids can be
+salted hashes (``ingest``: field2013's loan-group names), whose *sorted* order changes with the
+per-checkout salt (``.secrets/hash_salt``), which made bootstrap CIs and randomisation p-values
+differ between clones (issue 8). Clusters and strata are therefore numbered in order of first
+appearance in the rows passed in (:func:`first_appearance_codes`); the analysis table's row order
+is salt-free (``construct`` sorts it by unit id and round, and no study hashes its unit id).
 """
 from __future__ import annotations
 
@@ -89,9 +99,11 @@ def sharpened_qvalues(pvalues: Sequence[float], grid_steps: int = 1000) -> np.nd
 # --------------------------------------------------------------------------------------------
 # Power
 # --------------------------------------------------------------------------------------------
-def mde(std_error, df=np.inf, power: float = 0.8, alpha: float = 0.05):
+def mde(std_error, df, *, power: float, alpha: float):
     """Minimum detectable effect: (t_{power} + t_{1 - alpha/2}) x SE with t(df) quantiles
-    (the normal when df is infinite). Vectorised over ``std_error`` and ``df``."""
+    (the normal when df is infinite). Vectorised over ``std_error`` and ``df``. ``power`` and
+    ``alpha`` are the estimate params ``mde_power`` and ``alpha`` (no defaults here: params.yaml
+    holds them)."""
     if not 0 < power < 1 or not 0 < alpha < 1:
         raise ValueError("power and alpha must be in (0, 1)")
     se = np.asarray(std_error, dtype=float)
@@ -102,12 +114,23 @@ def mde(std_error, df=np.inf, power: float = 0.8, alpha: float = 0.05):
 # --------------------------------------------------------------------------------------------
 # Cluster bootstrap
 # --------------------------------------------------------------------------------------------
+def first_appearance_codes(values) -> tuple[np.ndarray, pd.Index]:
+    """(codes 0..G-1, the G distinct values): values numbered in order of first appearance.
+
+    Used for every cluster and stratum numbering that random draws are indexed by: sorted order
+    would follow the hash salt where ids are salted hashes (see the module docstring).
+    """
+    codes, levels = pd.factorize(pd.Series(values).to_numpy(), sort=False)
+    return codes, pd.Index(levels)
+
+
 def stratified_cluster_draws(cluster_strata: Sequence, reps: int, seed: int) -> np.ndarray:
     """``reps`` x G array of cluster positions (0..G-1): each replication draws, in every stratum,
     as many clusters as it has, with replacement, from that stratum's clusters only.
 
-    ``cluster_strata[g]`` is the stratum of cluster g. Strata are visited in sorted order, so the
-    draws depend only on (strata, reps, seed).
+    ``cluster_strata[g]`` is the stratum of cluster g. Strata are visited in order of first
+    appearance in ``cluster_strata`` (not sorted: stratum labels can be salted hashes), so the
+    draws depend only on the clusters' order and strata, ``reps`` and ``seed``.
     """
     strata = pd.Series(np.asarray(cluster_strata, dtype=object)).astype(str).to_numpy()
     reps = int(reps)
@@ -115,7 +138,7 @@ def stratified_cluster_draws(cluster_strata: Sequence, reps: int, seed: int) -> 
         raise ValueError("reps must be >= 1")
     rng = np.random.default_rng([int(seed), STREAM_BOOTSTRAP])
     draws = np.empty((reps, len(strata)), dtype=np.int64)
-    for s in sorted(set(strata)):
+    for s in pd.unique(strata):
         members = np.flatnonzero(strata == s)
         draws[:, members] = members[rng.integers(0, len(members), size=(reps, len(members)))]
     return draws
@@ -164,7 +187,9 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     (q, G-1) degrees of freedom. ``k_extra`` adds regressors already partialled out of y and X
     (fixed effects absorbed by :func:`demean_within`) to K. Columns of X with (numerically) no
     variation are dropped first; ``q`` is the number of tested columns left. ``groups``: cluster labels
-    (integer codes are used as they are). ``pvalue=False`` skips the p-value (permutation loops).
+    (integer codes are used as they are, other labels numbered by :func:`first_appearance_codes`,
+    so that the order of the sums over clusters does not follow a hash salt). ``pvalue=False``
+    skips the p-value (permutation loops).
     The test is refused (``f_stat`` NaN, the reason in ``note``) when the cluster-robust covariance
     of the tested coefficients (decided on its correlation matrix, tolerance ``RANK_TOL``) has a
     smaller rank than their number.
@@ -184,7 +209,7 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     n, k = X.shape
     codes = np.asarray(groups)
     if not np.issubdtype(codes.dtype, np.integer):
-        codes = pd.factorize(codes, sort=True)[0]
+        codes = first_appearance_codes(codes)[0]
     n_codes = int(codes.max()) + 1 if n else 0
     G = int(np.count_nonzero(np.bincount(codes, minlength=n_codes))) if n else 0
     empty = {"f_stat": np.nan, "df_num": 0, "df_denom": max(G - 1, 0), "p_value": np.nan,
@@ -247,9 +272,10 @@ def arm_order(df: pd.DataFrame, arm: str, treatments: Sequence[str]) -> tuple[li
 
 
 def cluster_level(df: pd.DataFrame, cluster: str, column: str) -> pd.Series:
-    """``column`` per cluster (sorted by cluster); ValueError if it varies within a cluster."""
-    per = df.groupby(cluster, sort=True)[column].nunique(dropna=False)
+    """``column`` per cluster, clusters in order of first appearance in ``df`` (not sorted: cluster
+    ids can be salted hashes); ValueError if it varies within a cluster."""
+    per = df.groupby(cluster, sort=False)[column].nunique(dropna=False)
     if (per > 1).any():
         raise ValueError(f"{column!r} varies within cluster(s) {per[per > 1].index[:5].tolist()}: "
                          f"randomisation inference needs it constant within the unit of assignment")
-    return df.groupby(cluster, sort=True)[column].first()
+    return df.groupby(cluster, sort=False)[column].first()

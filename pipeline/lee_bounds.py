@@ -10,7 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline.inference import arm_order, cluster_level, cluster_rows, rows_for_draw, stratified_cluster_draws
+from pipeline.inference import (arm_order, cluster_level, cluster_rows, first_appearance_codes, rows_for_draw,
+                                stratified_cluster_draws)
 
 # The columns of the Lee-bounds table (the estimate stage writes them even where it has no rows).
 LEE_BOUNDS_COLUMNS = ["outcome", "sample", "comparison", "arm", "n_obs", "n_observed", "observed_share_arm",
@@ -61,12 +62,13 @@ def lee_bounds(y: np.ndarray, observed: np.ndarray, treated: np.ndarray,
     if not np.isin(t, (0.0, 1.0)).all():
         raise ValueError("treated must be 0/1")
     t = t.astype(bool)
-    cells = np.zeros(len(y), dtype=np.int64) if cells is None else pd.factorize(np.asarray(cells), sort=True)[0]
+    # cells by first appearance (the order of the weighted sum below must not follow a hash salt)
+    cells = np.zeros(len(y), dtype=np.int64) if cells is None else first_appearance_codes(cells)[0]
     q1, q0 = obs[t].mean() if t.any() else np.nan, obs[~t].mean() if (~t).any() else np.nan
     trim_treated = bool(q1 >= q0)
     lows, highs, weights, shares = [], [], [], []
     dropped = reversed_ = 0
-    for c in np.unique(cells):
+    for c in pd.unique(cells):
         m = cells == c
         mt, mc = m & t, m & ~t
         if not (obs & mt).any() or not (obs & mc).any():
@@ -107,26 +109,28 @@ def lee_bounds(y: np.ndarray, observed: np.ndarray, treated: np.ndarray,
             "cells": len(w), "cells_dropped": dropped, "cells_reversed": reversed_}
 
 
-def lee_bounds_table(df: pd.DataFrame, outcome: str, *, arm: str = "arm",
-                     treatments: Sequence[str] = ("treat_skills", "treat_capital"),
-                     cells: Sequence[str] = ("stratum",), strata: str = "stratum",
-                     cluster: str = "cluster_id", samples: Sequence[str] = ("all", "women", "men"),
-                     reps: int = 200, seed: int = 0, alpha: float = 0.05,
-                     gender: str = "female_owner", attrition_p: dict | None = None) -> pd.DataFrame:
+def lee_bounds_table(df: pd.DataFrame, outcome: str, *, treatments: Sequence[str], cells: Sequence[str],
+                     cluster: str, samples: Sequence[str], reps: int, seed: int, alpha: float,
+                     attrition_p: dict | None = None, arm: str = "arm", strata: str = "stratum",
+                     gender: str = "female_owner") -> pd.DataFrame:
     """Lee bounds of each treated arm against control, per sample, on the rows of ``df`` (every
     planned follow-up unit-round: observed = outcome not missing).
 
     Confidence interval for the identified set: [2.5th percentile of the bootstrap lower bounds,
     97.5th percentile of the bootstrap upper bounds] (``alpha``), clusters resampled within strata.
     ``attrition_p`` maps (sample, arm) to the p-value of the attrition difference (shown beside).
+    The params (``estimate``: ``treatments``, ``lee_cells``, ``cluster``, ``bootstrap_reps``,
+    ``seed``, ``alpha``) have no defaults here; the analysis table's column names do.
     """
     arms, control = arm_order(df, arm, treatments)
     base = df.reset_index(drop=True)
     y = base[outcome].astype("float64").to_numpy()
     observed = ~np.isnan(y)
-    cell_codes = (pd.factorize(base[list(cells)].astype(str).agg("|".join, axis=1), sort=True)[0]
+    # cells and clusters numbered by first appearance, not sorted: the bootstrap draws index the
+    # clusters, and ids can be salted hashes (pipeline.inference docstring)
+    cell_codes = (first_appearance_codes(base[list(cells)].astype(str).agg("|".join, axis=1))[0]
                   if cells else np.zeros(len(base), dtype=np.int64))
-    cl_codes, cl_levels = pd.factorize(base[cluster], sort=True)
+    cl_codes, cl_levels = first_appearance_codes(base[cluster])
     cl_stratum = cluster_level(base, cluster, strata).reindex(cl_levels)
     draws = stratified_cluster_draws(cl_stratum.to_numpy(), reps, seed) if reps else np.empty((0, 0), int)
     rows_by_cluster = cluster_rows(cl_codes, len(cl_levels))

@@ -7,8 +7,8 @@ Model, per sex and quantile tau (statsmodels ``QuantReg``, its default IRLS solv
 
 on the pooled follow-up rounds. The coefficients are *conditional* quantile effects (given the
 baseline outcome and round), not effects on the unconditional quantiles of profit. Strata fixed
-effects are left out by default (``fixed_effects=("round",)``; add ``"stratum"`` to include
-them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
+effects are left out by default (params ``estimate.qte_fixed_effects: [round]``; add ``stratum`` to
+include them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
 independent of strata and the coefficients remain effects conditional on baseline and round;
 with strata dummies they would be effects conditional on strata too -- a different estimand,
 since quantile effects do not average over covariates the way mean effects do -- and QuantReg
@@ -16,12 +16,13 @@ is much slower with many dummies. Weights are not supported (QuantReg has none).
 
 Inference: clusters are resampled with replacement within strata (the unit of randomisation, all
 rounds and both sexes of a drawn cluster together), ``reps`` times, from
-``inference.stratified_cluster_draws(..., seed)``; the CI is the percentile interval of the
-bootstrap estimates and ``std_error`` their standard deviation. Women's and men's estimates come
-from the same resamples, so the ``diff`` rows (women - men) have a valid bootstrap CI too.
-The draws are made up front in the parent process, so results do not depend on ``n_jobs``
-(``n_jobs > 1`` runs the replications in that many forked processes, each limited to one
-OpenBLAS thread).
+``inference.stratified_cluster_draws(..., seed)`` (clusters numbered in order of first
+appearance, so that the draws do not depend on the salt of hashed cluster ids); the CI is the
+percentile interval of the bootstrap estimates and ``std_error`` their standard deviation.
+Women's and men's estimates come from the same resamples, so the ``diff`` rows (women - men)
+have a valid bootstrap CI too. The draws are made up front in the parent process, so results do
+not depend on ``n_jobs`` (``n_jobs > 1`` runs the replications in that many forked processes,
+each limited to one OpenBLAS thread).
 """
 from __future__ import annotations
 
@@ -120,13 +121,16 @@ def _crossed(treat: dict[str, np.ndarray]) -> list[tuple[str, str]]:
 
 
 def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantiles: Sequence[float], *,
-              reps: int = 200, seed: int = 0, strata: str = "stratum", cluster: str = "cluster_id",
-              baseline_control: bool = True, fixed_effects: Sequence[str] = ("round",),
-              interact: bool = True, samples: Sequence[str] = ("women", "men"),
-              followup_only: bool = True, n_jobs: int = 1, alpha: float = 0.05,
-              gender: str = "female_owner", study: str | None = None, transform: str = "level",
-              max_iter: int = 1000, p_tol: float = 1e-6, listwise_baseline: bool = False) -> pd.DataFrame:
+              reps: int, seed: int, cluster: str, baseline_control: bool, fixed_effects: Sequence[str],
+              interact: bool, samples: Sequence[str], followup_only: bool, n_jobs: int, alpha: float,
+              listwise_baseline: bool, study: str | None, strata: str = "stratum",
+              gender: str = "female_owner", transform: str = "level", max_iter: int = 1000,
+              p_tol: float = 1e-6) -> pd.DataFrame:
     """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``.
+
+    The settings that are params (``estimate``: ``bootstrap_reps``, ``seed``, ``qte_fixed_effects``,
+    ``n_jobs``, ``alpha`` and the study's resolved specification) have no defaults here; the
+    column names of the analysis table and QuantReg's solver settings do.
 
     ``listwise_baseline`` (the estimate specification's ``missing_baseline: listwise``): rows whose
     baseline is missing (``<outcome>_bl_missing == 1``) are left out and the baseline enters alone,
@@ -159,8 +163,8 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         cols[bl] = d[bl].astype("float64").to_numpy()
         if not listwise_baseline:
             cols[miss] = d[miss].astype("float64").to_numpy()
-    for fe in fixed_effects:
-        codes, levels = pd.factorize(d[fe], sort=True)
+    for fe in fixed_effects:   # levels by first appearance: a stratum label can be a salted hash
+        codes, levels = inference.first_appearance_codes(d[fe])
         for c in range(1, len(levels)):
             cols[f"{fe}[{levels[c]}]"] = (codes == c).astype(float)
     X = np.column_stack(list(cols.values()))
@@ -180,7 +184,8 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
         sd = X[m].std(axis=0)
         k = [j for j in range(X.shape[1]) if j <= len(terms) or sd[j] > 0]
         col_keep.append(np.asarray(k))
-    cl_codes, cl_levels = pd.factorize(d[cluster], sort=True)
+    # clusters numbered by first appearance, not sorted: the draws index them (inference docstring)
+    cl_codes, cl_levels = inference.first_appearance_codes(d[cluster])
     cl_strata = d.groupby(cl_codes)[strata].first().astype(str).to_numpy()
     payload = {"y": y, "X": X, "sample_masks": masks, "cols": col_keep, "quantiles": quantiles,
                "n_terms": len(terms), "max_iter": max_iter, "p_tol": p_tol,

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 
-from _arms_data import design_2x2
+from _arms_data import DESIGN, design_2x2, two_salt_designs
 
 from pipeline import balance
 from pipeline import inference as inf
@@ -26,7 +26,8 @@ def test_normalized_difference_by_hand():
 
 def test_balance_means_and_per_covariate_test_match_references():
     df = design_2x2(seed=11, n_strata=4, clusters_per_arm=3, firms=6)
-    bal, joint = balance.balance_tables(df, ["age", "educ"], permutations=50, seed=1, samples=("all", "women"))
+    bal, joint = balance.balance_tables(df, ["age", "educ"], **DESIGN, permutations=50, seed=1,
+                                        samples=("all", "women"))
     row = bal[(bal["sample"] == "all") & (bal["covariate"] == "educ")].iloc[0]
     for arm, slug in [("Control", "control"), ("Grant only", "grant_only")]:
         v = df.loc[df["arm"] == arm, "educ"].dropna()
@@ -70,7 +71,7 @@ def test_randomisation_p_value_matches_exact_enumeration():
     Carlo RI p-value approaches the exact share of assignments with F >= observed F."""
     df = design_2x2(seed=5, n_strata=2, clusters_per_arm=1, firms=5)
     df["educ"] = df["educ"].fillna(8.0)
-    bal, _ = balance.balance_tables(df, ["age"], permutations=2000, seed=2, samples=("all",))
+    bal, _ = balance.balance_tables(df, ["age"], **DESIGN, permutations=2000, seed=2, samples=("all",))
     row = bal.iloc[0]
     clusters = df.groupby("cluster_id").agg(stratum=("stratum", "first"), arm=("arm", "first"))
     arms, _ = inf.arm_order(df, "arm", ["treat_skills", "treat_capital"])
@@ -126,7 +127,8 @@ def test_joint_balance_drops_a_regressor_that_varies_in_one_cluster_only():
     that cluster's residuals, so CR1 misses the cluster's shock and F explodes. It is dropped,
     named, and F equals statsmodels on the remaining regressors."""
     df = _paneldesign_2x2()
-    _, joint = balance.balance_tables(df, ["age", "profit", "educ"], permutations=200, seed=1, samples=("all",))
+    _, joint = balance.balance_tables(df, ["age", "profit", "educ"], **DESIGN, permutations=200, seed=1,
+                                      samples=("all",))
     for _, j in joint.iterrows():
         ref = df.assign(profit=df["profit"].fillna(df["profit"].mean()))
         f, p = _statsmodels_joint_f(ref, j["arm"], ["age", "profit", "educ"])
@@ -145,7 +147,7 @@ def test_joint_balance_drops_constant_and_collinear_regressors():
     df["age_months"] = 12 * df["age"] + 6            # collinear with age (and the strata FE)
     df["site_visit"] = (df["stratum"] == "S1").astype(float)   # constant within strata
     covs = ["age", "educ", "age_months", "site_visit"]
-    _, joint = balance.balance_tables(df, covs, permutations=20, seed=1, samples=("all",))
+    _, joint = balance.balance_tables(df, covs, **DESIGN, permutations=20, seed=1, samples=("all",))
     j = joint[joint["arm"] == "Grant only"].iloc[0]
     f, p = _statsmodels_joint_f(df, "Grant only", ["age", "educ"])
     assert (j["f_df_num"], j["f_stat"]) == (2, pytest.approx(f, rel=1e-8))
@@ -162,7 +164,7 @@ def test_joint_balance_test_is_refused_with_more_covariates_than_clusters_allow(
     covs = ["age"] + [f"x{k}" for k in range(4)]
     for k in range(4):
         df[f"x{k}"] = rng.normal(size=len(df)) * 10.0 ** (2 * k)
-    _, joint = balance.balance_tables(df, covs, permutations=20, seed=1, samples=("all",))
+    _, joint = balance.balance_tables(df, covs, **DESIGN, permutations=20, seed=1, samples=("all",))
     for _, j in joint.iterrows():
         assert np.isnan(j["f_stat"]) and np.isnan(j["f_p_value"]) and np.isnan(j["ri_p_value"])
         assert j["f_df_num"] == 5 and j["n_clusters"] == 4
@@ -180,3 +182,15 @@ def test_permuted_arms_keep_counts_and_are_seeded():
     for perm in p1:
         for s in ("a", "b"):
             assert sorted(perm[strata == s]) == sorted(arm[strata == s])
+
+
+def test_balance_tables_do_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():
+    """Issue 8: with salted-hash cluster and stratum ids, the randomisation-inference p-values
+    followed the salt (clusters and strata numbered in sorted-hash order before permuting)."""
+    one, other = two_salt_designs()
+    tables = [balance.balance_tables(df, ["age", "educ"], **DESIGN, permutations=60, seed=1,
+                                            samples=("all", "women"))
+              for df in (one, other)]
+    assert tables[0][0]["ri_p_value"].notna().all() and tables[0][1]["ri_p_value"].notna().all()
+    for a, b in zip(*tables):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)

@@ -147,3 +147,26 @@ def test_blank_stratum_stops_construct_naming_units_and_rows(cfg, interim):
     interim.loc[interim["submission_id"] == "s05", "region"] = 2.0
     table = construct.construct(clean.clean(interim, cfg, PARAMS)["clean"], cfg, params_group("construct"), "month")
     assert set(table.loc[table["firm_id"] == "3", "stratum"]) == {"region=2"}
+
+
+def test_a_hashed_unit_id_keeps_the_source_row_order_whatever_the_salt(cfg, interim):
+    """Issue 8: sorted by a salted hash, the analysis table's rows (and the bootstrap draws that
+    follow them) would change with the per-checkout salt. Two salts: same table but the ids."""
+    from pipeline.privacy import salted_hash
+
+    cfg = {**cfg, "identifiers": [*cfg["identifiers"], {"column": "firm_id", "action": "hash"}]}
+    construct_params = params_group("construct", skills_min_answered_share=0.5)
+    salts = ("salt of one checkout", "salt of another checkout")
+    tables, raw_order, hash_order = [], [], []
+    for salt in salts:
+        hashed = interim.assign(firm_id=salted_hash(interim["firm_id"], salt))
+        raw_of = dict(zip(hashed["firm_id"], interim["firm_id"]))
+        table = construct.construct(clean.clean(hashed, cfg, PARAMS)["clean"], cfg, construct_params, "month")
+        tables.append(table)
+        raw_order.append([raw_of[h] for h in pd.unique(table["firm_id"])])
+        hash_order.append([raw_of[h] for h in sorted(pd.unique(table["firm_id"]))])
+    assert hash_order[0] != hash_order[1]           # sorting by the hash would order the firms differently
+    clean_order = [*pd.unique(clean.clean(interim, cfg, PARAMS)["clean"]["firm_id"])]
+    assert raw_order[0] == raw_order[1] == clean_order
+    pd.testing.assert_frame_equal(tables[0].drop(columns="firm_id"), tables[1].drop(columns="firm_id"),
+                                  check_exact=True)

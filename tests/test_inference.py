@@ -4,6 +4,7 @@ cluster f_test."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy import stats
@@ -94,10 +95,11 @@ def test_qvalues_equal_literal_stata_loop_and_reject_like_fdr_tsbky():
 # Minimum detectable effect
 # ------------------------------------------------------------------------------------------
 def test_mde_closed_form_and_power():
-    assert inf.mde(1.0) == pytest.approx(stats.norm.ppf(0.8) + stats.norm.ppf(0.975), abs=1e-12)
-    assert inf.mde(1.0) == pytest.approx(2.801585, abs=1e-6)
+    assert inf.mde(1.0, np.inf, power=0.8, alpha=0.05) == pytest.approx(stats.norm.ppf(0.8) + stats.norm.ppf(0.975),
+                                                               abs=1e-12)
+    assert inf.mde(1.0, np.inf, power=0.8, alpha=0.05) == pytest.approx(2.801585, abs=1e-6)
     se, df = 3.0, 12
-    m = inf.mde(se, df)
+    m = inf.mde(se, df, power=0.8, alpha=0.05)
     assert m == pytest.approx((stats.t.ppf(0.8, df) + stats.t.ppf(0.975, df)) * se, rel=1e-12)
     # An effect equal to the MDE is detected with probability 0.8 (upper tail, t approximation).
     assert stats.t.sf(stats.t.ppf(0.975, df) - m / se, df) == pytest.approx(0.8, abs=1e-12)
@@ -169,6 +171,21 @@ def test_cluster_wald_refuses_more_restrictions_than_cluster_degrees_of_freedom(
 # ------------------------------------------------------------------------------------------
 # Cluster bootstrap
 # ------------------------------------------------------------------------------------------
+def test_clusters_and_strata_are_numbered_by_first_appearance_not_sorted():
+    """Issue 8: ids can be salted hashes, whose sorted order follows the salt."""
+    codes, levels = inf.first_appearance_codes(pd.Series(["f3", "a1", "f3", "c2", "a1"]))
+    np.testing.assert_array_equal(codes, [0, 1, 0, 2, 1])
+    assert list(levels) == ["f3", "a1", "c2"]
+    df = pd.DataFrame({"cluster_id": ["z", "z", "b", "m"], "stratum": ["S2", "S2", "S1", "S2"]})
+    assert inf.cluster_level(df, "cluster_id", "stratum").to_dict() == {"z": "S2", "b": "S1", "m": "S2"}
+    assert list(inf.cluster_level(df, "cluster_id", "stratum").index) == ["z", "b", "m"]
+    # the draws follow the clusters' positions: renaming the strata (another salt) changes nothing
+    strata = np.array(["q", "q", "a", "q", "a", "k"])
+    renamed = np.array(["b", "b", "z", "b", "z", "c"])
+    np.testing.assert_array_equal(inf.stratified_cluster_draws(strata, 50, seed=3),
+                                  inf.stratified_cluster_draws(renamed, 50, seed=3))
+
+
 def test_stratified_cluster_draws_stay_within_strata():
     strata = np.array(["x"] * 3 + ["y"] * 5 + ["z"] * 2)
     d = inf.stratified_cluster_draws(strata, 200, seed=4)

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from _arms_data import design_2x2
+from _arms_data import DESIGN, design_2x2, two_salt_designs
 
 from pipeline import lee_bounds as lee
+
+LEE = {**DESIGN, "cells": ("stratum",), "alpha": 0.05}       # trimming cells: strata (estimate.lee_cells)
 
 
 # ------------------------------------------------------------------------------------------
@@ -72,9 +74,18 @@ def test_lee_bounds_table_runs_with_bootstrap():
     rng = np.random.default_rng(1)
     df["y"] = rng.normal(size=len(df)) + df["treat_capital"]
     df.loc[(df["arm"] == "Control") & (rng.random(len(df)) < 0.3), "y"] = np.nan
-    tab = lee.lee_bounds_table(df, "y", reps=30, seed=3, samples=("all", "women"))
+    tab = lee.lee_bounds_table(df, "y", **LEE, reps=30, seed=3, samples=("all", "women"))
     assert len(tab) == 6 and (tab["lower"] <= tab["upper"]).all()
     assert (tab["ci_low"] <= tab["lower"]).all() and (tab["ci_high"] >= tab["upper"]).all()
     assert (tab["n_boot"] == 30).all() and (tab["trimmed_arm"] == "treated").all()
-    again = lee.lee_bounds_table(df, "y", reps=30, seed=3, samples=("all", "women"))
+    again = lee.lee_bounds_table(df, "y", **LEE, reps=30, seed=3, samples=("all", "women"))
     pd.testing.assert_frame_equal(tab, again)
+
+
+def test_lee_bounds_table_does_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():
+    """Issue 8: with salted-hash cluster and stratum ids the bootstrap CIs followed the salt
+    (clusters and strata numbered in sorted-hash order before drawing)."""
+    one, other = two_salt_designs()
+    a, b = (lee.lee_bounds_table(df, "y", **LEE, reps=40, seed=3, samples=("all", "women")) for df in (one, other))
+    assert a["ci_low"].notna().all() and (a["n_boot"] > 30).all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)

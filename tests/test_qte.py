@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from _arms_data import two_salt_designs
+
 from pipeline import qte
+
+# The specification the estimate stage resolves for a study like these (params: estimate group).
+SPEC = {"cluster": "cluster_id", "baseline_control": True, "interact": True, "followup_only": True,
+        "listwise_baseline": False, "n_jobs": 1, "alpha": 0.05, "study": None}
 
 
 # ------------------------------------------------------------------------------------------
@@ -37,7 +43,8 @@ def test_qte_recovers_location_scale_quantile_effects_with_right_bootstrap_se():
     sample quantiles: sqrt(tau (1 - tau)) * sqrt(1/(n1 f1^2) + 1/(n0 f0^2)) (independent units)."""
     df = _qte_data(seed=4)
     quantiles = [0.25, 0.5, 0.75]
-    tab = qte.qte_table(df, "y", ["treat_capital"], quantiles, reps=60, seed=5, fixed_effects=())
+    tab = qte.qte_table(df, "y", ["treat_capital"], quantiles, **SPEC, reps=60, seed=5, fixed_effects=(),
+                        samples=("women", "men"))
     for _, r in tab.iterrows():
         z = stats.norm.ppf(r["quantile"])
         truth = {"women": 3 + z, "men": 2 + z, "diff": 1.0}[r["sample"]]
@@ -60,7 +67,7 @@ def test_qte_recovers_location_scale_quantile_effects_with_right_bootstrap_se():
 def test_qte_without_controls_is_the_difference_of_sample_quantiles_and_deterministic():
     df = _qte_data(seed=6, n_clusters=40, firms=11)
     df = df[df["female_owner"] == 1]
-    tab = qte.qte_table(df, "y", ["treat_capital"], [0.5], reps=8, seed=1, fixed_effects=(),
+    tab = qte.qte_table(df, "y", ["treat_capital"], [0.5], **SPEC, reps=8, seed=1, fixed_effects=(),
                         samples=("women",))
     y1 = df.loc[df["treat_capital"] == 1, "y"]
     y0 = df.loc[df["treat_capital"] == 0, "y"]
@@ -69,6 +76,17 @@ def test_qte_without_controls_is_the_difference_of_sample_quantiles_and_determin
     hi = np.quantile(y1, 0.5, method="higher") - np.quantile(y0, 0.5, method="inverted_cdf")
     est = tab["estimate"].iloc[0]
     assert min(lo, hi) - 1e-3 <= est <= max(lo, hi) + 1e-3
-    again = qte.qte_table(df, "y", ["treat_capital"], [0.5], reps=8, seed=1, fixed_effects=(),
-                          samples=("women",), n_jobs=2)
+    again = qte.qte_table(df, "y", ["treat_capital"], [0.5], **{**SPEC, "n_jobs": 2}, reps=8, seed=1,
+                          fixed_effects=(), samples=("women",))
     pd.testing.assert_frame_equal(tab, again)
+
+
+def test_qte_table_does_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():
+    """Issue 8: with salted-hash cluster and stratum ids the bootstrap CIs followed the salt
+    (clusters numbered in sorted-hash order before drawing; strata dummies in sorted order)."""
+    one, other = two_salt_designs()
+    a, b = (qte.qte_table(df.dropna(subset=["y"]), "y", ["treat_skills", "treat_capital"], [0.25, 0.5], **SPEC,
+                          reps=30, seed=2, fixed_effects=("stratum",), samples=("women", "men"))
+            for df in (one, other))
+    assert a["ci_low"].notna().all() and set(a["sample"]) == {"women", "men", "diff"}
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
