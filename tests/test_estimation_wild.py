@@ -131,3 +131,16 @@ def test_size_with_few_clusters_is_close_to_nominal():
                                     seed=np.random.SeedSequence([7, s]))
         rejections += test.p_value < 0.05
     assert abs(rejections / sims - 0.05) < 3 * np.sqrt(0.05 * 0.95 / sims), rejections / sims
+
+
+def test_p_value_does_not_depend_on_the_hash_salt_of_cluster_ids():
+    """Cluster ids pseudonymised with two salts sort differently; the bootstrap weights must attach
+    to clusters in the same (row) order, so the p-value is exactly the same (issue 8)."""
+    from pipeline.privacy import salted_hash
+    y, X, market, fe, _ = panel(n_clusters=16, seed=5)
+    ids = pd.Series([f"market {m}" for m in market])
+    first, second = (salted_hash(ids, salt).to_numpy() for salt in ("one salt", "another salt"))
+    assert list(pd.unique(np.sort(first))) != list(pd.unique(np.sort(second)))   # different sorted orders
+    tests = [wb.wild_cluster_test(y, X, g, [1.0, 0.0], fe=fe, reps=999, weight_type="rademacher",
+                                  seed=np.random.SeedSequence(3)) for g in (first, second, market)]
+    assert tests[0] == tests[1] == tests[2]

@@ -92,7 +92,9 @@ def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None,
     for :func:`pipeline.estimation.ols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
     each row; ``weights``: regression weights or None; ``restriction``: length-k vector r.
     """
-    _, g = np.unique(np.asarray(groups), return_inverse=True)
+    # clusters numbered by first appearance, not sorted: the weights drawn for cluster j must not
+    # follow the order of salted-hash cluster ids (issue 8), only the analysis table's row order
+    g = pd.factorize(np.asarray(groups), sort=False)[0]
     n_clusters = int(g.max()) + 1
     kind = resolve_weight_type(weight_type, n_clusters)
     V, enumerated = draw_weights(kind, n_clusters, int(reps), np.random.default_rng(seed))
