@@ -2,7 +2,7 @@
 
 * :func:`hash_salt` / :func:`salted_hash` -- pseudonyms (keyed hashes) for identifiers a study keeps
   as links (e.g. a loan-group name that is the cluster);
-* :func:`find_identifiers` -- configured and detected identifiers (phone numbers, e-mail
+* :func:`find_identifiers` -- configured and detected identifiers (phone numbers, ID numbers, e-mail
   addresses, GPS coordinates, person-name columns) in a table;
 * :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one;
 * :func:`assert_no_identifier_labels` -- fails if a value label (codebook) holds one;
@@ -97,6 +97,14 @@ EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-
 # letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594");
 # a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
 PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
+# ID numbers (national ID, passport, tax, bank account): 8-20 digits, plain or in groups joined by one
+# space or dash ("12345678", "0123-4567-8901", "1234 5678 9012 3456") or by dots before 3-digit groups
+# ("12.345.678"); not glued to letters, colons, slashes or a decimal; or 6-9 digits after one or two
+# capital letters ("A1234567", "CM12345678AB"). Dates, decimals and round amounts are not ID numbers
+# (:func:`_is_id_number`).
+ID_NUMBER_RE = re.compile(r"(?<![\w.,:/\-])(?:\d+(?:[ -]\d{2,}|\.\d{3}(?!\d))*|[A-Z]{1,2}\d{6,9}[A-Z]{0,4})"
+                          r"(?![\w:/]|[.,\-]\d)")
+_DATE_DIGITS_RE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[0-2]\d[0-5]\d(?:[0-5]\d)?)?")
 GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
 
 
@@ -131,6 +139,31 @@ def _has_phone_text(s: str) -> bool:
     return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
 
 
+def _is_id_number(match: str) -> bool:
+    """An ID-number match (:data:`ID_NUMBER_RE`) that is not a date or time stamp (20240105,
+    2024-01-05 0930) nor a round amount (its digits end in 000: 12500000, 12 500 000)."""
+    if match[:1].isalpha():
+        return True
+    digits = "".join(ch for ch in match if ch.isdigit())
+    return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
+
+
+def _id_numbers(s: str) -> list[str]:
+    return [m.group(0) for m in ID_NUMBER_RE.finditer(s) if _is_id_number(m.group(0))]
+
+
+def _has_id_number_text(s: str) -> bool:
+    """Free text (a value with letters) holding an ID number, or a bare value written in ID-number
+    groups ("0123-4567-8901"; a bare "12345678" or "12 345 678" may be a code or an amount)."""
+    found = _id_numbers(s)
+    if not found:
+        return False
+    if _has_letters(s):
+        return True
+    return any(match[:1].isalpha() or (re.search(r"[ .-]", match) and not re.fullmatch(r"\d{1,3}(?:[ .]\d{3})+", match))
+               for match in found)
+
+
 def _has_letters(s: str) -> bool:
     return any(ch.isalpha() for ch in s)
 
@@ -143,7 +176,7 @@ def _matches(series: pd.Series, test) -> pd.Series:
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
                      hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
-    detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
+    detected ones (phone numbers, ID numbers, e-mail addresses, GPS coordinates, person-name columns).
 
     ``allow`` lists columns known not to be identifiers (a false positive declared in the study
     configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
@@ -199,6 +232,10 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
         n_phones = int(phones.sum())
         if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
+            continue
+        id_numbers = _matches(series, _has_id_number_text)
+        if id_numbers.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
+            add(column, "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_numbers)
             continue
         if identifier_values is not None:
             named = _matches(series, identifier_values.search)
@@ -273,6 +310,7 @@ def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable
             text = str(label)
             rule = ("e-mail address" if EMAIL_RE.search(text) else
                     "phone number" if _has_phone_text(text) else
+                    "ID number" if _id_numbers(text) else
                     "value of a configured identifier column" if identifier_values is not None
                     and identifier_values.search(text) else None)
             if rule:
@@ -311,6 +349,9 @@ def _text_findings(text: str) -> list[dict]:
     phones = [m.group(0) for m in PHONE_RE.finditer(text) if _phone_digits_ok(m.group(0))]
     if phones:
         found.append({"column": "(text)", "rule": "phone numbers", "count": len(phones), "rows": []})
+    ids = [m for m in _id_numbers(text) if not _phone_digits_ok(m) or not PHONE_RE.fullmatch(m)]
+    if ids:
+        found.append({"column": "(text)", "rule": "ID numbers", "count": len(ids), "rows": []})
     return found
 
 

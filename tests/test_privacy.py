@@ -180,3 +180,43 @@ def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs
     with pytest.raises(IdentifierLeakError, match=r"results\.csv: column 'comment': phone numbers"):
         run_stage.run("report")
     assert {out.name: out.read_text() for out in outs} == {out.name: "old\n" for out in outs}
+
+
+def test_id_numbers_in_text_are_found_once_and_ordinary_numbers_are_not():
+    ordinary = ["sold 2 goats", "paid 12500000 in 2023", "paid 1,250,000 on 2024-01-05", "visit on 20240105",
+                "loan 12.5% for 18 months", "code 1234567", "ref 12345678.5", "uuid:12345678-1234-5678-9abc-0123",
+                "hash ab12345678cd", "at 2026-12-04T05:20:22.123456"]
+    for text in ["her national ID is 12345678.", "passport A1234567", "acct 0123-4567-8901, branch 4",
+                 "card 4111 1111 1111 1111", "DNI 12.345.678", "KRA PIN A012345678Z"]:
+        frame = pd.DataFrame({"notes": ordinary * 20 + [text]})   # 1 in 201 rows
+        found = find_identifiers(frame)
+        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("notes", 1, [200])], text
+        # a 9-15 digit account number in phone-like groups is refused as a phone number first
+        assert found[0]["rule"].startswith("phone" if text.startswith("acct") else "ID numbers"), text
+    assert find_identifiers(pd.DataFrame({"notes": ordinary * 20})) == []
+    # bare values: a grouped account number is one; bare digit runs and thousands-grouped amounts are codes
+    codes = pd.DataFrame({"ref": ["12345678", "12 345 678", "2024", "12.345.678", "00123"] * 40})
+    assert find_identifiers(codes) == []
+    assert [f["rows"] for f in find_identifiers(codes.assign(ref=codes["ref"].where(codes.index != 7, "0123-4567-8901")))] == [[7]]
+    # numeric columns of amounts, years and 8-digit codes are data (judged as a whole, as before)
+    rng = np.random.default_rng(1)
+    numeric = pd.DataFrame({"amount": rng.integers(10**7, 10**8, 300), "year": rng.integers(1990, 2025, 300),
+                            "code": rng.integers(10**7, 10**8, 300).astype(str)})
+    assert find_identifiers(numeric) == []
+    # the allow-list: a column declared safe is not searched
+    assert find_identifiers(pd.DataFrame({"notes": ["ID 12345678"]}), allow=["notes"]) == []
+
+
+def test_id_numbers_in_value_labels_and_stage_outputs_are_refused(raw, cfg, tmp_path):
+    from pipeline.ingest import IngestError
+    from pipeline.privacy import assert_stage_outputs_clean
+
+    with pytest.raises(IngestError, match=r"column 'region', code 1: ID number"):
+        _ingest_one(raw, cfg, {"region": {1: "agent ID 23456789", 2: "north"}})
+    _ingest_one(raw, {**cfg, "not_identifiers": ["region"]}, {"region": {1: "agent ID 23456789"}})
+    out = tmp_path / "r.html"
+    out.write_text("<p>n = 11594; seed 20241204; total 1,250,000,000; 12500000 LCU; p = 0.000123456</p>")
+    assert_stage_outputs_clean([out], root=tmp_path)
+    out.write_text("<p>Owner passport A1234567 kept.</p>")
+    with pytest.raises(IdentifierLeakError, match=r"r\.html: column '\(text\)': ID numbers \(1 values\)"):
+        assert_stage_outputs_clean([out], root=tmp_path)
