@@ -172,7 +172,11 @@ def _is_id_number(match: str) -> bool:
     return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
 
 
+_DATE_RE = re.compile(r"(?:19|20)\d\d([-./])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d")
+
+
 def _id_numbers(s: str) -> list[str]:
+    s = _DATE_RE.sub("|", s)   # dates written out ("2024-01-05 2024-01-06" is not one 16-digit number)
     return [m.group(0) for m in ID_NUMBER_RE.finditer(s) if _is_id_number(m.group(0))]
 
 

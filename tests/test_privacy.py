@@ -268,3 +268,84 @@ def test_the_new_rules_flag_nothing_in_the_real_studies_labels():
             labels += [str(v) for v in variable_labels.values() if v]
     assert len(labels) == 521
     assert [t for t in labels if _id_numbers(t) or _has_cued_name(t)] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Property: random messy surveys through ingest and clean
+# ------------------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings   # noqa: E402
+from hypothesis import strategies as st   # noqa: E402
+
+_NAMES = ["Mary Wanjiku", "Juma Otieno", "Akinyi Achieng", "Peter Kamau", "Zawadi Njeri", "Halima Omondi"]
+_PHONES = ["0712 345 678", "+254 722 111 222", "0733-456-789", "0700111222", "(020) 345 6782", "0755 000 123"]
+_WORDS = ["sold", "goats", "shop", "closed", "rain", "market", "stock", "Cape", "Town", "NGO", "Equity", "Bank",
+          "2024-01-05", "05.01.2024", "1,250,000", "12.5%", "ok", "-99", "n/a", "Business", "Services"]
+_PLANTS = {"phone": lambda i: f"call {_PHONES[i]}.", "name": lambda i: f"{_NAMES[i].lower()} paid",   # a name in owner_name (dropped)
+           "cued": lambda i: f"spoke to Mr Baraka at stall {i}", "id": lambda i: f"ID {23456789 + 1111 * i}",
+           "email": lambda i: f"mail k{i}@shop.co.ke"}
+
+
+@st.composite
+def messy_surveys(draw):
+    """A tiny study's raw survey (conftest columns): 2-6 firms x rounds 0/1, with random missing codes,
+    negative and text values in the money columns, exact and corrected duplicates, missing follow-ups,
+    blank clusters, undefined arms and a free-text column; maybe one planted identifier in it."""
+    n_firms = draw(st.integers(2, 6))
+    money = st.one_of(st.integers(-500, 5000), st.sampled_from([-99, -98, -88]), st.none(),
+                      st.sampled_from(["1,200", " 300 ", "n/a", "abc"]))
+    rows = []
+    for firm in range(1, n_firms + 1):
+        region, market = firm % 2 + 1, 10 + firm
+        arm = draw(st.sampled_from([1, 2, 3, 4, 4, 3, 2, 1, 9]))
+        sex = draw(st.sampled_from([1, 2]))
+        for rnd in draw(st.sampled_from([[0, 1], [0], [0, 1, 1]])):
+            rows.append({"submission_id": f"s{len(rows):02d}", "submitted_at": f"2024-0{1 + 5 * min(rnd, 1)}-0{1 + len(rows) % 8} 09:00:00",
+                         "firm_id": firm, "round": rnd, "region": region,
+                         "market_id": draw(st.sampled_from([market] * 5 + [None])),
+                         "owner_sex": sex, "treat_arm": arm, "business_open": draw(st.sampled_from([1, 1, 0, -88])),
+                         "recall_period": draw(st.sampled_from([1, 2, 2])), "profit": draw(money),
+                         "revenue": draw(money), "owner_age": draw(st.sampled_from([30, 41, 200, -99])),
+                         "bp_1": draw(st.sampled_from([0, 1, -98])), "bp_2": draw(st.sampled_from([0, 1])),
+                         "owner_name": _NAMES[(firm - 1) % len(_NAMES)], "phone": _PHONES[(firm - 1) % len(_PHONES)],
+                         "remarks": " ".join(draw(st.lists(st.sampled_from(_WORDS), max_size=5)))})
+    if draw(st.booleans()):
+        rows.append({**rows[0]})                                       # an exact duplicate submission
+    raw = pd.DataFrame(rows)
+    plant = draw(st.sampled_from([None, None, *_PLANTS]))
+    at = draw(st.integers(0, len(raw) - 1))
+    if plant:
+        raw.loc[at, "remarks"] = _PLANTS[plant](_NAMES.index(raw.loc[at, "owner_name"]))
+    return raw, plant, at
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messy_surveys())
+def test_messy_surveys_keep_every_row_and_no_identifier(case):
+    from pipeline import clean
+    from pipeline.ingest import IngestError
+    from pipeline.study import normalise
+    from _params import params_group
+    from conftest import study_config
+
+    raw, plant, at = case
+    cfg = normalise(study_config())
+    entry = cfg["files"][0]
+    if plant:   # refused at ingest, naming the study, the file, the column and the row
+        with pytest.raises(IngestError, match=rf"(?s)tiny: .*survey\.dta: column 'remarks': .*rows \[{at}\]"):
+            ingest.ingest_frame(raw, {}, {}, cfg, entry, salt=None)
+        return
+    interim, book = ingest.ingest_frame(raw, {}, {}, cfg, entry, salt=None)
+    try:
+        out = clean.clean(interim.assign(usd_ppp_per_lcu=0.5), cfg, params_group("clean"))
+    except ValueError as exc:   # a refusal must say where
+        assert str(exc).startswith("tiny: ") and "survey.dta" in str(exc), str(exc)
+        return
+    kept, rejected = out["clean"], out["rejected"]
+    assert sorted(kept["source_row"].tolist() + rejected["source_row"].tolist()) == list(range(len(raw)))
+    assert rejected["reason"].astype(str).str.len().gt(0).all()
+    for table in (interim, book, kept, rejected, out["log"]):
+        text = table.astype(str).to_csv(index=False).casefold()
+        assert not any(v.casefold() in text for v in _NAMES + _PHONES)
+
+
+from pipeline import ingest   # noqa: E402
