@@ -94,15 +94,17 @@ _NOT_PERSON = {"district", "village", "region", "province", "state", "county", "
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
 # "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
-# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594");
+# letters, colons, dots, slashes (ids, timestamps, decimals), nor after "<digit>," (the tail of an amount:
+# "1,250,000 2024-01-05" is not a phone), nor a run of table columns ("11594   11594"); dates written out are
+# removed first (:func:`_without_dates`);
 # a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
-PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
+PHONE_RE = re.compile(r"(?<![\w:/.\-])(?<!\d,)\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
 # ID numbers (national ID, passport, tax, bank account): 8-20 digits, plain or in groups joined by one
 # space or dash ("12345678", "0123-4567-8901", "1234 5678 9012 3456") or by dots before 3-digit groups
 # ("12.345.678"); not glued to letters, colons, slashes or a decimal; or 6-9 digits after one or two
 # capital letters ("A1234567", "CM12345678AB"). Dates, decimals and round amounts are not ID numbers
 # (:func:`_is_id_number`).
-ID_NUMBER_RE = re.compile(r"(?<![\w.,:/\-])(?:\d+(?:[ -]\d{2,}|\.\d{3}(?!\d))*|[A-Z]{1,2}\d{6,9}[A-Z]{0,4})"
+ID_NUMBER_RE = re.compile(r"(?<![\w.:/\-])(?<!\d,)(?:\d+(?:[ -]\d{2,}|\.\d{3}(?!\d))*|[A-Z]{1,2}\d{6,9}[A-Z]{0,4})"
                           r"(?![\w:/]|[.,\-]\d)")
 _DATE_DIGITS_RE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[0-2]\d[0-5]\d(?:[0-5]\d)?)?")
 # A person named in free text with an innocent column name ("spoke to Mary Wanjiku at her shop"): a
@@ -159,8 +161,17 @@ def _phone_digits_ok(match: str) -> bool:
     return 9 <= digits <= 15
 
 
+_DATE_RE = re.compile(r"(?:19|20)\d\d([-./])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d")
+
+
+def _without_dates(s: str) -> str:
+    """``s`` with dates written out (2024-01-05, 05.01.2024) replaced by "|": "2024-01-05 2024-01-06"
+    or "2024-01-05 0930" is not one long number."""
+    return _DATE_RE.sub("|", s)
+
+
 def _has_phone_text(s: str) -> bool:
-    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
+    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(_without_dates(s)))
 
 
 def _is_id_number(match: str) -> bool:
@@ -172,12 +183,8 @@ def _is_id_number(match: str) -> bool:
     return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
 
 
-_DATE_RE = re.compile(r"(?:19|20)\d\d([-./])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d")
-
-
 def _id_numbers(s: str) -> list[str]:
-    s = _DATE_RE.sub("|", s)   # dates written out ("2024-01-05 2024-01-06" is not one 16-digit number)
-    return [m.group(0) for m in ID_NUMBER_RE.finditer(s) if _is_id_number(m.group(0))]
+    return [m.group(0) for m in ID_NUMBER_RE.finditer(_without_dates(s)) if _is_id_number(m.group(0))]
 
 
 def _has_id_number_text(s: str) -> bool:
@@ -379,7 +386,7 @@ def _text_findings(text: str) -> list[dict]:
     emails = EMAIL_RE.findall(text)
     if emails:
         found.append({"column": "(text)", "rule": "e-mail addresses", "count": len(emails), "rows": []})
-    phones = [m.group(0) for m in PHONE_RE.finditer(text) if _phone_digits_ok(m.group(0))]
+    phones = [m.group(0) for m in PHONE_RE.finditer(_without_dates(text)) if _phone_digits_ok(m.group(0))]
     if phones:
         found.append({"column": "(text)", "rule": "phone numbers", "count": len(phones), "rows": []})
     ids = [m for m in _id_numbers(text) if not _phone_digits_ok(m) or not PHONE_RE.fullmatch(m)]

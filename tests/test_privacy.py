@@ -67,12 +67,13 @@ def test_salted_hash_links_within_a_salt_only():
 
 
 def test_phone_at_sentence_end_in_brackets_or_rare_is_found():
-    ok = ["sold 2 goats", "paid 1,250,000 on 2024-01-05", "loan 12.5% for 18 months", "id 00123", "v1.26.4"]
+    ok = ["sold 2 goats", "paid 1,250,000 on 2024-01-05", "loan 12.5% for 18 months", "id 00123", "v1.26.4",
+          "1,250,000 2024-01-05", "visit 2024-01-05 0930"]   # an amount's tail or a date before digits: no phone
     for text in ["please call 0712 345 678.", "contact (0712 345 678) later", "call +254 712 345 678, thanks",
                  "mail ann.k@example.co.ke."]:
-        frame = pd.DataFrame({"comment": ok * 40 + [text]})  # 1 in 201 rows: below any count threshold
+        frame = pd.DataFrame({"comment": ok * 40 + [text]})  # 1 in 281 rows: below any count threshold
         found = find_identifiers(frame)
-        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("comment", 1, [200])], text
+        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("comment", 1, [len(ok) * 40])], text
     # ordinary numbers are not phones: amounts, dates, decimals, short ids; bare 9-digit ids only if common
     assert find_identifiers(pd.DataFrame({"comment": ok * 40})) == []
     ids = pd.DataFrame({"ref": [str(123456789 + i) for i in range(2)] + ["x"] * 500})
