@@ -176,10 +176,14 @@ def _has_phone_text(s: str) -> bool:
 
 def _is_id_number(match: str) -> bool:
     """An ID-number match (:data:`ID_NUMBER_RE`) that is not a date or time stamp (20240105,
-    2024-01-05 0930) nor a round amount (its digits end in 000: 12500000, 12 500 000)."""
+    2024-01-05 0930), a round amount (its digits end in 000: 12500000, 12 500 000) nor a range of
+    two ascending numbers (pages 5559-5583, years 2012-2013)."""
     if match[:1].isalpha():
         return True
     digits = "".join(ch for ch in match if ch.isdigit())
+    pair = re.fullmatch(r"(\d{1,5})-(\d{1,5})", match)
+    if pair and int(pair.group(1)) < int(pair.group(2)):   # a range: pages 5559-5583, years 2012-2013
+        return False
     return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
 
 
