@@ -207,13 +207,25 @@ def _has_letters(s: str) -> bool:
     return any(ch.isalpha() for ch in s)
 
 
+def safe_text(patterns: Iterable[str]):
+    """The per-study allow-list of known-safe values (``not_identifier_patterns``: regular
+    expressions such as ``LOT \\d{8}`` for batch codes): a function that blanks every match in a
+    text before the value rules search it; None when there are no patterns."""
+    patterns = list(patterns)
+    if not patterns:
+        return None
+    safe = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return lambda text: safe.sub(" ", str(text))
+
+
 def _matches(series: pd.Series, test) -> pd.Series:
     """Boolean per row: ``test`` on the value's text (once per distinct value); missing -> False."""
     return map_distinct(series, lambda v: bool(test(str(v))), na_value=False).astype(bool)
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
-                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
+                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None,
+                     safe_patterns: Iterable[str] = ()) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
     detected ones (phone numbers, ID numbers, e-mail addresses, GPS coordinates, person-name columns).
 
@@ -221,9 +233,11 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
     configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
     value still looks like a hash. Each finding: column, rule, count and example row positions
     (never the values themselves). ``identifier_values`` (from :func:`identifier_value_pattern`)
-    finds the values of the study's identifier columns (e.g. respondents' names) in any text column.
+    finds the values of the study's identifier columns (e.g. respondents' names) in any text column;
+    text matching ``safe_patterns`` (``not_identifier_patterns``) is not searched.
     """
     allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
+    safe = safe_text(safe_patterns)
     findings = []
 
     def add(column, rule, mask=None):
@@ -259,6 +273,8 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
             continue
         if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             continue
+        if safe is not None:
+            series = map_distinct(series, safe, dtype="object")
         nonnull = int(series.notna().sum())
         emails = _matches(series, EMAIL_RE.search)
         if emails.any():
@@ -339,18 +355,20 @@ def identifier_value_pattern(data: pd.DataFrame, value_labels: Mapping[str, Mapp
 
 
 def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable[str] = (),
-                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
+                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None,
+                         safe_patterns: Iterable[str] = ()) -> list[dict]:
     """Value labels (Stata/SPSS metadata, written to the codebook) that hold a phone number, an
     e-mail address or a value of an identifier column: one finding per column and code, with the
     rule (never the label). ``allow`` (``not_identifiers``) and ``skip`` (the identifier columns,
     whose labels are not written) are not searched."""
     allow, skip = set(allow), set(skip)
+    safe = safe_text(safe_patterns) or str
     findings = []
     for column, labels in value_labels.items():
         if column in allow or column in skip:
             continue
         for code, label in (labels or {}).items():
-            text = str(label)
+            text = safe(label)
             rule = ("e-mail address" if EMAIL_RE.search(text) else
                     "phone number" if _has_phone_text(text) else
                     "ID number" if _id_numbers(text) else
@@ -371,7 +389,7 @@ def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, 
     cfg = normalise(cfg)
     found = value_label_findings(value_labels, allow=cfg["not_identifiers"],
                                  skip=list(cfg["identifiers"]) + list(cfg["hash_identifiers"]),
-                                 identifier_values=identifier_values)
+                                 identifier_values=identifier_values, safe_patterns=cfg["not_identifier_patterns"])
     if found:
         raise IdentifierLeakError(
             f"{source}: value labels would write direct identifiers to the codebook:\n  "
@@ -417,17 +435,19 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
     field names such as ``notes``; their values are still searched as text).
     """
     identifiers = set(identifiers)
-    allow, hashed = set(allow), set(hashed)
+    allow, hashed, safe_patterns = set(allow), set(hashed), []
     if cfg is not None:
         cfg = normalise(cfg)
         identifiers |= set(cfg["identifiers"])
         allow |= set(cfg["not_identifiers"])
         hashed |= set(cfg["hash_identifiers"])
+        safe_patterns = cfg["not_identifier_patterns"]
+    safe = safe_text(safe_patterns) or str
     problems: list[tuple[str, dict]] = []
     if isinstance(path_or_frame, pd.DataFrame):
         problems += [(source or "table", f) for f in
                      find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed,
-                                      identifier_values=identifier_values)]
+                                      identifier_values=identifier_values, safe_patterns=safe_patterns)]
     else:
         path = Path(path_or_frame)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -438,15 +458,16 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
             if suffix in ("parquet", "csv", "xlsx", "dta", "sav"):
                 reader = {"parquet": pd.read_parquet, "csv": pd.read_csv, "xlsx": pd.read_excel,
                           "dta": pd.read_stata, "sav": pd.read_spss}[suffix]
-                found = find_identifiers(reader(file), identifiers, allow=allow, hashed=hashed)
+                found = find_identifiers(reader(file), identifiers, allow=allow, hashed=hashed,
+                                         safe_patterns=safe_patterns)
             elif suffix == "json":
                 obj = json.loads(file.read_text(encoding="utf-8"))
                 keys = _json_keys(obj)
                 found = [{"column": k, "rule": "configured identifier", "count": 1, "rows": []}
                          for k in keys if k in identifiers and json_keys]
-                found += _text_findings(json.dumps(obj, ensure_ascii=False))
+                found += _text_findings(safe(json.dumps(obj, ensure_ascii=False)))
             elif suffix in ("html", "htm", "txt", "md", "ipynb"):
-                found = _text_findings(file.read_text(encoding="utf-8", errors="replace"))
+                found = _text_findings(safe(file.read_text(encoding="utf-8", errors="replace")))
             else:
                 continue
             problems += [(str(file), f) for f in found]

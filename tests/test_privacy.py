@@ -350,3 +350,21 @@ def test_messy_surveys_keep_every_row_and_no_identifier(case):
 
 
 from pipeline import ingest   # noqa: E402
+
+
+def test_known_safe_patterns_are_not_searched_and_the_rest_of_the_text_is(raw, cfg):
+    from pipeline.ingest import IngestError
+    from pipeline.study import StudyConfigError, normalise
+
+    notes = pd.DataFrame({"notes": ["batch LOT 23456789 sold", "ok", "batch LOT 34567890"]})
+    assert [f["rows"] for f in find_identifiers(notes)] == [[0, 2]]                  # read as ID numbers
+    assert find_identifiers(notes, safe_patterns=[r"LOT \d{8}"]) == []
+    phone = notes.assign(notes=notes["notes"] + [" call 0712 345 678", "", ""])
+    assert [(f["rule"], f["rows"]) for f in find_identifiers(phone, safe_patterns=[r"LOT \d{8}"])] == [
+        ("phone numbers", [0])]
+    labels = {"region": {1: "stock LOT 23456789", 2: "north"}}
+    with pytest.raises(IngestError, match="column 'region', code 1: ID number"):
+        _ingest_one(raw, cfg, labels)
+    _ingest_one(raw, {**cfg, "not_identifier_patterns": [r"LOT \d{8}"]}, labels)
+    with pytest.raises(StudyConfigError, match=r"not_identifier_patterns: 'LOT-\(' is not a regular expression"):
+        normalise({**cfg, "not_identifier_patterns": ["LOT-("]})
