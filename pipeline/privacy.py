@@ -123,7 +123,12 @@ _NOT_NAMES = {w.casefold() for w in (
     "August September October November December Today Yesterday Tomorrow").split()}
 
 
+_CAPITAL_RE = re.compile(r"[A-Z]")
+
+
 def _cued_names(s: str) -> list[str]:
+    if not _CAPITAL_RE.search(s):     # a name starts with a capital: skip the longer regex
+        return []
     return [m.group(1) for m in NAME_CUE_RE.finditer(s) if m.group(1).casefold() not in _NOT_NAMES]
 
 
