@@ -30,7 +30,7 @@ class OutputError(ValueError):
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success. An OS error
-    while writing (a full disk: ENOSPC) is raised again naming ``path`` (same type and errno)."""
+    while writing (a full disk: ENOSPC) is raised again naming ``path`` (same errno)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -45,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise
         if exc.errno is None:     # e.g. pyarrow's IOError: only a message
             raise OSError(f"writing {path}: {exc}") from exc
-        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc   # OSError picks the subclass by errno
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
