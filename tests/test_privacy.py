@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.privacy import IdentifierLeakError, assert_no_identifiers, find_identifiers, salted_hash
 
@@ -274,8 +276,6 @@ def test_the_new_rules_flag_nothing_in_the_real_studies_labels():
 # ------------------------------------------------------------------------------------------------
 # Property: random messy surveys through ingest and clean
 # ------------------------------------------------------------------------------------------------
-from hypothesis import HealthCheck, given, settings   # noqa: E402
-from hypothesis import strategies as st   # noqa: E402
 
 _NAMES = ["Mary Wanjiku", "Juma Otieno", "Akinyi Achieng", "Peter Kamau", "Zawadi Njeri", "Halima Omondi"]
 _PHONES = ["0712 345 678", "+254 722 111 222", "0733-456-789", "0700111222", "(020) 345 6782", "0755 000 123"]
@@ -322,7 +322,7 @@ def messy_surveys(draw):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(messy_surveys())
 def test_messy_surveys_keep_every_row_and_no_identifier(case):
-    from pipeline import clean
+    from pipeline import clean, ingest
     from pipeline.ingest import IngestError
     from pipeline.study import normalise
     from _params import params_group
@@ -348,8 +348,6 @@ def test_messy_surveys_keep_every_row_and_no_identifier(case):
         text = table.astype(str).to_csv(index=False).casefold()
         assert not any(v.casefold() in text for v in _NAMES + _PHONES)
 
-
-from pipeline import ingest   # noqa: E402
 
 
 def test_known_safe_patterns_are_not_searched_and_the_rest_of_the_text_is(raw, cfg):
