@@ -296,6 +296,7 @@ class StudyConfig(Block):
     files: Annotated[list[Annotated[FileEntry, BeforeValidator(_as_mapping("path"))]], Field(min_length=1)]
     identifiers: Optional[list[Annotated[Identifier, BeforeValidator(_as_mapping("column"))]]] = None
     not_identifiers: Optional[Columns] = None
+    not_identifier_patterns: Optional[list[str]] = None
     missing_codes: Optional[dict[int, str]] = None
     unit_id: Optional[Column]
     round: Optional[Column] = None

@@ -251,6 +251,17 @@ def hash_identifiers(data: pd.DataFrame, columns: list[str], salt: str | None, s
     return data
 
 
+INGEST_COLUMNS = ("source_file", "source_row", ROW_ID, FACTOR_COLUMN)   # the columns ingest adds
+
+
+def check_added_columns(data: pd.DataFrame, cfg: dict, source: str) -> None:
+    """A raw column named like one ingest adds would be overwritten or make the insert fail."""
+    clash = [c for c in INGEST_COLUMNS if c in data.columns]
+    if clash:
+        raise IngestError(f"{cfg['study']}: {source}: the raw file has a column {clash[0]!r}, a name the pipeline "
+                          f"adds (all of them: {list(INGEST_COLUMNS)}); give it another name under files[].rename")
+
+
 def require_columns(data: pd.DataFrame, columns: list[str], source: str) -> None:
     missing = [c for c in columns if c and c not in data.columns]
     if missing:
@@ -344,6 +355,7 @@ def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, 
     variable_labels = {mapping.get(k, k): v for k, v in variable_labels.items()}
     if data.empty:
         raise IngestError(f"{source}: file has no rows")
+    check_added_columns(data, cfg, source)
     require_columns(data, configured_columns(cfg), source)
     id_values = None
     try:

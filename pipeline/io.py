@@ -23,9 +23,14 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class OutputError(ValueError):
+    """A table cannot be written as its format needs; the message names the file, column and rows."""
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success. An OS error
+    while writing (a full disk: ENOSPC) is raised again naming ``path`` (same errno)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -35,6 +40,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.filename == str(path):
+            raise
+        if exc.errno is None:     # e.g. pyarrow's IOError: only a message
+            raise OSError(f"writing {path}: {exc}") from exc
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc   # OSError picks the subclass by errno
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -87,8 +98,40 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_parquet(path: str | os.PathLike, df: pd.DataFrame) -> Path:
     """Parquet without a pandas index and with fixed writer settings (deterministic bytes)."""
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow", compression="snappy")
+        to_parquet(df, tmp, where=path)
     return Path(path)
+
+
+def to_parquet(df: pd.DataFrame, target, where: str | os.PathLike) -> None:
+    """``df`` as parquet (fixed writer settings) to ``target`` (a path or a buffer); a column that
+    pyarrow cannot convert (values of mixed types) raises :class:`OutputError` naming ``where``,
+    the column and the first rows of each type."""
+    import pyarrow as pa
+
+    try:
+        df.to_parquet(target, index=False, engine="pyarrow", compression="snappy")
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise OutputError(f"{where}: {_unconvertible_columns(df) or exc}") from exc
+
+
+def _unconvertible_columns(df: pd.DataFrame, limit: int = 5) -> str:
+    """Which object columns pyarrow refuses, and the rows (0-based) of each value type in them."""
+    import pyarrow as pa
+
+    problems = []
+    for column in df.columns:
+        if df[column].dtype != object:
+            continue
+        try:
+            pa.array(df[column], from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            kinds = df[column].map(lambda v: None if v is None or v is pd.NA or (isinstance(v, float) and v != v)
+                                   else type(v).__name__)
+            rows = {kind: np.flatnonzero((kinds == kind).to_numpy())[:limit].tolist()
+                    for kind in kinds.dropna().unique()}
+            problems.append(f"column {str(column)!r} mixes value types and cannot be written as parquet: "
+                            + ", ".join(f"{kind} at rows {r}" for kind, r in rows.items()))
+    return "; ".join(problems)
 
 
 def write_csv(path: str | os.PathLike, df: pd.DataFrame, float_format: str | None = "%.10g") -> Path:
@@ -149,11 +192,12 @@ def file_sha256(path: str | os.PathLike) -> str:
 # ------------------------------------------------------------------------------------------------
 # All-or-nothing outputs
 # ------------------------------------------------------------------------------------------------
-def render(name: str, obj: Any) -> bytes:
-    """The bytes of one output, chosen by its extension (deterministic writer settings)."""
+def render(name: str, obj: Any, where: str | os.PathLike | None = None) -> bytes:
+    """The bytes of one output, chosen by its extension (deterministic writer settings); errors
+    name ``where`` (default ``name``)."""
     if name.endswith(".parquet"):
         buffer = _io.BytesIO()
-        obj.to_parquet(buffer, index=False, engine="pyarrow", compression="snappy")
+        to_parquet(obj, buffer, where=where or name)
         return buffer.getvalue()
     if name.endswith(".csv"):
         check_csv_table(name, obj)
@@ -182,7 +226,7 @@ def write_named_outputs(declared: Mapping[str, Path], outputs: Mapping[str, Any]
 def write_files(outputs: Mapping[Path, Any]) -> list[Path]:
     """Render every output in memory first, then write each atomically. If rendering fails nothing
     is written; if a write fails, the files already written by this call are removed."""
-    rendered = {Path(path): render(Path(path).name, obj) for path, obj in outputs.items()}
+    rendered = {Path(path): render(Path(path).name, obj, Path(path)) for path, obj in outputs.items()}
     written: list[Path] = []
     try:
         for path, data in rendered.items():

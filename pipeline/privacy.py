@@ -2,7 +2,7 @@
 
 * :func:`hash_salt` / :func:`salted_hash` -- pseudonyms (keyed hashes) for identifiers a study keeps
   as links (e.g. a loan-group name that is the cluster);
-* :func:`find_identifiers` -- configured and detected identifiers (phone numbers, e-mail
+* :func:`find_identifiers` -- configured and detected identifiers (phone numbers, ID numbers, e-mail
   addresses, GPS coordinates, person-name columns) in a table;
 * :func:`assert_no_identifiers` -- fails if a table, a file or a folder holds one;
 * :func:`assert_no_identifier_labels` -- fails if a value label (codebook) holds one;
@@ -94,9 +94,48 @@ _NOT_PERSON = {"district", "village", "region", "province", "state", "county", "
 EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 # 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
 # "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
-# letters, colons, dots, slashes (ids, timestamps, decimals) nor a run of table columns ("11594   11594");
+# letters, colons, dots, slashes (ids, timestamps, decimals), nor after "<digit>," (the tail of an amount:
+# "1,250,000 2024-01-05" is not a phone), nor a run of table columns ("11594   11594"); dates written out are
+# removed first (:func:`_without_dates`);
 # a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
-PHONE_RE = re.compile(r"(?<![\w:/.\-])\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
+PHONE_RE = re.compile(r"(?<![\w:/.\-])(?<!\d,)\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
+# ID numbers (national ID, passport, tax, bank account): 8-20 digits, plain or in groups joined by one
+# space or dash ("12345678", "0123-4567-8901", "1234 5678 9012 3456") or by dots before 3-digit groups
+# ("12.345.678"); not glued to letters, colons, slashes or a decimal; or 6-9 digits after one or two
+# capital letters ("A1234567", "CM12345678AB"). Dates, decimals and round amounts are not ID numbers
+# (:func:`_is_id_number`).
+ID_NUMBER_RE = re.compile(r"(?<![\w.:/\-])(?<!\d,)(?:\d+(?:[ -]\d{2,}|\.\d{3}(?!\d))*|[A-Z]{1,2}\d{6,9}[A-Z]{0,4})"
+                          r"(?![\w:/]|[.,\-]\d)")
+_DATE_DIGITS_RE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[0-2]\d[0-5]\d(?:[0-5]\d)?)?")
+# A person named in free text with an innocent column name ("spoke to Mary Wanjiku at her shop"): a
+# capitalised word (not an acronym, weekday, month or pronoun) right after a title (Mr, Mrs, Ms, Dr,
+# Mama, Mzee, Sra, Mme ...) or a cue that a person follows (spoke/talked to or with, met, interviewed,
+# named, wife/son/daughter of ...). A bare pair of capitalised words is not enough: on the real
+# studies' labels it flags 92 of 521 ("Composite Profits", "Business Services").
+NAME_CUE_RE = re.compile(
+    r"(?i:\b(?:mr|mrs|ms|mx|dr|sir|madam|mama|baba|mzee|bibi|sra|srta|mme|mlle)\.?"
+    r"|\b(?:spoke|spoken|speaking|talked|talking|met|meeting|interviewed|named|name\s+is|"
+    r"(?:wife|husband|son|daughter|mother|father|widow)\s+of)(?:\s+(?:to|with))?)"
+    r"\s+([A-Z][\w'’-]*[a-z])\b")
+_NOT_NAMES = {w.casefold() for w in (
+    "The This That These Those He She They We You It Him Her Them His Their Our My Your Me Us "
+    "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July "
+    "August September October November December Today Yesterday Tomorrow").split()}
+
+
+_CAPITAL_RE = re.compile(r"[A-Z]")
+
+
+def _cued_names(s: str) -> list[str]:
+    if not _CAPITAL_RE.search(s):     # a name starts with a capital: skip the longer regex
+        return []
+    return [m.group(1) for m in NAME_CUE_RE.finditer(s) if m.group(1).casefold() not in _NOT_NAMES]
+
+
+def _has_cued_name(s: str) -> bool:
+    return bool(_cued_names(s))
+
+
 GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
 
 
@@ -127,12 +166,61 @@ def _phone_digits_ok(match: str) -> bool:
     return 9 <= digits <= 15
 
 
+_DATE_RE = re.compile(r"(?:19|20)\d\d([-./])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d")
+
+
+def _without_dates(s: str) -> str:
+    """``s`` with dates written out (2024-01-05, 05.01.2024) replaced by "|": "2024-01-05 2024-01-06"
+    or "2024-01-05 0930" is not one long number."""
+    return _DATE_RE.sub("|", s)
+
+
 def _has_phone_text(s: str) -> bool:
-    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(s))
+    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(_without_dates(s)))
+
+
+def _is_id_number(match: str) -> bool:
+    """An ID-number match (:data:`ID_NUMBER_RE`) that is not a date or time stamp (20240105,
+    2024-01-05 0930), a round amount (its digits end in 000: 12500000, 12 500 000) nor a range of
+    two ascending numbers (pages 5559-5583, years 2012-2013)."""
+    if match[:1].isalpha():
+        return True
+    digits = "".join(ch for ch in match if ch.isdigit())
+    pair = re.fullmatch(r"(\d{1,5})-(\d{1,5})", match)
+    if pair and int(pair.group(1)) < int(pair.group(2)):   # a range: pages 5559-5583, years 2012-2013
+        return False
+    return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
+
+
+def _id_numbers(s: str) -> list[str]:
+    return [m.group(0) for m in ID_NUMBER_RE.finditer(_without_dates(s)) if _is_id_number(m.group(0))]
+
+
+def _has_id_number_text(s: str) -> bool:
+    """Free text (a value with letters) holding an ID number, or a bare value written in ID-number
+    groups ("0123-4567-8901"; a bare "12345678" or "12 345 678" may be a code or an amount)."""
+    found = _id_numbers(s)
+    if not found:
+        return False
+    if _has_letters(s):
+        return True
+    return any(match[:1].isalpha() or (re.search(r"[ .-]", match) and not re.fullmatch(r"\d{1,3}(?:[ .]\d{3})+", match))
+               for match in found)
 
 
 def _has_letters(s: str) -> bool:
     return any(ch.isalpha() for ch in s)
+
+
+def safe_text(patterns: Iterable[str]):
+    """The per-study allow-list of known-safe values (``not_identifier_patterns``: regular
+    expressions such as ``LOT \\d{8}`` for batch codes): a function that blanks every match in a
+    text before the value rules search it; None when there are no patterns."""
+    patterns = list(patterns)
+    if not patterns:
+        return None
+    safe = re.compile("|".join(f"(?:{p})" for p in patterns))
+    return lambda text: safe.sub(" ", str(text))
 
 
 def _matches(series: pd.Series, test) -> pd.Series:
@@ -141,17 +229,20 @@ def _matches(series: pd.Series, test) -> pd.Series:
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
-                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
+                     hashed: Iterable[str] = (), identifier_values: IdentifierValues | None = None,
+                     safe_patterns: Iterable[str] = ()) -> list[dict]:
     """Columns of ``frame`` that hold direct identifiers: configured identifier names, and
-    detected ones (phone numbers, e-mail addresses, GPS coordinates, person-name columns).
+    detected ones (phone numbers, ID numbers, e-mail addresses, GPS coordinates, person-name columns).
 
     ``allow`` lists columns known not to be identifiers (a false positive declared in the study
     configuration); ``hashed`` lists columns replaced by salted hashes, accepted only while every
     value still looks like a hash. Each finding: column, rule, count and example row positions
     (never the values themselves). ``identifier_values`` (from :func:`identifier_value_pattern`)
-    finds the values of the study's identifier columns (e.g. respondents' names) in any text column.
+    finds the values of the study's identifier columns (e.g. respondents' names) in any text column;
+    text matching ``safe_patterns`` (``not_identifier_patterns``) is not searched.
     """
     allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
+    safe = safe_text(safe_patterns)
     findings = []
 
     def add(column, rule, mask=None):
@@ -187,6 +278,8 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
             continue
         if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
             continue
+        if safe is not None:
+            series = map_distinct(series, safe, dtype="object")
         nonnull = int(series.notna().sum())
         emails = _matches(series, EMAIL_RE.search)
         if emails.any():
@@ -199,6 +292,14 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
         n_phones = int(phones.sum())
         if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
+            continue
+        id_numbers = _matches(series, _has_id_number_text)
+        if id_numbers.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
+            add(column, "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_numbers)
+            continue
+        cued = _matches(series, _has_cued_name)
+        if cued.any():
+            add(column, "a person's name after a title or cue (Mr, spoke to ...) in text", cued)
             continue
         if identifier_values is not None:
             named = _matches(series, identifier_values.search)
@@ -259,20 +360,24 @@ def identifier_value_pattern(data: pd.DataFrame, value_labels: Mapping[str, Mapp
 
 
 def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable[str] = (),
-                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None) -> list[dict]:
+                         skip: Iterable[str] = (), identifier_values: IdentifierValues | None = None,
+                         safe_patterns: Iterable[str] = ()) -> list[dict]:
     """Value labels (Stata/SPSS metadata, written to the codebook) that hold a phone number, an
     e-mail address or a value of an identifier column: one finding per column and code, with the
     rule (never the label). ``allow`` (``not_identifiers``) and ``skip`` (the identifier columns,
     whose labels are not written) are not searched."""
     allow, skip = set(allow), set(skip)
+    safe = safe_text(safe_patterns) or str
     findings = []
     for column, labels in value_labels.items():
         if column in allow or column in skip:
             continue
         for code, label in (labels or {}).items():
-            text = str(label)
+            text = safe(label)
             rule = ("e-mail address" if EMAIL_RE.search(text) else
                     "phone number" if _has_phone_text(text) else
+                    "ID number" if _id_numbers(text) else
+                    "a person's name after a title or cue" if _has_cued_name(text) else
                     "value of a configured identifier column" if identifier_values is not None
                     and identifier_values.search(text) else None)
             if rule:
@@ -289,7 +394,7 @@ def assert_no_identifier_labels(value_labels: Mapping[str, Mapping], cfg: dict, 
     cfg = normalise(cfg)
     found = value_label_findings(value_labels, allow=cfg["not_identifiers"],
                                  skip=list(cfg["identifiers"]) + list(cfg["hash_identifiers"]),
-                                 identifier_values=identifier_values)
+                                 identifier_values=identifier_values, safe_patterns=cfg["not_identifier_patterns"])
     if found:
         raise IdentifierLeakError(
             f"{source}: value labels would write direct identifiers to the codebook:\n  "
@@ -308,9 +413,16 @@ def _text_findings(text: str) -> list[dict]:
     emails = EMAIL_RE.findall(text)
     if emails:
         found.append({"column": "(text)", "rule": "e-mail addresses", "count": len(emails), "rows": []})
-    phones = [m.group(0) for m in PHONE_RE.finditer(text) if _phone_digits_ok(m.group(0))]
+    phones = [m.group(0) for m in PHONE_RE.finditer(_without_dates(text)) if _phone_digits_ok(m.group(0))]
     if phones:
         found.append({"column": "(text)", "rule": "phone numbers", "count": len(phones), "rows": []})
+    ids = [m for m in _id_numbers(text) if not _phone_digits_ok(m) or not PHONE_RE.fullmatch(m)]
+    if ids:
+        found.append({"column": "(text)", "rule": "ID numbers", "count": len(ids), "rows": []})
+    names = _cued_names(text)
+    if names:
+        found.append({"column": "(text)", "rule": "a person's name after a title or cue", "count": len(names),
+                      "rows": []})
     return found
 
 
@@ -328,17 +440,19 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
     field names such as ``notes``; their values are still searched as text).
     """
     identifiers = set(identifiers)
-    allow, hashed = set(allow), set(hashed)
+    allow, hashed, safe_patterns = set(allow), set(hashed), []
     if cfg is not None:
         cfg = normalise(cfg)
         identifiers |= set(cfg["identifiers"])
         allow |= set(cfg["not_identifiers"])
         hashed |= set(cfg["hash_identifiers"])
+        safe_patterns = cfg["not_identifier_patterns"]
+    safe = safe_text(safe_patterns) or str
     problems: list[tuple[str, dict]] = []
     if isinstance(path_or_frame, pd.DataFrame):
         problems += [(source or "table", f) for f in
                      find_identifiers(path_or_frame, identifiers, allow=allow, hashed=hashed,
-                                      identifier_values=identifier_values)]
+                                      identifier_values=identifier_values, safe_patterns=safe_patterns)]
     else:
         path = Path(path_or_frame)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -349,15 +463,16 @@ def assert_no_identifiers(path_or_frame: str | Path | pd.DataFrame, identifiers:
             if suffix in ("parquet", "csv", "xlsx", "dta", "sav"):
                 reader = {"parquet": pd.read_parquet, "csv": pd.read_csv, "xlsx": pd.read_excel,
                           "dta": pd.read_stata, "sav": pd.read_spss}[suffix]
-                found = find_identifiers(reader(file), identifiers, allow=allow, hashed=hashed)
+                found = find_identifiers(reader(file), identifiers, allow=allow, hashed=hashed,
+                                         safe_patterns=safe_patterns)
             elif suffix == "json":
                 obj = json.loads(file.read_text(encoding="utf-8"))
                 keys = _json_keys(obj)
                 found = [{"column": k, "rule": "configured identifier", "count": 1, "rows": []}
                          for k in keys if k in identifiers and json_keys]
-                found += _text_findings(json.dumps(obj, ensure_ascii=False))
+                found += _text_findings(safe(json.dumps(obj, ensure_ascii=False)))
             elif suffix in ("html", "htm", "txt", "md", "ipynb"):
-                found = _text_findings(file.read_text(encoding="utf-8", errors="replace"))
+                found = _text_findings(safe(file.read_text(encoding="utf-8", errors="replace")))
             else:
                 continue
             problems += [(str(file), f) for f in found]

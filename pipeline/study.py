@@ -171,6 +171,12 @@ def _normalise_identifiers(cfg: dict, fail) -> None:
     cfg["identifiers"] = [item["column"] for item in items if item.get("action", "drop") == "drop"]
     cfg["hash_identifiers"] = [item["column"] for item in items if item.get("action") == "hash"]
     cfg["not_identifiers"] = list(cfg.get("not_identifiers") or [])
+    cfg["not_identifier_patterns"] = list(cfg.get("not_identifier_patterns") or [])
+    for pattern in cfg["not_identifier_patterns"]:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            fail(f"not_identifier_patterns: {pattern!r} is not a regular expression ({exc})")
 
     cfg["missing_codes"] = {int(k): str(v) for k, v in (cfg.get("missing_codes") or {}).items()}
 

@@ -88,3 +88,19 @@ def test_transform_outcome_by_hand():
     assert d is df and name == Y
     with pytest.raises(ValueError, match="unknown transform"):
         transform_outcome(df, Y, "sqrt", trim_top_pct=params_group("estimate")["trim_top_pct"])
+
+
+def test_a_non_finite_value_names_the_study_column_and_rows():
+    df = make_data(seed=11)
+    df.insert(0, "study", "tiny")
+    at = int(np.flatnonzero(df["followup"].to_numpy() == 1)[3])
+    bad = df.copy()
+    bad.loc[bad.index[at], Y] = np.inf
+    with pytest.raises(ValueError, match=rf"tiny: column '{Y}' has infinite values at rows \[{at}\] of the "
+                                         rf"analysis table"):
+        fit(bad, make_spec(Y, TREATS, vcov="CR1"))
+    bad = df.copy()
+    bad.loc[bad.index[at], f"{Y}_bl"] = -np.inf
+    with pytest.raises(ValueError, match=rf"tiny: column '{Y}_bl' has missing \(NaN\) or infinite values in the "
+                                         rf"estimation sample of '{Y}' at rows \[{at}\] of the analysis table"):
+        fit(bad, make_spec(Y, TREATS, vcov="CR1"))

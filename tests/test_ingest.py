@@ -71,3 +71,16 @@ def test_ingest_adds_the_conversion_factor_and_generated_ids(cfg, dta_dir, raw):
     assert interim["_row_id"].tolist() == list(range(len(raw)))
     assert (interim["usd_ppp_per_lcu"] == 0.5).all()
     assert summary["unit_id"] == "generated: one unit per row"
+
+
+@pytest.mark.parametrize("column", ["source_row", "source_file"])
+def test_a_raw_column_named_like_a_pipeline_column_is_named(cfg, raw, column):
+    from pipeline.study import normalise
+
+    cfg = normalise(cfg)
+    with pytest.raises(ingest.IngestError, match=rf"tiny: survey\.dta: the raw file has a column {column!r}, "
+                                                 rf"a name the pipeline adds"):
+        ingest.ingest_frame(raw.assign(**{column: 1}), {}, {}, cfg, cfg["files"][0], salt=None)
+    renamed = {**cfg["files"][0], "rename": {column: f"raw_{column}"}}
+    data, _ = ingest.ingest_frame(raw.assign(**{column: 1}), {}, {}, cfg, renamed, salt=None)
+    assert data[f"raw_{column}"].eq(1).all() and data["source_row"].tolist() == list(range(len(raw)))

@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.privacy import IdentifierLeakError, assert_no_identifiers, find_identifiers, salted_hash
 
@@ -67,12 +69,13 @@ def test_salted_hash_links_within_a_salt_only():
 
 
 def test_phone_at_sentence_end_in_brackets_or_rare_is_found():
-    ok = ["sold 2 goats", "paid 1,250,000 on 2024-01-05", "loan 12.5% for 18 months", "id 00123", "v1.26.4"]
+    ok = ["sold 2 goats", "paid 1,250,000 on 2024-01-05", "loan 12.5% for 18 months", "id 00123", "v1.26.4",
+          "1,250,000 2024-01-05", "visit 2024-01-05 0930"]   # an amount's tail or a date before digits: no phone
     for text in ["please call 0712 345 678.", "contact (0712 345 678) later", "call +254 712 345 678, thanks",
                  "mail ann.k@example.co.ke."]:
-        frame = pd.DataFrame({"comment": ok * 40 + [text]})  # 1 in 201 rows: below any count threshold
+        frame = pd.DataFrame({"comment": ok * 40 + [text]})  # 1 in 281 rows: below any count threshold
         found = find_identifiers(frame)
-        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("comment", 1, [200])], text
+        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("comment", 1, [len(ok) * 40])], text
     # ordinary numbers are not phones: amounts, dates, decimals, short ids; bare 9-digit ids only if common
     assert find_identifiers(pd.DataFrame({"comment": ok * 40})) == []
     ids = pd.DataFrame({"ref": [str(123456789 + i) for i in range(2)] + ["x"] * 500})
@@ -180,3 +183,189 @@ def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs
     with pytest.raises(IdentifierLeakError, match=r"results\.csv: column 'comment': phone numbers"):
         run_stage.run("report")
     assert {out.name: out.read_text() for out in outs} == {out.name: "old\n" for out in outs}
+
+
+def test_id_numbers_in_text_are_found_once_and_ordinary_numbers_are_not():
+    ordinary = ["sold 2 goats", "paid 12500000 in 2023", "paid 1,250,000 on 2024-01-05", "visit on 20240105",
+                "loan 12.5% for 18 months", "code 1234567", "ref 12345678.5", "uuid:12345678-1234-5678-9abc-0123",
+                "hash ab12345678cd", "at 2026-12-04T05:20:22.123456", "pages 5559-5583", "in 2012-2013"]
+    for text in ["her national ID is 12345678.", "passport A1234567", "acct 0123-4567-8901, branch 4",
+                 "card 4111 1111 1111 1111", "DNI 12.345.678", "KRA PIN A012345678Z"]:
+        frame = pd.DataFrame({"notes": ordinary * 20 + [text]})   # 1 in 241 rows
+        found = find_identifiers(frame)
+        assert [(f["column"], f["count"], f["rows"]) for f in found] == [("notes", 1, [len(ordinary) * 20])], text
+        # a 9-15 digit account number in phone-like groups is refused as a phone number first
+        assert found[0]["rule"].startswith("phone" if text.startswith("acct") else "ID numbers"), text
+    assert find_identifiers(pd.DataFrame({"notes": ordinary * 20})) == []
+    # bare values: a grouped account number is one; bare digit runs and thousands-grouped amounts are codes
+    codes = pd.DataFrame({"ref": ["12345678", "12 345 678", "2024", "12.345.678", "00123"] * 40})
+    assert find_identifiers(codes) == []
+    planted = codes.assign(ref=codes["ref"].where(codes.index != 7, "0123-4567-8901"))
+    assert [f["rows"] for f in find_identifiers(planted)] == [[7]]
+    # numeric columns of amounts, years and 8-digit codes are data (judged as a whole, as before)
+    rng = np.random.default_rng(1)
+    numeric = pd.DataFrame({"amount": rng.integers(10**7, 10**8, 300), "year": rng.integers(1990, 2025, 300),
+                            "code": rng.integers(10**7, 10**8, 300).astype(str)})
+    assert find_identifiers(numeric) == []
+    # the allow-list: a column declared safe is not searched
+    assert find_identifiers(pd.DataFrame({"notes": ["ID 12345678"]}), allow=["notes"]) == []
+
+
+def test_id_numbers_in_value_labels_and_stage_outputs_are_refused(raw, cfg, tmp_path):
+    from pipeline.ingest import IngestError
+    from pipeline.privacy import assert_stage_outputs_clean
+
+    with pytest.raises(IngestError, match=r"column 'region', code 1: ID number"):
+        _ingest_one(raw, cfg, {"region": {1: "agent ID 23456789", 2: "north"}})
+    _ingest_one(raw, {**cfg, "not_identifiers": ["region"]}, {"region": {1: "agent ID 23456789"}})
+    out = tmp_path / "r.html"
+    out.write_text("<p>n = 11594; seed 20241204; total 1,250,000,000; 12500000 LCU; p = 0.000123456</p>")
+    assert_stage_outputs_clean([out], root=tmp_path)
+    out.write_text("<p>Owner passport A1234567 kept.</p>")
+    with pytest.raises(IdentifierLeakError, match=r"r\.html: column '\(text\)': ID numbers \(1 values\)"):
+        assert_stage_outputs_clean([out], root=tmp_path)
+
+
+def test_a_person_named_after_a_title_or_cue_in_an_innocent_column_is_found():
+    ordinary = ["sold 2 goats", "Cape Town market closed", "Business Services and Fees", "spoke to the owner",
+                "met Monday with NGO staff", "sold to Mary", "Composite Profits Winsorized", "loan from Equity Bank"]
+    for text in ["spoke to Mary Wanjiku at her shop", "Met Mr. Otieno", "talked with Juma about stock",
+                 "wife of Kamau runs it", "Mama Akinyi was away", "the owner, named Peter, refused"]:
+        frame = pd.DataFrame({"notes": ordinary * 25 + [text]})
+        assert [(f["column"], f["count"], f["rows"], f["rule"][:15]) for f in find_identifiers(frame)] == [
+            ("notes", 1, [200], "a person's name")], text
+    assert find_identifiers(pd.DataFrame({"notes": ordinary * 25})) == []
+
+
+def test_names_of_the_identifier_columns_or_after_a_cue_stop_ingest_and_label_writing(raw, cfg):
+    from pipeline.ingest import IngestError
+
+    named = raw.assign(owner_name=["Mary Wanjiku"] + raw["owner_name"].tolist()[1:])
+    quiet = ["fine"] * len(raw)
+    for text in ["MARY WANJIKU paid late", "spoke to Zawadi at her shop"]:   # a known name; a cued one
+        with pytest.raises(IngestError, match=r"(?s)column 'remarks': .*\(1 values, e\.g\. rows \[2\]"):
+            _ingest_one(named.assign(remarks=quiet[:2] + [text] + quiet[3:]), cfg, {})
+    with pytest.raises(IngestError, match=r"column 'region', code 2: a person's name after a title or cue"):
+        _ingest_one(raw, cfg, {"region": {1: "north", 2: "agent Mrs Otieno"}})
+
+
+def test_the_new_rules_flag_nothing_in_the_real_studies_labels():
+    """ID numbers and cued names against every value and variable label of the 10 real studies
+    (read in place; bdgk2015 is not one of them): 0 found (a bare pair of capitalised words would
+    flag 92 of the 521 labels, hence the cue)."""
+    from conftest import REAL_DATA
+    from pipeline.ingest import read_raw
+    from pipeline.privacy import _has_cued_name, _id_numbers
+    from pipeline.study import load_study, resolve_file
+
+    studies = ["acz2018", "berge2015", "field2013"] + [f"meager_{s}" for s in (
+        "angelucci", "attanasio", "augsberg", "banerjee", "crepon", "karlan", "tarozzi")]
+    if not all((REAL_DATA / ("meager" if s.startswith("meager") else s)).is_dir() for s in studies):
+        pytest.skip("real data absent")
+    labels = []
+    for study in studies:
+        cfg = load_study(study)
+        for entry in cfg["files"]:
+            path = resolve_file(entry, REAL_DATA / ("meager" if study.startswith("meager") else study))
+            _, value_labels, variable_labels = read_raw(path, entry["format"], entry)
+            labels += [str(v) for labs in value_labels.values() for v in labs.values()]
+            labels += [str(v) for v in variable_labels.values() if v]
+    assert len(labels) == 521
+    assert [t for t in labels if _id_numbers(t) or _has_cued_name(t)] == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Property: random messy surveys through ingest and clean
+# ------------------------------------------------------------------------------------------------
+
+_NAMES = ["Mary Wanjiku", "Juma Otieno", "Akinyi Achieng", "Peter Kamau", "Zawadi Njeri", "Halima Omondi"]
+_PHONES = ["0712 345 678", "+254 722 111 222", "0733-456-789", "0700111222", "(020) 345 6782", "0755 000 123"]
+_WORDS = ["sold", "goats", "shop", "closed", "rain", "market", "stock", "Cape", "Town", "NGO", "Equity", "Bank",
+          "2024-01-05", "05.01.2024", "1,250,000", "12.5%", "ok", "-99", "n/a", "Business", "Services"]
+# "name": a name that is in owner_name (a dropped identifier column)
+_PLANTS = {"phone": lambda i: f"call {_PHONES[i]}.", "name": lambda i: f"{_NAMES[i].lower()} paid",
+           "cued": lambda i: f"spoke to Mr Baraka at stall {i}", "id": lambda i: f"ID {23456789 + 1111 * i}",
+           "email": lambda i: f"mail k{i}@shop.co.ke"}
+
+
+@st.composite
+def messy_surveys(draw):
+    """A tiny study's raw survey (conftest columns): 2-6 firms x rounds 0/1, with random missing codes,
+    negative and text values in the money columns, exact and corrected duplicates, missing follow-ups,
+    blank clusters, undefined arms and a free-text column; maybe one planted identifier in it."""
+    n_firms = draw(st.integers(2, 6))
+    money = st.one_of(st.integers(-500, 5000), st.sampled_from([-99, -98, -88]), st.none(),
+                      st.sampled_from(["1,200", " 300 ", "n/a", "abc"]))
+    rows = []
+    for firm in range(1, n_firms + 1):
+        region, market = firm % 2 + 1, 10 + firm
+        arm = draw(st.sampled_from([1, 2, 3, 4, 4, 3, 2, 1, 9]))
+        sex = draw(st.sampled_from([1, 2]))
+        for rnd in draw(st.sampled_from([[0, 1], [0], [0, 1, 1]])):
+            submitted = f"2024-0{1 + 5 * min(rnd, 1)}-0{1 + len(rows) % 8} 09:00:00"
+            rows.append({"submission_id": f"s{len(rows):02d}", "submitted_at": submitted,
+                         "firm_id": firm, "round": rnd, "region": region,
+                         "market_id": draw(st.sampled_from([market] * 5 + [None])),
+                         "owner_sex": sex, "treat_arm": arm, "business_open": draw(st.sampled_from([1, 1, 0, -88])),
+                         "recall_period": draw(st.sampled_from([1, 2, 2])), "profit": draw(money),
+                         "revenue": draw(money), "owner_age": draw(st.sampled_from([30, 41, 200, -99])),
+                         "bp_1": draw(st.sampled_from([0, 1, -98])), "bp_2": draw(st.sampled_from([0, 1])),
+                         "owner_name": _NAMES[(firm - 1) % len(_NAMES)], "phone": _PHONES[(firm - 1) % len(_PHONES)],
+                         "remarks": " ".join(draw(st.lists(st.sampled_from(_WORDS), max_size=5)))})
+    if draw(st.booleans()):
+        rows.append({**rows[0]})                                       # an exact duplicate submission
+    raw = pd.DataFrame(rows)
+    plant = draw(st.sampled_from([None, None, *_PLANTS]))
+    at = draw(st.integers(0, len(raw) - 1))
+    if plant:
+        raw.loc[at, "remarks"] = _PLANTS[plant](_NAMES.index(raw.loc[at, "owner_name"]))
+    return raw, plant, at
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(messy_surveys())
+def test_messy_surveys_keep_every_row_and_no_identifier(case):
+    from pipeline import clean, ingest
+    from pipeline.ingest import IngestError
+    from pipeline.study import normalise
+    from _params import params_group
+    from conftest import study_config
+
+    raw, plant, at = case
+    cfg = normalise(study_config())
+    entry = cfg["files"][0]
+    if plant:   # refused at ingest, naming the study, the file, the column and the row
+        with pytest.raises(IngestError, match=rf"(?s)tiny: .*survey\.dta: column 'remarks': .*rows \[{at}\]"):
+            ingest.ingest_frame(raw, {}, {}, cfg, entry, salt=None)
+        return
+    interim, book = ingest.ingest_frame(raw, {}, {}, cfg, entry, salt=None)
+    try:
+        out = clean.clean(interim.assign(usd_ppp_per_lcu=0.5), cfg, params_group("clean"))
+    except ValueError as exc:   # a refusal must say where
+        assert str(exc).startswith("tiny: ") and "survey.dta" in str(exc), str(exc)
+        return
+    kept, rejected = out["clean"], out["rejected"]
+    assert sorted(kept["source_row"].tolist() + rejected["source_row"].tolist()) == list(range(len(raw)))
+    assert rejected["reason"].astype(str).str.len().gt(0).all()
+    for table in (interim, book, kept, rejected, out["log"]):
+        text = table.astype(str).to_csv(index=False).casefold()
+        assert not any(v.casefold() in text for v in _NAMES + _PHONES)
+
+
+
+def test_known_safe_patterns_are_not_searched_and_the_rest_of_the_text_is(raw, cfg):
+    from pipeline.ingest import IngestError
+    from pipeline.study import StudyConfigError, normalise
+
+    notes = pd.DataFrame({"notes": ["batch LOT 23456789 sold", "ok", "batch LOT 34567890"]})
+    assert [f["rows"] for f in find_identifiers(notes)] == [[0, 2]]                  # read as ID numbers
+    assert find_identifiers(notes, safe_patterns=[r"LOT \d{8}"]) == []
+    phone = notes.assign(notes=notes["notes"] + [" call 0712 345 678", "", ""])
+    assert [(f["rule"], f["rows"]) for f in find_identifiers(phone, safe_patterns=[r"LOT \d{8}"])] == [
+        ("phone numbers", [0])]
+    labels = {"region": {1: "stock LOT 23456789", 2: "north"}}
+    with pytest.raises(IngestError, match="column 'region', code 1: ID number"):
+        _ingest_one(raw, cfg, labels)
+    _ingest_one(raw, {**cfg, "not_identifier_patterns": [r"LOT \d{8}"]}, labels)
+    with pytest.raises(StudyConfigError, match=r"not_identifier_patterns: 'LOT-\(' is not a regular expression"):
+        normalise({**cfg, "not_identifier_patterns": ["LOT-("]})

@@ -56,6 +56,18 @@ class Sample:
         return len(self.y)
 
 
+def _study_prefix(df: pd.DataFrame) -> str:
+    """``"<study>: "`` when the analysis table names its study (its ``study`` column), else ``""``."""
+    studies = df["study"].dropna().unique() if "study" in df.columns else []
+    return f"{studies[0]}: " if len(studies) == 1 else ""
+
+
+def _first_rows(mask: np.ndarray, limit: int = 5) -> str:
+    """The first row positions (0-based) where ``mask`` holds, with the count when there are more."""
+    rows = np.flatnonzero(mask)
+    return str(rows[:limit].tolist()) + (f" (and {len(rows) - limit} more)" if len(rows) > limit else "")
+
+
 def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool) -> Sample:
     """The estimation sample of ``spec`` as arrays: follow-up rows (``spec.followup_only``) of
     ``sample`` (None or ``all``, ``women``, ``men``) with the outcome observed (and, with
@@ -69,13 +81,16 @@ def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool)
     with_gender = need_gender or sample != ALL
     baseline = baseline_columns(df, spec)
     _require_spec_columns(df, spec, with_gender)
-    sub = df.loc[_sample_rows(df, spec, sample, baseline)]
+    keep = _sample_rows(df, spec, sample, baseline)
+    sub = df.loc[keep]
 
     def design_var(col: str, binary: bool = False) -> np.ndarray:
         v = as_float(sub[col], col)
-        if np.isnan(v).any():
-            raise ValueError(f"column {col!r} has missing values in the estimation sample "
-                             f"of {spec.outcome!r}")
+        if not np.isfinite(v).all():
+            at = np.zeros(len(df), dtype=bool)
+            at[np.flatnonzero(keep)[~np.isfinite(v)]] = True
+            raise ValueError(f"{_study_prefix(df)}column {col!r} has missing (NaN) or infinite values in the "
+                             f"estimation sample of {spec.outcome!r} at rows {_first_rows(at)} of the analysis table")
         if binary and not np.isin(v, (0.0, 1.0)).all():
             raise ValueError(f"column {col!r} must be 0/1")
         return v
@@ -125,6 +140,9 @@ def _sample_rows(df: pd.DataFrame, spec: Spec, sample: str, baseline: tuple[str,
     listwise = bool(baseline) and spec.missing_baseline == "listwise"
     if listwise:
         keep &= _baseline_observed(df, spec)    # complete cases: baseline observed
+    if np.isinf(y_all[keep]).any():
+        raise ValueError(f"{_study_prefix(df)}column {spec.outcome!r} has infinite values at rows "
+                         f"{_first_rows(keep & np.isinf(y_all))} of the analysis table")
     if not keep.any():
         raise ValueError(f"outcome {spec.outcome!r} has no non-missing observations "
                          f"in sample {sample!r}"
