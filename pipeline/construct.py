@@ -161,7 +161,10 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
     return out
 
 
-def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) -> pd.DataFrame:
+def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *, checked: bool = True
+              ) -> pd.DataFrame:
+    """The analysis table of a clean table; ``checked=False`` (the simulation's draws after the
+    first) skips the pandera validation of the result, nothing else."""
     cfg = normalise(cfg)
     unit, round_col, study = cfg["unit_id"], cfg.get("round"), cfg["study"]
     firms = firm_table(clean, cfg)
@@ -233,7 +236,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
              "treat_capital", "female_owner", "stratum", "cluster_id"]
     first += [c for c in table.columns if c.startswith("arm_")]
     table = table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
-    validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
+    if checked:
+        validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
     return table
 
 
