@@ -72,9 +72,13 @@ def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str) -> tuple[pd.DataF
     order_cols = [c for c in (sub.get("time"), sub.get("id")) if c] + ["source_file", "source_row"]
     meta = ["source_file", "source_row"] + [c for c in (sub.get("time"), sub.get("id")) if c]
     df = df.sort_values(order_cols, kind="stable")
-    hashes = content_hash(df, meta)
-    identical = pd.DataFrame({k: df[k] for k in keys}).assign(_h=hashes.to_numpy()).duplicated(keep="first")
-    identical.index = df.index
+    # only rows sharing their unit x round with another row can repeat one: hash those alone
+    shared = df.duplicated(keys, keep=False).to_numpy()
+    repeated = df.loc[shared]
+    hashes = content_hash(repeated, meta)
+    identical = pd.Series(False, index=df.index)
+    identical.iloc[shared] = pd.DataFrame({k: repeated[k] for k in keys}).assign(
+        _h=hashes.to_numpy()).duplicated(keep="first").to_numpy()
     rejected = [rejected_rows(df, identical, "duplicate_identical",
                           "identical answers to an earlier submission of the same interview")]
     df = df.loc[~identical]

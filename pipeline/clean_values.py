@@ -113,7 +113,8 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
         "new_value": np.nan,
         "rule": "missing_code:" + pd.Series(old_value.astype("int64")).map(codes).to_numpy(dtype=object),
     })
-    replaced = {c: df[c].astype("float64").mask(coded[:, k]) for k, c in enumerate(numeric) if coded[:, k].any()}
+    block[coded] = np.nan                      # the block holds each column as float64 already
+    replaced = {c: pd.Series(block[:, k], index=df.index) for k, c in enumerate(numeric) if coded[:, k].any()}
     return df.assign(**replaced), concat_logs([log])
 
 

@@ -31,13 +31,13 @@ class ConstructError(ValueError):
 
 def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str, shown: str | None = None) -> pd.Series:
     """A per-firm attribute that must not vary across rounds (assignment, strata, gender)."""
-    values = df[[unit, column]].dropna()
-    n_distinct = values.groupby(unit)[column].nunique()
+    by_unit = df[[unit, column]].dropna().groupby(unit)[column]     # one grouping for both
+    n_distinct = by_unit.nunique()
     varying = n_distinct[n_distinct > 1]
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
                              f"units, e.g. {varying.index[:5].tolist()}")
-    return values.groupby(unit)[column].first()
+    return by_unit.first()
 
 
 def reference_arm(cfg: dict):
@@ -154,7 +154,10 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
     out = pd.DataFrame(index=clean.index)
     groups = {"skills_index": spec["columns"], **{f"skills_{a}": cols for a, cols in spec.get("areas", {}).items()}}
     for name, cols in groups.items():
-        items = clean[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+        items = clean[cols]
+        if not all(pd.api.types.is_numeric_dtype(items[c]) for c in cols):   # to_numeric keeps numbers as they are
+            items = items.apply(pd.to_numeric, errors="coerce")
+        items = items.astype("float64")
         answered = items.notna().sum(axis=1)
         score = items.mean(axis=1)
         out[name] = score.where(answered >= min_answered_share * len(cols))
