@@ -220,8 +220,9 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *,
     if baseline is not None:
         value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
         bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
+        aligned = bl.reindex(table[key].to_numpy()).set_axis(table.index)   # one lookup for every column
         for col in value_cols:
-            values = table[key].map(bl[col])
+            values = aligned[col]
             added[f"{col}_bl_missing"] = values.isna().astype("int8")
             added[f"{col}_bl"] = values.fillna(0.0)
     for col, values in pre_columns.items():
