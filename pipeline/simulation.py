@@ -92,7 +92,7 @@ def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_
     survey, value_labels, variable_labels, truth = synthetic.generate(synth_params)
     # the generator writes one file (studies/synthetic.yaml files[0]); it has no hashed identifiers
     interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None,
-                                     scan_identifiers=False)
+                                     scan_identifiers=False, describe=False)
     factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
     interim = ingest.interim_table([interim], cfg, factor)
     cleaned = clean.clean(interim, cfg, clean_params, checked=checked)["clean"]
