@@ -7,7 +7,9 @@ numbered, in memory) and :func:`pipeline.ingest.interim_table`, ``pipeline.clean
 ``pipeline.construct.construct`` with ``studies/synthetic.yaml`` and the ``clean:`` /
 ``construct:`` params, and the ``by_gender`` ANCOVA model of ``pipeline.estimation`` (the
 ``estimate:`` specification: strata and round FE, cluster SE with the ``estimate.vcov``
-covariance, CR1 when absent; ``--vcov`` overrides it) is fitted. For the effects of
+covariance, CR1 when absent; ``--vcov`` overrides it) is fitted. Draw 0 of each study validates
+its clean and analysis tables with the stages' pandera schemas; the other draws, from the same
+generator and rules, skip that check, the flow table and the codebook (:func:`checked_draw`). For the effects of
 training, the grant and their interaction, for women, for men and their difference, we report:
 
 * ``bias_in_sd``: (mean estimate - truth) / SD of the estimates across draws; its Monte Carlo
