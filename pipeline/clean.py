@@ -110,8 +110,12 @@ def clean_schema(cfg: dict, flow_period: str):
 # ------------------------------------------------------------------------------------------------
 # The stage
 # ------------------------------------------------------------------------------------------------
-def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFrame]:
-    """Apply every rule; return clean table, rejected rows, value log and flow table."""
+def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict[str, pd.DataFrame]:
+    """Apply every rule; return clean table, rejected rows, value log and flow table.
+
+    ``checked=False`` (the simulation's draws after the first, whose generator and rules are the
+    ones a checked draw already passed): no pandera validation and no flow table (``flow`` None);
+    the rules, the row accounting and every other output are the same."""
     cfg = normalise(cfg)
     params = effective_clean_params(cfg, params)
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
@@ -155,13 +159,14 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict) -> dict[str, pd.DataFr
     steps = [("after invalid rows", after_invalid), ("after duplicates", after_dups), ("clean", df)]
     if cfg["not_interviewed"]:
         steps.append(("clean and interviewed", df[df["interviewed"] == 1]))
-    flow = flow_table(interim, steps, cfg)
+    flow = flow_table(interim, steps, cfg) if checked else None
     if len(df) + len(rejected) != len(interim):
         raise CleaningError(f"{cfg['study']}: row accounting broken: {len(df)} clean + {len(rejected)} rejected "
                             f"!= {len(interim)} raw")
     df = df.reset_index(drop=True)
-    validate_frame(df, clean_schema(cfg, period), cfg["study"], "clean",
-                   ["source_file", "source_row", cfg["unit_id"]] + ([cfg["round"]] if cfg["round"] else []))
+    if checked:
+        validate_frame(df, clean_schema(cfg, period), cfg["study"], "clean",
+                       ["source_file", "source_row", cfg["unit_id"]] + ([cfg["round"]] if cfg["round"] else []))
     extra = {"outliers_changed": changed, "method": method, "text_parsed": parsed, "params": params}
     return {"clean": df, "rejected": rejected, "log": log, "flow": flow, "extra": extra}
 

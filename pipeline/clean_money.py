@@ -30,7 +30,7 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
                                 f"not in recall_period.codes ({rows_hint(df, unknown)})")
     else:
         period = pd.Series(spec.get("value", flow_period), index=df.index)
-    bad = sorted(set(period.dropna()) - set(PER_YEAR))
+    bad = sorted(set(period.dropna().unique()) - set(PER_YEAR))   # per distinct value
     if bad:
         raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
     factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow

@@ -71,29 +71,33 @@ def resolve_duplicates(df: pd.DataFrame, cfg: dict, rule: str) -> tuple[pd.DataF
     sub = cfg.get("submission") or {}
     order_cols = [c for c in (sub.get("time"), sub.get("id")) if c] + ["source_file", "source_row"]
     meta = ["source_file", "source_row"] + [c for c in (sub.get("time"), sub.get("id")) if c]
-    df = df.sort_values(order_cols, kind="stable")
-    hashes = content_hash(df, meta)
-    identical = pd.DataFrame({k: df[k] for k in keys}).assign(_h=hashes.to_numpy()).duplicated(keep="first")
-    identical.index = df.index
-    rejected = [rejected_rows(df, identical, "duplicate_identical",
+    # Only rows sharing their unit x round with another row can repeat or conflict: they alone are
+    # put in submission order and hashed. The table leaves in (source_file, source_row) order, unique.
+    shared = df.duplicated(keys, keep=False)
+    copies = df.loc[shared].sort_values(order_cols, kind="stable")
+    hashes = content_hash(copies, meta)
+    identical = pd.DataFrame({k: copies[k] for k in keys}).assign(_h=hashes.to_numpy()).duplicated(keep="first")
+    identical.index = copies.index
+    rejected = [rejected_rows(copies, identical, "duplicate_identical",
                           "identical answers to an earlier submission of the same interview")]
-    df = df.loc[~identical]
-    dup_any = df.duplicated(keys, keep=False)
+    copies = copies.loc[~identical]
+    dup_any = copies.duplicated(keys, keep=False)
+    dropped = identical[identical].index
     if dup_any.any():
         if rule == "error":
-            ids = df.loc[dup_any, keys].drop_duplicates().head(5).to_dict("records")
+            ids = copies.loc[dup_any, keys].drop_duplicates().head(5).to_dict("records")
             raise CleaningError(f"{cfg['study']}: {int(dup_any.sum())} conflicting submissions of the same "
-                                f"{' x '.join(keys)} ({rows_hint(df, dup_any)}; ids {ids}); set clean.duplicate_rule")
+                                f"{' x '.join(keys)} ({rows_hint(copies, dup_any)}; ids {ids}); set clean.duplicate_rule")
         if rule == "latest":
-            superseded = df.duplicated(keys, keep="last")
-            rejected.append(rejected_rows(df, superseded, "duplicate_conflicting",
+            superseded = copies.duplicated(keys, keep="last")
+            rejected.append(rejected_rows(copies, superseded, "duplicate_conflicting",
                                       "answers differ from a later submission of the same interview; the latest is kept"))
-            df = df.loc[~superseded]
+            dropped = dropped.append(superseded[superseded].index)
         elif rule == "drop_all":
-            rejected.append(rejected_rows(df, dup_any, "duplicate_conflicting",
+            rejected.append(rejected_rows(copies, dup_any, "duplicate_conflicting",
                                       "conflicting submissions of the same interview; all copies dropped"))
-            df = df.loc[~dup_any]
+            dropped = dropped.append(dup_any[dup_any].index)
         else:
             raise CleaningError(f"clean.duplicate_rule={rule!r}: expected latest, drop_all or error")
+    df = df.loc[~df.index.isin(dropped)]
     return df.sort_values(["source_file", "source_row"], kind="stable"), pd.concat(rejected)
-

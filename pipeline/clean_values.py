@@ -104,16 +104,19 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
         return df.copy(), concat_logs([])
     col_pos, row_pos = np.nonzero(coded.T)     # column by column, rows in order within each
     old_value = block[row_pos, col_pos]
+    # text columns taken from short arrays of distinct values (one string per code, per column)
+    code_pos, code_values = pd.factorize(old_value.astype("int64"))
     log = pd.DataFrame({
-        "source_file": df["source_file"].to_numpy()[row_pos],
+        "source_file": df["source_file"].astype("str").array.take(row_pos),
         "source_row": df["source_row"].to_numpy()[row_pos],
-        "column": np.asarray(numeric, dtype=object)[col_pos],
+        "column": pd.array(numeric, dtype="str").take(col_pos),
         "old_value": old_value,
         "old_text": "",
         "new_value": np.nan,
-        "rule": "missing_code:" + pd.Series(old_value.astype("int64")).map(codes).to_numpy(dtype=object),
+        "rule": pd.array([f"missing_code:{codes[int(c)]}" for c in code_values], dtype="str").take(code_pos),
     })
-    replaced = {c: df[c].astype("float64").mask(coded[:, k]) for k, c in enumerate(numeric) if coded[:, k].any()}
+    block[coded] = np.nan                      # the block holds each column as float64 already
+    replaced = {c: pd.Series(block[:, k], index=df.index) for k, c in enumerate(numeric) if coded[:, k].any()}
     return df.assign(**replaced), concat_logs([log])
 
 

@@ -31,13 +31,13 @@ class ConstructError(ValueError):
 
 def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str, shown: str | None = None) -> pd.Series:
     """A per-firm attribute that must not vary across rounds (assignment, strata, gender)."""
-    values = df[[unit, column]].dropna()
-    n_distinct = values.groupby(unit)[column].nunique()
+    by_unit = df[[unit, column]].dropna().groupby(unit)[column]     # one grouping for both
+    n_distinct = by_unit.nunique()
     varying = n_distinct[n_distinct > 1]
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
                              f"units, e.g. {varying.index[:5].tolist()}")
-    return values.groupby(unit)[column].first()
+    return by_unit.first()
 
 
 def reference_arm(cfg: dict):
@@ -163,14 +163,20 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
     out = pd.DataFrame(index=clean.index)
     groups = {"skills_index": spec["columns"], **{f"skills_{a}": cols for a, cols in spec.get("areas", {}).items()}}
     for name, cols in groups.items():
-        items = clean[cols].apply(pd.to_numeric, errors="coerce").astype("float64")
+        items = clean[cols]
+        if not all(pd.api.types.is_numeric_dtype(items[c]) for c in cols):   # to_numeric keeps numbers as they are
+            items = items.apply(pd.to_numeric, errors="coerce")
+        items = items.astype("float64")
         answered = items.notna().sum(axis=1)
         score = items.mean(axis=1)
         out[name] = score.where(answered >= min_answered_share * len(cols))
     return out
 
 
-def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) -> pd.DataFrame:
+def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *, checked: bool = True
+              ) -> pd.DataFrame:
+    """The analysis table of a clean table; ``checked=False`` (the simulation's draws after the
+    first) skips the pandera validation of the result, nothing else."""
     cfg = normalise(cfg)
     unit, round_col, study = cfg["unit_id"], cfg.get("round"), cfg["study"]
     firms = firm_table(clean, cfg)
@@ -223,8 +229,9 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
     if baseline is not None:
         value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
         bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
+        aligned = bl.reindex(table[key].to_numpy()).set_axis(table.index)   # one lookup for every column
         for col in value_cols:
-            values = table[key].map(bl[col])
+            values = aligned[col]
             added[f"{col}_bl_missing"] = values.isna().astype("int8")
             added[f"{col}_bl"] = values.fillna(0.0)
     for col, values in pre_columns.items():
@@ -244,7 +251,8 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str) ->
              "treat_capital", "female_owner", "stratum", "cluster_id"]
     first += [c for c in table.columns if c.startswith("arm_")]
     table = table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
-    validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
+    if checked:
+        validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
     return table
 
 

@@ -338,7 +338,8 @@ def conversion_factor(cfg: dict, data_dir: str | Path) -> tuple[float, dict]:
 # The stage
 # ------------------------------------------------------------------------------------------------
 def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, cfg: dict, entry: dict,
-                 salt: str | None, scan_identifiers: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 salt: str | None, scan_identifiers: bool = True, describe: bool = True
+                 ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """One parsed file -> (interim rows, codebook rows): columns renamed, required columns checked,
     identifiers dropped or hashed, the rest scanned for undeclared identifiers, rows numbered.
 
@@ -346,7 +347,8 @@ def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, 
     every survey the generator draws, so both take the same path from raw table to interim table.
     The simulation skips the identifier scan (``scan_identifiers=False``): it costs about half a
     second per survey, changes no value, and its draws are never written as tables; the ingest
-    stage scans the default survey itself."""
+    stage scans the default survey itself. ``describe=False`` (the simulation's draws, which
+    discard it) skips the codebook (None): one count of distinct values per column."""
     source = entry["path"]
     data = data.copy(deep=False)  # the caller's frame stays as it was
     data.attrs = {}
@@ -365,7 +367,8 @@ def ingest_frame(data: pd.DataFrame, value_labels: dict, variable_labels: dict, 
     except IdentifierLeakError as exc:
         raise IngestError(f"{cfg['study']}: {exc}") from None
     book = codebook(data.drop(columns=[c for c in cfg["identifiers"] if c in data.columns]),
-                    value_labels, variable_labels, cfg["identifiers"], source, cfg["hash_identifiers"])
+                    value_labels, variable_labels, cfg["identifiers"], source,
+                    cfg["hash_identifiers"]) if describe else None
     data = drop_identifiers(data, cfg["identifiers"], source)
     data = hash_identifiers(data, cfg["hash_identifiers"], salt, source)
     try:

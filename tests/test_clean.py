@@ -25,6 +25,26 @@ def test_every_raw_row_is_clean_or_rejected_with_a_rule(cfg, interim):
     assert not out["clean"].duplicated(["firm_id", "round"]).any()
 
 
+def test_unchecked_clean_skips_validation_and_flow_with_the_same_tables(cfg, interim, monkeypatch):
+    """checked=False (the simulation's draws after the first): same clean table, rejected rows and
+    value log as the checked run, no flow table, and pandera is not called."""
+    checked = clean.clean(interim, cfg, PARAMS)
+    monkeypatch.setattr(clean, "validate_frame", lambda *a, **k: pytest.fail("validated although unchecked"))
+    unchecked = clean.clean(interim, cfg, PARAMS, checked=False)
+    for name in ("clean", "rejected", "log"):
+        pd.testing.assert_frame_equal(unchecked[name], checked[name], check_exact=True)
+    assert unchecked["flow"] is None and checked["flow"] is not None
+
+
+def test_identical_copies_are_found_among_rows_sharing_a_unit_and_round(cfg, interim):
+    """Only rows whose unit x round repeats are hashed: a row with the same answers as a row of
+    another firm is not a duplicate; a copy of a unique row (new submission id) is."""
+    extra = interim[interim["submission_id"] == "s01"].assign(submission_id="s99", source_row=len(interim))
+    out = clean.clean(pd.concat([interim, extra], ignore_index=True), cfg, PARAMS)
+    assert out["rejected"].set_index("submission_id").loc["s99", "rule"] == "duplicate_identical"
+    assert "s01" in set(out["clean"]["submission_id"])
+
+
 def test_flow_table_counts_by_arm(cfg, interim):
     flow = clean.clean(interim, cfg, PARAMS)["flow"].set_index("step")
     assert flow.loc["raw rows", "all"] == 12

@@ -72,6 +72,15 @@ def test_arm_columns_one_per_non_control_arm(table):
         assert ((table[col] == 1) == (table["arm"] == label)).all()
 
 
+def test_unchecked_construct_is_the_same_table_without_validation(cfg, interim, monkeypatch):
+    cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
+    params = params_group("construct", skills_min_answered_share=0.5)
+    checked = construct.construct(cleaned, cfg, params, "month")
+    monkeypatch.setattr(construct, "validate_frame", lambda *a, **k: pytest.fail("validated although unchecked"))
+    pd.testing.assert_frame_equal(construct.construct(cleaned, cfg, params, "month", checked=False), checked,
+                                  check_exact=True)
+
+
 def test_analysis_table_is_validated(cfg, interim):
     cleaned = clean.clean(interim, cfg, PARAMS)["clean"]
     cleaned.loc[0, "bp_1"] = 3                                 # a practice answered "3": share > 1

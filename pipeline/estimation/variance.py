@@ -187,9 +187,20 @@ def _dense_design(Z0, fes) -> np.ndarray:
     return np.hstack(blocks)
 
 
+def _cluster_blocks(groups: np.ndarray, n_clusters: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The clusters grouped by size, for batched linear algebra: ``[(clusters (B,), rows (B, size))]``,
+    each cluster's rows in data order."""
+    order = np.argsort(groups, kind="stable")
+    sizes = np.bincount(groups, minlength=n_clusters)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return [(gs, order[starts[gs][:, None] + np.arange(size)])
+            for size in np.unique(sizes) for gs in [np.flatnonzero(sizes == size)]]
+
+
 def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix, and the
-    Bell-McCaffrey degrees of freedom of contrasts (:func:`_bell_mccaffrey_df`)."""
+    Bell-McCaffrey degrees of freedom of contrasts (:func:`_bell_mccaffrey_df`). The per-cluster
+    ``A_g`` come from one batched ``eigh`` per cluster size (the same LAPACK call per block)."""
     k = Z0.shape[0] - 1
     n_levels = sum(L for _, L, _ in fes)
     if n_levels > MAX_DENSE_DUMMIES:
@@ -206,42 +217,43 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.n
     d[d == 0] = 1.0
     Ainv = np.linalg.pinv(A / np.outer(d, d), rcond=1e-11, hermitian=True) / np.outer(d, d)
     u = y - M @ (Ainv @ (M.T @ y))
-    order = np.argsort(groups, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(groups, minlength=n_clusters))])
-    meat = np.zeros((M.shape[1], M.shape[1]))
-    adjust = []                                  # (rows of g, A_g = (I - H_gg)^-1/2)
-    for g in range(n_clusters):
-        idx = order[bounds[g]:bounds[g + 1]]
-        Mg = M[idx]
-        H = Mg @ Ainv @ Mg.T
-        ev, vec = np.linalg.eigh(np.eye(len(idx)) - (H + H.T) / 2.0)
+    scores = np.empty((n_clusters, M.shape[1]))
+    adjust = []                                  # (clusters, their rows, M_g, A_g = (I - H_gg)^-1/2), by size
+    for gs, rows in _cluster_blocks(groups, n_clusters):
+        Mg = M[rows]                                             # (B, n_g, p)
+        H = Mg @ Ainv @ Mg.transpose(0, 2, 1)
+        ev, vec = np.linalg.eigh(np.eye(rows.shape[1]) - (H + H.transpose(0, 2, 1)) / 2.0)
         inv_sqrt = np.where(ev > 1e-12, 1.0 / np.sqrt(np.clip(ev, 1e-12, None)), 0.0)
-        sg = Mg.T @ (vec @ (inv_sqrt * (vec.T @ u[idx])))
+        t = inv_sqrt * (vec.transpose(0, 2, 1) @ u[rows][:, :, None])[:, :, 0]
+        scores[gs] = (Mg.transpose(0, 2, 1) @ (vec @ t[:, :, None]))[:, :, 0]
+        adjust.append((gs, Mg, (vec * inv_sqrt[:, None, :]) @ vec.transpose(0, 2, 1)))
+    meat = np.zeros((M.shape[1], M.shape[1]))
+    for sg in scores:                            # summed in cluster order
         meat += np.outer(sg, sg)
-        adjust.append((idx, (vec * inv_sqrt) @ vec.T))
     V = Ainv @ meat @ Ainv
 
     def contrast_df(C: np.ndarray) -> np.ndarray:
         C = np.atleast_2d(C)
-        return _bell_mccaffrey_df(M, Ainv, adjust, np.hstack([C, np.zeros((len(C), M.shape[1] - k))]))
+        return _bell_mccaffrey_df(Ainv, adjust, n_clusters, np.hstack([C, np.zeros((len(C), M.shape[1] - k))]))
     return V[:k, :k], contrast_df
 
 
-def _bell_mccaffrey_df(M, Ainv, adjust, C) -> np.ndarray:
+def _bell_mccaffrey_df(Ainv, adjust, n_clusters, C) -> np.ndarray:
     """Degrees of freedom of the CR2 t-tests of c'b for each row c of ``C`` (Bell & McCaffrey 2002;
     Imbens & Kolesar 2016, eq. 9; Pustejovsky & Tipton 2018 with the fixed effects in the hat
     matrix), under the working model of independent, homoskedastic errors (sqrt(w) metric): with
     ``G_g = (I - H)[:, g] q_g``, ``q_g = A_g M_g (M'M)^-1 c``, and ``l`` the eigenvalues of
     ``G'G``, ``df = (sum l)^2 / sum l^2``. As I - H is a projection,
-    ``G'G = diag(q_g'q_g) - R' (M'M)^-1 R`` with ``R = [M_g'q_g]_g``: no n x G matrix."""
+    ``G'G = diag(q_g'q_g) - R' (M'M)^-1 R`` with ``R = [M_g'q_g]_g``: no n x G matrix.
+    ``adjust``: (clusters, M_g, A_g) stacked by cluster size (:func:`_cr2_cov`)."""
     Bc = Ainv @ C.T                                          # (p, m)
     m = C.shape[0]
-    qq = np.empty((len(adjust), m))
-    R = np.empty((m, M.shape[1], len(adjust)))
-    for g, (idx, Ag) in enumerate(adjust):
-        q = Ag @ (M[idx] @ Bc)                               # (n_g, m)
-        qq[g] = np.einsum("ij,ij->j", q, q)
-        R[:, :, g] = (M[idx].T @ q).T
+    qq = np.empty((n_clusters, m))
+    R = np.empty((m, Ainv.shape[0], n_clusters))
+    for gs, Mg, Ag in adjust:
+        q = Ag @ (Mg @ Bc)                                   # (B, n_g, m)
+        qq[gs] = np.einsum("bij,bij->bj", q, q)
+        R[:, :, gs] = (Mg.transpose(0, 2, 1) @ q).transpose(2, 1, 0)
     out = np.empty(m)
     for j in range(m):
         GtG = np.diag(qq[:, j]) - R[j].T @ Ainv @ R[j]

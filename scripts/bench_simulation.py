@@ -1,0 +1,140 @@
+"""Benchmark the simulation's draws: CPU seconds per draw and where they go.
+
+    .venv/bin/python scripts/bench_simulation.py [--draws 5] [--few 2] [--against main] [--rounds 2]
+
+Runs ``--draws`` main draws and ``--few`` few-cluster draws serially (BLAS pinned to one thread, as
+on the stage's dask workers), after one warm-up draw of each kind (draw 0, the one that validates
+its tables), and prints CPU seconds per draw, then the share of the main draws' CPU time in each
+component (cProfile, cumulative, so nested components overlap: validation is inside clean and
+construct, CR2 inside estimation). The machine is shared: compare numbers from one run, or CPU
+seconds (not wall time) from runs at similar load. Asserts nothing.
+
+``--against REF`` also measures the code of git revision ``REF`` (``git archive`` into a temporary
+folder) side by side: the two codes' timings run in alternating child processes (``--rounds`` each,
+the fastest kept), so both see the same machine load, and the ratio is printed.
+"""
+from __future__ import annotations
+
+import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_name] = "1"           # before numpy is imported, as parallel.SINGLE_THREAD_ENV on workers
+
+import argparse  # noqa: E402
+import cProfile  # noqa: E402
+import json  # noqa: E402
+import pstats  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or Path(__file__).resolve().parents[1])
+sys.path.insert(0, str(ROOT))
+
+from pipeline import simulation  # noqa: E402
+from pipeline.io import load_params  # noqa: E402
+from pipeline.study import load_study  # noqa: E402
+
+# component -> (file suffix, function name) of the function whose cumulative time it is
+COMPONENTS = {
+    "generator (synthetic.generate)": ("pipeline/synthetic.py", "generate"),
+    "ingest (ingest_frame)": ("pipeline/ingest.py", "ingest_frame"),
+    "clean (clean.clean)": ("pipeline/clean.py", "clean"),
+    "construct (construct.construct)": ("pipeline/construct.py", "construct"),
+    "  of which pandera validation": ("pipeline/schemas.py", "validate_frame"),
+    "estimation (fit.fit)": ("pipeline/estimation/fit.py", "fit"),
+    "  of which CR2 covariance": ("pipeline/estimation/variance.py", "_cr2_cov"),
+    "  of which Bell-McCaffrey df": ("pipeline/estimation/variance.py", "_bell_mccaffrey_df"),
+    "tidy tables (tables.tidy)": ("pipeline/estimation/tables.py", "tidy"),
+}
+
+
+def settings() -> dict:
+    params = load_params()
+    return simulation.build_settings(params["synthetic"], params["clean"], params["construct"], params["estimate"],
+                                     load_study("synthetic"),
+                                     wild_reps=params["simulation"]["wild_bootstrap_reps"])
+
+
+def cpu_per_draw(draw, n: int, s: dict) -> float:
+    start = time.process_time()
+    for i in range(1, n + 1):
+        draw(i, s)
+    return (time.process_time() - start) / n
+
+
+def shares(n: int, s: dict) -> list[tuple[str, float]]:
+    profile = cProfile.Profile()
+    profile.enable()
+    for i in range(1, n + 1):
+        simulation.one_draw(i, s)
+    profile.disable()
+    stats = pstats.Stats(profile).stats
+    total = max(ct for (_, _, _), (_, _, _, ct, _) in stats.items())
+    out = []
+    for label, (suffix, name) in COMPONENTS.items():
+        cum = sum(ct for (path, _, fn), (_, _, _, ct, _) in stats.items() if path.endswith(suffix) and fn == name)
+        out.append((label, cum / total))
+    return out
+
+
+def timings(draws: int, few: int) -> dict:
+    """CPU seconds per main and few-clusters draw of the code under ``ROOT`` (after warm-up)."""
+    s = settings()
+    simulation.one_draw(0, s)
+    simulation.few_cluster_draw(0, s)
+    return {"main": cpu_per_draw(simulation.one_draw, draws, s),
+            "few": cpu_per_draw(simulation.few_cluster_draw, few, s)}
+
+
+def side_by_side(ref: str, draws: int, few: int, rounds: int) -> None:
+    """This checkout's code against git revision ``ref``, in alternating child processes."""
+    here = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(here), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        best: dict[str, dict] = {}
+        for _ in range(rounds):
+            for label, root in ((ref, tmp), ("this checkout", str(here))):
+                out = subprocess.run([sys.executable, __file__, "--child", "--draws", str(draws), "--few", str(few)],
+                                     env={**os.environ, "BENCH_CODE_ROOT": root, "PYTHONPATH": root},
+                                     check=True, capture_output=True, text=True, cwd=root).stdout
+                got = json.loads(out.strip().splitlines()[-1])
+                best[label] = {k: min(v, best.get(label, got)[k]) for k, v in got.items()}
+    print(f"CPU s/draw, fastest of {rounds} alternating runs ({draws} main, {few} few-clusters draws each):")
+    print(f"  {'kind':<14}{ref:>14}{'this checkout':>16}{'ratio':>8}")
+    for kind in ("main", "few"):
+        old, new = best[ref][kind], best["this checkout"][kind]
+        print(f"  {kind:<14}{old:>14.3f}{new:>16.3f}{old / new:>7.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--few", type=int, default=2)
+    parser.add_argument("--against", help="a git revision to time side by side (e.g. main)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(timings(args.draws, args.few)))
+        return
+    if args.against:
+        side_by_side(args.against, args.draws, args.few, args.rounds)
+    s = settings()
+    simulation.one_draw(0, s)              # warm-up: imports, caches, the validated draw
+    simulation.few_cluster_draw(0, s)
+    print(f"code: {simulation.__file__}")
+    print(f"main draw (2 variants x 2 outcomes):  {cpu_per_draw(simulation.one_draw, args.draws, s):.3f} "
+          f"CPU s/draw over {args.draws} draws")
+    print(f"few-clusters draw (CR1, CR2, wild):   {cpu_per_draw(simulation.few_cluster_draw, args.few, s):.3f} "
+          f"CPU s/draw over {args.few} draws")
+    print("share of a main draw's CPU time (cProfile, cumulative):")
+    for label, share in shares(args.draws, s):
+        print(f"  {label:<36} {share:6.1%}")
+
+
+if __name__ == "__main__":
+    main()
