@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.codes import map_distinct
-from pipeline.privacy import EMAIL_RE, PHONE_RE
+from pipeline.identifier_patterns import EMAIL_RE, PHONE_RE
 
 REJECTED_COLUMNS = ["source_file", "source_row", "rule", "reason"]
 LOG_COLUMNS = ["source_file", "source_row", "column", "old_value", "old_text", "new_value", "rule"]

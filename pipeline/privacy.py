@@ -22,6 +22,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.codes import map_distinct, norm_code
+from pipeline.identifier_patterns import (EMAIL_RE, GEOPOINT_RE, PHONE_RE, cued_names, has_cued_name, has_id_number_text,
+                                         has_letters, has_phone_text, id_numbers, name_finding, phone_digits_ok,
+                                         without_dates)
 from pipeline.io import REPO_ROOT, param
 from pipeline.study import normalise
 
@@ -76,142 +79,6 @@ def salted_hash(values: pd.Series, salt: str) -> pd.Series:
     return map_distinct(values, one, dtype="object")
 
 
-# ------------------------------------------------------------------------------------------------
-# Identifier detection
-# ------------------------------------------------------------------------------------------------
-_GPS_TOKENS = {"lat", "latitude", "lon", "lng", "longitude", "gps", "geolocation", "geopoint", "geotrace",
-               "geoshape", "coordinates", "coords", "geocode"}
-_PHONE_TOKENS = {"phone", "phones", "phonenumber", "telephone", "tel", "msisdn", "whatsapp", "cellphone",
-                 "mobilenumber", "mobileno"}
-_EMAIL_TOKENS = {"email", "emails", "emailaddress", "mail"}
-_NAME_TOKENS = {"name", "names", "fullname", "firstname", "lastname", "surname", "forename", "givenname",
-                "familyname", "middlename", "nombre", "apellido", "prenom", "nom"}
-# "district_name", "business_name": a place or an organisation, not a person
-_NOT_PERSON = {"district", "village", "region", "province", "state", "county", "city", "town", "market",
-               "business", "firm", "shop", "store", "product", "products", "company", "sector", "school",
-               "branch", "bank", "file", "study", "variable", "brand", "country", "site", "street", "item",
-               "crop", "activity", "lender", "institution", "program", "programme", "project"}
-EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-# 9-15 digits in phone-like groups ("+254 712 345 678", "0712-345-678", "(020) 345 6782",
-# "0712345678"): single space or dash separators, groups of 2-4 digits after the first; not glued to
-# letters, colons, dots, slashes (ids, timestamps, decimals), nor after "<digit>," (the tail of an amount:
-# "1,250,000 2024-01-05" is not a phone), nor a run of table columns ("11594   11594"); dates written out are
-# removed first (:func:`_without_dates`);
-# a dot after the number that ends a sentence ("... 0712 345 678.") is not a decimal point
-PHONE_RE = re.compile(r"(?<![\w:/.\-])(?<!\d,)\+?(?:\(\d{1,4}\)[ -]?)?\d{1,5}(?:[ -]?\d{2,4}){1,5}(?![\w:/\-]|\.\d)")
-# ID numbers (national ID, passport, tax, bank account): 8-20 digits, plain or in groups joined by one
-# space or dash ("12345678", "0123-4567-8901", "1234 5678 9012 3456") or by dots before 3-digit groups
-# ("12.345.678"); not glued to letters, colons, slashes or a decimal; or 6-9 digits after one or two
-# capital letters ("A1234567", "CM12345678AB"). Dates, decimals and round amounts are not ID numbers
-# (:func:`_is_id_number`).
-ID_NUMBER_RE = re.compile(r"(?<![\w.:/\-])(?<!\d,)(?:\d+(?:[ -]\d{2,}|\.\d{3}(?!\d))*|[A-Z]{1,2}\d{6,9}[A-Z]{0,4})"
-                          r"(?![\w:/]|[.,\-]\d)")
-_DATE_DIGITS_RE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?:[0-2]\d[0-5]\d(?:[0-5]\d)?)?")
-# A person named in free text with an innocent column name ("spoke to Mary Wanjiku at her shop"): a
-# capitalised word (not an acronym, weekday, month or pronoun) right after a title (Mr, Mrs, Ms, Dr,
-# Mama, Mzee, Sra, Mme ...) or a cue that a person follows (spoke/talked to or with, met, interviewed,
-# named, wife/son/daughter of ...). A bare pair of capitalised words is not enough: on the real
-# studies' labels it flags 92 of 521 ("Composite Profits", "Business Services").
-NAME_CUE_RE = re.compile(
-    r"(?i:\b(?:mr|mrs|ms|mx|dr|sir|madam|mama|baba|mzee|bibi|sra|srta|mme|mlle)\.?"
-    r"|\b(?:spoke|spoken|speaking|talked|talking|met|meeting|interviewed|named|name\s+is|"
-    r"(?:wife|husband|son|daughter|mother|father|widow)\s+of)(?:\s+(?:to|with))?)"
-    r"\s+([A-Z][\w'’-]*[a-z])\b")
-_NOT_NAMES = {w.casefold() for w in (
-    "The This That These Those He She They We You It Him Her Them His Their Our My Your Me Us "
-    "Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February March April May June July "
-    "August September October November December Today Yesterday Tomorrow").split()}
-
-
-_CAPITAL_RE = re.compile(r"[A-Z]")
-
-
-def _cued_names(s: str) -> list[str]:
-    if not _CAPITAL_RE.search(s):     # a name starts with a capital: skip the longer regex
-        return []
-    return [m.group(1) for m in NAME_CUE_RE.finditer(s) if m.group(1).casefold() not in _NOT_NAMES]
-
-
-def _has_cued_name(s: str) -> bool:
-    return bool(_cued_names(s))
-
-
-GEOPOINT_RE = re.compile(r"^\s*-?\d{1,2}\.\d{3,}[\s,;]+-?\d{1,3}\.\d{3,}(\s+-?\d+(\.\d+)?){0,2}\s*$")
-
-
-def _tokens(column: str) -> list[str]:
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", str(column))
-    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
-
-
-def _name_finding(column: str) -> str | None:
-    tokens = _tokens(column)
-    joined = "".join(tokens)
-    if any(t in _GPS_TOKENS for t in tokens):
-        return "GPS coordinate column name"
-    after_mobile = tokens[tokens.index("mobile") + 1:][:1] if "mobile" in tokens else None
-    if any(t in _PHONE_TOKENS for t in tokens) or joined in _PHONE_TOKENS or (
-            after_mobile is not None and after_mobile in ([], ["number"], ["no"], ["num"], ["phone"])):
-        return "phone-number column name"
-    if any(t in _EMAIL_TOKENS for t in tokens) or "email" in joined:
-        return "e-mail column name"
-    for i, t in enumerate(tokens):
-        if t in _NAME_TOKENS and not (set(tokens[:i]) & _NOT_PERSON):
-            return "person-name column name"
-    return None
-
-
-def _phone_digits_ok(match: str) -> bool:
-    digits = sum(ch.isdigit() for ch in match)
-    return 9 <= digits <= 15
-
-
-_DATE_RE = re.compile(r"(?:19|20)\d\d([-./])\d\d\1\d\d|\d\d([-./])\d\d\2(?:19|20)\d\d")
-
-
-def _without_dates(s: str) -> str:
-    """``s`` with dates written out (2024-01-05, 05.01.2024) replaced by "|": "2024-01-05 2024-01-06"
-    or "2024-01-05 0930" is not one long number."""
-    return _DATE_RE.sub("|", s)
-
-
-def _has_phone_text(s: str) -> bool:
-    return any(_phone_digits_ok(m.group(0)) for m in PHONE_RE.finditer(_without_dates(s)))
-
-
-def _is_id_number(match: str) -> bool:
-    """An ID-number match (:data:`ID_NUMBER_RE`) that is not a date or time stamp (20240105,
-    2024-01-05 0930), a round amount (its digits end in 000: 12500000, 12 500 000) nor a range of
-    two ascending numbers (pages 5559-5583, years 2012-2013)."""
-    if match[:1].isalpha():
-        return True
-    digits = "".join(ch for ch in match if ch.isdigit())
-    pair = re.fullmatch(r"(\d{1,5})-(\d{1,5})", match)
-    if pair and int(pair.group(1)) < int(pair.group(2)):   # a range: pages 5559-5583, years 2012-2013
-        return False
-    return 8 <= len(digits) <= 20 and not digits.endswith("000") and not _DATE_DIGITS_RE.fullmatch(digits)
-
-
-def _id_numbers(s: str) -> list[str]:
-    return [m.group(0) for m in ID_NUMBER_RE.finditer(_without_dates(s)) if _is_id_number(m.group(0))]
-
-
-def _has_id_number_text(s: str) -> bool:
-    """Free text (a value with letters) holding an ID number, or a bare value written in ID-number
-    groups ("0123-4567-8901"; a bare "12345678" or "12 345 678" may be a code or an amount)."""
-    found = _id_numbers(s)
-    if not found:
-        return False
-    if _has_letters(s):
-        return True
-    return any(match[:1].isalpha() or (re.search(r"[ .-]", match) and not re.fullmatch(r"\d{1,3}(?:[ .]\d{3})+", match))
-               for match in found)
-
-
-def _has_letters(s: str) -> bool:
-    return any(ch.isalpha() for ch in s)
-
-
 def safe_text(patterns: Iterable[str]):
     """The per-study allow-list of known-safe values (``not_identifier_patterns``: regular
     expressions such as ``LOT \\d{8}`` for batch codes): a function that blanks every match in a
@@ -263,7 +130,7 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
             if not_hash.any():
                 add(column, "hashed identifier holds values that are not hashes", not_hash)
             continue
-        by_name = _name_finding(column)
+        by_name = name_finding(column)
         if by_name:
             add(column, by_name, series.notna())
             continue
@@ -285,19 +152,19 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
         if emails.any():
             add(column, "e-mail addresses", emails)
             continue
-        phones = _matches(series, _has_phone_text)
+        phones = _matches(series, has_phone_text)
         # In free text (a value with letters) one phone number is one too many; a bare number may be
         # an id of phone length, so a column of bare numbers is flagged only when phones are common
-        in_text = phones & _matches(series, _has_letters)
+        in_text = phones & _matches(series, has_letters)
         n_phones = int(phones.sum())
         if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
             add(column, "phone numbers", phones)
             continue
-        id_numbers = _matches(series, _has_id_number_text)
+        id_numbers = _matches(series, has_id_number_text)
         if id_numbers.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
             add(column, "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_numbers)
             continue
-        cued = _matches(series, _has_cued_name)
+        cued = _matches(series, has_cued_name)
         if cued.any():
             add(column, "a person's name after a title or cue (Mr, spoke to ...) in text", cued)
             continue
@@ -375,9 +242,9 @@ def value_label_findings(value_labels: Mapping[str, Mapping], *, allow: Iterable
         for code, label in (labels or {}).items():
             text = safe(label)
             rule = ("e-mail address" if EMAIL_RE.search(text) else
-                    "phone number" if _has_phone_text(text) else
-                    "ID number" if _id_numbers(text) else
-                    "a person's name after a title or cue" if _has_cued_name(text) else
+                    "phone number" if has_phone_text(text) else
+                    "ID number" if id_numbers(text) else
+                    "a person's name after a title or cue" if has_cued_name(text) else
                     "value of a configured identifier column" if identifier_values is not None
                     and identifier_values.search(text) else None)
             if rule:
@@ -413,13 +280,13 @@ def _text_findings(text: str) -> list[dict]:
     emails = EMAIL_RE.findall(text)
     if emails:
         found.append({"column": "(text)", "rule": "e-mail addresses", "count": len(emails), "rows": []})
-    phones = [m.group(0) for m in PHONE_RE.finditer(_without_dates(text)) if _phone_digits_ok(m.group(0))]
+    phones = [m.group(0) for m in PHONE_RE.finditer(without_dates(text)) if phone_digits_ok(m.group(0))]
     if phones:
         found.append({"column": "(text)", "rule": "phone numbers", "count": len(phones), "rows": []})
-    ids = [m for m in _id_numbers(text) if not _phone_digits_ok(m) or not PHONE_RE.fullmatch(m)]
+    ids = [m for m in id_numbers(text) if not phone_digits_ok(m) or not PHONE_RE.fullmatch(m)]
     if ids:
         found.append({"column": "(text)", "rule": "ID numbers", "count": len(ids), "rows": []})
-    names = _cued_names(text)
+    names = cued_names(text)
     if names:
         found.append({"column": "(text)", "rule": "a person's name after a title or cue", "count": len(names),
                       "rows": []})

@@ -255,7 +255,7 @@ def test_the_new_rules_flag_nothing_in_the_real_studies_labels():
     flag 92 of the 521 labels, hence the cue)."""
     from conftest import REAL_DATA
     from pipeline.ingest import read_raw
-    from pipeline.privacy import _has_cued_name, _id_numbers
+    from pipeline.identifier_patterns import has_cued_name, id_numbers
     from pipeline.study import load_study, resolve_file
 
     studies = ["acz2018", "berge2015", "field2013"] + [f"meager_{s}" for s in (
@@ -271,7 +271,7 @@ def test_the_new_rules_flag_nothing_in_the_real_studies_labels():
             labels += [str(v) for labs in value_labels.values() for v in labs.values()]
             labels += [str(v) for v in variable_labels.values() if v]
     assert len(labels) == 521
-    assert [t for t in labels if _id_numbers(t) or _has_cued_name(t)] == []
+    assert [t for t in labels if id_numbers(t) or has_cued_name(t)] == []
 
 
 # ------------------------------------------------------------------------------------------------
