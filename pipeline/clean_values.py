@@ -115,6 +115,8 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
         "new_value": np.nan,
         "rule": pd.array([f"missing_code:{codes[int(c)]}" for c in code_values], dtype="str").take(code_pos),
     })
+    if not block.flags.writeable:              # a view of a read-only (e.g. Arrow-backed) block
+        block = block.copy()
     block[coded] = np.nan                      # the block holds each column as float64 already
     replaced = {c: pd.Series(block[:, k], index=df.index) for k, c in enumerate(numeric) if coded[:, k].any()}
     return df.assign(**replaced), concat_logs([log])
