@@ -464,9 +464,9 @@ def write(survey: pd.DataFrame, value_labels: dict[str, dict[int, str]], variabl
 
 def run(context) -> dict:
     """The synthetic stage (``context``: a :class:`pipeline.stage_context.StageContext`): generate
-    the survey from the ``synthetic:`` group and write it to ``outputs["synthetic"]`` (the raw
+    the survey from the ``synthetic:`` group and write it to ``outputs["raw/synthetic"]`` (the raw
     folder; ``truth.json`` records the params); return a small summary."""
-    out_dir = context.outputs["synthetic"]
+    out_dir = context.outputs["raw/synthetic"]
     survey, value_labels, variable_labels, truth = generate(dict(context.params))
     write(survey, value_labels, variable_labels, truth, out_dir)
     mess = truth["mess"]

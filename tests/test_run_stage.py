@@ -1,4 +1,5 @@
 import errno
+import contextlib
 import hashlib
 import os
 import signal
@@ -385,4 +386,34 @@ def test_after_sigkill_the_backup_brings_back_the_previous_outputs(project):
          "assert r.restore_backup(r.stage_outs('synthetic', None), r.backup_dir('synthetic', None)) == []"], repo)
     assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before
     assert not (repo / ".stage-backup").exists()
+    assert "up to date" in run(["dvc", "status", "synthetic"], repo)
+
+
+@pytest.mark.slow
+def test_a_kernel_killed_mid_stage_fails_the_stage_and_restores_the_previous_outputs(project):
+    """Fault inside the kernel (issue 11): the kernel process dies (SIGKILL, as the OOM killer
+    would) while the notebook runs; the runner must fail, and the declared outputs must be exactly
+    those of the previous run, with nothing half-written and DVC seeing the stage up to date."""
+    import psutil
+
+    from _pipeline_copy import env_for, run
+
+    repo, before = project
+    runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
+                              env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    kernels = []
+    while not kernels and runner.poll() is None and time.monotonic() < deadline:
+        kernels = kernels_of(runner.pid)
+        time.sleep(0.05)
+    assert kernels, "no kernel started"
+    time.sleep(1.0)                                               # the notebook is running
+    for kernel in kernels:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kernel.kill()
+    _, err = runner.communicate(timeout=120)
+    assert runner.returncode != 0, "the stage reported success although its kernel died"
+    assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before, err[-2000:]
+    assert not (repo / ".stage-backup").exists()
+    assert not list(repo.rglob("*.tmp"))
     assert "up to date" in run(["dvc", "status", "synthetic"], repo)

@@ -19,7 +19,7 @@ import statsmodels.api as sm
 from _params import params_group
 
 from pipeline import synthetic
-from pipeline.stage_context import StageContext
+from pipeline.stage_context import build
 
 SMALL = params_group(
     "synthetic", seed=7, n_firms=400,
@@ -73,9 +73,13 @@ def test_generate_is_deterministic(small):
 
 
 def test_write_is_byte_identical_and_atomic(small, tmp_path):
-    first, second = tmp_path / "a", tmp_path / "b"
+    first = tmp_path / "a"
     synthetic.write(*small, first)
-    summary = synthetic.run(StageContext("synthetic", params=SMALL, outputs={"synthetic": second}))
+    # the context the stage runner builds from dvc.yaml, rooted in tmp_path (its output names)
+    context = build("synthetic", group=SMALL, root=tmp_path)
+    second = context.outputs["raw/synthetic"]
+    assert second == tmp_path / "data" / "raw" / "synthetic"
+    summary = synthetic.run(context)
     for name in ("survey.dta", "truth.json"):
         assert (first / name).read_bytes() == (second / name).read_bytes()
     synthetic.write(*small, first)  # overwrite in place: same bytes, no temporary files left
