@@ -118,6 +118,122 @@ def balance_columns(arms: Sequence[str] = (), control: str | None = None) -> lis
             "ri_p_value", "n_clusters"]
 
 
+def _sample_mask(base: pd.DataFrame, sample: str, gender: str) -> np.ndarray | None:
+    """Boolean row mask of ``sample`` (``all``, ``women``, ``men``); None without the gender column."""
+    if sample == "all":
+        return np.ones(len(base), dtype=bool)
+    if gender not in base.columns:
+        return None
+    return (base[gender] == (1 if sample == "women" else 0)).to_numpy()
+
+
+def _exceedances(f_obs: float, f_perms) -> int:
+    """Number of permutation statistics that are finite and at least the observed one."""
+    exceed = 0
+    for f in f_perms:
+        exceed += bool(np.isfinite(f) and f >= f_obs * (1 - 1e-12))
+    return exceed
+
+
+def _arm_summaries(x: np.ndarray, codes_obs: np.ndarray, arms: Sequence[str], arm_code_of: dict,
+                   control: str) -> dict:
+    """n / mean / sd per arm (missing values ignored) and each treated arm's normalised difference."""
+    ok = ~np.isnan(x)
+    row = {}
+    for a in arms:
+        v = x[(codes_obs == arm_code_of[a]) & ok]
+        row[f"n_{slug(a)}"] = int(len(v))
+        row[f"mean_{slug(a)}"] = float(v.mean()) if len(v) else np.nan
+        row[f"sd_{slug(a)}"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
+    xc = x[codes_obs == arm_code_of[control]]
+    for a in arms:
+        if a != control:
+            row[f"normdiff_{slug(a)}"] = normalized_difference(x[codes_obs == arm_code_of[a]], xc)
+    return row
+
+
+def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_codes: np.ndarray,
+                    groups: np.ndarray, perms: np.ndarray, ccode: np.ndarray) -> dict:
+    """The F-test columns of one covariate's row and its randomisation p-value (NaN if F is not finite)."""
+    ok = ~np.isnan(x)
+    s_ok = pd.factorize(strata_codes[ok])[0]
+    n_s = int(s_ok.max()) + 1 if ok.any() else 0
+    x_dm = demean_within(x[ok], s_ok)
+    obs = _per_covariate_stat(x_dm, codes_obs[ok], n_arms, s_ok, groups[ok], n_s)
+    row = {"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
+           "f_p_value": obs["p_value"]}
+    if np.isfinite(obs["f_stat"]) and len(perms):
+        f_perms = (_per_covariate_stat(x_dm, perm[ccode][ok], n_arms, s_ok, groups[ok], n_s,
+                                       pvalue=False)["f_stat"] for perm in perms)
+        row["ri_p_value"] = (1 + _exceedances(obs["f_stat"], f_perms)) / (1 + len(perms))
+    else:
+        row["ri_p_value"] = np.nan
+    row["n_clusters"] = obs["n_clusters"]
+    return row
+
+
+def _joint_design(sub: pd.DataFrame, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(regressor matrix, names) of the joint tests: each covariate with missing values set to its
+    mean plus a missing-value dummy where any is missing (all-missing covariates left out)."""
+    Z, znames = [], []
+    for cov in covariates:
+        x = sub[cov].astype("float64").to_numpy()
+        miss = np.isnan(x)
+        if miss.all():
+            continue
+        Z.append(np.where(miss, np.nanmean(x), x))
+        znames.append(cov)
+        if miss.any():
+            Z.append(miss.astype(float))
+            znames.append(f"{cov}_missing")
+    return np.column_stack(Z), znames
+
+
+def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarray, strata_codes: np.ndarray,
+               groups: np.ndarray, perms: np.ndarray, ccode: np.ndarray) -> dict:
+    """The test columns of one arm's joint-test row (arm code ``code`` against control code 0)."""
+    in_comparison = (codes_obs == code) | (codes_obs == 0)
+    keep, dropped = joint_regressors(Z, znames, in_comparison, strata_codes, groups)
+    # The permutations test the same regressors as the observed assignment (one statistic).
+    Zk = Z[:, keep]
+    obs = _joint_stat(Zk, codes_obs, code, strata_codes, groups)
+    notes = [f"dropped {name}: {why}" for name, why in dropped.items()]
+    notes += [obs["note"]] if "note" in obs else []
+    exceed = 0
+    if np.isfinite(obs["f_stat"]):
+        exceed = _exceedances(obs["f_stat"], (_joint_stat(Zk, perm[ccode], code, strata_codes, groups,
+                                                          pvalue=False)["f_stat"] for perm in perms))
+    return {
+        "n_obs": obs["n_obs"], "n_clusters": obs["n_clusters"], "n_regressors": len(znames),
+        "f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
+        "f_p_value": obs["p_value"],
+        "ri_p_value": (1 + exceed) / (1 + len(perms)) if np.isfinite(obs["f_stat"]) else np.nan,
+        "n_permutations": len(perms), "regressors": " ".join(znames), "note": "; ".join(notes),
+    }
+
+
+def _sample_tables(sub: pd.DataFrame, sample: str, covariates: Sequence[str], arms: Sequence[str],
+                   control: str, arm_code_of: dict, ccode: np.ndarray, cluster_arm: np.ndarray,
+                   perms: np.ndarray, strata: str) -> tuple[list[dict], list[dict]]:
+    """(per-covariate rows, joint-test rows) of one sample ``sub``; ``ccode`` its cluster codes."""
+    codes_obs = cluster_arm[ccode]
+    strata_codes = first_appearance_codes(sub[strata])[0]
+    groups = ccode                      # integer cluster codes
+    # (a covariate constant in the sample, e.g. sex, is skipped)
+    varying = [c for c in covariates if np.nanstd(sub[c].astype("float64").to_numpy()) > 0]
+    rows = []
+    for cov in varying:
+        x = sub[cov].astype("float64").to_numpy()
+        rows.append({"sample": sample, "covariate": cov,
+                     **_arm_summaries(x, codes_obs, arms, arm_code_of, control),
+                     **_covariate_test(x, codes_obs, len(arms), strata_codes, groups, perms, ccode)})
+    Z, znames = _joint_design(sub, varying)
+    joint_rows = [{"sample": sample, "comparison": f"{a} vs {control}", "arm": a,
+                   **_joint_row(Z, znames, arm_code_of[a], codes_obs, strata_codes, groups, perms, ccode)}
+                  for a in arms if a != control]
+    return rows, joint_rows
+
+
 def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: Sequence[str], cluster: str,
                    samples: Sequence[str], permutations: int, seed: int, arm: str = "arm",
                    strata: str = "stratum", gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -143,7 +259,6 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: S
     if not covariates:
         raise ValueError("no balance covariates in the data")
     arms, control = arm_order(df, arm, treatments)
-    arms_treated = [a for a in arms if a != control]
     base = df.reset_index(drop=True)
     # clusters in order of first appearance: the permutations index them (inference docstring)
     cl_arm = cluster_level(base, cluster, arm)
@@ -155,84 +270,13 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: S
 
     rows, joint_rows = [], []
     for sample in samples:
-        if sample == "all":
-            sub_mask = np.ones(len(base), dtype=bool)
-        else:
-            if gender not in base.columns:
-                continue
-            sub_mask = (base[gender] == (1 if sample == "women" else 0)).to_numpy()
-        if not sub_mask.any():
+        sub_mask = _sample_mask(base, sample, gender)
+        if sub_mask is None or not sub_mask.any():
             continue
-        sub = base.loc[sub_mask]
-        ccode = cluster_code[sub_mask]
-        codes_obs = cluster_arm[ccode]
-        strata_codes = first_appearance_codes(sub[strata])[0]
-        groups = ccode                      # integer cluster codes
-        # Per covariate.
-        varying = [c for c in covariates if np.nanstd(sub[c].astype("float64").to_numpy()) > 0]
-        for cov in varying:       # (a covariate constant in the sample, e.g. sex, is skipped)
-            x = sub[cov].astype("float64").to_numpy()
-            ok = ~np.isnan(x)
-            row = {"sample": sample, "covariate": cov}
-            for a in arms:
-                v = x[(codes_obs == arm_code_of[a]) & ok]
-                row[f"n_{slug(a)}"] = int(len(v))
-                row[f"mean_{slug(a)}"] = float(v.mean()) if len(v) else np.nan
-                row[f"sd_{slug(a)}"] = float(v.std(ddof=1)) if len(v) > 1 else np.nan
-            xc = x[codes_obs == arm_code_of[control]]
-            for a in arms_treated:
-                row[f"normdiff_{slug(a)}"] = normalized_difference(x[codes_obs == arm_code_of[a]], xc)
-            s_ok = pd.factorize(strata_codes[ok])[0]
-            n_s = int(s_ok.max()) + 1 if ok.any() else 0
-            x_dm = demean_within(x[ok], s_ok)
-            obs = _per_covariate_stat(x_dm, codes_obs[ok], len(arms), s_ok, groups[ok], n_s)
-            row.update({"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
-                        "f_p_value": obs["p_value"]})
-            if np.isfinite(obs["f_stat"]) and len(perms):
-                exceed = 0
-                for perm in perms:
-                    f = _per_covariate_stat(x_dm, perm[ccode][ok], len(arms), s_ok, groups[ok], n_s,
-                                            pvalue=False)["f_stat"]
-                    exceed += bool(np.isfinite(f) and f >= obs["f_stat"] * (1 - 1e-12))
-                row["ri_p_value"] = (1 + exceed) / (1 + len(perms))
-            else:
-                row["ri_p_value"] = np.nan
-            row["n_clusters"] = obs["n_clusters"]
-            rows.append(row)
-        # Joint tests.
-        Z, znames = [], []
-        for cov in varying:
-            x = sub[cov].astype("float64").to_numpy()
-            miss = np.isnan(x)
-            if miss.all():
-                continue
-            Z.append(np.where(miss, np.nanmean(x), x))
-            znames.append(cov)
-            if miss.any():
-                Z.append(miss.astype(float))
-                znames.append(f"{cov}_missing")
-        Z = np.column_stack(Z)
-        for a in arms_treated:
-            code = arm_code_of[a]
-            in_comparison = (codes_obs == code) | (codes_obs == 0)
-            keep, dropped = joint_regressors(Z, znames, in_comparison, strata_codes, groups)
-            # The permutations test the same regressors as the observed assignment (one statistic).
-            Zk = Z[:, keep]
-            obs = _joint_stat(Zk, codes_obs, code, strata_codes, groups)
-            notes = [f"dropped {name}: {why}" for name, why in dropped.items()]
-            notes += [obs["note"]] if "note" in obs else []
-            exceed = 0
-            if np.isfinite(obs["f_stat"]):
-                for perm in perms:
-                    f = _joint_stat(Zk, perm[ccode], code, strata_codes, groups, pvalue=False)["f_stat"]
-                    exceed += bool(np.isfinite(f) and f >= obs["f_stat"] * (1 - 1e-12))
-            joint_rows.append({
-                "sample": sample, "comparison": f"{a} vs {control}", "arm": a,
-                "n_obs": obs["n_obs"], "n_clusters": obs["n_clusters"], "n_regressors": len(znames),
-                "f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
-                "f_p_value": obs["p_value"],
-                "ri_p_value": (1 + exceed) / (1 + len(perms)) if np.isfinite(obs["f_stat"]) else np.nan,
-                "n_permutations": len(perms), "regressors": " ".join(znames), "note": "; ".join(notes),
-            })
+        sample_rows, sample_joint = _sample_tables(base.loc[sub_mask], sample, covariates, arms, control,
+                                                   arm_code_of, cluster_code[sub_mask], cluster_arm, perms,
+                                                   strata)
+        rows += sample_rows
+        joint_rows += sample_joint
     return (pd.DataFrame(rows, columns=balance_columns(arms, control)),
             pd.DataFrame(joint_rows, columns=BALANCE_JOINT_COLUMNS))

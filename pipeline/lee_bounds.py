@@ -109,6 +109,42 @@ def lee_bounds(y: np.ndarray, observed: np.ndarray, treated: np.ndarray,
             "cells": len(w), "cells_dropped": dropped, "cells_reversed": reversed_}
 
 
+def _cell_codes(base: pd.DataFrame, cells: Sequence[str]) -> np.ndarray:
+    """Integer code per row of the cell (the ``cells`` columns joined) by first appearance; zeros without cells."""
+    return (first_appearance_codes(base[list(cells)].astype(str).agg("|".join, axis=1))[0]
+            if cells else np.zeros(len(base), dtype=np.int64))
+
+
+def _bootstrap_bounds(y: np.ndarray, observed: np.ndarray, treated: np.ndarray, cell_codes: np.ndarray,
+                      m: np.ndarray, draws: np.ndarray, rows_by_cluster) -> tuple[np.ndarray, np.ndarray]:
+    """(lower bounds, upper bounds) on the rows ``m`` of each bootstrap draw of clusters."""
+    lo_b, hi_b = [], []
+    for draw in draws:
+        r = rows_for_draw(rows_by_cluster, draw)
+        r = r[m[r]]
+        b = lee_bounds(y[r], observed[r], treated[r], cell_codes[r])
+        lo_b.append(b["lower"])
+        hi_b.append(b["upper"])
+    return np.asarray(lo_b, float), np.asarray(hi_b, float)
+
+
+def _bounds_columns(est: dict, lo_b: np.ndarray, hi_b: np.ndarray, alpha: float) -> dict:
+    """The bounds, their bootstrap CI and SEs and the trimming columns of one row of the table."""
+    good = np.isfinite(lo_b) & np.isfinite(hi_b)
+    return {
+        "observed_share_arm": est["observed_share_treated"],
+        "observed_share_control": est["observed_share_control"],
+        "trimmed_arm": est["trimmed_arm"], "trim_share": est["trim_share"],
+        "lower": est["lower"], "upper": est["upper"],
+        "ci_low": float(np.quantile(lo_b[good], alpha / 2)) if good.any() else np.nan,
+        "ci_high": float(np.quantile(hi_b[good], 1 - alpha / 2)) if good.any() else np.nan,
+        "lower_se": float(np.std(lo_b[good], ddof=1)) if good.sum() > 1 else np.nan,
+        "upper_se": float(np.std(hi_b[good], ddof=1)) if good.sum() > 1 else np.nan,
+        "cells": est["cells"], "cells_dropped": est["cells_dropped"],
+        "cells_reversed": est["cells_reversed"], "n_boot": int(good.sum()),
+    }
+
+
 def lee_bounds_table(df: pd.DataFrame, outcome: str, *, treatments: Sequence[str], cells: Sequence[str],
                      cluster: str, samples: Sequence[str], reps: int, seed: int, alpha: float,
                      attrition_p: dict | None = None, arm: str = "arm", strata: str = "stratum",
@@ -128,8 +164,7 @@ def lee_bounds_table(df: pd.DataFrame, outcome: str, *, treatments: Sequence[str
     observed = ~np.isnan(y)
     # cells and clusters numbered by first appearance, not sorted: the bootstrap draws index the
     # clusters, and ids can be salted hashes (pipeline.inference docstring)
-    cell_codes = (first_appearance_codes(base[list(cells)].astype(str).agg("|".join, axis=1))[0]
-                  if cells else np.zeros(len(base), dtype=np.int64))
+    cell_codes = _cell_codes(base, cells)
     cl_codes, cl_levels = first_appearance_codes(base[cluster])
     cl_stratum = cluster_level(base, cluster, strata).reindex(cl_levels)
     draws = stratified_cluster_draws(cl_stratum.to_numpy(), reps, seed) if reps else np.empty((0, 0), int)
@@ -152,29 +187,11 @@ def lee_bounds_table(df: pd.DataFrame, outcome: str, *, treatments: Sequence[str
                 continue
             treated = arm_values == a
             est = lee_bounds(y[m], observed[m], treated[m], cell_codes[m])
-            lo_b, hi_b = [], []
-            for draw in draws:
-                r = rows_for_draw(rows_by_cluster, draw)
-                r = r[m[r]]
-                b = lee_bounds(y[r], observed[r], treated[r], cell_codes[r])
-                lo_b.append(b["lower"])
-                hi_b.append(b["upper"])
-            lo_b, hi_b = np.asarray(lo_b, float), np.asarray(hi_b, float)
-            good = np.isfinite(lo_b) & np.isfinite(hi_b)
-            ci_low = float(np.quantile(lo_b[good], alpha / 2)) if good.any() else np.nan
-            ci_high = float(np.quantile(hi_b[good], 1 - alpha / 2)) if good.any() else np.nan
+            lo_b, hi_b = _bootstrap_bounds(y, observed, treated, cell_codes, m, draws, rows_by_cluster)
             out.append({
                 "outcome": outcome, "sample": sample, "comparison": f"{a} vs {control}", "arm": a,
                 "n_obs": int(m.sum()), "n_observed": int((m & observed).sum()),
-                "observed_share_arm": est["observed_share_treated"],
-                "observed_share_control": est["observed_share_control"],
                 "attrition_p_value": (attrition_p or {}).get((sample, a), np.nan),
-                "trimmed_arm": est["trimmed_arm"], "trim_share": est["trim_share"],
-                "lower": est["lower"], "upper": est["upper"],
-                "ci_low": ci_low, "ci_high": ci_high,
-                "lower_se": float(np.std(lo_b[good], ddof=1)) if good.sum() > 1 else np.nan,
-                "upper_se": float(np.std(hi_b[good], ddof=1)) if good.sum() > 1 else np.nan,
-                "cells": est["cells"], "cells_dropped": est["cells_dropped"],
-                "cells_reversed": est["cells_reversed"], "n_boot": int(good.sum()),
+                **_bounds_columns(est, lo_b, hi_b, alpha),
             })
     return pd.DataFrame(out, columns=LEE_BOUNDS_COLUMNS)

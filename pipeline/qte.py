@@ -120,6 +120,119 @@ def _crossed(treat: dict[str, np.ndarray]) -> list[tuple[str, str]]:
             if ((treat[a] == 1) & (treat[b] == 1)).any()]
 
 
+def _rows_used(df: pd.DataFrame, outcome: str, samples: Sequence[str], followup_only: bool, gender: str,
+               has_baseline: bool, listwise_baseline: bool) -> np.ndarray:
+    """Boolean mask of the rows of ``df`` the regressions use."""
+    keep = np.array(df[outcome].notna().to_numpy(), dtype=bool)
+    if followup_only:
+        keep &= df["followup"].astype(bool).to_numpy()
+    if any(s != "all" for s in samples):
+        keep &= df[gender].notna().to_numpy()
+    if has_baseline and listwise_baseline:
+        keep &= (df[f"{outcome}_bl_missing"].astype("float64") == 0).to_numpy()
+    return keep
+
+
+def _design(d: pd.DataFrame, outcome: str, treatments: Sequence[str], interact: bool, has_baseline: bool,
+            listwise_baseline: bool, fixed_effects: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """(regressor matrix: constant, treatment terms, baseline, fixed-effect dummies; the term names)."""
+    treat = {t: d[t].astype("float64").to_numpy() for t in treatments}
+    terms = dict(treat)
+    if interact:
+        for a, b in _crossed(treat):
+            terms[f"{a}_x_{b}"] = treat[a] * treat[b]
+    cols = {"const": np.ones(len(d)), **terms}
+    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
+    if has_baseline:
+        cols[bl] = d[bl].astype("float64").to_numpy()
+        if not listwise_baseline:
+            cols[miss] = d[miss].astype("float64").to_numpy()
+    for fe in fixed_effects:   # levels by first appearance: a stratum label can be a salted hash
+        codes, levels = inference.first_appearance_codes(d[fe])
+        for c in range(1, len(levels)):
+            cols[f"{fe}[{levels[c]}]"] = (codes == c).astype(float)
+    return np.column_stack(list(cols.values())), list(terms)
+
+
+def _sample_masks(d: pd.DataFrame, samples: Sequence[str], gender: str,
+                  n_cols: int) -> tuple[list[np.ndarray], list[str]]:
+    """(row masks, names) of the samples with more rows than the ``n_cols`` regressors."""
+    female = d[gender].to_numpy() if gender in d.columns else None
+    masks, names = [], []
+    for s in samples:
+        if s == "all":
+            m = np.ones(len(d), dtype=bool)
+        else:
+            m = female == (1 if s == "women" else 0)
+        if m.sum() > n_cols:
+            masks.append(m)
+            names.append(s)
+    return masks, names
+
+
+def _varying_columns(X: np.ndarray, masks: list[np.ndarray], n_terms: int) -> list[np.ndarray]:
+    """Per sample, the columns of ``X`` with variation in it (always the constant and the terms)."""
+    col_keep = []
+    for m in masks:
+        sd = X[m].std(axis=0)
+        k = [j for j in range(X.shape[1]) if j <= n_terms or sd[j] > 0]
+        col_keep.append(np.asarray(k))
+    return col_keep
+
+
+def _bootstrap(payload: dict, cl_strata: np.ndarray, reps: int, seed: int, n_jobs: int,
+               shape: tuple) -> np.ndarray:
+    """reps x ``shape`` bootstrap estimates (clusters resampled within strata; empty if ``reps`` is 0)."""
+    boot = np.empty((0, *shape))
+    if reps:
+        draws = inference.stratified_cluster_draws(cl_strata, reps, seed)
+        if n_jobs and n_jobs > 1:
+            chunks = np.array_split(draws, min(len(draws), 4 * n_jobs))
+            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"),
+                                     initializer=_init_worker, initargs=(payload, 1)) as ex:
+                boot = np.concatenate(list(ex.map(_boot_chunk, chunks)))
+        else:
+            _init_worker(payload)
+            boot = _boot_chunk(draws)
+    return boot
+
+
+def _with_difference(point: np.ndarray, boot: np.ndarray,
+                     names: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(point, boot, sample names) with a women - men ``diff`` sample added where both are there."""
+    if {"women", "men"} <= set(names):
+        iw, im = names.index("women"), names.index("men")
+        point = np.concatenate([point, (point[iw] - point[im])[None]])
+        if len(boot):
+            boot = np.concatenate([boot, (boot[:, iw] - boot[:, im])[:, None]], axis=1)
+        names = names + ["diff"]
+    return point, boot, names
+
+
+def _table_rows(point: np.ndarray, boot: np.ndarray, names: list[str], masks: list[np.ndarray],
+                cl_codes: np.ndarray, quantiles: list[float], term_names: list[str], alpha: float,
+                labels: dict) -> list[dict]:
+    """One row per sample, quantile and term: estimate, bootstrap SE and percentile CI, counts."""
+    rows = []
+    for s, sname in enumerate(names):
+        n_obs = int(masks[s].sum()) if sname != "diff" else int(sum(m.sum() for m in masks[:2]))
+        m_rows = masks[s] if sname != "diff" else (masks[0] | masks[1])
+        n_cl = int(np.unique(cl_codes[m_rows]).size)
+        for qi, q in enumerate(quantiles):
+            for ti, t in enumerate(term_names):
+                b = boot[:, s, qi, ti] if len(boot) else np.empty(0)
+                b = b[np.isfinite(b)]
+                rows.append({
+                    **labels, "sample": sname,
+                    "term": t, "quantile": q, "estimate": float(point[s, qi, ti]),
+                    "std_error": float(np.std(b, ddof=1)) if len(b) > 1 else np.nan,
+                    "ci_low": float(np.quantile(b, alpha / 2)) if len(b) else np.nan,
+                    "ci_high": float(np.quantile(b, 1 - alpha / 2)) if len(b) else np.nan,
+                    "n_obs": n_obs, "n_clusters": n_cl, "n_boot": int(len(b)),
+                })
+    return rows
+
+
 def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantiles: Sequence[float], *,
               reps: int, seed: int, cluster: str, baseline_control: bool, fixed_effects: Sequence[str],
               interact: bool, samples: Sequence[str], followup_only: bool, n_jobs: int, alpha: float,
@@ -141,89 +254,24 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
     for c in [outcome, *treatments, strata, cluster, *fixed_effects]:
         if c not in df.columns:
             raise ValueError(f"required column {c!r} is missing from the data")
-    keep = np.array(df[outcome].notna().to_numpy(), dtype=bool)
-    if followup_only:
-        keep &= df["followup"].astype(bool).to_numpy()
-    if any(s != "all" for s in samples):
-        keep &= df[gender].notna().to_numpy()
-    bl, miss = f"{outcome}_bl", f"{outcome}_bl_missing"
-    has_baseline = baseline_control and bl in df.columns and miss in df.columns
-    if has_baseline and listwise_baseline:
-        keep &= (df[miss].astype("float64") == 0).to_numpy()
-    d = df.loc[keep].reset_index(drop=True)
+    has_baseline = (baseline_control and f"{outcome}_bl" in df.columns
+                    and f"{outcome}_bl_missing" in df.columns)
+    d = df.loc[_rows_used(df, outcome, samples, followup_only, gender, has_baseline,
+                          listwise_baseline)].reset_index(drop=True)
     if d.empty:
         raise ValueError(f"no observations of {outcome!r} for quantile regressions")
-    treat = {t: d[t].astype("float64").to_numpy() for t in treatments}
-    terms = dict(treat)
-    if interact:
-        for a, b in _crossed(treat):
-            terms[f"{a}_x_{b}"] = treat[a] * treat[b]
-    cols = {"const": np.ones(len(d)), **terms}
-    if has_baseline:
-        cols[bl] = d[bl].astype("float64").to_numpy()
-        if not listwise_baseline:
-            cols[miss] = d[miss].astype("float64").to_numpy()
-    for fe in fixed_effects:   # levels by first appearance: a stratum label can be a salted hash
-        codes, levels = inference.first_appearance_codes(d[fe])
-        for c in range(1, len(levels)):
-            cols[f"{fe}[{levels[c]}]"] = (codes == c).astype(float)
-    X = np.column_stack(list(cols.values()))
+    X, term_names = _design(d, outcome, treatments, interact, has_baseline, listwise_baseline, fixed_effects)
     y = d[outcome].astype("float64").to_numpy()
-    female = d[gender].to_numpy() if gender in d.columns else None
-    masks, names = [], []
-    for s in samples:
-        if s == "all":
-            m = np.ones(len(d), dtype=bool)
-        else:
-            m = female == (1 if s == "women" else 0)
-        if m.sum() > X.shape[1]:
-            masks.append(m)
-            names.append(s)
-    col_keep = []
-    for m in masks:   # columns with variation in the sample (always the constant and the terms)
-        sd = X[m].std(axis=0)
-        k = [j for j in range(X.shape[1]) if j <= len(terms) or sd[j] > 0]
-        col_keep.append(np.asarray(k))
+    masks, names = _sample_masks(d, samples, gender, X.shape[1])
     # clusters numbered by first appearance, not sorted: the draws index them (inference docstring)
     cl_codes, cl_levels = inference.first_appearance_codes(d[cluster])
     cl_strata = d.groupby(cl_codes)[strata].first().astype(str).to_numpy()
-    payload = {"y": y, "X": X, "sample_masks": masks, "cols": col_keep, "quantiles": quantiles,
-               "n_terms": len(terms), "max_iter": max_iter, "p_tol": p_tol,
+    payload = {"y": y, "X": X, "sample_masks": masks, "cols": _varying_columns(X, masks, len(term_names)),
+               "quantiles": quantiles, "n_terms": len(term_names), "max_iter": max_iter, "p_tol": p_tol,
                "rows_by_cluster": inference.cluster_rows(cl_codes, len(cl_levels))}
     point = _estimate(None, payload)
-    boot = np.empty((0, *point.shape))
-    if reps:
-        draws = inference.stratified_cluster_draws(cl_strata, reps, seed)
-        if n_jobs and n_jobs > 1:
-            chunks = np.array_split(draws, min(len(draws), 4 * n_jobs))
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"),
-                                     initializer=_init_worker, initargs=(payload, 1)) as ex:
-                boot = np.concatenate(list(ex.map(_boot_chunk, chunks)))
-        else:
-            _init_worker(payload)
-            boot = _boot_chunk(draws)
-    if {"women", "men"} <= set(names):
-        iw, im = names.index("women"), names.index("men")
-        point = np.concatenate([point, (point[iw] - point[im])[None]])
-        if len(boot):
-            boot = np.concatenate([boot, (boot[:, iw] - boot[:, im])[:, None]], axis=1)
-        names = names + ["diff"]
-    rows = []
-    term_names = list(terms)
-    for s, sname in enumerate(names):
-        n_obs = int(masks[s].sum()) if sname != "diff" else int(sum(m.sum() for m in masks[:2]))
-        m_rows = masks[s] if sname != "diff" else (masks[0] | masks[1])
-        n_cl = int(np.unique(cl_codes[m_rows]).size)
-        for qi, q in enumerate(quantiles):
-            for ti, t in enumerate(term_names):
-                b = boot[:, s, qi, ti] if len(boot) else np.empty(0)
-                b = b[np.isfinite(b)]
-                rows.append({
-                    "study": study, "outcome": outcome, "transform": transform, "sample": sname,
-                    "term": t, "quantile": q, "estimate": float(point[s, qi, ti]),
-                    "std_error": float(np.std(b, ddof=1)) if len(b) > 1 else np.nan,
-                    "ci_low": float(np.quantile(b, alpha / 2)) if len(b) else np.nan,
-                    "ci_high": float(np.quantile(b, 1 - alpha / 2)) if len(b) else np.nan,
-                    "n_obs": n_obs, "n_clusters": n_cl, "n_boot": int(len(b)),
-                })
+    boot = _bootstrap(payload, cl_strata, reps, seed, n_jobs, point.shape)
+    point, boot, names = _with_difference(point, boot, names)
+    rows = _table_rows(point, boot, names, masks, cl_codes, quantiles, term_names, alpha,
+                       {"study": study, "outcome": outcome, "transform": transform})
     return pd.DataFrame(rows, columns=QTE_COLUMNS)
