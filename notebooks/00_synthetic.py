@@ -23,7 +23,7 @@ from pipeline.io import read_json
 
 context = stage_context.build("synthetic", pipeline=pipeline, group=stage_params)
 summary = synthetic.run(context)
-truth = read_json(context.outputs["synthetic"] / "truth.json")
+truth = read_json(context.outputs["raw/synthetic"] / "truth.json")
 
 # %% [markdown]
 # ## True intention-to-treat effects (USD PPP per month)
