@@ -417,3 +417,32 @@ def test_a_kernel_killed_mid_stage_fails_the_stage_and_restores_the_previous_out
     assert not (repo / ".stage-backup").exists()
     assert not list(repo.rglob("*.tmp"))
     assert "up to date" in run(["dvc", "status", "synthetic"], repo)
+
+
+def _file_size_limit(limit_bytes: int):
+    """preexec_fn: a real, kernel-enforced write limit for the runner and every process it starts
+    (RLIMIT_FSIZE; SIGXFSZ ignored so that a write past it fails with EFBIG, as a full disk fails
+    a write with ENOSPC)."""
+    def apply():
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+@pytest.mark.slow
+def test_writes_refused_by_the_operating_system_leave_the_previous_outputs(project):
+    """A real write failure, not a monkeypatched one (issue 11): the stage's processes may write
+    no file larger than 64 KB, so the kernel's survey.dta and the runner's notebook fail mid-write.
+    The stage must fail and the declared outputs be exactly those of the previous run."""
+    from _pipeline_copy import env_for, run
+
+    repo, before = project
+    proc = subprocess.run([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo, env=env_for(repo),
+                          capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(64 * 1024))
+    assert proc.returncode != 0, "the stage reported success although its writes were refused"
+    assert "File too large" in proc.stderr or "EFBIG" in proc.stderr or "Errno 27" in proc.stderr, proc.stderr[-3000:]
+    assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before, proc.stderr[-2000:]
+    assert not (repo / ".stage-backup").exists()
+    assert not list(repo.rglob("*.tmp"))
+    assert "up to date" in run(["dvc", "status", "synthetic"], repo)
