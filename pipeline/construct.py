@@ -56,13 +56,29 @@ def hashed_unit_id(cfg: dict) -> bool:
 def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Assignment, strata, cluster and owner gender: one row per enterprise."""
     cfg = normalise(cfg)
-    unit, study = cfg["unit_id"], cfg["study"]
+    units = _unit_index(clean, cfg)
+    firms = pd.DataFrame(index=units)
+    for name, column in _assignment_columns(clean, cfg, units).items():
+        firms[name] = column
+    firms["stratum"] = _stratum_labels(clean, cfg, units)
+    firms["cluster_id"] = _cluster_ids(clean, cfg, units)
+    firms["female_owner"] = _female_owner(clean, cfg, units)
+    return firms
+
+
+def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
+    """The enterprises of the clean table, sorted (in first-seen order when the id is hashed)."""
+    unit = cfg["unit_id"]
     ids = clean[unit].dropna().unique()
     # A unit id replaced by a salted hash at ingest would sort in an order that follows the
     # per-checkout salt, and so would the analysis table's rows and the bootstrap and permutation
     # draws indexed by them (issue 8): such units keep the clean table's (source file and row) order.
-    units = pd.Index(ids if hashed_unit_id(cfg) else sorted(ids), name=unit)
-    firms = pd.DataFrame(index=units)
+    return pd.Index(ids if hashed_unit_id(cfg) else sorted(ids), name=unit)
+
+
+def _assignment_columns(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> dict[str, pd.Series]:
+    """Per firm: arm label, treat_skills, treat_capital and one 0/1 ``arm_<slug>`` per non-reference arm."""
+    unit, study = cfg["unit_id"], cfg["study"]
     keys, reasons = assign_arms(clean, cfg)
     if (reasons != "").any():
         raise ConstructError(f"{study}: rows without a treatment arm in the clean table "
@@ -71,54 +87,66 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     shown = treatment["column"] or "/".join(treatment["dummies"])
     arm = _firm_level(clean.assign(_arm_key=keys), unit, "_arm_key", study, "treatment arm", shown).reindex(units)
     arms = treatment["arms"]
-    firms["arm"] = map_distinct(arm, lambda a: arms[a]["label"])
-    firms["treat_skills"] = map_distinct(arm, lambda a: arms[a]["skills"]).astype("int8")
-    firms["treat_capital"] = map_distinct(arm, lambda a: arms[a]["capital"]).astype("int8")
+    columns = {"arm": map_distinct(arm, lambda a: arms[a]["label"]),
+               "treat_skills": map_distinct(arm, lambda a: arms[a]["skills"]).astype("int8"),
+               "treat_capital": map_distinct(arm, lambda a: arms[a]["capital"]).astype("int8")}
     reference = reference_arm(cfg)
     for key, spec in arms.items():
         if key != reference:
-            firms[f"arm_{spec['slug']}"] = (arm == key).astype("int8")
+            columns[f"arm_{spec['slug']}"] = (arm == key).astype("int8")
+    return columns
+
+
+def _stratum_labels(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> pd.Series | str:
+    """Per firm: its stratum as text ("district=3|sector=retail"), or "all" without strata."""
+    unit, study = cfg["unit_id"], cfg["study"]
     strata = [_firm_level(clean, unit, s, study, "stratum").rename(s) for s in cfg.get("strata", [])]
-    if strata:
-        parts = pd.concat(strata, axis=1).reindex(units)
-        blank = parts.isna().any(axis=1)
-        if blank.any():
-            # a "nan" stratum would pool unrelated firms into one stratum of the design
-            rows = clean.loc[clean[unit].isin(parts.index[blank]), ["source_file", "source_row"]]
-            raise ConstructError(f"{study}: stratum ({', '.join(parts.columns[parts.isna().any()])}) is missing in "
-                                 f"every round for {int(blank.sum())} units, e.g. {parts.index[blank][:5].tolist()} "
-                                 f"(rows {rows.head(5).to_dict('records')})")
-        # "district=3|sector=retail"
-        labelled = [f"{c}=" + format_ids(parts[c]) for c in parts.columns]
-        stratum = labelled[0]
-        for part in labelled[1:]:
-            stratum = stratum + "|" + part
-        firms["stratum"] = stratum.astype("str")
-    else:
-        firms["stratum"] = "all"
-    if cfg.get("cluster"):
-        cluster = _firm_level(clean, unit, cfg["cluster"], study, "cluster").reindex(units)
-        if cluster.isna().any():
-            # one "missing" cluster would pool unrelated firms into a single cluster
-            raise ConstructError(f"{study}: cluster ({cfg['cluster']}) is missing in every round for "
-                                 f"{int(cluster.isna().sum())} units, e.g. {cluster.index[cluster.isna()][:5].tolist()}")
-        firms["cluster_id"] = format_ids(cluster)
-    else:
-        firms["cluster_id"] = format_ids(units.to_series(index=units))
+    if not strata:
+        return "all"
+    parts = pd.concat(strata, axis=1).reindex(units)
+    blank = parts.isna().any(axis=1)
+    if blank.any():
+        # a "nan" stratum would pool unrelated firms into one stratum of the design
+        rows = clean.loc[clean[unit].isin(parts.index[blank]), ["source_file", "source_row"]]
+        raise ConstructError(f"{study}: stratum ({', '.join(parts.columns[parts.isna().any()])}) is missing in "
+                             f"every round for {int(blank.sum())} units, e.g. {parts.index[blank][:5].tolist()} "
+                             f"(rows {rows.head(5).to_dict('records')})")
+    # "district=3|sector=retail"
+    labelled = [f"{c}=" + format_ids(parts[c]) for c in parts.columns]
+    stratum = labelled[0]
+    for part in labelled[1:]:
+        stratum = stratum + "|" + part
+    return stratum.astype("str")
+
+
+def _cluster_ids(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> pd.Series:
+    """Per firm: its cluster as text (the firm itself without a configured cluster)."""
+    unit, study = cfg["unit_id"], cfg["study"]
+    if not cfg.get("cluster"):
+        return format_ids(units.to_series(index=units))
+    cluster = _firm_level(clean, unit, cfg["cluster"], study, "cluster").reindex(units)
+    if cluster.isna().any():
+        # one "missing" cluster would pool unrelated firms into a single cluster
+        raise ConstructError(f"{study}: cluster ({cfg['cluster']}) is missing in every round for "
+                             f"{int(cluster.isna().sum())} units, e.g. {cluster.index[cluster.isna()][:5].tolist()}")
+    return format_ids(cluster)
+
+
+def _female_owner(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> pd.Series | float:
+    """Per firm: 1.0 for a woman owner, 0.0 for a man, NaN unknown (or the study's one value)."""
+    unit, study = cfg["unit_id"], cfg["study"]
     female = cfg["female_owner"]
     if "value" in female:
-        firms["female_owner"] = np.nan if female["value"] is None else float(female["value"])
+        return np.nan if female["value"] is None else float(female["value"])
+    codes = clean.assign(_sex=norm_codes(clean[female["column"]]))
+    sex = _firm_level(codes, unit, "_sex", study, "owner gender", female["column"]).reindex(units)
+    # sex holds normalised codes already (norm_code is idempotent)
+    is_female = codes_in(sex, female["female_codes"])
+    if female.get("male_codes") is not None:
+        known = codes_in(sex, set(female["female_codes"]) | set(female["male_codes"]))
     else:
-        codes = clean.assign(_sex=norm_codes(clean[female["column"]]))
-        sex = _firm_level(codes, unit, "_sex", study, "owner gender", female["column"]).reindex(units)
-        # sex holds normalised codes already (norm_code is idempotent)
-        is_female = codes_in(sex, female["female_codes"])
-        if female.get("male_codes") is not None:
-            known = codes_in(sex, set(female["female_codes"]) | set(female["male_codes"]))
-        else:
-            known = sex.notna()
-        firms["female_owner"] = is_female.astype("float64").where(known.astype(bool))
-    return firms
+        known = sex.notna()
+    return is_female.astype("float64").where(known.astype(bool))
 
 
 def _fmt(value) -> str:
@@ -178,16 +206,43 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *,
     """The analysis table of a clean table; ``checked=False`` (the simulation's draws after the
     first) skips the pandera validation of the result, nothing else."""
     cfg = normalise(cfg)
-    unit, round_col, study = cfg["unit_id"], cfg.get("round"), cfg["study"]
+    study = cfg["study"]
     firms = firm_table(clean, cfg)
-    currency = str(cfg.get("currency", "lcu")).lower()
-    if FACTOR_COLUMN in clean.columns:
-        factor = pd.to_numeric(clean[FACTOR_COLUMN], errors="coerce").astype("float64")
-    elif cfg["usd_ppp_per_lcu"]["value"] is not None and cfg["usd_ppp_per_lcu"]["converts_to"] is None:
-        factor = float(cfg["usd_ppp_per_lcu"]["value"])
-    else:
-        raise ConstructError(f"{study}: the clean table has no {FACTOR_COLUMN} column (the ingest stage adds it)")
     key = "_unit"  # the raw unit id, whatever the study calls it; becomes firm_id (text) at the end
+    rows, pre_columns = _observed_rows(clean, cfg, params, flow_period, key)
+    table = _planned_grid(firms, rows, cfg, key)
+    baseline = _baseline_round(cfg)
+    table["followup"] = table["round"] != baseline if baseline is not None else True
+    added: dict[str, pd.Series] = {}
+    if baseline is not None:
+        value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
+        added.update(_baseline_round_values(table, value_cols, baseline, key))
+    added.update(_baseline_column_values(clean, cfg, table, pre_columns, key))
+    table = table.drop(columns=[c for c in added if c in table.columns])
+    table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
+    table.insert(0, "study", study)
+    table = _sorted_and_ordered(table, cfg, firms, key)
+    if checked:
+        validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
+    return table
+
+
+def _conversion_factor(clean: pd.DataFrame, cfg: dict) -> pd.Series | float:
+    """USD PPP per unit of the study's currency: the clean table's column, or the configured value."""
+    if FACTOR_COLUMN in clean.columns:
+        return pd.to_numeric(clean[FACTOR_COLUMN], errors="coerce").astype("float64")
+    if cfg["usd_ppp_per_lcu"]["value"] is not None and cfg["usd_ppp_per_lcu"]["converts_to"] is None:
+        return float(cfg["usd_ppp_per_lcu"]["value"])
+    raise ConstructError(f"{cfg['study']}: the clean table has no {FACTOR_COLUMN} column (the ingest stage adds it)")
+
+
+def _observed_rows(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, key: str
+                   ) -> tuple[pd.DataFrame, dict[str, pd.Series]]:
+    """(the analysis columns of each clean row, keyed by ``key`` and round; the outcomes' baseline
+    columns recorded in the same row, ``pre_<outcome>``, by analysis column)."""
+    unit, round_col = cfg["unit_id"], cfg.get("round")
+    factor = _conversion_factor(clean, cfg)
+    currency = str(cfg.get("currency", "lcu")).lower()
     rows = pd.DataFrame({key: clean[unit], "round": round_numbers(clean[round_col], cfg) if round_col else 0})
     interviewed = (clean["interviewed"].astype("int8") if "interviewed" in clean.columns
                    else pd.Series(1, index=clean.index, dtype="int8"))
@@ -206,43 +261,68 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *,
         min_answered_share = float(param(params, "construct", "skills_min_answered_share"))
         rows = rows.join(skills_scores(clean, cfg["skills_index"], min_answered_share))
     if cfg.get("credit_access"):
-        rows["credit_access"] = pd.to_numeric(clean[cfg["credit_access"]], errors="coerce").astype("float64")
+        rows["credit_access"] = _numbers(clean[cfg["credit_access"]])
     for kind, col in (cfg.get("takeup") or {}).items():
-        rows[f"takeup_{kind}"] = pd.to_numeric(clean[col], errors="coerce").astype("float64")
+        rows[f"takeup_{kind}"] = _numbers(clean[col])
     for canonical, col in cfg.get("covariates", {}).items():
-        rows[canonical] = pd.to_numeric(clean[col], errors="coerce").astype("float64")
+        rows[canonical] = _numbers(clean[col])
     if cfg.get("weight"):
-        rows["weight"] = pd.to_numeric(clean[cfg["weight"]], errors="coerce").astype("float64")
+        rows["weight"] = _numbers(clean[cfg["weight"]])
     rows["interviewed"] = interviewed.to_numpy()
+    return rows, pre_columns
 
+
+def _numbers(values: pd.Series) -> pd.Series:
+    """A column as float64, with anything not a number missing."""
+    return pd.to_numeric(values, errors="coerce").astype("float64")
+
+
+def _planned_grid(firms: pd.DataFrame, rows: pd.DataFrame, cfg: dict, key: str) -> pd.DataFrame:
+    """Every firm x planned round, with its observed row (if any), interviewed / attrited flags and
+    the firm's columns."""
     planned = (round_numbers(pd.Series(cfg["rounds"], dtype="object"), cfg).tolist() if cfg.get("rounds")
                else sorted(rows["round"].unique().tolist()))
     grid = pd.MultiIndex.from_product([firms.index, planned], names=[key, "round"]).to_frame(index=False)
     table = grid.merge(rows, on=[key, "round"], how="left", validate="one_to_one")
     table["interviewed"] = table["interviewed"].fillna(0).astype("int8")
     table["attrited"] = (1 - table["interviewed"]).astype("int8")
-    table = table.merge(firms.rename_axis(key), left_on=key, right_index=True, how="left")
+    return table.merge(firms.rename_axis(key), left_on=key, right_index=True, how="left")
+
+
+def _baseline_round(cfg: dict):
+    """The baseline round as the analysis table numbers it, or None."""
     baseline = cfg.get("baseline_round")
-    baseline = round_numbers(pd.Series([baseline], dtype="object"), cfg).iloc[0] if baseline is not None else None
-    table["followup"] = table["round"] != baseline if baseline is not None else True
+    return round_numbers(pd.Series([baseline], dtype="object"), cfg).iloc[0] if baseline is not None else None
+
+
+def _baseline_round_values(table: pd.DataFrame, value_cols: list[str], baseline, key: str) -> dict[str, pd.Series]:
+    """``<col>_bl`` (0 where missing) and ``<col>_bl_missing`` from each firm's baseline-round row."""
     added: dict[str, pd.Series] = {}
-    if baseline is not None:
-        value_cols = [c for c in rows.columns if c not in (key, "round", "interviewed")]
-        bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
-        aligned = bl.reindex(table[key].to_numpy()).set_axis(table.index)   # one lookup for every column
-        for col in value_cols:
-            values = aligned[col]
-            added[f"{col}_bl_missing"] = values.isna().astype("int8")
-            added[f"{col}_bl"] = values.fillna(0.0)
+    bl = table.loc[table["round"] == baseline, [key] + value_cols].set_index(key)
+    aligned = bl.reindex(table[key].to_numpy()).set_axis(table.index)   # one lookup for every column
+    for col in value_cols:
+        values = aligned[col]
+        added[f"{col}_bl_missing"] = values.isna().astype("int8")
+        added[f"{col}_bl"] = values.fillna(0.0)
+    return added
+
+
+def _baseline_column_values(clean: pd.DataFrame, cfg: dict, table: pd.DataFrame,
+                            pre_columns: dict[str, pd.Series], key: str) -> dict[str, pd.Series]:
+    """``<col>_bl`` (0 where missing) and ``<col>_bl_missing`` from a baseline recorded in every row."""
+    added: dict[str, pd.Series] = {}
     for col, values in pre_columns.items():
         # a baseline recorded in every row (acz's pre_<outcome>): one value per firm
-        per_firm = _firm_level(pd.DataFrame({key: clean[unit], col: values}), key, col, study, "baseline value")
+        per_firm = _firm_level(pd.DataFrame({key: clean[cfg["unit_id"]], col: values}), key, col, cfg["study"],
+                               "baseline value")
         mapped = table[key].map(per_firm)
         added[f"{col}_bl_missing"] = mapped.isna().astype("int8")
         added[f"{col}_bl"] = mapped.fillna(0.0)
-    table = table.drop(columns=[c for c in added if c in table.columns])
-    table = pd.concat([table, pd.DataFrame(added, index=table.index)], axis=1)
-    table.insert(0, "study", study)
+    return added
+
+
+def _sorted_and_ordered(table: pd.DataFrame, cfg: dict, firms: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``firm_id`` in place of ``key``, rows by firm and round, the design columns first."""
     table["firm_id"] = format_ids(table[key])
     if hashed_unit_id(cfg):         # units in firm_table's order, not by their hash (see there)
         table[key] = pd.Categorical(table[key], categories=firms.index, ordered=True)
@@ -250,10 +330,7 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *,
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]
     first += [c for c in table.columns if c.startswith("arm_")]
-    table = table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
-    if checked:
-        validate_frame(table, analysis_schema(cfg, table, flow_period), study, "analysis", ["firm_id", "round"])
-    return table
+    return table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
 
 
 def outcome_means(analysis: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:

@@ -111,72 +111,91 @@ def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, al
     allow, hashed, identifiers = set(allow), set(hashed), set(identifiers)
     safe = safe_text(safe_patterns)
     findings = []
-
-    def add(column, rule, mask=None):
-        rows = np.flatnonzero(mask.to_numpy()) if mask is not None else np.array([], dtype=int)
-        findings.append({"column": str(column), "rule": rule,
-                         "count": int(mask.sum()) if mask is not None else int(frame[column].notna().sum()),
-                         "rows": rows[:5].tolist()})
-
     for column in frame.columns:
         series = frame[column]
         if column in identifiers:
-            add(column, "configured identifier", series.notna())
+            hit = "configured identifier", series.notna()
+        elif column in allow or series.notna().sum() == 0:
             continue
-        if column in allow or series.notna().sum() == 0:
-            continue
-        if column in hashed:
-            not_hash = series.notna() & ~_matches(series, HASH_RE.match)
-            if not_hash.any():
-                add(column, "hashed identifier holds values that are not hashes", not_hash)
-            continue
-        by_name = name_finding(column)
-        if by_name:
-            add(column, by_name, series.notna())
-            continue
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            values = pd.to_numeric(series, errors="coerce").dropna()
-            if len(values) >= 5:
-                integral = np.isclose(values % 1, 0)
-                long = (values.abs() >= 1e8) & (values.abs() < 1e15) & integral
-                if long.mean() >= 0.5 and values[long].nunique() >= 0.9 * long.sum():
-                    add(column, "phone numbers (9-15 digit integers)",
-                        (pd.to_numeric(series, errors="coerce").abs() >= 1e8).fillna(False))
-            continue
-        if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
-            continue
-        if safe is not None:
-            series = map_distinct(series, safe, dtype="object")
-        nonnull = int(series.notna().sum())
-        emails = _matches(series, EMAIL_RE.search)
-        if emails.any():
-            add(column, "e-mail addresses", emails)
-            continue
-        phones = _matches(series, has_phone_text)
-        # In free text (a value with letters) one phone number is one too many; a bare number may be
-        # an id of phone length, so a column of bare numbers is flagged only when phones are common
-        in_text = phones & _matches(series, has_letters)
-        n_phones = int(phones.sum())
-        if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
-            add(column, "phone numbers", phones)
-            continue
-        id_numbers = _matches(series, has_id_number_text)
-        if id_numbers.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
-            add(column, "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_numbers)
-            continue
-        cued = _matches(series, has_cued_name)
-        if cued.any():
-            add(column, "a person's name after a title or cue (Mr, spoke to ...) in text", cued)
-            continue
-        if identifier_values is not None:
-            named = _matches(series, identifier_values.search)
-            if named.any():
-                add(column, "values of the configured identifier columns (e.g. names) in text", named)
-                continue
-        geo = _matches(series, GEOPOINT_RE.match)
-        if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
-            add(column, "GPS coordinates (lat lon pairs)", geo)
+        elif column in hashed:
+            hit = _not_hash_rows(series)
+        else:
+            hit = _detected_identifier(column, series, safe, identifier_values)
+        if hit is not None:
+            findings.append(_finding(column, *hit))
     return findings
+
+
+def _finding(column, rule: str, mask: pd.Series) -> dict:
+    """One finding: column, rule, count and the first five row positions (never the values)."""
+    rows = np.flatnonzero(mask.to_numpy())
+    return {"column": str(column), "rule": rule, "count": int(mask.sum()), "rows": rows[:5].tolist()}
+
+
+def _not_hash_rows(series: pd.Series) -> tuple[str, pd.Series] | None:
+    """A hashed identifier's rows whose value is not a hash (None when every value is one)."""
+    not_hash = series.notna() & ~_matches(series, HASH_RE.match)
+    if not_hash.any():
+        return "hashed identifier holds values that are not hashes", not_hash
+    return None
+
+
+def _detected_identifier(column, series: pd.Series, safe, identifier_values: IdentifierValues | None
+                         ) -> tuple[str, pd.Series] | None:
+    """(rule, rows) of the first detection rule a column breaks: its name, then its numbers or text."""
+    by_name = name_finding(column)
+    if by_name:
+        return by_name, series.notna()
+    if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        return _phone_number_integers(series)
+    if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
+        return None
+    if safe is not None:
+        series = map_distinct(series, safe, dtype="object")
+    return _identifier_text(series, identifier_values)
+
+
+def _phone_number_integers(series: pd.Series) -> tuple[str, pd.Series] | None:
+    """A numeric column of mostly distinct 9-15 digit integers: phone numbers (None otherwise)."""
+    values = pd.to_numeric(series, errors="coerce").dropna()
+    if len(values) >= 5:
+        integral = np.isclose(values % 1, 0)
+        long = (values.abs() >= 1e8) & (values.abs() < 1e15) & integral
+        if long.mean() >= 0.5 and values[long].nunique() >= 0.9 * long.sum():
+            return ("phone numbers (9-15 digit integers)",
+                    (pd.to_numeric(series, errors="coerce").abs() >= 1e8).fillna(False))
+    return None
+
+
+def _identifier_text(series: pd.Series, identifier_values: IdentifierValues | None
+                     ) -> tuple[str, pd.Series] | None:
+    """(rule, rows) of the first text rule a column breaks: e-mail, phone, ID number, cued name,
+    identifier values, GPS (None when it breaks none)."""
+    nonnull = int(series.notna().sum())
+    emails = _matches(series, EMAIL_RE.search)
+    if emails.any():
+        return "e-mail addresses", emails
+    phones = _matches(series, has_phone_text)
+    # In free text (a value with letters) one phone number is one too many; a bare number may be
+    # an id of phone length, so a column of bare numbers is flagged only when phones are common
+    in_text = phones & _matches(series, has_letters)
+    n_phones = int(phones.sum())
+    if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
+        return "phone numbers", phones
+    id_number_rows = _matches(series, has_id_number_text)
+    if id_number_rows.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
+        return "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_number_rows
+    cued = _matches(series, has_cued_name)
+    if cued.any():
+        return "a person's name after a title or cue (Mr, spoke to ...) in text", cued
+    if identifier_values is not None:
+        named = _matches(series, identifier_values.search)
+        if named.any():
+            return "values of the configured identifier columns (e.g. names) in text", named
+    geo = _matches(series, GEOPOINT_RE.match)
+    if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
+        return "GPS coordinates (lat lon pairs)", geo
+    return None
 
 
 _WORD_RE = re.compile(r"\w+")

@@ -191,35 +191,67 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
     n = Z.shape[1]
     if n == 0:
         raise ValueError("no observations")
-
-    w = None
-    if weights is not None:
-        w = to_1d_float(weights, "weights", n)
-        if not np.isfinite(w).all():
-            raise ValueError("weights have missing (NaN) or infinite values")
-        if not (w > 0).all():
-            raise ValueError("weights must be positive")
-
+    w = _checked_weights(weights, n)
     fes = fe_list(fe, n)
-    groups, n_clusters = None, None
-    if cluster is not None:
-        groups, n_clusters = dense_codes(cluster, "cluster", n)
-        if n_clusters < 2:
-            raise ValueError(f"too few clusters: {n_clusters} (cluster-robust standard errors "
-                             f"need at least 2)")
+    groups, n_clusters = _cluster_codes(cluster, n)
 
-    # Weighted raw sums of squares of the regressors (for the collinearity rule).
-    raw_ss = np.array([float(Z[j] @ Z[j]) if w is None else float((Z[j] * w) @ Z[j])
-                       for j in range(1, k + 1)])
+    raw_ss = _raw_sums_of_squares(Z, w)
     absorbed = absorb_in_place(Z, fes, w, method=method, tol=tol, maxiter=maxiter)
     K = k + absorbed.k_absorbed
+    _check_residual_df(n, k, absorbed.k_absorbed)
+
+    XtX, Xty = _normal_equations(Z[1:], Z[0], w)
+    _check_collinear(XtX, raw_ss, names)
+    beta, bread = _solve(XtX, Xty)
+    scores = _scores_in_place(Z, beta, w)
+
+    refit = _refit(Z0, fes, w, method=method, tol=tol, maxiter=maxiter)
+    c = variance.covariance(estimator, variance.Problem(
+        bread=bread, scores=scores, beta=beta, n_obs=n, k_params=K, groups=groups, n_clusters=n_clusters,
+        raw=Z0, fes=fes, weights=w, refit=refit))
+    return _result(names, beta, c, n=n, K=K, n_clusters=n_clusters, absorbed=absorbed, weighted=w is not None)
+
+
+def _checked_weights(weights, n: int) -> np.ndarray | None:
+    """The WLS weights as a float array (None without weights); positive and finite or ValueError."""
+    if weights is None:
+        return None
+    w = to_1d_float(weights, "weights", n)
+    if not np.isfinite(w).all():
+        raise ValueError("weights have missing (NaN) or infinite values")
+    if not (w > 0).all():
+        raise ValueError("weights must be positive")
+    return w
+
+
+def _cluster_codes(cluster, n: int) -> tuple[np.ndarray | None, int | None]:
+    """(dense cluster codes, number of clusters), (None, None) without clusters; at least two."""
+    if cluster is None:
+        return None, None
+    groups, n_clusters = dense_codes(cluster, "cluster", n)
+    if n_clusters < 2:
+        raise ValueError(f"too few clusters: {n_clusters} (cluster-robust standard errors "
+                         f"need at least 2)")
+    return groups, n_clusters
+
+
+def _raw_sums_of_squares(Z: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """Weighted raw sums of squares of the regressors (rows 1.. of ``Z``; the collinearity rule)."""
+    return np.array([float(Z[j] @ Z[j]) if w is None else float((Z[j] * w) @ Z[j])
+                     for j in range(1, Z.shape[0])])
+
+
+def _check_residual_df(n: int, k: int, k_absorbed: int) -> None:
+    """ValueError when the regressors and absorbed dummies leave no residual degrees of freedom."""
+    K = k + k_absorbed
     if n - K <= 0:
         raise ValueError(f"{n} observations for {K} parameters ({k} regressors + "
-                         f"{absorbed.k_absorbed} absorbed): no residual degrees of freedom")
+                         f"{k_absorbed} absorbed): no residual degrees of freedom")
 
-    # --- normal equations --------------------------------------------------------------
-    Xt = Z[1:]
-    yt = Z[0]
+
+def _normal_equations(Xt: np.ndarray, yt: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(X'WX symmetrised, X'Wy) of the demeaned regressors ``Xt`` (k, n) and outcome ``yt``."""
+    k = Xt.shape[0]
     if w is None:
         XtX = Xt @ Xt.T
         Xty = Xt @ yt
@@ -230,32 +262,45 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
             xw = Xt[j] * w
             XtX[j] = Xt @ xw
             Xty[j] = xw @ yt
-    XtX = (XtX + XtX.T) / 2.0
-    _check_collinear(XtX, raw_ss, names)
+    return (XtX + XtX.T) / 2.0, Xty
+
+
+def _solve(XtX: np.ndarray, Xty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coefficients, symmetrised inverse of X'WX) by one Cholesky factorisation."""
     fac = scipy.linalg.cho_factor(XtX, lower=True)
     beta = scipy.linalg.cho_solve(fac, Xty)
-    bread = scipy.linalg.cho_solve(fac, np.eye(k))
-    bread = (bread + bread.T) / 2.0
+    bread = scipy.linalg.cho_solve(fac, np.eye(len(Xty)))
+    return beta, (bread + bread.T) / 2.0
 
-    # --- residuals and scores, in place ---------------------------------------------------
-    u = yt
+
+def _scores_in_place(Z: np.ndarray, beta: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """The scores w_i u_i x~_ij (k, n), overwriting the demeaned ``Z`` (row 0 becomes the residuals)."""
+    Xt = Z[1:]
+    u = Z[0]
     u -= beta @ Xt                               # residuals (weighted scale: sqrt(w) u)
     if w is not None:
         u *= w                                   # score weight w_i u_i
     Xt *= u                                      # rows: w_i u_i x~_ij
+    return Xt
 
-    def refit(keep: np.ndarray) -> np.ndarray:   # CR3 with many fixed-effect levels
+
+def _refit(Z0: np.ndarray | None, fes: list, w: np.ndarray | None, *, method: str, tol: float,
+           maxiter: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The coefficients refitted on the rows ``keep`` of the raw data (CR3 with many fixed-effect levels)."""
+    def refit(keep: np.ndarray) -> np.ndarray:
         return fe_ols(Z0[0][keep], Z0[1:, keep].T, fe=[c[keep] for c, _, _ in fes] or None,
                       weights=None if w is None else w[keep], method=method, tol=tol,
                       maxiter=maxiter).params.to_numpy()
+    return refit
 
-    c = variance.covariance(estimator, variance.Problem(
-        bread=bread, scores=Xt, beta=beta, n_obs=n, k_params=K, groups=groups, n_clusters=n_clusters,
-        raw=Z0, fes=fes, weights=w, refit=refit))
+
+def _result(names: list[str], beta: np.ndarray, c, *, n: int, K: int, n_clusters: int | None, absorbed,
+            weighted: bool) -> FEResult:
+    """The FEResult of the coefficients ``beta`` and the covariance ``c`` (variance.covariance)."""
     cov, df_inf = c.cov, c.df
     df_params = None
     if c.contrast_df is not None:
-        df_params = c.contrast_df(np.eye(k))
+        df_params = c.contrast_df(np.eye(len(names)))
 
     idx = pd.Index(names)
     params = pd.Series(beta, index=idx)
@@ -268,7 +313,7 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
         params=params, bse=bse, cov=pd.DataFrame(cov, index=idx, columns=idx), tvalues=tvalues,
         pvalues=pvalues, nobs=n, df_resid=n - K, df_inference=int(df_inf),
         n_clusters=n_clusters, k_absorbed=int(absorbed.k_absorbed), cov_type=c.name,
-        weighted=w is not None, fe_method=absorbed.method, fe_iterations=absorbed.iterations,
+        weighted=weighted, fe_method=absorbed.method, fe_iterations=absorbed.iterations,
         df_params=None if df_params is None else pd.Series(df_params, index=idx), contrast_dfs=c.contrast_df)
 
 
