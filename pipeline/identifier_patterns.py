@@ -113,10 +113,12 @@ def has_phone_text(s: str) -> bool:
 
 def _is_id_number(match: str) -> bool:
     """An ID-number match (:data:`ID_NUMBER_RE`) that is not a date or time stamp (20240105,
-    2024-01-05 0930), a round amount (its digits end in 000: 12500000, 12 500 000) nor a range of
-    two ascending numbers (pages 5559-5583, years 2012-2013)."""
+    2024-01-05 0930), a round amount (its digits end in 000: 12500000, 12 500 000), a decimal number
+    (11415.837) nor a range of two ascending numbers (pages 5559-5583, years 2012-2013)."""
     if match[:1].isalpha():
         return True
+    if "." in match and not re.fullmatch(r"\d{1,3}(?:\.\d{3}){2,}", match):
+        return False                        # a decimal number (11415.837), not dot-grouped digits (12.345.678)
     digits = "".join(ch for ch in match if ch.isdigit())
     pair = re.fullmatch(r"(\d{1,5})-(\d{1,5})", match)
     if pair and int(pair.group(1)) < int(pair.group(2)):   # a range: pages 5559-5583, years 2012-2013

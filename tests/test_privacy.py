@@ -188,7 +188,8 @@ def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs
 def test_id_numbers_in_text_are_found_once_and_ordinary_numbers_are_not():
     ordinary = ["sold 2 goats", "paid 12500000 in 2023", "paid 1,250,000 on 2024-01-05", "visit on 20240105",
                 "loan 12.5% for 18 months", "code 1234567", "ref 12345678.5", "uuid:12345678-1234-5678-9abc-0123",
-                "hash ab12345678cd", "at 2026-12-04T05:20:22.123456", "pages 5559-5583", "in 2012-2013"]
+                "hash ab12345678cd", "at 2026-12-04T05:20:22.123456", "pages 5559-5583", "in 2012-2013",
+                "<td>11415.837</td>", "mean 1234567.891"]   # decimals in a rendered table (a report notebook)
     for text in ["her national ID is 12345678.", "passport A1234567", "acct 0123-4567-8901, branch 4",
                  "card 4111 1111 1111 1111", "DNI 12.345.678", "KRA PIN A012345678Z"]:
         frame = pd.DataFrame({"notes": ordinary * 20 + [text]})   # 1 in 241 rows
