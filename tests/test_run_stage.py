@@ -324,9 +324,9 @@ def project(tmp_path_factory):
     return repo, before
 
 
-def start_and_signal(repo: Path, sig: int):
-    """Start the synthetic stage, wait until its kernel runs the notebook, send ``sig`` to the
-    runner; return the runner and the pids of its kernel and the kernel's children."""
+def start_until_kernel_runs(repo: Path):
+    """Start the synthetic stage and wait until its kernel runs the notebook; return the runner
+    and its kernel processes."""
     from _pipeline_copy import env_for
 
     runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
@@ -338,6 +338,13 @@ def start_and_signal(repo: Path, sig: int):
         time.sleep(0.05)
     assert kernels, "no kernel started"
     time.sleep(1.0)                                               # the notebook is running
+    return runner, kernels
+
+
+def start_and_signal(repo: Path, sig: int):
+    """Start the synthetic stage, wait until its kernel runs the notebook, send ``sig`` to the
+    runner; return the runner and the pids of its kernel and the kernel's children."""
+    runner, kernels = start_until_kernel_runs(repo)
     group = [k.pid for k in kernels] + [c.pid for k in kernels for c in k.children(recursive=True)]
     runner.send_signal(sig)
     return runner, group
@@ -396,18 +403,10 @@ def test_a_kernel_killed_mid_stage_fails_the_stage_and_restores_the_previous_out
     those of the previous run, with nothing half-written and DVC seeing the stage up to date."""
     import psutil
 
-    from _pipeline_copy import env_for, run
+    from _pipeline_copy import run
 
     repo, before = project
-    runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
-                              env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    kernels = []
-    while not kernels and runner.poll() is None and time.monotonic() < deadline:
-        kernels = kernels_of(runner.pid)
-        time.sleep(0.05)
-    assert kernels, "no kernel started"
-    time.sleep(1.0)                                               # the notebook is running
+    runner, kernels = start_until_kernel_runs(repo)
     for kernel in kernels:
         with contextlib.suppress(psutil.NoSuchProcess):
             kernel.kill()
