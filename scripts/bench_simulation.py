@@ -12,6 +12,10 @@ seconds (not wall time) from runs at similar load. Asserts nothing.
 ``--against REF`` also measures the code of git revision ``REF`` (``git archive`` into a temporary
 folder) side by side: the two codes' timings run in alternating child processes (``--rounds`` each,
 the fastest kept), so both see the same machine load, and the ratio is printed.
+
+``--check N --against REF`` instead asserts that this checkout and ``REF`` give identical results:
+main draws 0..N-1 (every row of :func:`pipeline.simulation.one_draw`) and each draw's analysis tables
+(both variants), few-cluster draws 0..2, compared exactly (``assert_frame_equal(check_exact=True)``).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import json  # noqa: E402
+import pickle  # noqa: E402
 import pstats  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -89,17 +94,63 @@ def timings(draws: int, few: int) -> dict:
             "few": cpu_per_draw(simulation.few_cluster_draw, few, s)}
 
 
+def results(draws: int, few: int) -> dict:
+    """Every main draw's rows and analysis tables (draws 0..draws-1) and few-cluster draws' rows, as
+    the code under ``ROOT`` computes them (one_draw and analysis_table with one_draw's arguments)."""
+    s = settings()
+    tables = {}
+    for i in range(draws):
+        for variant in s["variants"]:
+            synth = {**s["synthetic"], **simulation.VARIANTS[variant], "seed": s["base_seed"] + i}
+            tables[i, variant] = simulation.analysis_table(synth, s["cfg"], s["clean"], s["construct"],
+                                                           simulation.checked_draw(i))[0]
+    return {"main": [simulation.one_draw(i, s) for i in range(draws)], "tables": tables,
+            "few": [simulation.few_cluster_draw(i, s) for i in range(few)]}
+
+
+def _child_env(root: str) -> dict:
+    return {**os.environ, "BENCH_CODE_ROOT": root, "PYTHONPATH": root}
+
+
+def _archive(ref: str, here: Path, tmp: str) -> None:
+    archive = subprocess.run(["git", "-C", str(here), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+
+
+def check_identical(ref: str, draws: int, few: int) -> None:
+    """This checkout's results against git revision ``ref``'s: AssertionError at the first difference."""
+    import pandas as pd
+    here = Path(__file__).resolve().parents[1]
+    got = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        _archive(ref, here, tmp)
+        for label, root in ((ref, tmp), ("this checkout", str(here))):
+            out = Path(tmp) / f"results_{len(got)}.pkl"
+            subprocess.run([sys.executable, __file__, "--child-results", str(out), "--check", str(draws),
+                            "--few", str(few)], env=_child_env(root), check=True, cwd=root)
+            got[label] = pickle.loads(out.read_bytes())
+    old, new = got[ref], got["this checkout"]
+    for key, table in old["tables"].items():
+        pd.testing.assert_frame_equal(new["tables"][key], table, check_exact=True, obj=f"analysis table {key}")
+    for kind in ("main", "few"):
+        pd.testing.assert_frame_equal(pd.DataFrame([r for rows in new[kind] for r in rows]),
+                                      pd.DataFrame([r for rows in old[kind] for r in rows]), check_exact=True,
+                                      obj=f"{kind} draws")
+    print(f"identical to {ref}: {draws} main draws ({len(old['tables'])} analysis tables, "
+          f"{sum(map(len, old['main']))} estimate rows) and {few} few-cluster draws "
+          f"({sum(map(len, old['few']))} rows), compared exactly")
+
+
 def side_by_side(ref: str, draws: int, few: int, rounds: int) -> None:
     """This checkout's code against git revision ``ref``, in alternating child processes."""
     here = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(here), "archive", ref], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        _archive(ref, here, tmp)
         best: dict[str, dict] = {}
         for _ in range(rounds):
             for label, root in ((ref, tmp), ("this checkout", str(here))):
                 out = subprocess.run([sys.executable, __file__, "--child", "--draws", str(draws), "--few", str(few)],
-                                     env={**os.environ, "BENCH_CODE_ROOT": root, "PYTHONPATH": root},
+                                     env=_child_env(root),
                                      check=True, capture_output=True, text=True, cwd=root).stdout
                 got = json.loads(out.strip().splitlines()[-1])
                 best[label] = {k: min(v, best.get(label, got)[k]) for k, v in got.items()}
@@ -116,10 +167,21 @@ def main() -> None:
     parser.add_argument("--few", type=int, default=2)
     parser.add_argument("--against", help="a git revision to time side by side (e.g. main)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--check", type=int, metavar="N",
+                        help="with --against: assert identical results on N main draws and --few few-cluster draws")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-results", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(timings(args.draws, args.few)))
+        return
+    if args.child_results:
+        Path(args.child_results).write_bytes(pickle.dumps(results(args.check, args.few)))
+        return
+    if args.check:
+        if not args.against:
+            parser.error("--check needs --against REF")
+        check_identical(args.against, args.check, args.few)
         return
     if args.against:
         side_by_side(args.against, args.draws, args.few, args.rounds)
