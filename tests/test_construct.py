@@ -179,3 +179,23 @@ def test_a_hashed_unit_id_keeps_the_source_row_order_whatever_the_salt(cfg, inte
     assert raw_order[0] == raw_order[1] == clean_order
     pd.testing.assert_frame_equal(tables[0].drop(columns="firm_id"), tables[1].drop(columns="firm_id"),
                                   check_exact=True)
+
+
+@pytest.mark.parametrize("values, ids", [
+    (pd.Series([2, 3, 1, None, 1, 3], dtype="Int64"), [30, 10, 20, 30, 20, 10]),
+    (pd.Series(["b", "c", None, "a", "a", "c"], dtype="object"), ["z", "x", "y", "y", None, "x"]),
+    (pd.Series([1.5, np.nan, 1.5, 2.0, 2.0, 0.0]), [3.0, 1.0, 3.0, 2.0, 2.0, 1.0]),
+    (pd.Series(["u", "u", "v", "v", "w", "w"], dtype="str"), pd.Series(["k2", "k2", "k1", "k1", "k3", "k3"], dtype="str")),
+])
+def test_firm_level_equals_the_groupby_rule(values, ids):
+    """_firm_level = pandas' groupby(unit).first() over the rows with both present, sorted by unit,
+    with name, dtype and index (dtype, name) as groupby gives them (a second implementation)."""
+    df = pd.DataFrame({"unit": ids, "col": values})
+    expected = df.dropna().groupby("unit")["col"].first()
+    pd.testing.assert_series_equal(construct._firm_level(df, "unit", "col", "s", "x"), expected, check_exact=True)
+
+
+def test_firm_level_names_the_varying_units_in_order():
+    df = pd.DataFrame({"unit": [5, 5, 3, 3, 4, 1, 1], "col": [1, 2, 7, 8, 0, 1, None]})
+    with pytest.raises(construct.ConstructError, match=r"s: x \(col\) differs across rounds for 2 units, e.g. \[3, 5\]"):
+        construct._firm_level(df, "unit", "col", "s", "x")

@@ -175,16 +175,16 @@ def _loo_cluster_estimates(Z0, fes, w, groups, n_clusters, refit) -> np.ndarray:
 
 def _dense_design(Z0, fes) -> np.ndarray:
     """[X, every dummy of every FE] (or [X, 1] without FE), n x (k + levels)."""
-    n = Z0.shape[1]
-    blocks = [Z0[1:].T]
-    if fes:
-        for codes, L, _ in fes:
-            D = np.zeros((n, L))
-            D[np.arange(n), codes] = 1.0
-            blocks.append(D)
-    else:
-        blocks.append(np.ones((n, 1)))
-    return np.hstack(blocks)
+    k, n = Z0.shape[0] - 1, Z0.shape[1]
+    if not fes:
+        return np.hstack([Z0[1:].T, np.ones((n, 1))])
+    M = np.zeros((n, k + sum(L for _, L, _ in fes)))     # filled in place: no per-FE blocks stacked
+    M[:, :k] = Z0[1:].T
+    rows = np.arange(n)
+    for codes, L, _ in fes:
+        M[rows, k + codes] = 1.0
+        k += L
+    return M
 
 
 def _cluster_blocks(groups: np.ndarray, n_clusters: int) -> list[tuple[np.ndarray, np.ndarray]]:
