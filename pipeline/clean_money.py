@@ -66,26 +66,37 @@ def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float,
         raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
     df = df.copy()
     groups = df[by] if by else pd.Series(0, index=df.index)
+    upper, lower = _cutoffs(df, columns, groups, lower_pct, upper_pct, unit)
     changed = {}
     for col, both_tails in columns.items():
-        source = df[[col]].assign(_g=groups)
-        if unit:
-            source = source.assign(_u=df[unit]).dropna(subset=[col]).drop_duplicates("_u")
-        grouped = source[col].groupby(source["_g"])
-        upper = grouped.quantile(upper_pct / 100.0) if upper_pct < 100 else None
-        lower = grouped.quantile(lower_pct / 100.0) if both_tails and lower_pct > 0 else None
         values = df[col]
-        out_of_range = pd.Series(False, index=df.index)
-        if upper is not None:
-            cap = groups.map(upper)
-            above = values.notna() & (values > cap)
-            out_of_range |= above
-            values = values.mask(above, np.nan if method == "trim" else cap)
-        if lower is not None:
-            floor = groups.map(lower)
-            below = values.notna() & (values < floor)
-            out_of_range |= below
-            values = values.mask(below, np.nan if method == "trim" else floor)
+        out_of_range = np.zeros(len(df), dtype=bool)
+        for cut, beyond in ((upper, np.greater), (lower if both_tails else None, np.less)):
+            if cut is None:
+                continue
+            bound = groups.map(cut[col])
+            hit = (values.notna() & beyond(values, bound)).to_numpy(dtype=bool)
+            out_of_range |= hit
+            values = values.mask(hit, np.nan if method == "trim" else bound)
         df[f"{col}_w"] = values
         changed[col] = int(out_of_range.sum())
     return df, changed
+
+
+def _cutoffs(df: pd.DataFrame, columns: dict[str, bool], groups: pd.Series, lower_pct: float, upper_pct: float,
+             unit: str | None) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """(upper, lower) cut-offs per group (rows) and column, or None where that tail is not treated:
+    one grouped quantile for all the columns (without ``unit``), or per column from one row per unit."""
+    lower_cols = [c for c, both_tails in columns.items() if both_tails] if lower_pct > 0 else []
+
+    def quantiles(cols: list[str], pct: float) -> pd.DataFrame | None:
+        if not cols:
+            return None
+        if not unit:
+            return df[cols].groupby(groups).quantile(pct / 100.0)
+        parts = {}
+        for col in cols:
+            source = df[[col]].assign(_g=groups, _u=df[unit]).dropna(subset=[col]).drop_duplicates("_u")
+            parts[col] = source[col].groupby(source["_g"]).quantile(pct / 100.0)
+        return pd.DataFrame(parts)
+    return (quantiles(list(columns), upper_pct) if upper_pct < 100 else None), quantiles(lower_cols, lower_pct)

@@ -285,3 +285,38 @@ def test_ids_spelt_differently_but_read_as_one_stop_the_stage(cfg, interim):
     with pytest.raises(clean.CleaningError, match=r"ids of 'market_id' .*'A11' \(survey.dta rows \[0, 10, 11\]\) "
                                                   r"and 'a11' \(survey.dta rows \[1\]\)"):
         clean.clean(interim, cfg, PARAMS)
+
+
+def _outliers_one_column_at_a_time(df, columns, lower_pct, upper_pct, by, method, unit=None):
+    """Reference: each column's cut-offs from its own grouped quantile, clamped with pandas' mask."""
+    out, groups = df.copy(), df[by] if by else pd.Series(0, index=df.index)
+    for col, both_tails in columns.items():
+        source = df[[col]].assign(_g=groups)
+        if unit:
+            source = source.assign(_u=df[unit]).dropna(subset=[col]).drop_duplicates("_u")
+        values = df[col]
+        for pct, tail in ((upper_pct, "upper"), (lower_pct, "lower")):
+            if (tail == "upper" and pct >= 100) or (tail == "lower" and not (both_tails and pct > 0)):
+                continue
+            cut = groups.map(source[col].groupby(source["_g"]).quantile(pct / 100.0))
+            hit = values.notna() & ((values > cut) if tail == "upper" else (values < cut))
+            values = values.mask(hit, np.nan if method == "trim" else cut)
+        out[f"{col}_w"] = values
+    return out
+
+
+@pytest.mark.parametrize("method", ["winsorise", "trim"])
+@pytest.mark.parametrize("by, unit", [("g", None), (None, None), (None, "u")])
+def test_outliers_of_several_columns_equal_one_column_at_a_time(method, by, unit):
+    rng = np.random.default_rng(7)
+    n = 400
+    df = pd.DataFrame({"g": rng.integers(0, 3, n).astype(float), "u": np.repeat(np.arange(n // 2), 2),
+                       "a": rng.lognormal(3, 1, n), "b": rng.normal(0, 50, n), "c": rng.lognormal(1, 2, n)})
+    df.loc[rng.random(n) < 0.1, "a"] = np.nan
+    df.loc[5, "g"] = np.nan                       # a row without a group keeps its value
+    columns = {"a": False, "b": True, "c": True}
+    got, changed = clean_money.treat_outliers(df, columns, 2, 97, by=by, method=method, unit=unit)
+    expected = _outliers_one_column_at_a_time(df, columns, 2, 97, by, method, unit)
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    for col in columns:
+        assert changed[col] == int((got[f"{col}_w"].ne(df[col]) & df[col].notna()).sum())

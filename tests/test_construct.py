@@ -199,3 +199,21 @@ def test_firm_level_names_the_varying_units_in_order():
     df = pd.DataFrame({"unit": [5, 5, 3, 3, 4, 1, 1], "col": [1, 2, 7, 8, 0, 1, None]})
     with pytest.raises(construct.ConstructError, match=r"s: x \(col\) differs across rounds for 2 units, e.g. \[3, 5\]"):
         construct._firm_level(df, "unit", "col", "s", "x")
+
+
+def test_baseline_round_values_are_the_baseline_row_or_zero_with_a_missing_dummy():
+    """Each row gets its firm's round-0 value (0.0 and missing dummy 1 where the firm has no
+    round-0 value), for a float column (numpy path, NaN and -0.0) and an Int64 column (pandas path)."""
+    table = pd.DataFrame({"_unit": [1, 1, 2, 2, 3], "round": [0, 1, 0, 1, 1],
+                          "x": [-0.0, 5.0, np.nan, 7.0, 9.0],
+                          "n": pd.array([4, 5, 6, None, 8], dtype="Int64")}, index=[10, 11, 12, 13, 14])
+    added = construct._baseline_round_values(table, ["x", "n"], 0, "_unit")
+    assert list(added) == ["x_bl_missing", "x_bl", "n_bl_missing", "n_bl"]
+    pd.testing.assert_series_equal(added["x_bl_missing"], pd.Series([0, 0, 1, 1, 1], index=table.index, dtype="int8"),
+                                   check_names=False)
+    x_bl = added["x_bl"]
+    assert x_bl.dtype == np.float64 and x_bl.index.equals(table.index)
+    assert x_bl.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0] and np.signbit(x_bl.iloc[0]) and not np.signbit(x_bl.iloc[2])
+    pd.testing.assert_series_equal(added["n_bl_missing"], pd.Series([0, 0, 0, 0, 1], index=table.index, dtype="int8"),
+                                   check_names=False)
+    assert added["n_bl"].tolist() == [4, 4, 6, 6, 0]

@@ -82,7 +82,10 @@ def prepare(df: pd.DataFrame, spec: Spec, sample: str | None, need_gender: bool)
     baseline = baseline_columns(df, spec)
     _require_spec_columns(df, spec, with_gender)
     keep = _sample_rows(df, spec, sample, baseline)
-    sub = df.loc[keep]
+    used = [spec.outcome, *spec.treatments, *([GENDER] if with_gender else []), *baseline, *spec.controls,
+            *spec.fixed_effects, *([spec.cluster] if spec.cluster is not None else []),
+            *([spec.weights] if spec.weights is not None else [])]
+    sub = df.loc[keep, list(dict.fromkeys(used))]          # only the model's columns: not the whole table copied
 
     def design_var(col: str, binary: bool = False) -> np.ndarray:
         v = as_float(sub[col], col)
