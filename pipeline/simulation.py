@@ -87,11 +87,12 @@ FEW_CLUSTER_COLUMNS = ["draw", "seed", "effect", "sex", "truth", "estimate", "n_
 # One draw
 # --------------------------------------------------------------------------------------------
 def analysis_table(synth_params: dict, cfg: dict, clean_params: dict, construct_params: dict,
-                   checked: bool = True) -> tuple[pd.DataFrame, dict]:
+                   checked: bool = True, generated: tuple | None = None) -> tuple[pd.DataFrame, dict]:
     """Generator -> in-memory ingest -> clean -> construct. Returns (analysis table, truth).
     ``checked``: validate the clean and analysis tables (pandera) and count the flow; the draws do
-    it for their first draw only (:func:`checked_draw`), as every draw runs the same generator and rules."""
-    survey, value_labels, variable_labels, truth = synthetic.generate(synth_params)
+    it for their first draw only (:func:`checked_draw`), as every draw runs the same generator and rules.
+    ``generated``: ``synthetic.generate(synth_params)`` when the caller made it already."""
+    survey, value_labels, variable_labels, truth = generated or synthetic.generate(synth_params)
     # the generator writes one file (studies/synthetic.yaml files[0]); it has no hashed identifiers
     interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None,
                                      scan_identifiers=False, describe=False)
@@ -120,16 +121,19 @@ def one_draw(i: int, settings: dict) -> list[dict]:
     cfg = settings["cfg"]
     spec_params = settings["spec_params"]
     rows = []
-    for variant in settings["variants"]:
-        synth = {**settings["synthetic"], **VARIANTS[variant], "seed": seed}
-        table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"], checked_draw(i))
+    base = {**settings["synthetic"], "seed": seed}
+    surveys = synthetic.generate_variants(base, [VARIANTS[v] for v in settings["variants"]])   # one latent world
+    for variant, generated in zip(settings["variants"], surveys):
+        synth = {**base, **VARIANTS[variant]}
+        table, truth = analysis_table(synth, cfg, settings["clean"], settings["construct"], checked_draw(i), generated)
         for oname in settings["outcomes"]:
             spec = est_spec.Spec.from_params(spec_params, OUTCOMES[oname], table)
             t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True), alpha=settings["alpha"],
-                                power=settings["power"]).set_index("term")
+                                power=settings["power"])
+            by_term = dict(zip(t["term"], t.to_dict("records")))     # one conversion, not a .loc per row
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
-                    r = t.loc[f"{term}_{sex}"]
+                    r = by_term[f"{term}_{sex}"]
                     rows.append({"draw": int(i), "seed": seed, "variant": variant, "outcome": oname,
                                  "effect": effect, "sex": sex, "truth": true_value(truth, effect, sex),
                                  "estimate": float(r["estimate"]), "std_error": float(r["std_error"]),

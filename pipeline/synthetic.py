@@ -133,6 +133,10 @@ _SHARE_KEYS = (
 )
 
 
+# Params that only the survey mess reads, not the latent world (firms, profits, practices): surveys
+# differing only in these share one world (generate_variants).
+MESS_ONLY_KEYS = ("share_typo_extra_zero",)
+
 # Independent random streams, one per component; order fixed forever (append only).
 RANDOM_STREAMS = (
     "design", "owners", "takeup", "profit", "closure", "business", "practices", "recall",
@@ -185,9 +189,27 @@ def generate(params: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dic
     random streams: the latent world (:func:`_latent_world`), the survey mess
     (:func:`_survey_mess`) and the server export (:func:`_server_export`); then the truth.
     """
-    p = resolve_params(params)
-    rngs = dict(zip(RANDOM_STREAMS, np.random.default_rng(int(p["seed"])).spawn(len(RANDOM_STREAMS))))
-    world = _latent_world(p, rngs)
+    return generate_variants(params, [{}])[0]
+
+
+def generate_variants(params: dict, overrides: list[dict]) -> list[tuple]:
+    """``[generate({**params, **o}) for o in overrides]``, the same results. When every override
+    sets only :data:`MESS_ONLY_KEYS`, the latent world is drawn once for all: its random streams are
+    independent of the mess's (:data:`RANDOM_STREAMS`) and it reads none of those keys, so each
+    variant's survey is the one :func:`generate` makes (the simulation's two variants of a draw)."""
+    share_world = all(set(o) <= set(MESS_ONLY_KEYS) for o in overrides)
+    world, out = None, []
+    for override in overrides:
+        p = resolve_params({**params, **override})
+        rngs = dict(zip(RANDOM_STREAMS, np.random.default_rng(int(p["seed"])).spawn(len(RANDOM_STREAMS))))
+        if world is None or not share_world:
+            world = _latent_world(p, rngs)
+        out.append(_survey_of(p, world, rngs))
+    return out
+
+
+def _survey_of(p: dict, world: dict, rngs: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dict[str, str], dict]:
+    """:func:`generate`'s result from the latent world (read, never changed) and the mess's streams."""
     mess = _survey_mess(p, world, rngs)
     survey, chosen = _server_export(world, mess)
     truth = _truth(p, design=world["design"], firm_arm=world["firm_arm"], female=world["owners"]["female"],

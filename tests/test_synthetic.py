@@ -385,3 +385,26 @@ def test_identifiers_only_in_identifier_columns(small):
     assert has_phone.any() and has_name.any()
     assert (notes[has_phone] == "call back on " + local_phone[has_phone]).all()
     assert (notes[has_name] == "spoke with " + survey["owner_name"][has_name] + " at the stall").all()
+
+
+@pytest.mark.parametrize("n, distinct_seconds", [(2000, 40), (2000, 10**7), (1, 3), (0, 3)])
+def test_submission_order_is_time_then_id(n, distinct_seconds):
+    """The export order equals numpy's lexsort by (time, id), with and without many rows in the same second."""
+    from pipeline import synthetic_mess
+    rng = np.random.default_rng(n + distinct_seconds)
+    seconds = rng.integers(0, distinct_seconds, n)
+    ids = pd.Series(synthetic_mess._hex_ids(rng.integers(0, 256, (n, 16), dtype=np.uint8)), dtype="str")
+    np.testing.assert_array_equal(synthetic_mess.submission_order(seconds, ids),
+                                  np.lexsort((ids.to_numpy(dtype="U41"), seconds)))
+
+
+@pytest.mark.parametrize("overrides", [[{"share_typo_extra_zero": 0.0}, {}, {"share_typo_extra_zero": 0.05}],
+                                       [{}, {"seed": 11}, {"n_regions": 3}]])
+def test_variants_sharing_a_world_equal_separate_surveys(overrides):
+    """generate_variants = generate per variant (survey, labels, truth), whether the latent world is
+    shared (typo share only) or not (seed, design)."""
+    base = {**params_group("synthetic"), "n_firms": 300, "seed": 5}
+    for got, override in zip(synthetic.generate_variants(base, overrides), overrides):
+        expected = synthetic.generate({**base, **override})
+        pd.testing.assert_frame_equal(got[0], expected[0], check_exact=True)
+        assert got[1:] == expected[1:]

@@ -87,15 +87,16 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
     outcome = info.outcome_label or info.spec.outcome
     rows = []
     terms = info.terms + arm_average_terms(results, info.terms, arm_groups or {})
-    for td in terms:
-        est, se, lo, hi, pv, dof = _term_inference(results, td, names, ci, alpha)
+    inferred = [_term_inference(results, td, names, ci, alpha) for td in terms]
+    mdes = inference.mde([r[1] for r in inferred], [r[5] for r in inferred], power=power, alpha=alpha)   # one call
+    for td, (est, se, lo, hi, pv, _), m in zip(terms, inferred, mdes):
         wild_p = np.nan
         if wild is not None and wild.applies(info.n_clusters):
             key = "|".join(str(x) for x in (study, outcome, info.transform, info.model, info.sample, td.term))
             wild_p = wild_p_value(results, td, wild, key)
         cm = td.control_mean
         pct_ok = np.isfinite(cm) and cm != 0 and info.transform not in NONLINEAR_TRANSFORMS
-        m = float(inference.mde(se, dof, power=power, alpha=alpha))
+        m = float(m)
         rows.append({
             "study": study, "outcome": outcome, "transform": info.transform, "model": info.model,
             "sample": info.sample, "term": td.term, "estimate": est, "std_error": se,
