@@ -44,7 +44,7 @@ from pipeline.study import load_study  # noqa: E402
 
 # component -> (file suffix, function name) of the function whose cumulative time it is
 COMPONENTS = {
-    "generator (synthetic.generate)": ("pipeline/synthetic.py", "generate"),
+    "generator (synthetic.generate_variants)": ("pipeline/synthetic.py", "generate_variants"),
     "ingest (ingest_frame)": ("pipeline/ingest.py", "ingest_frame"),
     "clean (clean.clean)": ("pipeline/clean.py", "clean"),
     "construct (construct.construct)": ("pipeline/construct.py", "construct"),
