@@ -2,6 +2,8 @@
 
     python -m pipeline.run_stage clean --study synthetic
 
+0. The notebook's kernel is launched first thing, before the runner's own imports, and preloads
+   what the notebook imports meanwhile (``pipeline/stage_kernel.py``; issue 9's notebook tax).
 1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
    ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's
    parameters (its group) are injected into the notebook's ``parameters`` cell; the notebook runs
@@ -41,7 +43,7 @@ if __name__ == "__main__":
     # The kernel starts before the imports below (about a second) and boots meanwhile on the other
     # core, preloading what the notebook imports (pipeline/stage_kernel.py).
     from pipeline.stage_kernel import StageKernel
-    FIRST_KERNEL = StageKernel(sys.argv[1] if len(sys.argv) > 1 else None)
+    FIRST_KERNEL = StageKernel(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
 
 import nbformat
 
@@ -52,6 +54,7 @@ from pipeline.privacy import assert_stage_outputs_clean
 from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths, params_value, studies_of  # noqa: F401
 from pipeline.stage_context import build as build_context
 from pipeline.stage_kernel import KERNEL_NAME, StageKernel, StageKernels, ipc_kernel_manager, kernel_environment
+
 
 def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:
     """The outputs the pipeline's dvc.yaml declares for this stage (``stage_context.derive_paths``,
