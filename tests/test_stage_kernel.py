@@ -60,7 +60,9 @@ def test_a_launched_kernel_has_preloaded_the_notebook_and_counts_from_one():
     kernel = stage_kernel.StageKernel("clean")
     process = kernel.manager.provisioner.process
     try:
-        client = BlockingKernelClient()
+        # parent: the kernel's liveness is its process (as for papermill's client), not a first
+        # heartbeat that a slow start under load may miss
+        client = BlockingKernelClient(parent=kernel.manager)
         client.load_connection_info(kernel.manager.get_connection_info())
         client.start_channels()
         client.wait_for_ready(timeout=60)
