@@ -149,7 +149,9 @@ class StageKernel:
         kernel_environment()
         self._socket_dir = tempfile.TemporaryDirectory(prefix="stage-kernel-", ignore_cleanup_errors=True)
         self.kernels = StageKernels()
-        self.manager = ipc_kernel_manager(self._socket_dir.name, self.kernels)(kernel_name=KERNEL_NAME)
+        # its connection file (with the session key) goes in the private folder too, removed with it
+        self.manager = ipc_kernel_manager(self._socket_dir.name, self.kernels)(
+            kernel_name=KERNEL_NAME, connection_file=os.path.join(self._socket_dir.name, "kernel.json"))
         atexit.register(self.close)
         self._previous_handlers = {sig: signal.signal(sig, self._stop_and_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
         preload = []

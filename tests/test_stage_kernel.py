@@ -79,4 +79,5 @@ def test_a_launched_kernel_has_preloaded_the_notebook_and_counts_from_one():
         socket_dir = kernel._socket_dir.name
         kernel.close()
     assert process.poll() is not None
+    assert os.path.dirname(kernel.manager.connection_file) == socket_dir      # no key file left elsewhere
     assert not os.path.exists(socket_dir)
