@@ -2,6 +2,8 @@
 
     python -m pipeline.run_stage clean --study synthetic
 
+0. The notebook's kernel is launched first thing, before the runner's own imports, and preloads
+   what the notebook imports meanwhile (``pipeline/stage_kernel.py``; issue 9's notebook tax).
 1. ``params.yaml`` is read and checked once against its typed model (``io.load_params``,
    ``pipeline.params``: unknown keys and wrong types stop the run, naming the key); the stage's
    parameters (its group) are injected into the notebook's ``parameters`` cell; the notebook runs
@@ -27,7 +29,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,6 +40,10 @@ if __name__ == "__main__":
     # stage. nbformat validates notebooks against draft 4, which has no "iri" format, and nothing
     # else in the runner checks formats, so the runner goes without that checker.
     sys.modules.setdefault("rfc3987_syntax", None)
+    # The kernel starts before the imports below (about a second) and boots meanwhile on the other
+    # core, preloading what the notebook imports (pipeline/stage_kernel.py).
+    from pipeline.stage_kernel import StageKernel
+    FIRST_KERNEL = StageKernel(sys.argv[1]) if len(sys.argv) > 1 and not sys.argv[1].startswith("-") else None
 
 import nbformat
 
@@ -48,52 +53,7 @@ from pipeline.notebook_html import export_html, prepare_exporter_in_background, 
 from pipeline.privacy import assert_stage_outputs_clean
 from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths, params_value, studies_of  # noqa: F401
 from pipeline.stage_context import build as build_context
-
-KERNEL_NAME = "microenterprise"
-
-class StageKernels:
-    """The kernels a stage started, so that an interrupted runner can stop them and refuse new ones."""
-
-    def __init__(self):
-        self.managers: list = []
-        self.stopping = threading.Event()
-
-    def stop(self, grace: float = 2.0) -> None:
-        self.stopping.set()
-        for km in self.managers:
-            stop_kernel(km, grace)
-
-
-def ipc_kernel_manager(socket_dir: str, kernels: StageKernels | None = None):
-    """A kernel manager whose kernel talks over Unix sockets in ``socket_dir`` (a private temporary
-    folder) instead of TCP on localhost: no open port, and no "running over TCP without encryption"
-    warning on every stage. Each manager is recorded in ``kernels``; once the runner is stopping, no
-    kernel is launched (one launched meanwhile is stopped at once)."""
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
-    class IPCKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _default_transport(self):
-            return "ipc"
-
-        @default("ip")
-        def _default_ip(self):
-            return os.path.join(socket_dir, "kernel")
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            if kernels is not None:
-                kernels.managers.append(self)
-
-        async def _async_launch_kernel(self, kernel_cmd, **kw):
-            if kernels is not None and kernels.stopping.is_set():
-                raise RuntimeError("the stage runner is stopping: no kernel is started")
-            await super()._async_launch_kernel(kernel_cmd, **kw)
-            if kernels is not None and kernels.stopping.is_set():
-                stop_kernel(self)
-
-    return IPCKernelManager
+from pipeline.stage_kernel import KERNEL_NAME, StageKernel, StageKernels, ipc_kernel_manager, kernel_environment
 
 
 def stage_outs(stage: str, study: str | None, pipeline: str = "main") -> list[Path]:
@@ -288,31 +248,6 @@ def signals_deferred(raise_after: bool = True):
         raise StageInterrupted(pending[0])
 
 
-def stop_kernel(km, grace: float = 2.0) -> None:
-    """Stop a kernel with its whole process group (the kernel runs in a session of its own, so its
-    children such as dask workers share its group and die with it): SIGTERM, then SIGKILL for
-    whatever is left after ``grace`` seconds."""
-    provisioner = getattr(km, "provisioner", None)
-    process = getattr(provisioner, "process", None)
-    pgid = getattr(provisioner, "pgid", None)
-    if process is None and pgid is None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            if pgid:
-                os.killpg(pgid, sig)
-            elif process is not None:
-                process.send_signal(sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if process is not None:
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                if sig == signal.SIGKILL:
-                    print(f"stage runner: kernel process {process.pid} did not stop", file=sys.stderr)
-
-
 def _execute_in_thread(execute, kernels: StageKernels, grace: float = 2.0) -> None:
     """Run papermill in a worker thread so the runner's main thread keeps its own SIGTERM/SIGINT
     handlers (nbclient installs event-loop handlers only when it runs in the main thread) and can
@@ -353,9 +288,11 @@ def _keep_failed_notebook(executed_tmp: Path, stage: str, study: str | None) -> 
         print(f"stage {stage} failed; could not keep the executed notebook in {failed_dir}: {exc}", file=sys.stderr)
 
 
-def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main") -> Path:
+def run(stage: str, study: str | None = None, params_path: Path | None = None, pipeline: str = "main",
+        kernel: StageKernel | None = None) -> Path:
     """Run a stage all-or-nothing: its declared outputs end either all from this run or, after any
-    failure (an error, a full disk, SIGTERM/SIGINT), exactly as they were before it."""
+    failure (an error, a full disk, SIGTERM/SIGINT), exactly as they were before it. ``kernel``: one
+    already launched for this stage (``main`` starts it first thing); without it papermill starts one."""
     import papermill as pm
 
     params = load_params(params_path)     # checked against pipeline.params before anything runs
@@ -367,10 +304,8 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
     outs = stage_outs(stage, study, pipeline)
     backup = backup_dir(stage, study, pipeline)
     logging.getLogger("papermill").setLevel(logging.WARNING)
-    # The kernel must import this checkout's pipeline package (not another editable install).
-    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *inherited])
-    kernels = StageKernels()
+    kernel_environment()
+    kernels = kernel.kernels if kernel is not None else StageKernels()
     with signals_raise(), tempfile.TemporaryDirectory(prefix=f"stage-{stage}-", ignore_cleanup_errors=True) as tmp:
         tmp_nb = Path(tmp) / f"{name}.ipynb"
         with signals_deferred():
@@ -383,6 +318,9 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
             with signals_deferred():
                 stash_outputs(outs, backup)
             exporter_ready = prepare_exporter_in_background()
+            # the kernel launched first, or one papermill starts (and shuts down) itself
+            kernel_args = ({"km": kernel.manager} if kernel is not None
+                           else {"kernel_manager_class": ipc_kernel_manager(tmp, kernels)})
             _execute_in_thread(lambda: pm.execute_notebook(
                 str(paths.notebook_source(stage)),
                 str(tmp_nb),
@@ -392,8 +330,9 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
                 progress_bar=False,
                 log_output=False,
                 report_mode=False,
-                kernel_manager_class=ipc_kernel_manager(tmp, kernels),
+                **kernel_args,
             ), kernels)
+            kernels.stop()                # the notebook ran: its kernel has nothing left to do
             nb = scrub_notebook(nbformat.read(tmp_nb, as_version=4))
             with atomic_path(executed_path) as tmp_path:
                 nbformat.write(nb, str(tmp_path))
@@ -411,7 +350,7 @@ def run(stage: str, study: str | None = None, params_path: Path | None = None, p
     return executed_path
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, kernel: StageKernel | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=sorted(paths.STAGE_NOTEBOOKS))
     parser.add_argument("--study", default=None, help="study name for per-study stages")
@@ -420,12 +359,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(REPO_ROOT)
     try:
-        run(args.stage, args.study, pipeline=args.pipeline)
+        run(args.stage, args.study, pipeline=args.pipeline, kernel=kernel)
     except StageInterrupted as exc:
         print(f"stage {args.stage} stopped: {exc}; its outputs are as before the run", file=sys.stderr)
         return 128 + exc.signum
+    finally:
+        if kernel is not None:
+            kernel.close()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main(kernel=FIRST_KERNEL)
+    # The stage is done (or stopped and rolled back): its files are closed, its kernel is stopped.
+    # Tearing down the interpreter (pandas, pyarrow, nbconvert, zmq) would add about 0.3 s to every
+    # stage for nothing, so the runner exits at once. An uncaught error still exits the usual way.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -325,18 +325,20 @@ def project(tmp_path_factory):
 
 
 def start_until_kernel_runs(repo: Path):
-    """Start the synthetic stage and wait until its kernel runs the notebook; return the runner
-    and its kernel processes."""
+    """Start the synthetic stage and wait until its kernel runs the notebook (the kernel is up and
+    the runner has moved the previous outputs aside: it launches the kernel first thing, before it
+    stashes); return the runner and its kernel processes."""
     from _pipeline_copy import env_for
 
     runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
                               env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stashed = repo / run_stage.BACKUP_DIR / "synthetic" / run_stage.STASHED
     deadline = time.monotonic() + 60
     kernels = []
-    while not kernels and runner.poll() is None and time.monotonic() < deadline:
+    while not (kernels and stashed.exists()) and runner.poll() is None and time.monotonic() < deadline:
         kernels = kernels_of(runner.pid)
         time.sleep(0.05)
-    assert kernels, "no kernel started"
+    assert kernels and stashed.exists(), "no kernel started, or the outputs were not stashed"
     time.sleep(1.0)                                               # the notebook is running
     return runner, kernels
 
