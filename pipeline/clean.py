@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.clean_log import CleaningError, concat_logs
+from pipeline.clean_log import CleaningError, concat_logs, flow_frame
 from pipeline.clean_money import normalise_recall, treat_outliers
 from pipeline.clean_rows import check_id_collisions, reject_invalid_rows, resolve_duplicates
 from pipeline.clean_values import (apply_closures, check_sex_coding, flag_not_interviewed, parse_numbers,
@@ -64,12 +64,8 @@ def flow_table(raw: pd.DataFrame, steps: list[tuple[str, pd.DataFrame]], cfg: di
         out["all"] = len(frame)
         return out
 
-    rows = [{"step": "raw rows", **counts(raw)}] + [{"step": name, **counts(frame)} for name, frame in steps]
-    table = pd.DataFrame(rows).fillna(0)
-    arm_order = list(dict.fromkeys(labels.values()))
-    cols = ["step", "all"] + [c for c in arm_order if c in table.columns] + \
-        [c for c in table.columns if c not in arm_order and c not in ("step", "all")]
-    return table[cols].astype({c: "int64" for c in cols if c != "step"})
+    return flow_frame([{"step": "raw rows", **counts(raw)}] + [{"step": name, **counts(frame)} for name, frame in steps],
+                      labels)
 
 
 # ------------------------------------------------------------------------------------------------

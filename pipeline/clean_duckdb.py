@@ -1,0 +1,521 @@
+"""Clean on DuckDB: the rules of :mod:`pipeline.clean` as SQL over the interim table, for surveys
+too big for pandas in memory (``clean.engine: duckdb``).
+
+The same rules, in the same order, give the same clean table (values, column order and dtypes),
+rejected rows, value log, flow table and outlier counts as the pandas path; a test checks both
+engines on the default survey (``tests/test_clean_duckdb.py``). The table is never loaded into
+Python: the rejected rows are found once (two window passes), the kept rows are the interim
+table minus them (an anti join on ``source_file, source_row``), and every value rule is an SQL
+expression over the kept rows, built column by column, so the clean table is one ``SELECT`` that
+DuckDB streams to parquet. Only small things come back: counts, the rejected rows, the value log,
+the per-round row counts of the outlier cut-offs.
+
+Details kept as in pandas: a column becomes float64 only when a rule changes a value in it
+(pandas' dtype follows the data, so each rule first counts its changes); percentiles are
+pandas' linear interpolation between two order statistics (DuckDB's ``quantile_cont`` differs in
+the last bits), read exactly with ``quantile_disc``; a missing value is never clamped (DuckDB's
+``greatest``/``least`` skip NULLs, so clamps are written as ``CASE``).
+
+Not implemented (a study configuring them gets :class:`UnsupportedRule` naming the study and the
+rule, never a silently different table): text in id, code or numeric columns (id spelling
+collisions and numbers stored as text), ``not_interviewed``, ``allowed_codes`` and
+``female_owner.male_codes``, baselines in the same row (``baseline_column``), dummy treatment
+columns. The pandera validation of the pandas path is replaced by SQL checks of the same
+contract (:func:`check_clean`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipeline.clean_log import LOG_COLUMNS, CleaningError
+from pipeline.clean_money import OUTLIER_METHODS
+from pipeline.codes import PER_YEAR
+from pipeline.study import PIPELINE_COLUMNS, arm_labels, flow_column, normalise, numeric_columns
+
+NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+                 "UBIGINT", "FLOAT", "DOUBLE")
+FLOAT_TYPES = ("FLOAT", "DOUBLE")
+
+
+class UnsupportedRule(CleaningError):
+    """The study configures a rule the DuckDB engine does not implement (use ``clean.engine: pandas``)."""
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def literal(value) -> str:
+    """An SQL literal equal to the Python value (floats exactly: the shortest repr parsed as DOUBLE)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"'{float(value)!r}'::DOUBLE"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def in_list(values) -> str:
+    return "(" + ", ".join(literal(v) for v in values) + ")"
+
+
+@dataclass
+class Columns:
+    """The kept rows' columns as SQL expressions over the view ``kept``, in output order, with
+    their DuckDB types: each value rule replaces some expressions (pandas' column by column)."""
+    expr: dict[str, str]
+    dtype: dict[str, str]
+    logs: list[str] = field(default_factory=list)     # SELECTs of value-log rows, in pandas' order
+
+    def set(self, col: str, expr: str, dtype: str) -> None:
+        self.expr[col], self.dtype[col] = expr, dtype
+
+    def select(self) -> str:
+        return ", ".join(f"{e} AS {ident(c)}" for c, e in self.expr.items())
+
+    def log(self, col: str, mask: str, new_value: str, rule: str) -> None:
+        """Value-log rows where ``mask``: the value before the rule (numeric columns only here)."""
+        self.logs.append(f"SELECT source_file, source_row, {literal(col)} AS \"column\", "
+                         f"CAST({self.expr[col]} AS DOUBLE) AS old_value, '' AS old_text, "
+                         f"CAST({new_value} AS DOUBLE) AS new_value, {rule} AS rule, "
+                         f"{len(self.logs)} AS _part FROM kept WHERE {mask}")
+
+
+def count_where(con, masks: dict[str, str]) -> dict[str, int]:
+    """Rows of ``kept`` where each mask holds, in one pass."""
+    if not masks:
+        return {}
+    sql = ", ".join(f"count(*) FILTER (WHERE {m})" for m in masks.values())
+    return dict(zip(masks, con.execute(f"SELECT {sql} FROM kept").fetchall()[0]))
+
+
+def check_supported(cfg: dict, types: dict[str, str]) -> None:
+    """Everything the study configures is implemented here, and its columns are numbers."""
+    study = cfg["study"]
+
+    def refuse(rule: str) -> None:
+        raise UnsupportedRule(f"{study}: the DuckDB clean engine does not implement {rule}; "
+                              f"use clean.engine: pandas for this study")
+
+    if cfg["not_interviewed"]:
+        refuse("not_interviewed")
+    if cfg["allowed_codes"]:
+        refuse("allowed_codes")
+    if cfg["female_owner"].get("male_codes") is not None:
+        refuse("female_owner.male_codes")
+    if not cfg["treatment"]["column"]:
+        refuse("treatment dummies (treatment.dummies)")
+    if any(out["baseline_column"] for out in cfg["outcomes"].values()):
+        refuse("baselines in the same row (outcomes.*.baseline_column)")
+    if cfg["_generated_unit_id"]:
+        refuse("a generated unit id (no unit_id column)")
+    coded = [cfg["unit_id"], cfg.get("round"), cfg.get("cluster"), cfg["treatment"]["column"],
+             cfg["female_owner"].get("column"), (cfg.get("business_open") or {}).get("column"),
+             (cfg.get("recall_period") or {}).get("column"), *numeric_columns(cfg)]
+    for col in dict.fromkeys(c for c in coded if c):
+        if col in types and types[col] not in NUMERIC_TYPES:
+            refuse(f"column {col!r} of type {types[col]} (ids, codes and numbers stored as text)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules 1-2: invalid rows and duplicate interviews
+# ------------------------------------------------------------------------------------------------
+def invalid_reason(cfg: dict) -> str:
+    """The reason a row cannot be analysed ('' if it can), in :func:`pipeline.clean_rows.reject_invalid_rows`' order."""
+    unit, treat, round_col = cfg["unit_id"], cfg["treatment"]["column"], cfg.get("round")
+    cases = [(f"{ident(unit)} IS NULL", literal(f"{unit} is missing")),
+             (f"{ident(treat)} IS NULL", literal(f"{treat} is missing")),
+             (f"{ident(treat)} NOT IN {in_list(cfg['treatment']['arms'])}",
+              f"{literal(treat + '=')} || CAST({ident(treat)} AS VARCHAR) || ' is not a defined arm'")]
+    if round_col:
+        cases.append((f"{ident(round_col)} IS NULL", literal(f"{round_col} is missing")))
+        if cfg.get("rounds"):
+            cases.append((f"{ident(round_col)} NOT IN {in_list(cfg['rounds'])}",
+                          f"{literal(round_col + '=')} || CAST({ident(round_col)} AS VARCHAR) || ' is not a defined round'"))
+    return "CASE " + " ".join(f"WHEN {w} THEN {t}" for w, t in cases) + " ELSE '' END"
+
+
+def find_rejected(con, cfg: dict, columns: list[str], duplicate_rule: str) -> None:
+    """Table ``rejected_keys`` (source_file, source_row, rule, reason) and view ``kept``.
+
+    Duplicates as :func:`pipeline.clean_rows.resolve_duplicates`: among valid rows sharing a
+    unit x round, in submission order, a copy whose answers (every column but the row number and
+    submission time and id) equal an earlier copy's is ``duplicate_identical``; of the remaining
+    copies that still conflict, ``latest`` rejects all but the last, ``drop_all`` all of them."""
+    if duplicate_rule not in ("latest", "drop_all", "error"):
+        raise CleaningError(f"clean.duplicate_rule={duplicate_rule!r}: expected latest, drop_all or error")
+    unit, round_col = cfg["unit_id"], cfg.get("round")
+    keys = ", ".join(ident(k) for k in [unit] + ([round_col] if round_col else []))
+    sub = cfg.get("submission") or {}
+    order_cols = [c for c in (sub.get("time"), sub.get("id")) if c] + ["source_file", "source_row"]
+    meta = {"source_file", "source_row", *(c for c in (sub.get("time"), sub.get("id")) if c)}
+    content = ", ".join(ident(c) for c in columns if c not in meta)
+    order = ", ".join(f"{ident(c)} ASC NULLS LAST" for c in order_cols)
+    order_desc = ", ".join(f"{ident(c)} DESC NULLS FIRST" for c in order_cols)
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE rejected_keys AS
+        WITH marked AS (SELECT *, {invalid_reason(cfg)} AS _invalid FROM interim),
+        valid AS (SELECT *, count(*) OVER (PARTITION BY {keys}) AS _n FROM marked WHERE _invalid = ''),
+        copies AS (SELECT *, row_number() OVER (PARTITION BY {keys}, {content} ORDER BY {order}) AS _copy
+                   FROM valid WHERE _n > 1),
+        distinct_copies AS (SELECT source_file, source_row, count(*) OVER (PARTITION BY {keys}) AS _m,
+                                   row_number() OVER (PARTITION BY {keys} ORDER BY {order_desc}) AS _from_last
+                            FROM copies WHERE _copy = 1)
+        SELECT source_file, source_row, 'invalid_row' AS rule, _invalid AS reason FROM marked WHERE _invalid <> ''
+        UNION ALL
+        SELECT source_file, source_row, 'duplicate_identical',
+               'identical answers to an earlier submission of the same interview' FROM copies WHERE _copy > 1
+        UNION ALL
+        SELECT source_file, source_row, 'duplicate_conflicting',
+               {literal('answers differ from a later submission of the same interview; the latest is kept'
+                        if duplicate_rule == 'latest' else
+                        'conflicting submissions of the same interview; all copies dropped')}
+        FROM distinct_copies WHERE _m > 1 AND {'_from_last > 1' if duplicate_rule == 'latest' else 'TRUE'}
+    """)
+    if duplicate_rule == "error":
+        conflicting = con.execute("SELECT count(*), min(source_row), max(source_row) FROM rejected_keys "
+                                  "WHERE rule = 'duplicate_conflicting'").fetchall()[0]
+        if conflicting[0]:
+            raise CleaningError(f"{cfg['study']}: {conflicting[0]} conflicting submissions of the same interview "
+                                f"(source rows {conflicting[1]} to {conflicting[2]}); set clean.duplicate_rule")
+    con.execute("CREATE OR REPLACE TEMP VIEW kept AS SELECT * FROM interim "
+                "ANTI JOIN rejected_keys USING (source_file, source_row)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules 4-7: value rules as expressions
+# ------------------------------------------------------------------------------------------------
+def missing_codes(con, cols: Columns, answer_cols: list[str], codes: dict[int, str]) -> None:
+    """Survey codes to missing, logged with the code's reason; a column with a code becomes float64."""
+    numeric = [c for c in answer_cols if cols.dtype[c] in NUMERIC_TYPES]
+    if not numeric or not codes:
+        return
+    listed = in_list(codes)
+    masks = {c: f"{cols.expr[c]} IN {listed}" for c in numeric}
+    for col, n in count_where(con, masks).items():
+        if n:
+            reason = "CASE " + " ".join(f"WHEN {cols.expr[col]} = {literal(k)} THEN {literal('missing_code:' + v)}"
+                                        for k, v in codes.items()) + " END"
+            cols.log(col, masks[col], "NULL", reason)
+            cols.set(col, f"CASE WHEN {masks[col]} THEN NULL ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
+
+
+def check_sex_coding(con, cfg: dict, cols: Columns) -> None:
+    """As :func:`pipeline.clean_values.check_sex_coding`: with ``female_codes`` only, at most one other code."""
+    female = cfg["female_owner"]
+    if not female.get("column"):
+        return
+    col = cols.expr[female["column"]]
+    others = [r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM kept WHERE {col} IS NOT NULL AND "
+                                        f"{col} NOT IN {in_list(female['female_codes'])} ORDER BY 1").fetchall()]
+    if len(others) > 1:
+        raise CleaningError(f"{cfg['study']}: female_owner.column {female['column']!r} holds {len(others)} codes that "
+                            f"are not in female_codes {female['female_codes']} ({others}); with female_codes only, "
+                            f"one other code is read as male. Give female_owner.male_codes")
+
+
+def closures(con, cfg: dict, cols: Columns) -> None:
+    """Closed businesses (interviewed): ``business_closed`` = 1 and money flows 0, logged."""
+    spec = cfg.get("business_open")
+    if not spec:
+        cols.set("business_closed", "CAST(0 AS TINYINT)", "TINYINT")
+        return
+    closed = f"(coalesce({cols.expr[spec['column']]} IN {in_list(spec['closed_codes'])}, FALSE) " \
+             f"AND {cols.expr['interviewed']} = 1)"
+    cols.set("business_closed", f"CAST({closed} AS TINYINT)", "TINYINT")
+    flows = [out["column"] for out in cfg["outcomes"].values() if out.get("flow", True)]
+    masks = {c: f"{closed} AND {cols.expr[c]} IS DISTINCT FROM 0" for c in flows}   # pandas: NaN != 0
+    for col, n in count_where(con, masks).items():
+        if n:
+            cols.log(col, masks[col], "0.0", "'closed_business_zero'")
+            cols.set(col, f"CASE WHEN {closed} THEN 0.0 ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
+
+
+def unusable_numbers(con, cfg: dict, cols: Columns, n_rows: int) -> None:
+    """Infinities and magnitudes whose sum of squares overflows float64 to missing, logged."""
+    bound = float(np.sqrt(np.finfo("float64").max / max(n_rows, 1)))
+    masks = {}
+    for col in numeric_columns(cfg):
+        if col in cols.expr and cols.dtype[col] in FLOAT_TYPES:
+            e = f"CAST({cols.expr[col]} AS DOUBLE)"
+            masks[(col, "inf")] = f"isinf({e})"
+            masks[(col, "huge")] = f"(abs({e}) > {literal(bound)} AND NOT isinf({e}))"
+    counts = count_where(con, masks)
+    for col in dict.fromkeys(c for c, _ in masks):
+        inf, huge = counts[(col, "inf")], counts[(col, "huge")]
+        if inf:
+            cols.log(col, masks[(col, "inf")], "NULL", "'impossible_value:non_finite'")
+        if huge:
+            cols.log(col, masks[(col, "huge")], "NULL",
+                     literal(f"impossible_value:magnitude above {bound:.3g} (float64 overflow)"))
+        if inf or huge:
+            cols.set(col, f"CASE WHEN {masks[(col, 'inf')]} OR {masks[(col, 'huge')]} THEN NULL "
+                          f"ELSE {cols.expr[col]} END", cols.dtype[col])
+
+
+def impossible_values(con, cfg: dict, cols: Columns) -> None:
+    """Values outside ``valid_ranges`` (and negative money where it cannot be) to missing, logged;
+    checks run one after the other, as in :func:`pipeline.clean_values.reject_impossible_values`."""
+    checks = [(col, lo, hi) for col, (lo, hi) in cfg.get("valid_ranges", {}).items()]
+    for out in cfg["outcomes"].values():
+        if not out.get("allow_negative", False):
+            checks += [(c, 0, None) for c in (out["column"], out["baseline_column"]) if c]
+    for col, lo, hi in checks:
+        e = cols.expr[col]
+        mask = " OR ".join([f"{e} < {literal(lo)}"] * (lo is not None) + [f"{e} > {literal(hi)}"] * (hi is not None))
+        if mask and count_where(con, {col: f"coalesce({mask}, FALSE)"})[col]:
+            cols.log(col, f"coalesce({mask}, FALSE)", "NULL",
+                     literal(f"impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]"))
+            cols.set(col, f"CASE WHEN {mask} THEN NULL ELSE CAST({e} AS DOUBLE) END", "DOUBLE")
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules 8-9: recall periods and outliers
+# ------------------------------------------------------------------------------------------------
+def recall(con, cfg: dict, cols: Columns, flow_period: str) -> list[str]:
+    """Money flows to ``flow_period``; returns the new columns (as :func:`pipeline.clean_money.normalise_recall`)."""
+    if flow_period not in PER_YEAR:
+        raise CleaningError(f"clean.flow_period={flow_period!r}: expected one of {sorted(PER_YEAR)}")
+    spec = cfg.get("recall_period") or {}
+    if "column" in spec:
+        code = cols.expr[spec["column"]]
+        unknown = [r[0] for r in con.execute(f"SELECT DISTINCT {code} FROM kept WHERE {code} IS NOT NULL AND "
+                                             f"{code} NOT IN {in_list(spec['codes'])} ORDER BY 1").fetchall()]
+        if unknown:
+            raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {unknown} not in recall_period.codes")
+        periods = dict(spec["codes"])
+    else:
+        periods = {None: spec.get("value", flow_period)}
+    bad = sorted(set(periods.values()) - set(PER_YEAR))
+    if bad:
+        raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
+    factors = {k: PER_YEAR[p] / PER_YEAR[flow_period] for k, p in periods.items()}
+    factor = literal(factors[None]) if "column" not in spec else \
+        "CASE " + " ".join(f"WHEN {code} = {literal(k)} THEN {literal(f)}" for k, f in factors.items()) + " END"
+    currency = str(cfg.get("currency", "lcu")).lower()
+    new = []
+    for name, out in cfg["outcomes"].items():
+        target = flow_column(name, out, currency, flow_period)
+        value = f"CAST({cols.expr[out['column']]} AS DOUBLE)"
+        cols.set(target, f"CASE WHEN {value} = 0 THEN {value} ELSE {value} * ({factor}) END"
+                 if out.get("flow", True) else value, "DOUBLE")
+        new.append(target)
+    return new
+
+
+def group_quantile(con, value: str, by: str | None, q: float) -> dict:
+    """Per group, pandas' ``groupby().quantile(q)`` (linear): s[i] + (s[i+1] - s[i]) * frac with
+    i = int(q (n - 1)); the two order statistics read exactly with ``quantile_disc`` (which returns
+    s[ceil(p n) - 1]: p = (i + 0.5) / n hits s[i])."""
+    group = by or "0"
+    sizes = con.execute(f"SELECT {group}, count(*) FROM kept WHERE {value} IS NOT NULL GROUP BY 1").fetchall()
+    aggs, plan = [], {}
+    for g, n in sizes:
+        float_idx = q * float(n - 1)
+        i = int(float_idx)
+        probs = [(i + 0.5) / n] + ([(i + 1.5) / n] if i < n - 1 else [])
+        aggs.append(f"quantile_disc({value}, [{', '.join(literal(p) for p in probs)}]) "
+                    f"FILTER (WHERE {group} = {literal(g)} AND {value} IS NOT NULL)")
+        plan[g] = float_idx % 1
+    if not aggs:
+        return {}
+    stats = con.execute(f"SELECT {', '.join(aggs)} FROM kept").fetchall()[0]
+    out = {}
+    for (g, frac), s in zip(plan.items(), stats):
+        out[g] = s[0] if frac == 0 or len(s) == 1 else s[0] + (s[1] - s[0]) * frac
+    return out
+
+
+def outliers(con, cols: Columns, targets: dict[str, bool], lower_pct: float, upper_pct: float,
+             by: str | None, method: str) -> dict[str, int]:
+    """``<col>_w``: values beyond the per-group percentiles clamped or blanked; missing stays missing."""
+    if method not in OUTLIER_METHODS:
+        raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
+    group = cols.expr[by] if by else "0"
+    masks, new = {}, {}
+    for col, both_tails in targets.items():
+        v = cols.expr[col]
+        cut = {}
+        if upper_pct < 100:
+            cut[">"] = group_quantile(con, v, group, upper_pct / 100.0)
+        if both_tails and lower_pct > 0:
+            cut["<"] = group_quantile(con, v, group, lower_pct / 100.0)
+        w, conds = v, []
+        for op, per_group in cut.items():       # upper first, then lower on the clamped values
+            bound = "CASE " + " ".join(f"WHEN {group} = {literal(g)} THEN {literal(x)}"
+                                        for g, x in per_group.items()) + " END"
+            cond = f"({w}) {op} ({bound})"
+            conds.append(cond)
+            w = f"CASE WHEN {cond} THEN {'NULL' if method == 'trim' else bound} ELSE {w} END"
+        masks[col] = " OR ".join(f"coalesce({c}, FALSE)" for c in conds) or "FALSE"
+        new[f"{col}_w"] = w
+    changed = count_where(con, masks)
+    for col, w in new.items():
+        cols.set(col, w, "DOUBLE")
+    return {c: int(n) for c, n in changed.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# The engine
+# ------------------------------------------------------------------------------------------------
+def arm_label_sql(cfg: dict) -> str:
+    treat = ident(cfg["treatment"]["column"])
+    return "CASE " + " ".join(f"WHEN {treat} = {literal(k)} THEN {literal(v)}" for k, v in arm_labels(cfg).items()) \
+        + " ELSE 'undefined arm' END"
+
+
+def flow_counts(con, cfg: dict) -> list[dict]:
+    """Rows by arm label after each step (the rows of :func:`pipeline.clean_log.flow_frame`)."""
+    label = arm_label_sql(cfg)
+    steps = [("raw rows", "interim"),
+             ("after invalid rows", "(SELECT * FROM interim ANTI JOIN (SELECT source_file, source_row FROM "
+                                    "rejected_keys WHERE rule = 'invalid_row') USING (source_file, source_row))"),
+             ("after duplicates", "kept"), ("clean", "kept")]
+    rows = []
+    for step, table in steps:
+        counts = dict(con.execute(f"SELECT {label}, count(*) FROM {table} GROUP BY 1 ORDER BY 1").fetchall())
+        rows.append({"step": step, **counts, "all": sum(counts.values())})
+    return rows
+
+
+def check_clean(con, cfg: dict, flow_period: str) -> None:
+    """The clean table's contract (:func:`pipeline.clean.clean_schema`) as SQL over the view ``clean``:
+    ids present, one row per unit x round, defined rounds, non-negative money where it must be,
+    ranges, 0/1 flags, a positive conversion factor. A violation stops the stage naming the rows."""
+    unit, round_col = cfg["unit_id"], cfg.get("round")
+    currency = str(cfg.get("currency", "lcu")).lower()
+    rules = {f"{unit} missing": f"{ident(unit)} IS NULL"}
+    if round_col:
+        rules[f"{round_col} missing"] = f"{ident(round_col)} IS NULL"
+        if cfg["rounds"]:
+            rules[f"{round_col} not in {cfg['rounds']}"] = f"{ident(round_col)} NOT IN {in_list(cfg['rounds'])}"
+    for name, out in cfg["outcomes"].items():
+        if not out.get("allow_negative"):
+            base = flow_column(name, out, currency, flow_period)
+            for col in (base, f"{base}_w"):
+                rules[f"{col} < 0"] = f"{ident(col)} < 0"
+    for col, (lo, hi) in cfg["valid_ranges"].items():
+        if lo is not None:
+            rules[f"{col} < {lo}"] = f"{ident(col)} < {literal(lo)}"
+        if hi is not None:
+            rules[f"{col} > {hi}"] = f"{ident(col)} > {literal(hi)}"
+    for flag in ("business_closed", "interviewed"):
+        rules[f"{flag} not 0/1"] = f"{ident(flag)} IS NULL OR {ident(flag)} NOT IN (0, 1)"
+    rules["usd_ppp_per_lcu not > 0"] = "usd_ppp_per_lcu IS NULL OR NOT usd_ppp_per_lcu > 0"
+    keys = ", ".join(ident(k) for k in [unit] + ([round_col] if round_col else []))
+    failed = [f"{name} (source rows {rows})" for name, rows in zip(rules, con.execute(
+        "SELECT " + ", ".join(f"(list(source_row ORDER BY source_row) FILTER (WHERE coalesce({w}, FALSE)))[1:5]"
+                              for w in rules.values()) + " FROM clean").fetchall()[0]) if rows]
+    repeated = con.execute(f"SELECT count(*) FROM (SELECT {keys} FROM clean GROUP BY ALL HAVING count(*) > 1)").fetchall()[0][0]
+    if repeated:
+        failed.append(f"{repeated} {keys.replace(chr(34), '')} appear more than once")
+    if failed:
+        raise CleaningError(f"{cfg['study']} clean: the clean table breaks its contract: {'; '.join(failed)}")
+
+
+def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
+    """Every rule over the view ``interim`` of ``con``: views ``clean``, ``rejected`` and ``value_log``
+    (ordered as the pandas path's tables), the flow rows (``checked``) and the outlier counts."""
+    from pipeline.io import param
+    from pipeline.study import effective_clean_params
+
+    cfg = normalise(cfg)
+    params = effective_clean_params(cfg, params)
+    types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE interim)").fetchall())
+    check_supported(cfg, types)
+    find_rejected(con, cfg, list(types), param(params, "clean", "duplicate_rule"))
+    cols = Columns({c: ident(c) for c in types}, dict(types))
+    cols.set("interviewed", "CAST(1 AS TINYINT)", "TINYINT")
+    id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
+               *cfg.get("strata", []), *((cfg.get("submission") or {}).values())}
+    missing_codes(con, cols, [c for c in types if c not in id_like and c not in PIPELINE_COLUMNS], cfg["missing_codes"])
+    check_sex_coding(con, cfg, cols)
+    closures(con, cfg, cols)
+    n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
+    unusable_numbers(con, cfg, cols, n_kept)
+    impossible_values(con, cfg, cols)
+    period = param(params, "clean", "flow_period")
+    new = recall(con, cfg, cols, period)
+    targets = dict(zip(new, (bool(out.get("allow_negative", False)) for out in cfg["outcomes"].values())))
+    method = param(params, "clean", "outlier_method")
+    changed = outliers(con, cols, targets, float(param(params, "clean", "winsor_lower_pct")),
+                       float(param(params, "clean", "winsor_upper_pct")),
+                       cfg.get("round") if param(params, "clean", "winsor_by_round") else None, method)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT {cols.select()} FROM kept ORDER BY source_file, source_row")
+    con.execute("CREATE OR REPLACE TEMP VIEW rejected AS SELECT interim.*, rule, reason FROM interim "
+                "JOIN rejected_keys USING (source_file, source_row) ORDER BY source_file, source_row")
+    parts = " UNION ALL ".join(cols.logs) or \
+        "SELECT NULL::VARCHAR source_file, NULL::BIGINT source_row, NULL::VARCHAR \"column\", NULL::DOUBLE old_value, " \
+        "NULL::VARCHAR old_text, NULL::DOUBLE new_value, NULL::VARCHAR rule, 0 _part WHERE FALSE"
+    con.execute(f"CREATE OR REPLACE TEMP VIEW value_log AS SELECT {', '.join(ident(c) for c in LOG_COLUMNS)} "
+                f"FROM ({parts}) ORDER BY source_file, source_row, \"column\", rule, _part")
+    n_rejected = con.execute("SELECT count(*) FROM rejected_keys").fetchall()[0][0]
+    n_raw = con.execute("SELECT count(*) FROM interim").fetchall()[0][0]
+    if n_kept + n_rejected != n_raw:
+        raise CleaningError(f"{cfg['study']}: row accounting broken: {n_kept} clean + {n_rejected} rejected != {n_raw} raw")
+    if checked:
+        check_clean(con, cfg, period)
+    extra = {"outliers_changed": changed, "method": method, "text_parsed": {}, "params": params}
+    return {"flow": flow_counts(con, cfg) if checked else None, "extra": extra,
+            "rows": {"raw": n_raw, "clean": n_kept, "rejected": n_rejected}}
+
+
+def connect(memory_limit: str | None = None, temp_directory: str | None = None):
+    """A DuckDB connection (in memory, spilling to ``temp_directory`` beyond ``memory_limit``)."""
+    import duckdb
+
+    con = duckdb.connect()
+    if memory_limit:
+        con.execute(f"SET memory_limit = {literal(memory_limit)}")
+    if temp_directory:
+        con.execute(f"SET temp_directory = {literal(temp_directory)}")
+    con.execute("SET preserve_insertion_order = true")
+    return con
+
+
+def to_frame(con, view: str) -> pd.DataFrame:
+    return con.execute(f"SELECT * FROM {view}").df()
+
+
+def pandas_tables(con, cfg: dict, result: dict) -> dict:
+    """The small tables as the pandas path types them (rejected reasons and log text as object)."""
+    from pipeline.clean_log import concat_logs, flow_frame
+
+    rejected = to_frame(con, "rejected")
+    rejected["reason"] = rejected["reason"].astype("object")
+    log = to_frame(con, "value_log")
+    log = concat_logs([log]) if len(log) else concat_logs([])
+    flow = flow_frame(result["flow"], arm_labels(cfg)) if result["flow"] is not None else None
+    return {"rejected": rejected, "log": log, "flow": flow}
+
+
+def clean_frame(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict:
+    """:func:`pipeline.clean.clean` on DuckDB for an interim table in memory (the simulation's and
+    the tests' entry point): the same dict of tables."""
+    con = connect()
+    con.register("interim_frame", interim)
+    con.execute("CREATE TEMP VIEW interim AS SELECT * FROM interim_frame")
+    result = clean_sql(con, cfg, params, checked=checked)
+    clean = to_frame(con, "clean")
+    return {"clean": clean, **pandas_tables(con, normalise(cfg), result), "extra": result["extra"]}
+
+
+def clean_parquet(interim_path, clean_path, cfg: dict, params: dict, *, memory_limit: str | None = None,
+                  temp_directory: str | None = None) -> dict:
+    """Out of core: the interim parquet file cleaned into ``clean_path`` (parquet, written by
+    DuckDB, streaming); returns the small tables (rejected rows, value log, flow) as pandas and
+    the row counts."""
+    con = connect(memory_limit, temp_directory)
+    con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
+    result = clean_sql(con, cfg, params)
+    con.execute(f"COPY (SELECT * FROM clean) TO {literal(str(clean_path))} (FORMAT parquet)")
+    summary = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
+    return {**pandas_tables(con, normalise(cfg), result), "extra": result["extra"], "rows": result["rows"],
+            "not_interviewed_rows": int(summary)}
