@@ -41,4 +41,4 @@ result["log"].groupby(["rule", "column"]).size().rename("values").unstack(0, fil
 # ## Money flows after cleaning (one period), before and after winsorising
 
 # %%
-clean.flow_summary(result["clean"], context.params["flow_period"])
+result["flow_summary"]

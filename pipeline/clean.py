@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline import clean_duckdb
 from pipeline.clean_log import CleaningError, concat_logs, flow_frame
-from pipeline.clean_money import normalise_recall, treat_outliers
+from pipeline.clean_money import SUMMARY_PERCENTILES, flow_columns, normalise_recall, treat_outliers
 from pipeline.clean_rows import check_id_collisions, reject_invalid_rows, resolve_duplicates
 from pipeline.clean_values import (apply_closures, check_sex_coding, flag_not_interviewed, parse_numbers,
                                    reject_impossible_values, replace_missing_codes, replace_unknown_codes,
                                    unusable_numbers)
 from pipeline.codes import codes_in, map_distinct
-from pipeline.io import param, write_named_outputs
+from pipeline.io import atomic_path, param, write_named_outputs
 from pipeline.stage_context import StageContext
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import validate_frame
@@ -109,11 +110,14 @@ def clean_schema(cfg: dict, flow_period: str):
 def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict[str, pd.DataFrame]:
     """Apply every rule; return clean table, rejected rows, value log and flow table.
 
+    ``clean.engine`` ``duckdb``: the same rules and tables from :func:`pipeline.clean_duckdb.clean_frame`.
     ``checked=False`` (the simulation's draws after the first, whose generator and rules are the
     ones a checked draw already passed): no pandera validation and no flow table (``flow`` None);
     the rules, the row accounting and every other output are the same."""
     cfg = normalise(cfg)
     params = effective_clean_params(cfg, params)
+    if param(params, "clean", "engine") == "duckdb":
+        return clean_duckdb.clean_frame(interim, cfg, params, checked=checked)
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
                *((cfg.get("submission") or {}).values())}
@@ -169,26 +173,18 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = Tru
 
 def run(context: StageContext) -> dict:
     """The clean stage: interim table -> clean table, rejected rows, value log, flow table (all
-    or nothing)."""
+    or nothing). With ``clean.engine: duckdb`` the interim parquet file is cleaned out of core
+    (:func:`pipeline.clean_duckdb.clean_parquet`): the clean table never enters pandas."""
     cfg, params = dict(context.config), dict(context.params)
+    if param(effective_clean_params(cfg, params), "clean", "engine") == "duckdb":
+        return run_out_of_core(context, cfg, params)
     interim = pd.read_parquet(context.inputs["ingested.parquet"])
     result = clean(interim, cfg, params)
-    extra = result.pop("extra")
-    summary = {
-        "study": cfg["study"],
-        "raw_rows": len(interim),
-        "clean_rows": len(result["clean"]),
-        "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
-        "values_changed_by_rule": result["log"]["rule"].value_counts().sort_index().to_dict(),
-    }
-    if cfg["not_interviewed"]:
-        summary["not_interviewed_rows"] = int((result["clean"]["interviewed"] == 0).sum())
-    if cfg["clean_params"]:
-        summary["study_clean_params"] = dict(cfg["clean_params"])
-    summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
-    summary["resolved_config"] = context.resolved_config()
+    result["flow_summary"] = flow_summary(result["clean"], param(result["extra"]["params"], "clean", "flow_period"))
+    not_interviewed = int((result["clean"]["interviewed"] == 0).sum())
     for name in ("clean", "rejected", "log"):
         assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
+    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed)
     write_named_outputs(context.outputs, {
         "clean.parquet": result["clean"],
         "rejected_rows.parquet": result["rejected"],
@@ -199,10 +195,50 @@ def run(context: StageContext) -> dict:
     return {"config": cfg, **result, "summary": summary}
 
 
+def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
+    """The clean stage on DuckDB: the clean table streamed to parquet by DuckDB (into a temporary
+    file renamed into place once the other outputs are written), the small tables through pandas.
+    The returned ``clean`` is None (the table may not fit in memory)."""
+    target = context.outputs["clean.parquet"]
+    with atomic_path(target) as tmp:
+        result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], tmp, cfg, params)
+        for name in ("rejected", "log"):
+            assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
+        rows = result.pop("rows")
+        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"))
+        write_named_outputs({k: v for k, v in context.outputs.items() if k != "clean.parquet"}, {
+            "rejected_rows.parquet": result["rejected"],
+            "value_log.parquet": result["log"],
+            "flow.csv": result["flow"],
+            "clean_summary.json": summary,
+        })
+    return {"config": cfg, "clean": None, **result, "summary": summary}
+
+
+def stage_summary(context: StageContext, cfg: dict, result: dict, raw_rows: int, clean_rows: int,
+                  not_interviewed: int) -> dict:
+    """clean_summary.json: the row accounting and what the rules changed."""
+    extra = result["extra"]
+    summary = {
+        "study": cfg["study"],
+        "raw_rows": raw_rows,
+        "clean_rows": clean_rows,
+        "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
+        "values_changed_by_rule": result["log"]["rule"].value_counts().sort_index().to_dict(),
+    }
+    if cfg["not_interviewed"]:
+        summary["not_interviewed_rows"] = not_interviewed
+    if cfg["clean_params"]:
+        summary["study_clean_params"] = dict(cfg["clean_params"])
+    summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
+    summary["resolved_config"] = context.resolved_config()
+    return summary
+
+
 def flow_summary(clean: pd.DataFrame, flow_period: str) -> pd.DataFrame:
     """Distribution of the money flows after cleaning (plain and winsorised); a study whose outcomes
     are not money flows (e.g. already logs) gets a one-line note instead."""
-    flows = [c for c in clean.columns if c.endswith(f"_{flow_period}") or c.endswith(f"_{flow_period}_w")]
+    flows = flow_columns(clean.columns, flow_period)
     if not flows:
         return pd.DataFrame({"note": [f"no money-flow outcome per {flow_period} in this study"]})
-    return clean[flows].describe(percentiles=[0.01, 0.5, 0.99]).T.round(1)
+    return clean[flows].describe(percentiles=list(SUMMARY_PERCENTILES)).T.round(1)

@@ -31,9 +31,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline.clean_log import LOG_COLUMNS, CleaningError
-from pipeline.clean_money import OUTLIER_METHODS
+from pipeline.clean_money import OUTLIER_METHODS, SUMMARY_PERCENTILES, flow_columns
 from pipeline.codes import PER_YEAR
-from pipeline.study import PIPELINE_COLUMNS, arm_labels, flow_column, normalise, numeric_columns
+from pipeline.study import FACTOR_COLUMN, PIPELINE_COLUMNS, arm_labels, flow_column, normalise, numeric_columns
 
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "FLOAT", "DOUBLE")
@@ -310,12 +310,12 @@ def recall(con, cfg: dict, cols: Columns, flow_period: str) -> list[str]:
     return new
 
 
-def group_quantile(con, value: str, by: str | None, q: float) -> dict:
+def group_quantile(con, value: str, by: str | None, q: float, table: str = "kept") -> dict:
     """Per group, pandas' ``groupby().quantile(q)`` (linear): s[i] + (s[i+1] - s[i]) * frac with
     i = int(q (n - 1)); the two order statistics read exactly with ``quantile_disc`` (which returns
     s[ceil(p n) - 1]: p = (i + 0.5) / n hits s[i])."""
     group = by or "0"
-    sizes = con.execute(f"SELECT {group}, count(*) FROM kept WHERE {value} IS NOT NULL GROUP BY 1").fetchall()
+    sizes = con.execute(f"SELECT {group}, count(*) FROM {table} WHERE {value} IS NOT NULL GROUP BY 1").fetchall()
     aggs, plan = [], {}
     for g, n in sizes:
         float_idx = q * float(n - 1)
@@ -326,7 +326,7 @@ def group_quantile(con, value: str, by: str | None, q: float) -> dict:
         plan[g] = float_idx % 1
     if not aggs:
         return {}
-    stats = con.execute(f"SELECT {', '.join(aggs)} FROM kept").fetchall()[0]
+    stats = con.execute(f"SELECT {', '.join(aggs)} FROM {table}").fetchall()[0]
     out = {}
     for (g, frac), s in zip(plan.items(), stats):
         out[g] = s[0] if frac == 0 or len(s) == 1 else s[0] + (s[1] - s[0]) * frac
@@ -385,7 +385,7 @@ def flow_counts(con, cfg: dict) -> list[dict]:
     return rows
 
 
-def check_clean(con, cfg: dict, flow_period: str) -> None:
+def check_clean(con, cfg: dict, flow_period: str, columns) -> None:
     """The clean table's contract (:func:`pipeline.clean.clean_schema`) as SQL over the view ``clean``:
     ids present, one row per unit x round, defined rounds, non-negative money where it must be,
     ranges, 0/1 flags, a positive conversion factor. A violation stops the stage naming the rows."""
@@ -408,7 +408,8 @@ def check_clean(con, cfg: dict, flow_period: str) -> None:
             rules[f"{col} > {hi}"] = f"{ident(col)} > {literal(hi)}"
     for flag in ("business_closed", "interviewed"):
         rules[f"{flag} not 0/1"] = f"{ident(flag)} IS NULL OR {ident(flag)} NOT IN (0, 1)"
-    rules["usd_ppp_per_lcu not > 0"] = "usd_ppp_per_lcu IS NULL OR NOT usd_ppp_per_lcu > 0"
+    if FACTOR_COLUMN in columns:
+        rules[f"{FACTOR_COLUMN} not > 0"] = f"{ident(FACTOR_COLUMN)} IS NULL OR NOT {ident(FACTOR_COLUMN)} > 0"
     keys = ", ".join(ident(k) for k in [unit] + ([round_col] if round_col else []))
     failed = [f"{name} (source rows {rows})" for name, rows in zip(rules, con.execute(
         "SELECT " + ", ".join(f"(list(source_row ORDER BY source_row) FILTER (WHERE coalesce({w}, FALSE)))[1:5]"
@@ -461,10 +462,29 @@ def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
     if n_kept + n_rejected != n_raw:
         raise CleaningError(f"{cfg['study']}: row accounting broken: {n_kept} clean + {n_rejected} rejected != {n_raw} raw")
     if checked:
-        check_clean(con, cfg, period)
+        check_clean(con, cfg, period, cols.expr)
     extra = {"outliers_changed": changed, "method": method, "text_parsed": {}, "params": params}
     return {"flow": flow_counts(con, cfg) if checked else None, "extra": extra,
             "rows": {"raw": n_raw, "clean": n_kept, "rejected": n_rejected}}
+
+
+def flow_summary(con, flow_period: str) -> pd.DataFrame:
+    """:func:`pipeline.clean.flow_summary` over the view ``clean`` (the clean notebook's display:
+    percentiles as pandas computes them, means and SDs by DuckDB, rounded to 0.1)."""
+    names = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE clean)").fetchall()]
+    flows = flow_columns(names, flow_period)
+    if not flows:
+        return pd.DataFrame({"note": [f"no money-flow outcome per {flow_period} in this study"]})
+    stats = ["count", "mean", "std", "min"] + [f"{p * 100:g}%" for p in SUMMARY_PERCENTILES] + ["max"]
+    rows = {}
+    for col in flows:
+        v = ident(col)
+        n, mean, sd, lo, hi = con.execute(f"SELECT count({v}), avg({v}), stddev_samp({v}), min({v}), max({v}) "
+                                          f"FROM clean").fetchall()[0]
+        quantiles = [group_quantile(con, v, None, p, table="clean").get(0, np.nan) for p in SUMMARY_PERCENTILES]
+        rows[col] = [float(n), *(np.nan if x is None else float(x) for x in (mean, sd, lo)), *quantiles,
+                     np.nan if hi is None else float(hi)]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=stats).round(1)
 
 
 def connect(memory_limit: str | None = None, temp_directory: str | None = None):
@@ -489,7 +509,12 @@ def pandas_tables(con, cfg: dict, result: dict) -> dict:
     from pipeline.clean_log import concat_logs, flow_frame
 
     rejected = to_frame(con, "rejected")
-    rejected["reason"] = rejected["reason"].astype("object")
+    # the pandas path's dtype: its invalid-row reasons are str when there are any, and an empty
+    # object column (which makes the concatenated reasons object) when there are none
+    invalid = (rejected["rule"] == "invalid_row").any()
+    if rejected.empty:    # DuckDB gives text columns without rows as object, pandas keeps str
+        rejected = rejected.astype({c: "str" for c in rejected.columns if rejected[c].dtype == object})
+    rejected["reason"] = rejected["reason"].astype("str" if invalid else "object")
     log = to_frame(con, "value_log")
     log = concat_logs([log]) if len(log) else concat_logs([])
     flow = flow_frame(result["flow"], arm_labels(cfg)) if result["flow"] is not None else None
@@ -516,6 +541,8 @@ def clean_parquet(interim_path, clean_path, cfg: dict, params: dict, *, memory_l
     con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
     result = clean_sql(con, cfg, params)
     con.execute(f"COPY (SELECT * FROM clean) TO {literal(str(clean_path))} (FORMAT parquet)")
-    summary = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
+    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
+    not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
+    period = result["extra"]["params"]["flow_period"]
     return {**pandas_tables(con, normalise(cfg), result), "extra": result["extra"], "rows": result["rows"],
-            "not_interviewed_rows": int(summary)}
+            "not_interviewed_rows": int(not_interviewed), "flow_summary": flow_summary(con, period)}
