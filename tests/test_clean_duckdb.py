@@ -122,3 +122,32 @@ def test_out_of_core_file_gives_the_same_tables(tmp_path, synthetic_interim):
         pd.testing.assert_frame_equal(out[name], expected[name], check_exact=True, obj=name)
     assert out["rows"] == {"raw": len(interim), "clean": len(expected["clean"]), "rejected": len(expected["rejected"])}
     pd.testing.assert_frame_equal(out["flow_summary"], clean.flow_summary(expected["clean"], PANDAS["flow_period"]))
+
+
+def test_clean_stage_writes_the_same_outputs_with_either_engine(tmp_path, synthetic_interim):
+    """clean.run on the default study: the out-of-core stage's files hold the pandas stage's tables."""
+    import json
+
+    from conftest import stage_context
+
+    cfg, interim = synthetic_interim
+    results = {}
+    for engine, group in (("pandas", PANDAS), ("duckdb", DUCKDB)):
+        data = tmp_path / engine / "data"
+        (data / "interim" / "synthetic").mkdir(parents=True)
+        interim.to_parquet(data / "interim" / "synthetic" / "ingested.parquet")
+        context = stage_context("clean", "synthetic", data, group)
+        results[engine] = clean.run(context)
+        results[engine]["files"] = context.outputs
+    pandas_files, duckdb_files = results["pandas"]["files"], results["duckdb"]["files"]
+    assert results["duckdb"]["clean"] is None                     # never loaded into pandas
+    for name in ("clean.parquet", "rejected_rows.parquet", "value_log.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(duckdb_files[name]), pd.read_parquet(pandas_files[name]),
+                                      check_exact=True, obj=name)
+    assert duckdb_files["flow.csv"].read_bytes() == pandas_files["flow.csv"].read_bytes()
+    summaries = [json.loads(files["clean_summary.json"].read_text()) for files in (pandas_files, duckdb_files)]
+    for summary in summaries:
+        summary.pop("resolved_config")                            # holds the engine itself
+    assert summaries[0] == summaries[1]
+    pd.testing.assert_frame_equal(results["duckdb"]["flow_summary"], results["pandas"]["flow_summary"])
+    assert not list(duckdb_files["clean.parquet"].parent.glob(".*.tmp"))
