@@ -1,0 +1,198 @@
+"""Benchmark the out-of-core clean engine (``clean.engine: duckdb``) against a hand-written DuckDB
+SQL baseline of the same rules, on a large synthetic survey written to parquet in chunks.
+
+    .venv/bin/python scripts/bench_duckdb.py --firms 250000 [--chunk-firms 50000] [--pandas]
+
+1. The generator (``pipeline.synthetic.generate``, params.yaml ``synthetic:`` with seed + k for
+   chunk k) makes ``--chunk-firms`` firms at a time; each chunk goes through the ingest stage's own
+   pure function (``ingest.ingest_frame``, ``interim_table``), gets firm, market and row numbers
+   offset past the earlier chunks, and is appended to one parquet file as a row group, so no more
+   than a chunk is ever in memory. About 4 rows per firm: 2.6 million firms give ~10 million rows.
+2. Each contender runs in its own child process (time and peak RSS from ``os.wait4``), side by side:
+   ``engine``: :func:`pipeline.clean_duckdb.clean_parquet` (rules, rejected rows, value log, flow,
+   contract checks, clean table to parquet); ``baseline``: one hand-written SQL statement of the
+   default study's rules (dedupe, codes, closures, ranges, recall, winsorising per round) to
+   parquet, no logs; ``pandas`` (with ``--pandas``): ``pd.read_parquet`` + ``clean.clean``.
+   The engine's and the baseline's clean tables are compared (rows and every value).
+
+Prints a table; asserts nothing (numbers are machine-dependent; the machine may be shared).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MEMORY_LIMIT = "2GB"     # DuckDB's buffer pool for both contenders (it spills to disk beyond)
+
+
+def write_survey(path: Path, n_firms: int, chunk_firms: int) -> dict:
+    """The interim table of a survey of ``n_firms`` firms, generated and written chunk by chunk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import ingest, paths, synthetic
+    from pipeline.io import load_params
+    from pipeline.study import load_study, normalise
+
+    cfg = normalise(load_study("synthetic"))
+    base = load_params(ROOT / "params.yaml")["synthetic"]
+    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
+    writer, rows, firms, markets, schema = None, 0, 0, 0, None
+    start = time.perf_counter()
+    for k in range(-(-n_firms // chunk_firms)):
+        n = min(chunk_firms, n_firms - firms)
+        survey, labels, var_labels, _ = synthetic.generate({**base, "n_firms": n, "seed": base["seed"] + k})
+        interim, _ = ingest.ingest_frame(survey, labels, var_labels, cfg, cfg["files"][0], salt=None,
+                                         scan_identifiers=False, describe=False)
+        interim = ingest.interim_table([interim], cfg, factor)
+        interim["firm_id"] = (interim["firm_id"] + firms).astype("int32")
+        interim["market_id"] = (interim["market_id"].astype("int32") + markets).astype("int32")
+        interim["source_row"] += rows
+        markets = int(interim["market_id"].max())
+        table = pa.Table.from_pandas(interim, preserve_index=False)
+        if writer is None:
+            schema = table.schema
+            writer = pq.ParquetWriter(path, schema)
+        writer.write_table(table.cast(schema))
+        rows, firms = rows + len(interim), firms + n
+    writer.close()
+    return {"rows": rows, "firms": firms, "generate_s": round(time.perf_counter() - start, 1),
+            "parquet_mb": round(path.stat().st_size / 1e6, 1)}
+
+
+def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.01) -> str:
+    """The default study's clean rules written by hand (studies/synthetic.yaml, params.yaml clean:)."""
+    answers = ["owner_sex", "owner_age", "owner_educ_years", "hh_size", "took_training", "received_grant",
+               "business_open", "recall_period", "profit", "revenue", "costs", "capital_stock", "hours_week",
+               *[f"bp_{i:02d}" for i in range(1, 27)], "loan_any"]
+    coded = ", ".join(f"CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END AS {c}" for c in answers)
+    content = ", ".join(c for c in ["enumerator_id", "firm_id", "round", "region", "sector", "market_id",
+                                    "treat_arm", *answers, "usd_ppp_per_lcu"])
+    flows = {"profit": "profit_lcu_month", "revenue": "revenue_lcu_month", "costs": "costs_lcu_month"}
+    period = "CASE recall_period WHEN 1 THEN 52.0 / 12.0 WHEN 2 THEN 1.0 END"
+    money = ", ".join([f"CASE WHEN c.{v} = 0 THEN c.{v} ELSE c.{v} * {period} END AS {t}" for v, t in flows.items()]
+                      + ["CAST(c.capital_stock AS DOUBLE) AS capital_stock_lcu"])
+    outcomes = list(flows.values()) + ["capital_stock_lcu"]
+    cuts = ", ".join(f"quantile_cont({c}, {upper}) AS {c}_hi" for c in outcomes) + ", " + \
+        f"quantile_cont(profit_lcu_month, {lower}) AS profit_lcu_month_lo"
+    clamp = ", ".join(
+        [f"CASE WHEN profit_lcu_month > q.profit_lcu_month_hi THEN q.profit_lcu_month_hi "
+         f"WHEN profit_lcu_month < q.profit_lcu_month_lo THEN q.profit_lcu_month_lo "
+         f"ELSE profit_lcu_month END AS profit_lcu_month_w"]
+        + [f"CASE WHEN {c} > q.{c}_hi THEN q.{c}_hi ELSE {c} END AS {c}_w" for c in outcomes[1:]])
+    return f"""
+    COPY (
+    WITH valid AS (SELECT * FROM read_parquet('{interim}') WHERE firm_id IS NOT NULL
+                     AND treat_arm IN (1, 2, 3, 4) AND round IN (0, 1, 2, 3)),
+    firsts AS (SELECT * FROM valid QUALIFY row_number() OVER (PARTITION BY {content}
+               ORDER BY submitted_at, submission_id, source_file, source_row) = 1),
+    latest AS (SELECT * FROM firsts QUALIFY row_number() OVER (PARTITION BY firm_id, round
+               ORDER BY submitted_at DESC, submission_id DESC, source_file DESC, source_row DESC) = 1),
+    coded AS (SELECT * REPLACE ({coded}) FROM latest),
+    closed AS (SELECT *, CAST(business_open = 0 AS TINYINT) AS business_closed,
+               CASE WHEN business_open = 0 THEN 0 ELSE profit END AS profit_c,
+               CASE WHEN business_open = 0 THEN 0 ELSE revenue END AS revenue_c,
+               CASE WHEN business_open = 0 THEN 0 ELSE costs END AS costs_c FROM coded),
+    valued AS (SELECT * EXCLUDE (profit_c, revenue_c, costs_c) REPLACE (
+                 profit_c AS profit,
+                 CASE WHEN revenue_c < 0 THEN NULL ELSE revenue_c END AS revenue,
+                 CASE WHEN costs_c < 0 THEN NULL ELSE costs_c END AS costs,
+                 CASE WHEN capital_stock < 0 THEN NULL ELSE capital_stock END AS capital_stock,
+                 CASE WHEN owner_age NOT BETWEEN 15 AND 95 THEN NULL ELSE owner_age END AS owner_age,
+                 CASE WHEN owner_educ_years NOT BETWEEN 0 AND 25 THEN NULL ELSE owner_educ_years END AS owner_educ_years,
+                 CASE WHEN hh_size NOT BETWEEN 1 AND 30 THEN NULL ELSE hh_size END AS hh_size,
+                 CASE WHEN hours_week NOT BETWEEN 0 AND 112 THEN NULL ELSE hours_week END AS hours_week)
+               FROM closed),
+    c AS (SELECT *, 1 AS interviewed FROM valued),
+    m AS (SELECT c.*, {money} FROM c),
+    q AS (SELECT round, {cuts} FROM m GROUP BY round)
+    SELECT m.*, {clamp} FROM m JOIN q USING (round) ORDER BY source_file, source_row
+    ) TO '{out}' (FORMAT parquet)
+    """
+
+
+def child(role: str, interim: str, out: str) -> None:
+    """One contender, in this (child) process."""
+    if role == "engine":
+        from pipeline import clean_duckdb
+        from pipeline.io import load_params
+        from pipeline.study import load_study
+        result = clean_duckdb.clean_parquet(interim, out, load_study("synthetic"), load_params(ROOT / "params.yaml")["clean"],
+                                            memory_limit=MEMORY_LIMIT, temp_directory=str(Path(out).parent / "spill"))
+        print(json.dumps(result["rows"]))
+    elif role == "baseline":
+        import duckdb
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
+        con.execute(baseline_sql(interim, out))
+    elif role == "pandas":
+        import pandas as pd
+
+        from pipeline import clean
+        from pipeline.io import load_params
+        from pipeline.study import load_study
+        params = {**load_params(ROOT / "params.yaml")["clean"], "engine": "pandas"}
+        clean.clean(pd.read_parquet(interim), load_study("synthetic"), params)["clean"].to_parquet(out)
+
+
+def measure(role: str, interim: Path, out: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", role, str(interim), str(out)], cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    return {"role": role, "seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+            "exit": os.waitstatus_to_exitcode(status)}
+
+
+def compare(engine_out: Path, baseline_out: Path) -> str:
+    """Rows and values of the two clean tables (the baseline's columns, matched by name, numbers as
+    doubles: the engine keeps pandas' dtypes, the baseline DuckDB's)."""
+    import duckdb
+    con = duckdb.connect()
+    cols = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM '{baseline_out}')").fetchall()]
+    text = {"source_file", "submission_id", "submitted_at"}
+    # numbers compared to 1e-6 (the baseline's quantile_cont differs from pandas' in the last bits)
+    keyed = ", ".join(c if c in text else f"round(CAST({c} AS DOUBLE), 6)" for c in cols)
+    diff = con.execute(f"SELECT count(*) FROM (SELECT {keyed} FROM '{engine_out}' EXCEPT ALL "
+                       f"SELECT {keyed} FROM '{baseline_out}')").fetchall()[0][0]
+    n = [con.execute(f"SELECT count(*) FROM '{p}'").fetchall()[0][0] for p in (engine_out, baseline_out)]
+    return f"rows engine {n[0]:,} baseline {n[1]:,}; engine rows not in the baseline: {diff:,}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--firms", type=int, default=250_000)
+    parser.add_argument("--chunk-firms", type=int, default=50_000)
+    parser.add_argument("--pandas", action="store_true", help="also the pandas engine (in memory)")
+    parser.add_argument("--child", nargs=3, metavar=("ROLE", "INTERIM", "OUT"))
+    parser.add_argument("--dir", help="working folder (default: a temporary one)")
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        survey = write_survey(tmp / "ingested.parquet", args.firms, args.chunk_firms)
+        print(f"survey: {survey}", flush=True)
+        roles = ["baseline", "engine"] + (["pandas"] if args.pandas else [])
+        results = [measure(role, tmp / "ingested.parquet", tmp / f"clean_{role}.parquet") for role in roles]
+        base = results[0]["seconds"]
+        print(f"{'contender':<10} {'seconds':>8} {'x baseline':>10} {'peak GB':>8}")
+        for r in results:
+            print(f"{r['role']:<10} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8}"
+                  + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
+        print(compare(tmp / "clean_engine.parquet", tmp / "clean_baseline.parquet"))
+
+
+if __name__ == "__main__":
+    main()
