@@ -184,7 +184,8 @@ def run(context: StageContext) -> dict:
     not_interviewed = int((result["clean"]["interviewed"] == 0).sum())
     for name in ("clean", "rejected", "log"):
         assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
-    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed)
+    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed,
+                            result["log"]["rule"].value_counts().sort_index().to_dict())
     write_named_outputs(context.outputs, {
         "clean.parquet": result["clean"],
         "rejected_rows.parquet": result["rejected"],
@@ -196,35 +197,38 @@ def run(context: StageContext) -> dict:
 
 
 def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
-    """The clean stage on DuckDB: the clean table streamed to parquet by DuckDB (into a temporary
-    file renamed into place once the other outputs are written), the small tables through pandas.
-    The returned ``clean`` is None (the table may not fit in memory)."""
-    target = context.outputs["clean.parquet"]
-    with atomic_path(target) as tmp:
-        result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], tmp, cfg, params)
-        for name in ("rejected", "log"):
-            assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
+    """The clean stage on DuckDB: the clean table and the value log streamed to parquet by DuckDB
+    (into temporary files renamed into place once the other outputs are written), the rejected
+    rows and the flow through pandas. The returned ``clean`` and ``log`` are None (they may not fit
+    in memory). The value log holds no raw text here (the engine refuses text in the columns it
+    changes), so only the rejected rows are scanned for identifiers before writing."""
+    with atomic_path(context.outputs["clean.parquet"]) as clean_tmp, \
+            atomic_path(context.outputs["value_log.parquet"]) as log_tmp:
+        result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], clean_tmp, log_tmp, cfg, params)
+        assert_no_identifiers(result["rejected"], cfg=cfg, source=f"{cfg['study']} rejected table")
         rows = result.pop("rows")
-        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"))
-        write_named_outputs({k: v for k, v in context.outputs.items() if k != "clean.parquet"}, {
+        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"),
+                                result.pop("log_rules"))
+        write_named_outputs({k: v for k, v in context.outputs.items() if k in ("rejected_rows.parquet", "flow.csv",
+                                                                                "clean_summary.json")}, {
             "rejected_rows.parquet": result["rejected"],
-            "value_log.parquet": result["log"],
             "flow.csv": result["flow"],
             "clean_summary.json": summary,
         })
-    return {"config": cfg, "clean": None, **result, "summary": summary}
+    return {"config": cfg, "clean": None, "log": None, **result, "summary": summary}
 
 
 def stage_summary(context: StageContext, cfg: dict, result: dict, raw_rows: int, clean_rows: int,
-                  not_interviewed: int) -> dict:
-    """clean_summary.json: the row accounting and what the rules changed."""
+                  not_interviewed: int, log_rules: dict) -> dict:
+    """clean_summary.json: the row accounting and what the rules changed (``log_rules``: values
+    changed per rule)."""
     extra = result["extra"]
     summary = {
         "study": cfg["study"],
         "raw_rows": raw_rows,
         "clean_rows": clean_rows,
         "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
-        "values_changed_by_rule": result["log"]["rule"].value_counts().sort_index().to_dict(),
+        "values_changed_by_rule": log_rules,
     }
     if cfg["not_interviewed"]:
         summary["not_interviewed_rows"] = not_interviewed

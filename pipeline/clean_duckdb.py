@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from pipeline.clean_log import LOG_COLUMNS, CleaningError
+from pipeline.clean_log import CleaningError
 from pipeline.clean_money import OUTLIER_METHODS, SUMMARY_PERCENTILES, flow_columns
 from pipeline.codes import PER_YEAR
 from pipeline.study import FACTOR_COLUMN, PIPELINE_COLUMNS, arm_labels, flow_column, normalise, numeric_columns
@@ -68,32 +68,64 @@ def in_list(values) -> str:
 
 @dataclass
 class Columns:
-    """The kept rows' columns as SQL expressions over the view ``kept``, in output order, with
-    their DuckDB types: each value rule replaces some expressions (pandas' column by column)."""
-    expr: dict[str, str]
+    """The kept rows as layers of views (``kept``, ``step_1``, ...): a rule reads the current layer,
+    sets new expressions for the columns it changes or adds (pandas' dtypes: DuckDB types here),
+    and :meth:`commit` makes them the next layer, so no expression is repeated inside another."""
+    con: object
     dtype: dict[str, str]
+    layer: str = "kept"
+    expr: dict[str, str] = field(default_factory=dict)
     logs: list[str] = field(default_factory=list)     # SELECTs of value-log rows, in pandas' order
+    layers: int = 0
+    columns: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.expr = {c: ident(c) for c in self.dtype}
+        self.columns = list(self.dtype)
 
     def set(self, col: str, expr: str, dtype: str) -> None:
         self.expr[col], self.dtype[col] = expr, dtype
 
-    def select(self) -> str:
-        return ", ".join(f"{e} AS {ident(c)}" for c, e in self.expr.items())
+    def commit(self) -> None:
+        changed = [c for c, e in self.expr.items() if e != ident(c)]
+        if not changed:
+            return
+        replaced = [c for c in changed if c in self.columns]
+        added = [c for c in changed if c not in self.columns]
+        replace = f" REPLACE ({', '.join(f'{self.expr[c]} AS {ident(c)}' for c in replaced)})" if replaced else ""
+        self.layers += 1
+        name = f"step_{self.layers}"
+        self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT *{replace}"
+                         f"{''.join(f', {self.expr[c]} AS {ident(c)}' for c in added)} FROM {self.layer}")
+        self.layer, self.columns = name, self.columns + added
+        self.expr = {c: ident(c) for c in self.expr}
+
+    def count_where(self, masks: dict) -> dict:
+        """Rows of the current layer where each mask holds, in one pass."""
+        if not masks:
+            return {}
+        sql = ", ".join(f"count(*) FILTER (WHERE {m})" for m in masks.values())
+        return dict(zip(masks, self.con.execute(f"SELECT {sql} FROM {self.layer}").fetchall()[0]))
 
     def log(self, col: str, mask: str, new_value: str, rule: str) -> None:
         """Value-log rows where ``mask``: the value before the rule (numeric columns only here)."""
-        self.logs.append(f"SELECT source_file, source_row, {literal(col)} AS \"column\", "
-                         f"CAST({self.expr[col]} AS DOUBLE) AS old_value, '' AS old_text, "
-                         f"CAST({new_value} AS DOUBLE) AS new_value, {rule} AS rule, "
-                         f"{len(self.logs)} AS _part FROM kept WHERE {mask}")
+        entry = (f"struct_pack(\"column\" := {literal(col)}, old_value := CAST({self.expr[col]} AS DOUBLE), "
+                 f"new_value := CAST({new_value} AS DOUBLE), rule := CAST({rule} AS VARCHAR), _part := {len(self.logs)})")
+        self.logs.append((self.layer, mask, entry))
 
-
-def count_where(con, masks: dict[str, str]) -> dict[str, int]:
-    """Rows of ``kept`` where each mask holds, in one pass."""
-    if not masks:
-        return {}
-    sql = ", ".join(f"count(*) FILTER (WHERE {m})" for m in masks.values())
-    return dict(zip(masks, con.execute(f"SELECT {sql} FROM kept").fetchall()[0]))
+    def log_sql(self) -> str:
+        """The value log, unordered: one scan per layer, each row's entries unnested."""
+        layers = {}
+        for layer, mask, entry in self.logs:
+            layers.setdefault(layer, []).append((mask, entry))
+        parts = []
+        for layer, entries in layers.items():
+            listed = ", ".join(f"CASE WHEN {m} THEN {e} END" for m, e in entries)
+            parts.append(f"SELECT source_file, source_row, unnest(list_filter([{listed}], lambda x: x IS NOT NULL), "
+                         f"recursive := true) FROM {layer} WHERE {' OR '.join(f'({m})' for m, _ in entries)}")
+        return " UNION ALL ".join(parts) or \
+            "SELECT NULL::VARCHAR source_file, NULL::BIGINT source_row, NULL::VARCHAR \"column\", NULL::DOUBLE old_value, " \
+            "NULL::DOUBLE new_value, NULL::VARCHAR rule, 0 _part WHERE FALSE"
 
 
 def check_supported(cfg: dict, types: dict[str, str]) -> None:
@@ -199,7 +231,7 @@ def missing_codes(con, cols: Columns, answer_cols: list[str], codes: dict[int, s
         return
     listed = in_list(codes)
     masks = {c: f"{cols.expr[c]} IN {listed}" for c in numeric}
-    for col, n in count_where(con, masks).items():
+    for col, n in cols.count_where(masks).items():
         if n:
             reason = "CASE " + " ".join(f"WHEN {cols.expr[col]} = {literal(k)} THEN {literal('missing_code:' + v)}"
                                         for k, v in codes.items()) + " END"
@@ -213,7 +245,7 @@ def check_sex_coding(con, cfg: dict, cols: Columns) -> None:
     if not female.get("column"):
         return
     col = cols.expr[female["column"]]
-    others = [r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM kept WHERE {col} IS NOT NULL AND "
+    others = [r[0] for r in con.execute(f"SELECT DISTINCT {col} FROM {cols.layer} WHERE {col} IS NOT NULL AND "
                                         f"{col} NOT IN {in_list(female['female_codes'])} ORDER BY 1").fetchall()]
     if len(others) > 1:
         raise CleaningError(f"{cfg['study']}: female_owner.column {female['column']!r} holds {len(others)} codes that "
@@ -230,12 +262,13 @@ def closures(con, cfg: dict, cols: Columns) -> None:
     closed = f"(coalesce({cols.expr[spec['column']]} IN {in_list(spec['closed_codes'])}, FALSE) " \
              f"AND {cols.expr['interviewed']} = 1)"
     cols.set("business_closed", f"CAST({closed} AS TINYINT)", "TINYINT")
+    cols.commit()
     flows = [out["column"] for out in cfg["outcomes"].values() if out.get("flow", True)]
-    masks = {c: f"{closed} AND {cols.expr[c]} IS DISTINCT FROM 0" for c in flows}   # pandas: NaN != 0
-    for col, n in count_where(con, masks).items():
+    masks = {c: f"business_closed = 1 AND {cols.expr[c]} IS DISTINCT FROM 0" for c in flows}   # pandas: NaN != 0
+    for col, n in cols.count_where(masks).items():
         if n:
             cols.log(col, masks[col], "0.0", "'closed_business_zero'")
-            cols.set(col, f"CASE WHEN {closed} THEN 0.0 ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
+            cols.set(col, f"CASE WHEN business_closed = 1 THEN 0.0 ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
 
 
 def unusable_numbers(con, cfg: dict, cols: Columns, n_rows: int) -> None:
@@ -247,7 +280,7 @@ def unusable_numbers(con, cfg: dict, cols: Columns, n_rows: int) -> None:
             e = f"CAST({cols.expr[col]} AS DOUBLE)"
             masks[(col, "inf")] = f"isinf({e})"
             masks[(col, "huge")] = f"(abs({e}) > {literal(bound)} AND NOT isinf({e}))"
-    counts = count_where(con, masks)
+    counts = cols.count_where(masks)
     for col in dict.fromkeys(c for c, _ in masks):
         inf, huge = counts[(col, "inf")], counts[(col, "huge")]
         if inf:
@@ -267,13 +300,26 @@ def impossible_values(con, cfg: dict, cols: Columns) -> None:
     for out in cfg["outcomes"].values():
         if not out.get("allow_negative", False):
             checks += [(c, 0, None) for c in (out["column"], out["baseline_column"]) if c]
-    for col, lo, hi in checks:
-        e = cols.expr[col]
-        mask = " OR ".join([f"{e} < {literal(lo)}"] * (lo is not None) + [f"{e} > {literal(hi)}"] * (hi is not None))
-        if mask and count_where(con, {col: f"coalesce({mask}, FALSE)"})[col]:
-            cols.log(col, f"coalesce({mask}, FALSE)", "NULL",
-                     literal(f"impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]"))
-            cols.set(col, f"CASE WHEN {mask} THEN NULL ELSE CAST({e} AS DOUBLE) END", "DOUBLE")
+    pending = checks
+    while pending:                # one pass over distinct columns; a column checked twice: next pass
+        batch, later = [], []
+        for check in pending:
+            (later if any(check[0] == b[0] for b in batch) else batch).append(check)
+        masks = {}
+        for k, (col, lo, hi) in enumerate(batch):
+            e = cols.expr[col]
+            mask = " OR ".join([f"{e} < {literal(lo)}"] * (lo is not None) + [f"{e} > {literal(hi)}"] * (hi is not None))
+            if mask:
+                masks[k] = mask
+        counts = cols.count_where({k: f"coalesce({m}, FALSE)" for k, m in masks.items()})
+        for k, mask in masks.items():
+            col, lo, hi = batch[k]
+            if counts[k]:
+                cols.log(col, f"coalesce({mask}, FALSE)", "NULL",
+                         literal(f"impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]"))
+                cols.set(col, f"CASE WHEN {mask} THEN NULL ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
+        cols.commit()
+        pending = later
 
 
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +332,7 @@ def recall(con, cfg: dict, cols: Columns, flow_period: str) -> list[str]:
     spec = cfg.get("recall_period") or {}
     if "column" in spec:
         code = cols.expr[spec["column"]]
-        unknown = [r[0] for r in con.execute(f"SELECT DISTINCT {code} FROM kept WHERE {code} IS NOT NULL AND "
+        unknown = [r[0] for r in con.execute(f"SELECT DISTINCT {code} FROM {cols.layer} WHERE {code} IS NOT NULL AND "
                                              f"{code} NOT IN {in_list(spec['codes'])} ORDER BY 1").fetchall()]
         if unknown:
             raise CleaningError(f"{cfg['study']}: {spec['column']} has codes {unknown} not in recall_period.codes")
@@ -344,9 +390,9 @@ def outliers(con, cols: Columns, targets: dict[str, bool], lower_pct: float, upp
         v = cols.expr[col]
         cut = {}
         if upper_pct < 100:
-            cut[">"] = group_quantile(con, v, group, upper_pct / 100.0)
+            cut[">"] = group_quantile(con, v, group, upper_pct / 100.0, cols.layer)
         if both_tails and lower_pct > 0:
-            cut["<"] = group_quantile(con, v, group, lower_pct / 100.0)
+            cut["<"] = group_quantile(con, v, group, lower_pct / 100.0, cols.layer)
         w, conds = v, []
         for op, per_group in cut.items():       # upper first, then lower on the clamped values
             bound = "CASE " + " ".join(f"WHEN {group} = {literal(g)} THEN {literal(x)}"
@@ -356,7 +402,7 @@ def outliers(con, cols: Columns, targets: dict[str, bool], lower_pct: float, upp
             w = f"CASE WHEN {cond} THEN {'NULL' if method == 'trim' else bound} ELSE {w} END"
         masks[col] = " OR ".join(f"coalesce({c}, FALSE)" for c in conds) or "FALSE"
         new[f"{col}_w"] = w
-    changed = count_where(con, masks)
+    changed = cols.count_where(masks)
     for col, w in new.items():
         cols.set(col, w, "DOUBLE")
     return {c: int(n) for c, n in changed.items()}
@@ -385,7 +431,7 @@ def flow_counts(con, cfg: dict) -> list[dict]:
     return rows
 
 
-def check_clean(con, cfg: dict, flow_period: str, columns) -> None:
+def check_clean(con, cfg: dict, flow_period: str) -> None:
     """The clean table's contract (:func:`pipeline.clean.clean_schema`) as SQL over the view ``clean``:
     ids present, one row per unit x round, defined rounds, non-negative money where it must be,
     ranges, 0/1 flags, a positive conversion factor. A violation stops the stage naming the rows."""
@@ -408,6 +454,7 @@ def check_clean(con, cfg: dict, flow_period: str, columns) -> None:
             rules[f"{col} > {hi}"] = f"{ident(col)} > {literal(hi)}"
     for flag in ("business_closed", "interviewed"):
         rules[f"{flag} not 0/1"] = f"{ident(flag)} IS NULL OR {ident(flag)} NOT IN (0, 1)"
+    columns = [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE clean)").fetchall()]
     if FACTOR_COLUMN in columns:
         rules[f"{FACTOR_COLUMN} not > 0"] = f"{ident(FACTOR_COLUMN)} IS NULL OR NOT {ident(FACTOR_COLUMN)} > 0"
     keys = ", ".join(ident(k) for k in [unit] + ([round_col] if round_col else []))
@@ -423,7 +470,8 @@ def check_clean(con, cfg: dict, flow_period: str, columns) -> None:
 
 def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
     """Every rule over the view ``interim`` of ``con``: views ``clean``, ``rejected`` and ``value_log``
-    (ordered as the pandas path's tables), the flow rows (``checked``) and the outlier counts."""
+    (ordered as the pandas path's tables), the flow rows (``checked``) and the outlier counts.
+    The caller checks the clean table's contract (:func:`check_clean`) where it is final."""
     from pipeline.io import param
     from pipeline.study import effective_clean_params
 
@@ -432,37 +480,39 @@ def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE interim)").fetchall())
     check_supported(cfg, types)
     find_rejected(con, cfg, list(types), param(params, "clean", "duplicate_rule"))
-    cols = Columns({c: ident(c) for c in types}, dict(types))
+    cols = Columns(con, dict(types))
     cols.set("interviewed", "CAST(1 AS TINYINT)", "TINYINT")
+    cols.commit()
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *cfg.get("strata", []), *((cfg.get("submission") or {}).values())}
     missing_codes(con, cols, [c for c in types if c not in id_like and c not in PIPELINE_COLUMNS], cfg["missing_codes"])
+    cols.commit()
     check_sex_coding(con, cfg, cols)
     closures(con, cfg, cols)
+    cols.commit()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
     unusable_numbers(con, cfg, cols, n_kept)
+    cols.commit()
     impossible_values(con, cfg, cols)
     period = param(params, "clean", "flow_period")
     new = recall(con, cfg, cols, period)
+    cols.commit()
     targets = dict(zip(new, (bool(out.get("allow_negative", False)) for out in cfg["outcomes"].values())))
     method = param(params, "clean", "outlier_method")
     changed = outliers(con, cols, targets, float(param(params, "clean", "winsor_lower_pct")),
                        float(param(params, "clean", "winsor_upper_pct")),
                        cfg.get("round") if param(params, "clean", "winsor_by_round") else None, method)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT {cols.select()} FROM kept ORDER BY source_file, source_row")
+    cols.commit()
+    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM {cols.layer} ORDER BY source_file, source_row")
     con.execute("CREATE OR REPLACE TEMP VIEW rejected AS SELECT interim.*, rule, reason FROM interim "
                 "JOIN rejected_keys USING (source_file, source_row) ORDER BY source_file, source_row")
-    parts = " UNION ALL ".join(cols.logs) or \
-        "SELECT NULL::VARCHAR source_file, NULL::BIGINT source_row, NULL::VARCHAR \"column\", NULL::DOUBLE old_value, " \
-        "NULL::VARCHAR old_text, NULL::DOUBLE new_value, NULL::VARCHAR rule, 0 _part WHERE FALSE"
-    con.execute(f"CREATE OR REPLACE TEMP VIEW value_log AS SELECT {', '.join(ident(c) for c in LOG_COLUMNS)} "
-                f"FROM ({parts}) ORDER BY source_file, source_row, \"column\", rule, _part")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW value_log AS SELECT source_file, source_row, \"column\", old_value, "
+                f"'' AS old_text, new_value, rule FROM ({cols.log_sql()}) "
+                f"ORDER BY source_file, source_row, \"column\", rule, _part")
     n_rejected = con.execute("SELECT count(*) FROM rejected_keys").fetchall()[0][0]
     n_raw = con.execute("SELECT count(*) FROM interim").fetchall()[0][0]
     if n_kept + n_rejected != n_raw:
         raise CleaningError(f"{cfg['study']}: row accounting broken: {n_kept} clean + {n_rejected} rejected != {n_raw} raw")
-    if checked:
-        check_clean(con, cfg, period, cols.expr)
     extra = {"outliers_changed": changed, "method": method, "text_parsed": {}, "params": params}
     return {"flow": flow_counts(con, cfg) if checked else None, "extra": extra,
             "rows": {"raw": n_raw, "clean": n_kept, "rejected": n_rejected}}
@@ -504,8 +554,9 @@ def to_frame(con, view: str) -> pd.DataFrame:
     return con.execute(f"SELECT * FROM {view}").df()
 
 
-def pandas_tables(con, cfg: dict, result: dict) -> dict:
-    """The small tables as the pandas path types them (rejected reasons and log text as object)."""
+def pandas_tables(con, cfg: dict, result: dict, log: bool = True) -> dict:
+    """The small tables as the pandas path types them (rejected reasons and log text as object);
+    ``log=False``: not the value log (a table as long as the survey's changed values)."""
     from pipeline.clean_log import concat_logs, flow_frame
 
     rejected = to_frame(con, "rejected")
@@ -515,10 +566,12 @@ def pandas_tables(con, cfg: dict, result: dict) -> dict:
     if rejected.empty:    # DuckDB gives text columns without rows as object, pandas keeps str
         rejected = rejected.astype({c: "str" for c in rejected.columns if rejected[c].dtype == object})
     rejected["reason"] = rejected["reason"].astype("str" if invalid else "object")
-    log = to_frame(con, "value_log")
-    log = concat_logs([log]) if len(log) else concat_logs([])
     flow = flow_frame(result["flow"], arm_labels(cfg)) if result["flow"] is not None else None
-    return {"rejected": rejected, "log": log, "flow": flow}
+    tables = {"rejected": rejected, "flow": flow}
+    if log:
+        frame = to_frame(con, "value_log")
+        tables["log"] = concat_logs([frame]) if len(frame) else concat_logs([])
+    return tables
 
 
 def clean_frame(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict:
@@ -528,21 +581,28 @@ def clean_frame(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool
     con.register("interim_frame", interim)
     con.execute("CREATE TEMP VIEW interim AS SELECT * FROM interim_frame")
     result = clean_sql(con, cfg, params, checked=checked)
+    if checked:
+        check_clean(con, normalise(cfg), result["extra"]["params"]["flow_period"])
     clean = to_frame(con, "clean")
     return {"clean": clean, **pandas_tables(con, normalise(cfg), result), "extra": result["extra"]}
 
 
-def clean_parquet(interim_path, clean_path, cfg: dict, params: dict, *, memory_limit: str | None = None,
+def clean_parquet(interim_path, clean_path, log_path, cfg: dict, params: dict, *, memory_limit: str | None = None,
                   temp_directory: str | None = None) -> dict:
-    """Out of core: the interim parquet file cleaned into ``clean_path`` (parquet, written by
-    DuckDB, streaming); returns the small tables (rejected rows, value log, flow) as pandas and
-    the row counts."""
+    """Out of core: the interim parquet file cleaned into ``clean_path`` and its value log into
+    ``log_path`` (parquet, written by DuckDB, streaming); returns the small tables (rejected rows,
+    flow) as pandas, the value log's counts by rule, the row counts and the money-flow summary."""
     con = connect(memory_limit, temp_directory)
     con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
     result = clean_sql(con, cfg, params)
     con.execute(f"COPY (SELECT * FROM clean) TO {literal(str(clean_path))} (FORMAT parquet)")
+    con.execute(f"COPY (SELECT * FROM value_log) TO {literal(str(log_path))} (FORMAT parquet)")
     con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
-    not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
     period = result["extra"]["params"]["flow_period"]
-    return {**pandas_tables(con, normalise(cfg), result), "extra": result["extra"], "rows": result["rows"],
-            "not_interviewed_rows": int(not_interviewed), "flow_summary": flow_summary(con, period)}
+    check_clean(con, normalise(cfg), period)
+    not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
+    log_counts = dict(con.execute(f"SELECT rule, count(*) FROM read_parquet({literal(str(log_path))}) "
+                                  f"GROUP BY rule ORDER BY rule").fetchall())
+    return {**pandas_tables(con, normalise(cfg), result, log=False), "log_rules": log_counts,
+            "extra": result["extra"], "rows": result["rows"], "not_interviewed_rows": int(not_interviewed),
+            "flow_summary": flow_summary(con, period)}

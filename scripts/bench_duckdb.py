@@ -9,8 +9,8 @@ SQL baseline of the same rules, on a large synthetic survey written to parquet i
    offset past the earlier chunks, and is appended to one parquet file as a row group, so no more
    than a chunk is ever in memory. About 4 rows per firm: 2.6 million firms give ~10 million rows.
 2. Each contender runs in its own child process (time and peak RSS from ``os.wait4``), side by side:
-   ``engine``: :func:`pipeline.clean_duckdb.clean_parquet` (rules, rejected rows, value log, flow,
-   contract checks, clean table to parquet); ``baseline``: one hand-written SQL statement of the
+   ``engine``: :func:`pipeline.clean_duckdb.clean_parquet` (rules, rejected rows, flow, contract
+   checks, clean table and value log to parquet); ``baseline``: one hand-written SQL statement of the
    default study's rules (dedupe, codes, closures, ranges, recall, winsorising per round) to
    parquet, no logs; ``pandas`` (with ``--pandas``): ``pd.read_parquet`` + ``clean.clean``.
    The engine's and the baseline's clean tables are compared (rows and every value).
@@ -126,7 +126,8 @@ def child(role: str, interim: str, out: str) -> None:
         from pipeline import clean_duckdb
         from pipeline.io import load_params
         from pipeline.study import load_study
-        result = clean_duckdb.clean_parquet(interim, out, load_study("synthetic"), load_params(ROOT / "params.yaml")["clean"],
+        result = clean_duckdb.clean_parquet(interim, out, str(out).replace(".parquet", "_log.parquet"),
+                                            load_study("synthetic"), load_params(ROOT / "params.yaml")["clean"],
                                             memory_limit=MEMORY_LIMIT, temp_directory=str(Path(out).parent / "spill"))
         print(json.dumps(result["rows"]))
     elif role == "baseline":

@@ -115,10 +115,14 @@ def test_out_of_core_file_gives_the_same_tables(tmp_path, synthetic_interim):
     """clean_parquet (the stage's path): the parquet clean table DuckDB writes reads back equal."""
     cfg, interim = synthetic_interim
     interim.to_parquet(tmp_path / "ingested.parquet")
-    out = clean_duckdb.clean_parquet(tmp_path / "ingested.parquet", tmp_path / "clean.parquet", cfg, DUCKDB)
+    out = clean_duckdb.clean_parquet(tmp_path / "ingested.parquet", tmp_path / "clean.parquet", tmp_path / "log.parquet",
+                                     cfg, DUCKDB)
     expected = clean.clean(interim, cfg, PANDAS)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "clean.parquet"), expected["clean"], check_exact=True)
-    for name in ("rejected", "log", "flow"):
+    log = pd.read_parquet(tmp_path / "log.parquet").astype({"old_text": "object"})
+    pd.testing.assert_frame_equal(log, expected["log"], check_exact=True)
+    assert out["log_rules"] == expected["log"]["rule"].value_counts().sort_index().to_dict()
+    for name in ("rejected", "flow"):
         pd.testing.assert_frame_equal(out[name], expected[name], check_exact=True, obj=name)
     assert out["rows"] == {"raw": len(interim), "clean": len(expected["clean"]), "rejected": len(expected["rejected"])}
     pd.testing.assert_frame_equal(out["flow_summary"], clean.flow_summary(expected["clean"], PANDAS["flow_period"]))
