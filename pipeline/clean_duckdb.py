@@ -356,26 +356,32 @@ def recall(con, cfg: dict, cols: Columns, flow_period: str) -> list[str]:
     return new
 
 
-def group_quantile(con, value: str, by: str | None, q: float, table: str = "kept") -> dict:
-    """Per group, pandas' ``groupby().quantile(q)`` (linear): s[i] + (s[i+1] - s[i]) * frac with
-    i = int(q (n - 1)); the two order statistics read exactly with ``quantile_disc`` (which returns
-    s[ceil(p n) - 1]: p = (i + 0.5) / n hits s[i])."""
-    group = by or "0"
-    sizes = con.execute(f"SELECT {group}, count(*) FROM {table} WHERE {value} IS NOT NULL GROUP BY 1").fetchall()
-    aggs, plan = [], {}
-    for g, n in sizes:
-        float_idx = q * float(n - 1)
-        i = int(float_idx)
-        probs = [(i + 0.5) / n] + ([(i + 1.5) / n] if i < n - 1 else [])
-        aggs.append(f"quantile_disc({value}, [{', '.join(literal(p) for p in probs)}]) "
-                    f"FILTER (WHERE {group} = {literal(g)} AND {value} IS NOT NULL)")
-        plan[g] = float_idx % 1
-    if not aggs:
-        return {}
-    stats = con.execute(f"SELECT {', '.join(aggs)} FROM {table}").fetchall()[0]
-    out = {}
-    for (g, frac), s in zip(plan.items(), stats):
-        out[g] = s[0] if frac == 0 or len(s) == 1 else s[0] + (s[1] - s[0]) * frac
+def group_quantiles(con, table: str, group: str, requests: list[tuple[str, float]]) -> list[dict]:
+    """Per request (value expression, q) and group, pandas' ``groupby().quantile(q)`` (linear):
+    s[i] + (s[i+1] - s[i]) * frac with i = int(q (n - 1)); the two order statistics read exactly
+    with ``quantile_disc`` (which returns s[ceil(p n) - 1]: p = (i + 0.5) / n hits s[i]). Two
+    passes over ``table`` for all requests: the group sizes, then the order statistics."""
+    if not requests:
+        return []
+    counts = ", ".join(f"count({v})" for v, _ in requests)
+    sizes = con.execute(f"SELECT {group}, {counts} FROM {table} GROUP BY 1").fetchall()
+    aggs, plan = [], []
+    for k, (value, q) in enumerate(requests):
+        for g, *ns in sizes:
+            n = ns[k]
+            if not n:
+                continue
+            float_idx = q * float(n - 1)
+            i = int(float_idx)
+            probs = [(i + 0.5) / n] + ([(i + 1.5) / n] if i < n - 1 else [])
+            aggs.append(f"quantile_disc({value}, [{', '.join(literal(p) for p in probs)}]) "
+                        f"FILTER (WHERE {group} = {literal(g)} AND {value} IS NOT NULL)")
+            plan.append((k, g, float_idx % 1))
+    out = [{} for _ in requests]
+    if aggs:
+        stats = con.execute(f"SELECT {', '.join(aggs)} FROM {table}").fetchall()[0]
+        for (k, g, frac), s in zip(plan, stats):
+            out[k][g] = s[0] if frac == 0 or len(s) == 1 else s[0] + (s[1] - s[0]) * frac
     return out
 
 
@@ -385,18 +391,17 @@ def outliers(con, cols: Columns, targets: dict[str, bool], lower_pct: float, upp
     if method not in OUTLIER_METHODS:
         raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
     group = cols.expr[by] if by else "0"
+    wanted = [(col, op, pct) for col, both_tails in targets.items()
+              for op, pct, on in ((">", upper_pct, upper_pct < 100), ("<", lower_pct, both_tails and lower_pct > 0)) if on]
+    cutoffs = group_quantiles(con, cols.layer, group, [(cols.expr[col], pct / 100.0) for col, _, pct in wanted])
     masks, new = {}, {}
-    for col, both_tails in targets.items():
-        v = cols.expr[col]
-        cut = {}
-        if upper_pct < 100:
-            cut[">"] = group_quantile(con, v, group, upper_pct / 100.0, cols.layer)
-        if both_tails and lower_pct > 0:
-            cut["<"] = group_quantile(con, v, group, lower_pct / 100.0, cols.layer)
-        w, conds = v, []
-        for op, per_group in cut.items():       # upper first, then lower on the clamped values
+    for col in targets:
+        w, conds = cols.expr[col], []
+        for (target, op, _), per_group in zip(wanted, cutoffs):   # upper first, then lower on the clamped values
+            if target != col:
+                continue
             bound = "CASE " + " ".join(f"WHEN {group} = {literal(g)} THEN {literal(x)}"
-                                        for g, x in per_group.items()) + " END"
+                                        for g, x in per_group.items()) + " END" if per_group else "NULL::DOUBLE"
             cond = f"({w}) {op} ({bound})"
             conds.append(cond)
             w = f"CASE WHEN {cond} THEN {'NULL' if method == 'trim' else bound} ELSE {w} END"
@@ -418,16 +423,15 @@ def arm_label_sql(cfg: dict) -> str:
 
 
 def flow_counts(con, cfg: dict) -> list[dict]:
-    """Rows by arm label after each step (the rows of :func:`pipeline.clean_log.flow_frame`)."""
-    label = arm_label_sql(cfg)
-    steps = [("raw rows", "interim"),
-             ("after invalid rows", "(SELECT * FROM interim ANTI JOIN (SELECT source_file, source_row FROM "
-                                    "rejected_keys WHERE rule = 'invalid_row') USING (source_file, source_row))"),
-             ("after duplicates", "kept"), ("clean", "kept")]
+    """Rows by arm label after each step (the rows of :func:`pipeline.clean_log.flow_frame`), one pass."""
+    counts = con.execute(f"""
+        SELECT {arm_label_sql(cfg)} AS arm, count(*), count(*) FILTER (WHERE rule IS DISTINCT FROM 'invalid_row'),
+               count(*) FILTER (WHERE rule IS NULL)
+        FROM interim LEFT JOIN rejected_keys USING (source_file, source_row) GROUP BY 1 ORDER BY 1""").fetchall()
     rows = []
-    for step, table in steps:
-        counts = dict(con.execute(f"SELECT {label}, count(*) FROM {table} GROUP BY 1 ORDER BY 1").fetchall())
-        rows.append({"step": step, **counts, "all": sum(counts.values())})
+    for k, step in enumerate(("raw rows", "after invalid rows", "after duplicates", "clean")):
+        per_arm = {arm: n[min(k, 2)] for arm, *n in counts if n[min(k, 2)]}
+        rows.append({"step": step, **per_arm, "all": sum(per_arm.values())})
     return rows
 
 
@@ -526,14 +530,14 @@ def flow_summary(con, flow_period: str) -> pd.DataFrame:
     if not flows:
         return pd.DataFrame({"note": [f"no money-flow outcome per {flow_period} in this study"]})
     stats = ["count", "mean", "std", "min"] + [f"{p * 100:g}%" for p in SUMMARY_PERCENTILES] + ["max"]
+    moments = con.execute("SELECT " + ", ".join(f"count({v}), avg({v}), stddev_samp({v}), min({v}), max({v})"
+                                                for v in map(ident, flows)) + " FROM clean").fetchall()[0]
+    quantiles = group_quantiles(con, "clean", "0", [(ident(c), p) for c in flows for p in SUMMARY_PERCENTILES])
     rows = {}
-    for col in flows:
-        v = ident(col)
-        n, mean, sd, lo, hi = con.execute(f"SELECT count({v}), avg({v}), stddev_samp({v}), min({v}), max({v}) "
-                                          f"FROM clean").fetchall()[0]
-        quantiles = [group_quantile(con, v, None, p, table="clean").get(0, np.nan) for p in SUMMARY_PERCENTILES]
-        rows[col] = [float(n), *(np.nan if x is None else float(x) for x in (mean, sd, lo)), *quantiles,
-                     np.nan if hi is None else float(hi)]
+    for k, col in enumerate(flows):
+        n, mean, sd, lo, hi = (np.nan if x is None else float(x) for x in moments[5 * k: 5 * k + 5])
+        cuts = [q.get(0, np.nan) for q in quantiles[len(SUMMARY_PERCENTILES) * k: len(SUMMARY_PERCENTILES) * (k + 1)]]
+        rows[col] = [n, mean, sd, lo, *cuts, hi]
     return pd.DataFrame.from_dict(rows, orient="index", columns=stats).round(1)
 
 

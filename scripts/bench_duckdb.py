@@ -85,9 +85,9 @@ def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.0
     cuts = ", ".join(f"quantile_cont({c}, {upper}) AS {c}_hi" for c in outcomes) + ", " + \
         f"quantile_cont(profit_lcu_month, {lower}) AS profit_lcu_month_lo"
     clamp = ", ".join(
-        [f"CASE WHEN profit_lcu_month > q.profit_lcu_month_hi THEN q.profit_lcu_month_hi "
-         f"WHEN profit_lcu_month < q.profit_lcu_month_lo THEN q.profit_lcu_month_lo "
-         f"ELSE profit_lcu_month END AS profit_lcu_month_w"]
+        ["CASE WHEN profit_lcu_month > q.profit_lcu_month_hi THEN q.profit_lcu_month_hi "
+         "WHEN profit_lcu_month < q.profit_lcu_month_lo THEN q.profit_lcu_month_lo "
+         "ELSE profit_lcu_month END AS profit_lcu_month_w"]
         + [f"CASE WHEN {c} > q.{c}_hi THEN q.{c}_hi ELSE {c} END AS {c}_w" for c in outcomes[1:]])
     return f"""
     COPY (
@@ -177,16 +177,22 @@ def main() -> None:
     parser.add_argument("--pandas", action="store_true", help="also the pandas engine (in memory)")
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "INTERIM", "OUT"))
     parser.add_argument("--dir", help="working folder (default: a temporary one)")
+    parser.add_argument("--interim", help="an interim parquet file this script wrote before (skips the generator)")
+    parser.add_argument("--generate-only", metavar="PATH", help="write the survey to PATH and stop")
     args = parser.parse_args()
     if args.child:
         child(*args.child)
         return
+    if args.generate_only:
+        print(write_survey(Path(args.generate_only), args.firms, args.chunk_firms))
+        return
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         tmp = Path(tmp)
-        survey = write_survey(tmp / "ingested.parquet", args.firms, args.chunk_firms)
-        print(f"survey: {survey}", flush=True)
+        interim = Path(args.interim) if args.interim else tmp / "ingested.parquet"
+        if not args.interim:
+            print(f"survey: {write_survey(interim, args.firms, args.chunk_firms)}", flush=True)
         roles = ["baseline", "engine"] + (["pandas"] if args.pandas else [])
-        results = [measure(role, tmp / "ingested.parquet", tmp / f"clean_{role}.parquet") for role in roles]
+        results = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
         base = results[0]["seconds"]
         print(f"{'contender':<10} {'seconds':>8} {'x baseline':>10} {'peak GB':>8}")
         for r in results:
