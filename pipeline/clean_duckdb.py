@@ -271,12 +271,15 @@ def closures(con, cfg: dict, cols: Columns) -> None:
             cols.set(col, f"CASE WHEN business_closed = 1 THEN 0.0 ELSE CAST({cols.expr[col]} AS DOUBLE) END", "DOUBLE")
 
 
-def unusable_numbers(con, cfg: dict, cols: Columns, n_rows: int) -> None:
-    """Infinities and magnitudes whose sum of squares overflows float64 to missing, logged."""
+def unusable_numbers(con, cfg: dict, cols: Columns, n_rows: int, raw_types: dict[str, str]) -> None:
+    """Infinities and magnitudes whose sum of squares overflows float64 to missing, logged. Only
+    columns that were floats in the interim table are searched: pandas searches every float
+    column, but one that became float by a rule holds integers (|x| < 2^64, far below the bound
+    of about 1e151 at 10^15 rows), so it cannot hold either."""
     bound = float(np.sqrt(np.finfo("float64").max / max(n_rows, 1)))
     masks = {}
     for col in numeric_columns(cfg):
-        if col in cols.expr and cols.dtype[col] in FLOAT_TYPES:
+        if col in cols.expr and cols.dtype[col] in FLOAT_TYPES and raw_types.get(col) in FLOAT_TYPES:
             e = f"CAST({cols.expr[col]} AS DOUBLE)"
             masks[(col, "inf")] = f"isinf({e})"
             masks[(col, "huge")] = f"(abs({e}) > {literal(bound)} AND NOT isinf({e}))"
@@ -495,7 +498,7 @@ def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
     closures(con, cfg, cols)
     cols.commit()
     n_kept = con.execute("SELECT count(*) FROM kept").fetchall()[0][0]
-    unusable_numbers(con, cfg, cols, n_kept)
+    unusable_numbers(con, cfg, cols, n_kept, types)
     cols.commit()
     impossible_values(con, cfg, cols)
     period = param(params, "clean", "flow_period")

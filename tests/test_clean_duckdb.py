@@ -155,3 +155,14 @@ def test_clean_stage_writes_the_same_outputs_with_either_engine(tmp_path, synthe
     assert summaries[0] == summaries[1]
     pd.testing.assert_frame_equal(results["duckdb"]["flow_summary"], results["pandas"]["flow_summary"])
     assert not list(duckdb_files["clean.parquet"].parent.glob(".*.tmp"))
+
+
+def test_unusable_numbers_in_float_columns(cfg, interim):
+    """An infinite profit and one of 1e300 (float64 sums of squares overflow) become missing, logged."""
+    interim["profit"] = interim["profit"].astype("float64")
+    interim.loc[0, "profit"] = np.inf
+    interim.loc[1, "profit"] = 1e300
+    out, _ = both_engines(interim, cfg)
+    rules = out["log"].set_index(["source_row", "column"])["rule"]
+    assert rules[(0, "profit")] == "impossible_value:non_finite"
+    assert rules[(1, "profit")].startswith("impossible_value:magnitude above")
