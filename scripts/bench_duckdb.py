@@ -69,14 +69,31 @@ def write_survey(path: Path, n_firms: int, chunk_firms: int) -> dict:
             "parquet_mb": round(path.stat().st_size / 1e6, 1)}
 
 
-def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.01) -> str:
-    """The default study's clean rules written by hand (studies/synthetic.yaml, params.yaml clean:)."""
-    answers = ["owner_sex", "owner_age", "owner_educ_years", "hh_size", "took_training", "received_grant",
-               "business_open", "recall_period", "profit", "revenue", "costs", "capital_stock", "hours_week",
-               *[f"bp_{i:02d}" for i in range(1, 27)], "loan_any"]
-    coded = ", ".join(f"CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END AS {c}" for c in answers)
-    content = ", ".join(c for c in ["enumerator_id", "firm_id", "round", "region", "sector", "market_id",
-                                    "treat_arm", *answers, "usd_ppp_per_lcu"])
+# the default study's answer columns (studies/synthetic.yaml): missing codes apply to these
+ANSWERS = ["owner_sex", "owner_age", "owner_educ_years", "hh_size", "took_training", "received_grant",
+           "business_open", "recall_period", "profit", "revenue", "costs", "capital_stock", "hours_week",
+           *[f"bp_{i:02d}" for i in range(1, 27)], "loan_any"]
+RANGES = {"owner_age": (15, 95), "owner_educ_years": (0, 25), "hh_size": (1, 30), "hours_week": (0, 112),
+          "revenue": (0, None), "costs": (0, None), "capital_stock": (0, None)}
+
+
+def dedupe_sql(interim: str) -> str:
+    """Valid rows, identical copies dropped, then the latest submission of each firm x round."""
+    content = ", ".join(["enumerator_id", "firm_id", "round", "region", "sector", "market_id", "treat_arm",
+                         *ANSWERS, "usd_ppp_per_lcu"])
+    return f"""
+    valid AS (SELECT * FROM read_parquet('{interim}') WHERE firm_id IS NOT NULL
+                     AND treat_arm IN (1, 2, 3, 4) AND round IN (0, 1, 2, 3)),
+    firsts AS (SELECT * FROM valid QUALIFY row_number() OVER (PARTITION BY {content}
+               ORDER BY submitted_at, submission_id, source_file, source_row) = 1),
+    latest AS (SELECT * FROM firsts QUALIFY row_number() OVER (PARTITION BY firm_id, round
+               ORDER BY submitted_at DESC, submission_id DESC, source_file DESC, source_row DESC) = 1)"""
+
+
+def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.01, kept: str | None = None) -> str:
+    """The default study's clean rules written by hand (studies/synthetic.yaml, params.yaml clean:);
+    ``kept``: a table of the deduplicated rows made before."""
+    coded = ", ".join(f"CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END AS {c}" for c in ANSWERS)
     flows = {"profit": "profit_lcu_month", "revenue": "revenue_lcu_month", "costs": "costs_lcu_month"}
     period = "CASE recall_period WHEN 1 THEN 52.0 / 12.0 WHEN 2 THEN 1.0 END"
     money = ", ".join([f"CASE WHEN c.{v} = 0 THEN c.{v} ELSE c.{v} * {period} END AS {t}" for v, t in flows.items()]
@@ -91,12 +108,7 @@ def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.0
         + [f"CASE WHEN {c} > q.{c}_hi THEN q.{c}_hi ELSE {c} END AS {c}_w" for c in outcomes[1:]])
     return f"""
     COPY (
-    WITH valid AS (SELECT * FROM read_parquet('{interim}') WHERE firm_id IS NOT NULL
-                     AND treat_arm IN (1, 2, 3, 4) AND round IN (0, 1, 2, 3)),
-    firsts AS (SELECT * FROM valid QUALIFY row_number() OVER (PARTITION BY {content}
-               ORDER BY submitted_at, submission_id, source_file, source_row) = 1),
-    latest AS (SELECT * FROM firsts QUALIFY row_number() OVER (PARTITION BY firm_id, round
-               ORDER BY submitted_at DESC, submission_id DESC, source_file DESC, source_row DESC) = 1),
+    WITH {f"latest AS (SELECT * FROM {kept})" if kept else dedupe_sql(interim)},
     coded AS (SELECT * REPLACE ({coded}) FROM latest),
     closed AS (SELECT *, CAST(business_open = 0 AS TINYINT) AS business_closed,
                CASE WHEN business_open = 0 THEN 0 ELSE profit END AS profit_c,
@@ -120,6 +132,32 @@ def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.0
     """
 
 
+def baseline_records_sql(interim: str, out: str) -> list[str]:
+    """The baseline with the engine's records too: the deduplicated rows kept once (a temporary
+    table), the clean table, the rejected rows and a value log (codes, closures, ranges), by hand."""
+    coded = "CASE old_value WHEN -99 THEN 'missing_code:refused' WHEN -98 THEN 'missing_code:dont_know' " \
+            "WHEN -88 THEN 'missing_code:not_applicable' END"
+    unpivot = "UNPIVOT (SELECT source_file, source_row, " + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in ANSWERS) + \
+        f" FROM kept) ON {', '.join(ANSWERS)} INTO NAME \"column\" VALUE old_value"
+    value = "(CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END)"
+    closed = " UNION ALL ".join(
+        f"SELECT source_file, source_row, '{c}', {value.format(c=c)}, 0.0, 'closed_business_zero' FROM kept "
+        f"WHERE business_open = 0 AND {value.format(c=c)} IS DISTINCT FROM 0" for c in ("profit", "revenue", "costs"))
+    impossible = " UNION ALL ".join(
+        f"SELECT source_file, source_row, '{c}', {c}, NULL, 'impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]' "
+        f"FROM kept WHERE {c} NOT IN (-99, -98, -88) AND business_open IS DISTINCT FROM 0 AND "
+        f"({c} < {lo}{f' OR {c} > {hi}' if hi is not None else ''})" for c, (lo, hi) in RANGES.items())
+    log = (f"SELECT source_file, source_row, \"column\", old_value, '' AS old_text, NULL::DOUBLE AS new_value, "
+           f"{coded} AS rule FROM ({unpivot}) WHERE old_value IN (-99, -98, -88) "
+           f"UNION ALL SELECT s, r, c, o, '', n, ru FROM ({closed} UNION ALL {impossible}) AS t(s, r, c, o, n, ru)")
+    return [f"CREATE TEMP TABLE kept AS WITH {dedupe_sql(interim)} SELECT * FROM latest",
+            baseline_sql(interim, out, kept="kept"),
+            f"COPY (SELECT i.*, 'rejected' AS rule FROM read_parquet('{interim}') i ANTI JOIN kept "
+            f"USING (source_file, source_row) ORDER BY source_file, source_row) TO '{out}.rejected.parquet' (FORMAT parquet)",
+            f"COPY (SELECT * FROM ({log}) ORDER BY source_file, source_row, \"column\", rule) "
+            f"TO '{out}.log.parquet' (FORMAT parquet)"]
+
+
 def child(role: str, interim: str, out: str) -> None:
     """One contender, in this (child) process."""
     if role == "engine":
@@ -136,6 +174,13 @@ def child(role: str, interim: str, out: str) -> None:
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
         con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
         con.execute(baseline_sql(interim, out))
+    elif role == "baseline+records":
+        import duckdb
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
+        for statement in baseline_records_sql(interim, out):
+            con.execute(statement)
     elif role == "pandas":
         import pandas as pd
 
@@ -161,9 +206,9 @@ def compare(engine_out: Path, baseline_out: Path) -> str:
     import duckdb
     con = duckdb.connect()
     cols = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM '{baseline_out}')").fetchall()]
-    text = {"source_file", "submission_id", "submitted_at"}
+    text = {"source_file", "submission_id", "submitted_at", "column", "old_text", "rule"}
     # numbers compared to 1e-6 (the baseline's quantile_cont differs from pandas' in the last bits)
-    keyed = ", ".join(c if c in text else f"round(CAST({c} AS DOUBLE), 6)" for c in cols)
+    keyed = ", ".join(f'"{c}"' if c in text else f'round(CAST("{c}" AS DOUBLE), 6)' for c in cols)
     diff = con.execute(f"SELECT count(*) FROM (SELECT {keyed} FROM '{engine_out}' EXCEPT ALL "
                        f"SELECT {keyed} FROM '{baseline_out}')").fetchall()[0][0]
     n = [con.execute(f"SELECT count(*) FROM '{p}'").fetchall()[0][0] for p in (engine_out, baseline_out)]
@@ -191,14 +236,16 @@ def main() -> None:
         interim = Path(args.interim) if args.interim else tmp / "ingested.parquet"
         if not args.interim:
             print(f"survey: {write_survey(interim, args.firms, args.chunk_firms)}", flush=True)
-        roles = ["baseline", "engine"] + (["pandas"] if args.pandas else [])
+        roles = ["baseline", "baseline+records", "engine"] + (["pandas"] if args.pandas else [])
         results = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
         base = results[0]["seconds"]
-        print(f"{'contender':<10} {'seconds':>8} {'x baseline':>10} {'peak GB':>8}")
+        print(f"{'contender':<16} {'seconds':>8} {'x baseline':>10} {'peak GB':>8}")
         for r in results:
-            print(f"{r['role']:<10} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8}"
+            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8}"
                   + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
         print(compare(tmp / "clean_engine.parquet", tmp / "clean_baseline.parquet"))
+        print(compare(tmp / "clean_engine.parquet", tmp / "clean_baseline+records.parquet"))
+        print(compare(tmp / "clean_engine_log.parquet", tmp / "clean_baseline+records.parquet.log.parquet"))
 
 
 if __name__ == "__main__":
