@@ -175,7 +175,7 @@ def invalid_reason(cfg: dict) -> str:
 
 
 def find_rejected(con, cfg: dict, columns: list[str], duplicate_rule: str) -> None:
-    """Table ``rejected_keys`` (source_file, source_row, rule, reason) and view ``kept``.
+    """Tables ``rejected_keys`` (source_file, source_row, rule, reason) and ``kept`` (the other rows).
 
     Duplicates as :func:`pipeline.clean_rows.resolve_duplicates`: among valid rows sharing a
     unit x round, in submission order, a copy whose answers (every column but the row number and
@@ -217,8 +217,11 @@ def find_rejected(con, cfg: dict, columns: list[str], duplicate_rule: str) -> No
         if conflicting[0]:
             raise CleaningError(f"{cfg['study']}: {conflicting[0]} conflicting submissions of the same interview "
                                 f"(source rows {conflicting[1]} to {conflicting[2]}); set clean.duplicate_rule")
-    con.execute("CREATE OR REPLACE TEMP VIEW kept AS SELECT * FROM interim "
-                "ANTI JOIN rejected_keys USING (source_file, source_row)")
+    # kept once, in source order: the rules' dozen passes read DuckDB's own storage (spilled to
+    # disk beyond memory_limit) instead of decoding parquet and joining again, and the clean table
+    # leaves in this order (preserve_insertion_order) without another sort
+    con.execute("CREATE OR REPLACE TEMP TABLE kept AS SELECT * FROM interim "
+                "ANTI JOIN rejected_keys USING (source_file, source_row) ORDER BY source_file, source_row")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,7 +513,7 @@ def clean_sql(con, cfg: dict, params: dict, *, checked: bool = True) -> dict:
                        float(param(params, "clean", "winsor_upper_pct")),
                        cfg.get("round") if param(params, "clean", "winsor_by_round") else None, method)
     cols.commit()
-    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM {cols.layer} ORDER BY source_file, source_row")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM {cols.layer}")
     con.execute("CREATE OR REPLACE TEMP VIEW rejected AS SELECT interim.*, rule, reason FROM interim "
                 "JOIN rejected_keys USING (source_file, source_row) ORDER BY source_file, source_row")
     con.execute(f"CREATE OR REPLACE TEMP VIEW value_log AS SELECT source_file, source_row, \"column\", old_value, "

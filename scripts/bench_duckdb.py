@@ -212,7 +212,11 @@ def compare(engine_out: Path, baseline_out: Path) -> str:
     diff = con.execute(f"SELECT count(*) FROM (SELECT {keyed} FROM '{engine_out}' EXCEPT ALL "
                        f"SELECT {keyed} FROM '{baseline_out}')").fetchall()[0][0]
     n = [con.execute(f"SELECT count(*) FROM '{p}'").fetchall()[0][0] for p in (engine_out, baseline_out)]
-    return f"rows engine {n[0]:,} baseline {n[1]:,}; engine rows not in the baseline: {diff:,}"
+    unordered = con.execute(f"SELECT count(*) FROM (SELECT source_row, lag(source_row) OVER (ORDER BY file_row_number) "
+                            f"AS previous FROM read_parquet('{engine_out}', file_row_number = true)) "
+                            f"WHERE source_row <= previous").fetchall()[0][0]   # one source file here
+    return (f"rows engine {n[0]:,} baseline {n[1]:,}; engine rows not in the baseline: {diff:,}; "
+            f"engine rows out of source order: {unordered:,}")
 
 
 def main() -> None:
