@@ -184,8 +184,8 @@ def run(context: StageContext) -> dict:
     not_interviewed = int((result["clean"]["interviewed"] == 0).sum())
     for name in ("clean", "rejected", "log"):
         assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
-    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed,
-                            result["log"]["rule"].value_counts().sort_index().to_dict())
+    result["log_counts"] = result["log"].groupby(["rule", "column"]).size().rename("values").reset_index()
+    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed)
     write_named_outputs(context.outputs, {
         "clean.parquet": result["clean"],
         "rejected_rows.parquet": result["rejected"],
@@ -207,8 +207,7 @@ def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
         result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], clean_tmp, log_tmp, cfg, params)
         assert_no_identifiers(result["rejected"], cfg=cfg, source=f"{cfg['study']} rejected table")
         rows = result.pop("rows")
-        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"),
-                                result.pop("log_rules"))
+        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"))
         write_named_outputs({k: v for k, v in context.outputs.items() if k in ("rejected_rows.parquet", "flow.csv",
                                                                                 "clean_summary.json")}, {
             "rejected_rows.parquet": result["rejected"],
@@ -219,16 +218,16 @@ def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
 
 
 def stage_summary(context: StageContext, cfg: dict, result: dict, raw_rows: int, clean_rows: int,
-                  not_interviewed: int, log_rules: dict) -> dict:
-    """clean_summary.json: the row accounting and what the rules changed (``log_rules``: values
-    changed per rule)."""
+                  not_interviewed: int) -> dict:
+    """clean_summary.json: the row accounting and what the rules changed (``result["log_counts"]``:
+    values changed per rule and column)."""
     extra = result["extra"]
     summary = {
         "study": cfg["study"],
         "raw_rows": raw_rows,
         "clean_rows": clean_rows,
         "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
-        "values_changed_by_rule": log_rules,
+        "values_changed_by_rule": result["log_counts"].groupby("rule")["values"].sum().sort_index().to_dict(),
     }
     if cfg["not_interviewed"]:
         summary["not_interviewed_rows"] = not_interviewed
@@ -237,6 +236,11 @@ def stage_summary(context: StageContext, cfg: dict, result: dict, raw_rows: int,
     summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
     summary["resolved_config"] = context.resolved_config()
     return summary
+
+
+def values_changed(log_counts: pd.DataFrame) -> pd.DataFrame:
+    """Values changed by column (rows) and rule (columns), from the counts per rule and column."""
+    return log_counts.set_index(["rule", "column"])["values"].unstack(0, fill_value=0)
 
 
 def flow_summary(clean: pd.DataFrame, flow_period: str) -> pd.DataFrame:

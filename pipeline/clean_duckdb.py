@@ -220,7 +220,7 @@ def clean_parquet(interim_path, clean_path, log_path, cfg: dict, params: dict, *
                   temp_directory: str | None = None) -> dict:
     """Out of core: the interim parquet file cleaned into ``clean_path`` and its value log into
     ``log_path`` (parquet, written by DuckDB, streaming); returns the small tables (rejected rows,
-    flow) as pandas, the value log's counts by rule, the row counts and the money-flow summary."""
+    flow) as pandas, the value log's counts by rule and column, the row counts and the money-flow summary."""
     con = connect(memory_limit, temp_directory)
     con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
     result = clean_sql(con, cfg, params)
@@ -230,8 +230,8 @@ def clean_parquet(interim_path, clean_path, log_path, cfg: dict, params: dict, *
     period = result["extra"]["params"]["flow_period"]
     check_clean(con, normalise(cfg), period)
     not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
-    log_counts = dict(con.execute(f"SELECT rule, count(*) FROM read_parquet({literal(str(log_path))}) "
-                                  f"GROUP BY rule ORDER BY rule").fetchall())
-    return {**pandas_tables(con, normalise(cfg), result, log=False), "log_rules": log_counts,
+    log_counts = con.execute(f"SELECT rule, \"column\", count(*) AS \"values\" FROM read_parquet({literal(str(log_path))}) "
+                             f"GROUP BY ALL ORDER BY ALL").df()
+    return {**pandas_tables(con, normalise(cfg), result, log=False), "log_counts": log_counts,
             "extra": result["extra"], "rows": result["rows"], "not_interviewed_rows": int(not_interviewed),
             "flow_summary": flow_summary(con, period)}
