@@ -35,10 +35,10 @@ result["rejected"].groupby(["rule", "reason"]).size().rename("rows").to_frame()
 # ## Values changed, by rule and column
 
 # %%
-result["log"].groupby(["rule", "column"]).size().rename("values").unstack(0, fill_value=0)
+clean.values_changed(result["log_counts"])
 
 # %% [markdown]
 # ## Money flows after cleaning (one period), before and after winsorising
 
 # %%
-clean.flow_summary(result["clean"], context.params["flow_period"])
+result["flow_summary"]

@@ -37,14 +37,15 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.clean_log import CleaningError, concat_logs
-from pipeline.clean_money import normalise_recall, treat_outliers
+from pipeline import clean_duckdb
+from pipeline.clean_log import CleaningError, concat_logs, flow_frame
+from pipeline.clean_money import SUMMARY_PERCENTILES, flow_columns, normalise_recall, treat_outliers
 from pipeline.clean_rows import check_id_collisions, reject_invalid_rows, resolve_duplicates
 from pipeline.clean_values import (apply_closures, check_sex_coding, flag_not_interviewed, parse_numbers,
                                    reject_impossible_values, replace_missing_codes, replace_unknown_codes,
                                    unusable_numbers)
 from pipeline.codes import codes_in, map_distinct
-from pipeline.io import param, write_named_outputs
+from pipeline.io import atomic_path, param, write_named_outputs
 from pipeline.stage_context import StageContext
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import validate_frame
@@ -64,12 +65,8 @@ def flow_table(raw: pd.DataFrame, steps: list[tuple[str, pd.DataFrame]], cfg: di
         out["all"] = len(frame)
         return out
 
-    rows = [{"step": "raw rows", **counts(raw)}] + [{"step": name, **counts(frame)} for name, frame in steps]
-    table = pd.DataFrame(rows).fillna(0)
-    arm_order = list(dict.fromkeys(labels.values()))
-    cols = ["step", "all"] + [c for c in arm_order if c in table.columns] + \
-        [c for c in table.columns if c not in arm_order and c not in ("step", "all")]
-    return table[cols].astype({c: "int64" for c in cols if c != "step"})
+    return flow_frame([{"step": "raw rows", **counts(raw)}] + [{"step": name, **counts(frame)} for name, frame in steps],
+                      labels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,11 +110,14 @@ def clean_schema(cfg: dict, flow_period: str):
 def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict[str, pd.DataFrame]:
     """Apply every rule; return clean table, rejected rows, value log and flow table.
 
+    ``clean.engine`` ``duckdb``: the same rules and tables from :func:`pipeline.clean_duckdb.clean_frame`.
     ``checked=False`` (the simulation's draws after the first, whose generator and rules are the
     ones a checked draw already passed): no pandera validation and no flow table (``flow`` None);
     the rules, the row accounting and every other output are the same."""
     cfg = normalise(cfg)
     params = effective_clean_params(cfg, params)
+    if param(params, "clean", "engine") == "duckdb":
+        return clean_duckdb.clean_frame(interim, cfg, params, checked=checked)
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
                *((cfg.get("submission") or {}).values())}
@@ -173,26 +173,19 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = Tru
 
 def run(context: StageContext) -> dict:
     """The clean stage: interim table -> clean table, rejected rows, value log, flow table (all
-    or nothing)."""
+    or nothing). With ``clean.engine: duckdb`` the interim parquet file is cleaned out of core
+    (:func:`pipeline.clean_duckdb.clean_parquet`): the clean table never enters pandas."""
     cfg, params = dict(context.config), dict(context.params)
+    if param(effective_clean_params(cfg, params), "clean", "engine") == "duckdb":
+        return run_out_of_core(context, cfg, params)
     interim = pd.read_parquet(context.inputs["ingested.parquet"])
     result = clean(interim, cfg, params)
-    extra = result.pop("extra")
-    summary = {
-        "study": cfg["study"],
-        "raw_rows": len(interim),
-        "clean_rows": len(result["clean"]),
-        "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
-        "values_changed_by_rule": result["log"]["rule"].value_counts().sort_index().to_dict(),
-    }
-    if cfg["not_interviewed"]:
-        summary["not_interviewed_rows"] = int((result["clean"]["interviewed"] == 0).sum())
-    if cfg["clean_params"]:
-        summary["study_clean_params"] = dict(cfg["clean_params"])
-    summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
-    summary["resolved_config"] = context.resolved_config()
+    result["flow_summary"] = flow_summary(result["clean"], param(result["extra"]["params"], "clean", "flow_period"))
+    not_interviewed = int((result["clean"]["interviewed"] == 0).sum())
     for name in ("clean", "rejected", "log"):
         assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} {name} table")
+    result["log_counts"] = result["log"].groupby(["rule", "column"]).size().rename("values").reset_index()
+    summary = stage_summary(context, cfg, result, len(interim), len(result["clean"]), not_interviewed)
     write_named_outputs(context.outputs, {
         "clean.parquet": result["clean"],
         "rejected_rows.parquet": result["rejected"],
@@ -203,10 +196,57 @@ def run(context: StageContext) -> dict:
     return {"config": cfg, **result, "summary": summary}
 
 
+def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
+    """The clean stage on DuckDB: the clean table and the value log streamed to parquet by DuckDB
+    (into temporary files renamed into place once the other outputs are written), the rejected
+    rows and the flow through pandas. The returned ``clean`` and ``log`` are None (they may not fit
+    in memory). The value log holds no raw text here (the engine refuses text in the columns it
+    changes), so only the rejected rows are scanned for identifiers before writing."""
+    with atomic_path(context.outputs["clean.parquet"]) as clean_tmp, \
+            atomic_path(context.outputs["value_log.parquet"]) as log_tmp:
+        result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], clean_tmp, log_tmp, cfg, params)
+        assert_no_identifiers(result["rejected"], cfg=cfg, source=f"{cfg['study']} rejected table")
+        rows = result.pop("rows")
+        summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"))
+        write_named_outputs({k: v for k, v in context.outputs.items() if k in ("rejected_rows.parquet", "flow.csv",
+                                                                                "clean_summary.json")}, {
+            "rejected_rows.parquet": result["rejected"],
+            "flow.csv": result["flow"],
+            "clean_summary.json": summary,
+        })
+    return {"config": cfg, "clean": None, "log": None, **result, "summary": summary}
+
+
+def stage_summary(context: StageContext, cfg: dict, result: dict, raw_rows: int, clean_rows: int,
+                  not_interviewed: int) -> dict:
+    """clean_summary.json: the row accounting and what the rules changed (``result["log_counts"]``:
+    values changed per rule and column)."""
+    extra = result["extra"]
+    summary = {
+        "study": cfg["study"],
+        "raw_rows": raw_rows,
+        "clean_rows": clean_rows,
+        "rejected_rows_by_rule": result["rejected"]["rule"].value_counts().sort_index().to_dict(),
+        "values_changed_by_rule": result["log_counts"].groupby("rule")["values"].sum().sort_index().to_dict(),
+    }
+    if cfg["not_interviewed"]:
+        summary["not_interviewed_rows"] = not_interviewed
+    if cfg["clean_params"]:
+        summary["study_clean_params"] = dict(cfg["clean_params"])
+    summary["outliers"] = {"method": extra["method"], "values_changed": extra["outliers_changed"]}
+    summary["resolved_config"] = context.resolved_config()
+    return summary
+
+
+def values_changed(log_counts: pd.DataFrame) -> pd.DataFrame:
+    """Values changed by column (rows) and rule (columns), from the counts per rule and column."""
+    return log_counts.set_index(["rule", "column"])["values"].unstack(0, fill_value=0)
+
+
 def flow_summary(clean: pd.DataFrame, flow_period: str) -> pd.DataFrame:
     """Distribution of the money flows after cleaning (plain and winsorised); a study whose outcomes
     are not money flows (e.g. already logs) gets a one-line note instead."""
-    flows = [c for c in clean.columns if c.endswith(f"_{flow_period}") or c.endswith(f"_{flow_period}_w")]
+    flows = flow_columns(clean.columns, flow_period)
     if not flows:
         return pd.DataFrame({"note": [f"no money-flow outcome per {flow_period} in this study"]})
-    return clean[flows].describe(percentiles=[0.01, 0.5, 0.99]).T.round(1)
+    return clean[flows].describe(percentiles=list(SUMMARY_PERCENTILES)).T.round(1)

@@ -66,3 +66,13 @@ def concat_logs(logs: list[pd.DataFrame]) -> pd.DataFrame:
     out["old_text"] = out["old_text"].astype("object")
     return out[LOG_COLUMNS]
 
+
+
+def flow_frame(rows: list[dict], labels: dict) -> pd.DataFrame:
+    """The flow table from its rows (step, all, count per arm label): arms in configured order,
+    then any other label (``undefined arm``); an arm without rows at a step counts 0."""
+    table = pd.DataFrame(rows).fillna(0)
+    arm_order = list(dict.fromkeys(labels.values()))
+    cols = ["step", "all"] + [c for c in arm_order if c in table.columns] + \
+        [c for c in table.columns if c not in arm_order and c not in ("step", "all")]
+    return table[cols].astype({c: "int64" for c in cols if c != "step"})

@@ -10,6 +10,12 @@ from pipeline.codes import PER_YEAR, map_distinct, norm_code, norm_codes
 from pipeline.study import flow_column, normalise
 
 OUTLIER_METHODS = ("winsorise", "trim")
+SUMMARY_PERCENTILES = (0.01, 0.5, 0.99)     # of the money flows after cleaning (the clean notebook)
+
+
+def flow_columns(columns, flow_period: str) -> list[str]:
+    """The clean table's money flows per ``flow_period``, plain and winsorised."""
+    return [c for c in columns if c.endswith(f"_{flow_period}") or c.endswith(f"_{flow_period}_w")]
 
 
 def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:

@@ -200,6 +200,7 @@ CLEAN_FIELDS: dict[str, Any] = {
     "winsor_lower_pct": Number,
     "winsor_by_round": bool,
     "outlier_method": Literal["winsorise", "trim"],
+    "engine": Literal["pandas", "duckdb"],
 }
 CleanOverrides = create_model("CleanOverrides", __base__=Block,
                               **{k: (Optional[t], None) for k, t in CLEAN_FIELDS.items() if k != "flow_period"})

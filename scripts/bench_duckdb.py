@@ -1,0 +1,259 @@
+"""Benchmark the out-of-core clean engine (``clean.engine: duckdb``) against a hand-written DuckDB
+SQL baseline of the same rules, on a large synthetic survey written to parquet in chunks.
+
+    .venv/bin/python scripts/bench_duckdb.py --firms 250000 [--chunk-firms 50000] [--pandas]
+
+1. The generator (``pipeline.synthetic.generate``, params.yaml ``synthetic:`` with seed + k for
+   chunk k) makes ``--chunk-firms`` firms at a time; each chunk goes through the ingest stage's own
+   pure function (``ingest.ingest_frame``, ``interim_table``), gets firm, market and row numbers
+   offset past the earlier chunks, and is appended to one parquet file as a row group, so no more
+   than a chunk is ever in memory. About 4 rows per firm: 2.6 million firms give ~10 million rows.
+2. Each contender runs in its own child process (time and peak RSS from ``os.wait4``), side by side:
+   ``engine``: :func:`pipeline.clean_duckdb.clean_parquet` (rules, rejected rows, flow, contract
+   checks, clean table and value log to parquet); ``baseline``: one hand-written SQL statement of the
+   default study's rules (dedupe, codes, closures, ranges, recall, winsorising per round) to
+   parquet, no logs; ``pandas`` (with ``--pandas``): ``pd.read_parquet`` + ``clean.clean``.
+   The engine's and the baseline's clean tables are compared (rows and every value).
+
+Prints a table; asserts nothing (numbers are machine-dependent; the machine may be shared).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MEMORY_LIMIT = "2GB"     # DuckDB's buffer pool for both contenders (it spills to disk beyond)
+
+
+def write_survey(path: Path, n_firms: int, chunk_firms: int) -> dict:
+    """The interim table of a survey of ``n_firms`` firms, generated and written chunk by chunk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import ingest, paths, synthetic
+    from pipeline.io import load_params
+    from pipeline.study import load_study, normalise
+
+    cfg = normalise(load_study("synthetic"))
+    base = load_params(ROOT / "params.yaml")["synthetic"]
+    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
+    writer, rows, firms, markets, schema = None, 0, 0, 0, None
+    start = time.perf_counter()
+    for k in range(-(-n_firms // chunk_firms)):
+        n = min(chunk_firms, n_firms - firms)
+        survey, labels, var_labels, _ = synthetic.generate({**base, "n_firms": n, "seed": base["seed"] + k})
+        interim, _ = ingest.ingest_frame(survey, labels, var_labels, cfg, cfg["files"][0], salt=None,
+                                         scan_identifiers=False, describe=False)
+        interim = ingest.interim_table([interim], cfg, factor)
+        interim["firm_id"] = (interim["firm_id"] + firms).astype("int32")
+        interim["market_id"] = (interim["market_id"].astype("int32") + markets).astype("int32")
+        interim["source_row"] += rows
+        markets = int(interim["market_id"].max())
+        table = pa.Table.from_pandas(interim, preserve_index=False)
+        if writer is None:
+            schema = table.schema
+            writer = pq.ParquetWriter(path, schema)
+        writer.write_table(table.cast(schema))
+        rows, firms = rows + len(interim), firms + n
+    writer.close()
+    return {"rows": rows, "firms": firms, "generate_s": round(time.perf_counter() - start, 1),
+            "parquet_mb": round(path.stat().st_size / 1e6, 1)}
+
+
+# the default study's answer columns (studies/synthetic.yaml): missing codes apply to these
+ANSWERS = ["owner_sex", "owner_age", "owner_educ_years", "hh_size", "took_training", "received_grant",
+           "business_open", "recall_period", "profit", "revenue", "costs", "capital_stock", "hours_week",
+           *[f"bp_{i:02d}" for i in range(1, 27)], "loan_any"]
+RANGES = {"owner_age": (15, 95), "owner_educ_years": (0, 25), "hh_size": (1, 30), "hours_week": (0, 112),
+          "revenue": (0, None), "costs": (0, None), "capital_stock": (0, None)}
+
+
+def dedupe_sql(interim: str) -> str:
+    """Valid rows, identical copies dropped, then the latest submission of each firm x round."""
+    content = ", ".join(["enumerator_id", "firm_id", "round", "region", "sector", "market_id", "treat_arm",
+                         *ANSWERS, "usd_ppp_per_lcu"])
+    return f"""
+    valid AS (SELECT * FROM read_parquet('{interim}') WHERE firm_id IS NOT NULL
+                     AND treat_arm IN (1, 2, 3, 4) AND round IN (0, 1, 2, 3)),
+    firsts AS (SELECT * FROM valid QUALIFY row_number() OVER (PARTITION BY {content}
+               ORDER BY submitted_at, submission_id, source_file, source_row) = 1),
+    latest AS (SELECT * FROM firsts QUALIFY row_number() OVER (PARTITION BY firm_id, round
+               ORDER BY submitted_at DESC, submission_id DESC, source_file DESC, source_row DESC) = 1)"""
+
+
+def baseline_sql(interim: str, out: str, upper: float = 0.99, lower: float = 0.01, kept: str | None = None) -> str:
+    """The default study's clean rules written by hand (studies/synthetic.yaml, params.yaml clean:);
+    ``kept``: a table of the deduplicated rows made before."""
+    coded = ", ".join(f"CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END AS {c}" for c in ANSWERS)
+    flows = {"profit": "profit_lcu_month", "revenue": "revenue_lcu_month", "costs": "costs_lcu_month"}
+    period = "CASE recall_period WHEN 1 THEN 52.0 / 12.0 WHEN 2 THEN 1.0 END"
+    money = ", ".join([f"CASE WHEN c.{v} = 0 THEN c.{v} ELSE c.{v} * {period} END AS {t}" for v, t in flows.items()]
+                      + ["CAST(c.capital_stock AS DOUBLE) AS capital_stock_lcu"])
+    outcomes = list(flows.values()) + ["capital_stock_lcu"]
+    cuts = ", ".join(f"quantile_cont({c}, {upper}) AS {c}_hi" for c in outcomes) + ", " + \
+        f"quantile_cont(profit_lcu_month, {lower}) AS profit_lcu_month_lo"
+    clamp = ", ".join(
+        ["CASE WHEN profit_lcu_month > q.profit_lcu_month_hi THEN q.profit_lcu_month_hi "
+         "WHEN profit_lcu_month < q.profit_lcu_month_lo THEN q.profit_lcu_month_lo "
+         "ELSE profit_lcu_month END AS profit_lcu_month_w"]
+        + [f"CASE WHEN {c} > q.{c}_hi THEN q.{c}_hi ELSE {c} END AS {c}_w" for c in outcomes[1:]])
+    return f"""
+    COPY (
+    WITH {f"latest AS (SELECT * FROM {kept})" if kept else dedupe_sql(interim)},
+    coded AS (SELECT * REPLACE ({coded}) FROM latest),
+    closed AS (SELECT *, CAST(business_open = 0 AS TINYINT) AS business_closed,
+               CASE WHEN business_open = 0 THEN 0 ELSE profit END AS profit_c,
+               CASE WHEN business_open = 0 THEN 0 ELSE revenue END AS revenue_c,
+               CASE WHEN business_open = 0 THEN 0 ELSE costs END AS costs_c FROM coded),
+    valued AS (SELECT * EXCLUDE (profit_c, revenue_c, costs_c) REPLACE (
+                 profit_c AS profit,
+                 CASE WHEN revenue_c < 0 THEN NULL ELSE revenue_c END AS revenue,
+                 CASE WHEN costs_c < 0 THEN NULL ELSE costs_c END AS costs,
+                 CASE WHEN capital_stock < 0 THEN NULL ELSE capital_stock END AS capital_stock,
+                 CASE WHEN owner_age NOT BETWEEN 15 AND 95 THEN NULL ELSE owner_age END AS owner_age,
+                 CASE WHEN owner_educ_years NOT BETWEEN 0 AND 25 THEN NULL ELSE owner_educ_years END AS owner_educ_years,
+                 CASE WHEN hh_size NOT BETWEEN 1 AND 30 THEN NULL ELSE hh_size END AS hh_size,
+                 CASE WHEN hours_week NOT BETWEEN 0 AND 112 THEN NULL ELSE hours_week END AS hours_week)
+               FROM closed),
+    c AS (SELECT *, 1 AS interviewed FROM valued),
+    m AS (SELECT c.*, {money} FROM c),
+    q AS (SELECT round, {cuts} FROM m GROUP BY round)
+    SELECT m.*, {clamp} FROM m JOIN q USING (round) ORDER BY source_file, source_row
+    ) TO '{out}' (FORMAT parquet)
+    """
+
+
+def baseline_records_sql(interim: str, out: str) -> list[str]:
+    """The baseline with the engine's records too: the deduplicated rows kept once (a temporary
+    table), the clean table, the rejected rows and a value log (codes, closures, ranges), by hand."""
+    coded = "CASE old_value WHEN -99 THEN 'missing_code:refused' WHEN -98 THEN 'missing_code:dont_know' " \
+            "WHEN -88 THEN 'missing_code:not_applicable' END"
+    unpivot = "UNPIVOT (SELECT source_file, source_row, " + ", ".join(f"CAST({c} AS DOUBLE) AS {c}" for c in ANSWERS) + \
+        f" FROM kept) ON {', '.join(ANSWERS)} INTO NAME \"column\" VALUE old_value"
+    value = "(CASE WHEN {c} IN (-99, -98, -88) THEN NULL ELSE {c} END)"
+    closed = " UNION ALL ".join(
+        f"SELECT source_file, source_row, '{c}', {value.format(c=c)}, 0.0, 'closed_business_zero' FROM kept "
+        f"WHERE business_open = 0 AND {value.format(c=c)} IS DISTINCT FROM 0" for c in ("profit", "revenue", "costs"))
+    impossible = " UNION ALL ".join(
+        f"SELECT source_file, source_row, '{c}', {c}, NULL, 'impossible_value:outside[{lo},{hi if hi is not None else 'inf'}]' "
+        f"FROM kept WHERE {c} NOT IN (-99, -98, -88) AND business_open IS DISTINCT FROM 0 AND "
+        f"({c} < {lo}{f' OR {c} > {hi}' if hi is not None else ''})" for c, (lo, hi) in RANGES.items())
+    log = (f"SELECT source_file, source_row, \"column\", old_value, '' AS old_text, NULL::DOUBLE AS new_value, "
+           f"{coded} AS rule FROM ({unpivot}) WHERE old_value IN (-99, -98, -88) "
+           f"UNION ALL SELECT s, r, c, o, '', n, ru FROM ({closed} UNION ALL {impossible}) AS t(s, r, c, o, n, ru)")
+    return [f"CREATE TEMP TABLE kept AS WITH {dedupe_sql(interim)} SELECT * FROM latest",
+            baseline_sql(interim, out, kept="kept"),
+            f"COPY (SELECT i.*, 'rejected' AS rule FROM read_parquet('{interim}') i ANTI JOIN kept "
+            f"USING (source_file, source_row) ORDER BY source_file, source_row) TO '{out}.rejected.parquet' (FORMAT parquet)",
+            f"COPY (SELECT * FROM ({log}) ORDER BY source_file, source_row, \"column\", rule) "
+            f"TO '{out}.log.parquet' (FORMAT parquet)"]
+
+
+def child(role: str, interim: str, out: str) -> None:
+    """One contender, in this (child) process."""
+    if role == "engine":
+        from pipeline import clean_duckdb
+        from pipeline.io import load_params
+        from pipeline.study import load_study
+        result = clean_duckdb.clean_parquet(interim, out, str(out).replace(".parquet", "_log.parquet"),
+                                            load_study("synthetic"), load_params(ROOT / "params.yaml")["clean"],
+                                            memory_limit=MEMORY_LIMIT, temp_directory=str(Path(out).parent / "spill"))
+        print(json.dumps(result["rows"]))
+    elif role == "baseline":
+        import duckdb
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
+        con.execute(baseline_sql(interim, out))
+    elif role == "baseline+records":
+        import duckdb
+        con = duckdb.connect()
+        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
+        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
+        for statement in baseline_records_sql(interim, out):
+            con.execute(statement)
+    elif role == "pandas":
+        import pandas as pd
+
+        from pipeline import clean
+        from pipeline.io import load_params
+        from pipeline.study import load_study
+        params = {**load_params(ROOT / "params.yaml")["clean"], "engine": "pandas"}
+        clean.clean(pd.read_parquet(interim), load_study("synthetic"), params)["clean"].to_parquet(out)
+
+
+def measure(role: str, interim: Path, out: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, __file__, "--child", role, str(interim), str(out)], cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    return {"role": role, "seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
+            "exit": os.waitstatus_to_exitcode(status)}
+
+
+def compare(engine_out: Path, baseline_out: Path, one_row_per_source_row: bool = True) -> str:
+    """Rows and values of the two clean tables (the baseline's columns, matched by name, numbers as
+    doubles: the engine keeps pandas' dtypes, the baseline DuckDB's)."""
+    import duckdb
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")     # EXCEPT ALL of 10M wide rows: spill, not 10 GB
+    cols = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM '{baseline_out}')").fetchall()]
+    text = {"source_file", "submission_id", "submitted_at", "column", "old_text", "rule"}
+    # numbers compared to 1e-6 (the baseline's quantile_cont differs from pandas' in the last bits)
+    keyed = ", ".join(f'"{c}"' if c in text else f'round(CAST("{c}" AS DOUBLE), 6)' for c in cols)
+    diff = con.execute(f"SELECT count(*) FROM (SELECT {keyed} FROM '{engine_out}' EXCEPT ALL "
+                       f"SELECT {keyed} FROM '{baseline_out}')").fetchall()[0][0]
+    n = [con.execute(f"SELECT count(*) FROM '{p}'").fetchall()[0][0] for p in (engine_out, baseline_out)]
+    if not one_row_per_source_row:     # the value log: several entries per source row
+        return f"rows engine {n[0]:,} baseline {n[1]:,}; engine rows not in the baseline: {diff:,}"
+    unordered = con.execute(f"SELECT count(*) FROM (SELECT source_row, lag(source_row) OVER (ORDER BY file_row_number) "
+                            f"AS previous FROM read_parquet('{engine_out}', file_row_number = true)) "
+                            f"WHERE source_row <= previous").fetchall()[0][0]   # one source file here
+    return (f"rows engine {n[0]:,} baseline {n[1]:,}; engine rows not in the baseline: {diff:,}; "
+            f"engine rows out of source order: {unordered:,}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--firms", type=int, default=250_000)
+    parser.add_argument("--chunk-firms", type=int, default=50_000)
+    parser.add_argument("--pandas", action="store_true", help="also the pandas engine (in memory)")
+    parser.add_argument("--child", nargs=3, metavar=("ROLE", "INTERIM", "OUT"))
+    parser.add_argument("--dir", help="working folder (default: a temporary one)")
+    parser.add_argument("--interim", help="an interim parquet file this script wrote before (skips the generator)")
+    parser.add_argument("--generate-only", metavar="PATH", help="write the survey to PATH and stop")
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    if args.generate_only:
+        print(write_survey(Path(args.generate_only), args.firms, args.chunk_firms))
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        tmp = Path(tmp)
+        interim = Path(args.interim) if args.interim else tmp / "ingested.parquet"
+        if not args.interim:
+            print(f"survey: {write_survey(interim, args.firms, args.chunk_firms)}", flush=True)
+        roles = ["baseline", "baseline+records", "engine"] + (["pandas"] if args.pandas else [])
+        results = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
+        base = results[0]["seconds"]
+        print(f"{'contender':<16} {'seconds':>8} {'x baseline':>10} {'peak GB':>8}")
+        for r in results:
+            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8}"
+                  + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
+        print(compare(tmp / "clean_engine.parquet", tmp / "clean_baseline.parquet"))
+        print(compare(tmp / "clean_engine.parquet", tmp / "clean_baseline+records.parquet"))
+        print(compare(tmp / "clean_engine_log.parquet", tmp / "clean_baseline+records.parquet.log.parquet", False))
+
+
+if __name__ == "__main__":
+    main()
