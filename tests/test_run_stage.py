@@ -311,6 +311,37 @@ SYNTHETIC_OUTS = ("data/raw/synthetic", "reports/notebooks/00_synthetic.ipynb", 
                   "reports/notebooks/00_synthetic.code.html")
 
 
+HOLD, HELD = "hold-the-notebook", "the-notebook-is-held"
+
+
+def add_hold_cell(notebook: Path, hold: Path, held: Path) -> None:
+    """Insert, after the parameters, a cell that waits while ``hold`` exists (and says so in
+    ``held``): a signal sent while it waits reaches a notebook that is certainly mid-run, on a
+    machine of any speed. Without ``hold`` the cell is a no-op, so ordinary runs are unchanged."""
+    nb = nbformat.read(notebook, as_version=4)
+    params_at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(params_at + 1, nbformat.v4.new_code_cell(
+        "import pathlib, time\n"
+        f"if pathlib.Path({str(hold)!r}).exists():\n"
+        f"    pathlib.Path({str(held)!r}).touch()\n"
+        f"while pathlib.Path({str(hold)!r}).exists():\n"
+        "    time.sleep(0.05)"))
+    nbformat.write(nb, notebook)
+
+
+@contextlib.contextmanager
+def notebook_held(repo: Path):
+    """While in the block, the copy's synthetic notebook waits at its hold cell."""
+    hold, held = repo.parent / HOLD, repo.parent / HELD
+    held.unlink(missing_ok=True)
+    hold.touch()
+    try:
+        yield held
+    finally:
+        hold.unlink(missing_ok=True)
+        held.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A fresh copy of this checkout where `dvc repro synthetic` ran once: the previous run."""
@@ -318,35 +349,34 @@ def project(tmp_path_factory):
     from _pipeline_copy import fresh_copy, run
 
     repo = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
+    add_hold_cell(repo / "notebooks" / "00_synthetic.ipynb", repo.parent / HOLD, repo.parent / HELD)
     run(["dvc", "repro", "synthetic"], repo)
     before = md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS])
     assert len(before) >= 4
     return repo, before
 
 
-def start_until_kernel_runs(repo: Path):
-    """Start the synthetic stage and wait until its kernel runs the notebook (the kernel is up and
-    the runner has moved the previous outputs aside: it launches the kernel first thing, before it
-    stashes); return the runner and its kernel processes."""
+def start_until_kernel_runs(repo: Path, held: Path):
+    """Start the synthetic stage and wait until its kernel waits at the hold cell, mid-notebook
+    (the runner has by then launched the kernel and moved the previous outputs aside); return the
+    runner and its kernel processes. Call inside ``notebook_held``."""
     from _pipeline_copy import env_for
 
     runner = subprocess.Popen([sys.executable, "-m", "pipeline.run_stage", "synthetic"], cwd=repo,
                               env=env_for(repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stashed = repo / run_stage.BACKUP_DIR / "synthetic" / run_stage.STASHED
-    deadline = time.monotonic() + 60
-    kernels = []
-    while not (kernels and stashed.exists()) and runner.poll() is None and time.monotonic() < deadline:
-        kernels = kernels_of(runner.pid)
+    deadline = time.monotonic() + 120
+    while not held.exists() and runner.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert kernels and stashed.exists(), "no kernel started, or the outputs were not stashed"
-    time.sleep(1.0)                                               # the notebook is running
+    kernels = kernels_of(runner.pid)
+    assert held.exists() and kernels and stashed.exists(), "the notebook never reached its hold cell"
     return runner, kernels
 
 
-def start_and_signal(repo: Path, sig: int):
-    """Start the synthetic stage, wait until its kernel runs the notebook, send ``sig`` to the
+def start_and_signal(repo: Path, held: Path, sig: int):
+    """Start the synthetic stage, wait until its kernel is mid-notebook, send ``sig`` to the
     runner; return the runner and the pids of its kernel and the kernel's children."""
-    runner, kernels = start_until_kernel_runs(repo)
+    runner, kernels = start_until_kernel_runs(repo, held)
     group = [k.pid for k in kernels] + [c.pid for k in kernels for c in k.children(recursive=True)]
     runner.send_signal(sig)
     return runner, group
@@ -368,8 +398,9 @@ def test_sigterm_stops_the_kernel_and_restores_the_previous_outputs(project):
     from _pipeline_copy import lock_md5s, run
 
     repo, before = project
-    runner, group = start_and_signal(repo, signal.SIGTERM)
-    _, err = runner.communicate(timeout=60)
+    with notebook_held(repo) as held:
+        runner, group = start_and_signal(repo, held, signal.SIGTERM)
+        _, err = runner.communicate(timeout=60)
     assert runner.returncode == 128 + signal.SIGTERM, err
     assert still_running(group) == [], "kernel processes survived the runner"
     assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before
@@ -384,12 +415,13 @@ def test_after_sigkill_the_backup_brings_back_the_previous_outputs(project):
     from _pipeline_copy import run
 
     repo, before = project
-    runner, group = start_and_signal(repo, signal.SIGKILL)
-    runner.communicate(timeout=60)
-    deadline = time.monotonic() + 10                              # the orphaned kernel notices its parent died
-    while still_running(group) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert still_running(group) == []
+    with notebook_held(repo) as held:                             # held, so the kernel can only exit by noticing
+        runner, group = start_and_signal(repo, held, signal.SIGKILL)
+        runner.communicate(timeout=60)
+        deadline = time.monotonic() + 10                          # the orphaned kernel notices its parent died
+        while still_running(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert still_running(group) == []
     assert (repo / ".stage-backup" / "synthetic").is_dir()        # left behind by the killed runner
     run([sys.executable, "-c", "from pipeline import run_stage as r; "
          "assert r.restore_backup(r.stage_outs('synthetic', None), r.backup_dir('synthetic', None)) == []"], repo)
@@ -408,11 +440,12 @@ def test_a_kernel_killed_mid_stage_fails_the_stage_and_restores_the_previous_out
     from _pipeline_copy import run
 
     repo, before = project
-    runner, kernels = start_until_kernel_runs(repo)
-    for kernel in kernels:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            kernel.kill()
-    _, err = runner.communicate(timeout=120)
+    with notebook_held(repo) as held:
+        runner, kernels = start_until_kernel_runs(repo, held)
+        for kernel in kernels:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kernel.kill()
+        _, err = runner.communicate(timeout=120)
     assert runner.returncode != 0, "the stage reported success although its kernel died"
     assert md5_tree(repo, [repo / p for p in SYNTHETIC_OUTS]) == before, err[-2000:]
     assert not (repo / ".stage-backup").exists()
