@@ -51,7 +51,7 @@ from pipeline import paths
 from pipeline.io import REPO_ROOT, atomic_path, load_params, write_text
 from pipeline.notebook_html import export_html, prepare_exporter_in_background, scrub_notebook
 from pipeline.privacy import assert_stage_outputs_clean
-from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths, params_value, studies_of  # noqa: F401
+from pipeline.stage_context import EXTRA_PARAMS, STUDY_LIST_STAGES, derive_paths
 from pipeline.stage_context import build as build_context
 from pipeline.stage_kernel import KERNEL_NAME, StageKernel, StageKernels, ipc_kernel_manager, kernel_environment
 

@@ -42,7 +42,7 @@ def test_every_evidence_study_has_a_configuration_and_is_not_reserved():
 import ast  # noqa: E402
 import re  # noqa: E402
 
-from pipeline import run_stage  # noqa: E402
+from pipeline import run_stage, stage_context  # noqa: E402
 
 PIPELINE_DIR = paths.REPO_ROOT / "pipeline"
 
@@ -123,8 +123,8 @@ def test_notebook_parameters_cover_the_declared_params():
     params = load_params()
     for name in ("construct", "report", "simulation"):
         injected = run_stage.notebook_parameters(name, "synthetic" if name == "construct" else None, params, "main")
-        for parameter, key in run_stage.EXTRA_PARAMS[name].items():
-            assert injected[parameter] == run_stage.params_value(params, key)
+        for parameter, key in stage_context.EXTRA_PARAMS[name].items():
+            assert injected[parameter] == stage_context.params_value(params, key)
         assert injected["stage_params"] == params[name]
 
 
@@ -155,7 +155,7 @@ def test_every_stage_that_reads_a_study_yaml_depends_on_the_bases_it_extends():
     edit to the base must rerun each stage that depends on the study's YAML."""
     from pipeline import study as study_module
     for pipeline in paths.PIPELINE_FILES:
-        studies = run_stage.studies_of(load_params(), pipeline)
+        studies = stage_context.studies_of(load_params(), pipeline)
         for name, entry in stage_entries(pipeline):
             if "studies/${key}.yaml" not in entry["deps"]:
                 continue
