@@ -14,15 +14,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.io import read_json  # noqa: E402
+from pipeline.report_tables import fmt  # noqa: E402
 from pipeline.report_figures import SEX_COLOURS, figure_png, first_row, plot_interval  # noqa: E402
 
 INTERVENTION_WORDS = {"skills": "business training (skills)", "capital": "capital access (grants, loans, credit)"}
 GROUP_WORDS = {"women": "women's", "men": "men's", "all": "all owners'", "diff": "the women − men difference in"}
 SCALE_WORDS = {"pct_of_control_mean": "% of the control mean", "usd_ppp_month": "USD PPP per month"}
-
-
-def _fmt(x: float, decimals: int) -> str:
-    return "–" if pd.isna(x) else f"{x:,.{decimals}f}"
 
 
 def headline(pooled: pd.DataFrame, decimals: int) -> list[str]:
@@ -36,8 +33,8 @@ def headline(pooled: pd.DataFrame, decimals: int) -> list[str]:
             if r.empty:
                 continue
             r = r.iloc[0]
-            parts.append(f"{GROUP_WORDS[group]} monthly profit by {_fmt(r['mu_mean'], decimals)}% of the control mean "
-                         f"(95% interval {_fmt(r['mu_lower'], decimals)} to {_fmt(r['mu_upper'], decimals)}; "
+            parts.append(f"{GROUP_WORDS[group]} monthly profit by {fmt(r['mu_mean'], decimals)}% of the control mean "
+                         f"(95% interval {fmt(r['mu_lower'], decimals)} to {fmt(r['mu_upper'], decimals)}; "
                          f"{int(r['n_studies'])} {'study' if int(r['n_studies']) == 1 else 'studies'})")
         if parts:
             out.append(f"Across the studies, {words} changed " + "; ".join(parts) + ".")
@@ -98,10 +95,10 @@ def gender_pooled_png(pooled: pd.DataFrame) -> str | None:
 
 def pooled_table(pooled: pd.DataFrame, decimals: int) -> dict:
     rows = [[INTERVENTION_WORDS[r["intervention"]].split(" (")[0], r["group"], SCALE_WORDS[r["scale"]], str(int(r["n_studies"])),
-             _fmt(r["mu_mean"], decimals), f"[{_fmt(r['mu_lower'], decimals)}, {_fmt(r['mu_upper'], decimals)}]",
-             _fmt(r["tau_mean"], decimals), f"[{_fmt(r['predictive_lower'], decimals)}, {_fmt(r['predictive_upper'], decimals)}]",
-             _fmt(r["pooling_overall"], 2), _fmt(r.get("re_pm_estimate"), decimals),
-             f"[{_fmt(r.get('re_pm_ci_low'), decimals)}, {_fmt(r.get('re_pm_ci_high'), decimals)}]",
+             fmt(r["mu_mean"], decimals), f"[{fmt(r['mu_lower'], decimals)}, {fmt(r['mu_upper'], decimals)}]",
+             fmt(r["tau_mean"], decimals), f"[{fmt(r['predictive_lower'], decimals)}, {fmt(r['predictive_upper'], decimals)}]",
+             fmt(r["pooling_overall"], 2), fmt(r.get("re_pm_estimate"), decimals),
+             f"[{fmt(r.get('re_pm_ci_low'), decimals)}, {fmt(r.get('re_pm_ci_high'), decimals)}]",
              _coverage(r)]
             for _, r in pooled.iterrows()]
     return {"caption": "Pooled effects across studies (Bayesian normal-normal hierarchical model)", "first_col_left": True,
@@ -129,8 +126,8 @@ def effects_table(effects: pd.DataFrame, decimals: int) -> dict:
             "columns": ["Study", "Arm", "Intervention", "Owners", "Scale", "Effect", "SE", "Native estimate", "Native unit",
                         "Control mean", "Source"],
             "rows": [[r["study"], str(r["arm"]), r["intervention"], r["group"], SCALE_WORDS[r["scale"]],
-                      _fmt(r["effect"], decimals), _fmt(r["std_error"], decimals), _fmt(r["estimate_native"], 3),
-                      str(r["native_unit"]) if pd.notna(r["native_unit"]) else "–", _fmt(r["control_mean"], decimals),
+                      fmt(r["effect"], decimals), fmt(r["std_error"], decimals), fmt(r["estimate_native"], 3),
+                      str(r["native_unit"]) if pd.notna(r["native_unit"]) else "–", fmt(r["control_mean"], decimals),
                       r["source"]] for _, r in effects.iterrows()],
             "notes": "Percent of the control mean: 100 × effect / control mean (the control mean taken as known), or 100 × "
                      "the coefficient for outcomes already in logs (log points). Native: the estimate in the study's own "
@@ -143,8 +140,8 @@ def meta_regression_table(meta: pd.DataFrame, decimals: int) -> dict:
     if "moderator" in meta.columns:
         for _, r in meta[meta["term"] != "intercept"].iterrows():
             rows.append([MODERATOR_WORDS.get(r["moderator"], r["moderator"]), r["group"], SCALE_WORDS[r["scale"]],
-                         str(int(r["n_studies"])), _fmt(r["estimate"], decimals), _fmt(r["std_error"], decimals),
-                         f"[{_fmt(r['ci_low'], decimals)}, {_fmt(r['ci_high'], decimals)}]", _fmt(r["tau2"], decimals),
+                         str(int(r["n_studies"])), fmt(r["estimate"], decimals), fmt(r["std_error"], decimals),
+                         f"[{fmt(r['ci_low'], decimals)}, {fmt(r['ci_high'], decimals)}]", fmt(r["tau2"], decimals),
                          str(r["note"]) if isinstance(r["note"], str) and r["note"] else "–"])
     return {"caption": "Meta-regression on study moderators (one moderator at a time)", "first_col_left": True,
             "columns": ["Moderator", "Owners", "Scale", "Effects", "Slope", "SE", "95% CI", "Residual tau²", "Note"],

@@ -33,9 +33,12 @@ def _by_gender_terms(rows: pd.DataFrame) -> list[str]:
 
 
 def fmt(value, decimals: int = 1) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+    """A number as the reports print it: thousands separators, ``decimals`` places, "–" when
+    missing or infinite, and no "-0" for a negative value that rounds to zero."""
+    if value is None or pd.isna(value) or (isinstance(value, float) and not np.isfinite(value)):
         return "–"
-    return f"{value:,.{decimals}f}"
+    text = f"{value:,.{decimals}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text
 
 
 def stars(p: float) -> str:

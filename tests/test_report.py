@@ -119,3 +119,12 @@ def test_a_study_without_gender_baseline_or_strata_runs_through_to_its_report_se
     diff = per_month[shops["group"] == "grant"].mean() - per_month[shops["group"] == "control"].mean()
     assert pooled["estimate"] == pytest.approx(diff, rel=1e-9) and pooled["n_obs"] == 80
     assert any(t["caption"] == "Intention-to-treat effects, all owners" for t in section["tables"])
+
+
+def test_fmt_prints_no_negative_zero_and_a_dash_for_missing():
+    from pipeline.report_tables import fmt
+
+    # expected strings written out by hand: Python's own format gives "-0" for -0.3 at 0 places
+    assert [fmt(v, 0) for v in (-0.3, -0.5, -0.6, 0.4, -1234.4)] == ["0", "0", "-1", "0", "-1,234"]
+    assert [fmt(v, 1) for v in (-0.04, -0.05001, 1234.56, -0.0)] == ["0.0", "-0.1", "1,234.6", "0.0"]
+    assert [fmt(v) for v in (None, float("nan"), float("inf"), pd.NA, np.nan)] == ["–"] * 5
