@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.arms import INTERVENTIONS, arm_average_term
 from pipeline.io import read_json
-from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
+from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, EFFECT_KEYS, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
                                  split_sex_term)
 from pipeline.vocabulary import SEXES as SEX_KEYS
 
@@ -24,6 +24,22 @@ SEXES = {sex: sex.capitalize() for sex in SEX_KEYS}
 def term_label(term: str) -> str:
     """A result term as a reader names it: ``arm_<slug>`` terms by their arm's slug."""
     return TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))
+
+
+# The simulation's survey variants (pipeline.simulation.VARIANTS) as the reader sees them.
+SIMULATION_VARIANTS = {"no_typos": "No typing errors", "as_configured": "As configured"}
+TERM_OF_EFFECT = {key: term for term, key in EFFECT_KEYS.items()}
+
+
+def effect_label(effect: str) -> str:
+    """A short effect key of the simulation and truth tables ("skills", ...) as a reader names it."""
+    return term_label(TERM_OF_EFFECT.get(effect, effect))
+
+
+def owners_label(sex: str) -> str:
+    """"women" -> "Women", "diff" -> "Women − men"."""
+    label = SEX_LABELS.get(sex, sex)
+    return label[:1].upper() + label[1:]
 
 
 def _by_gender_terms(rows: pd.DataFrame) -> list[str]:
@@ -260,16 +276,18 @@ def simulation_table(folder: Path) -> dict | None:
         return None
     sim = pd.read_csv(path)
     meta = read_json(folder / "simulation.json")
-    rows = [[str(r.get("variant", "")), str(r.get("outcome", "")), str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
-             fmt(r["mean_estimate"], 2), fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
+    rows = [[SIMULATION_VARIANTS.get(r.get("variant", ""), str(r.get("variant", ""))), str(r.get("outcome", "")).capitalize(),
+             effect_label(r["effect"]), owners_label(r["sex"]), fmt(r["truth"], 1), fmt(r["mean_estimate"], 2),
+             fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
             for _, r in sim.iterrows()]
     return {"caption": f"Simulation study: {meta.get('draws', '?')} datasets drawn from the generator", "first_col_left": True,
             "columns": ["Variant", "Outcome", "Effect", "Owners", "Truth", "Mean estimate", "Bias (SD)", "95% CI coverage",
                         "SE / SD"], "rows": rows,
             "notes": f"Standard errors: {meta.get('vcov', meta.get('estimator', {}).get('vcov', 'see params'))}. "
                      "Targets: |bias| below 0.05 standard deviations of the estimate; coverage between 93% and 97%. "
-                     "no_typos: the generator without extra-zero typing errors, so the unwinsorised outcome is exactly "
-                     "the one the truth is defined on; as_configured: the default survey. See pipeline/simulation.py."}
+                     f"{SIMULATION_VARIANTS['no_typos']}: the generator without extra-zero typing errors, so the "
+                     f"unwinsorised outcome is exactly the one the truth is defined on; {SIMULATION_VARIANTS['as_configured']}: "
+                     "the default survey. See pipeline/simulation.py."}
 
 
 def few_cluster_table(folder: Path) -> dict | None:
@@ -279,7 +297,7 @@ def few_cluster_table(folder: Path) -> dict | None:
         return None
     few = pd.read_csv(path)
     meta = read_json(folder / "simulation.json").get("few_clusters", {})
-    rows = [[str(r["effect"]), str(r["sex"]), fmt(r["truth"], 1),
+    rows = [[effect_label(r["effect"]), owners_label(r["sex"]), fmt(r["truth"], 1),
              *[f"{100 * r[f'coverage_{m}']:.1f}% ({100 * r[f'mc_se_{m}']:.1f})" for m in ("cr1", "cr2", "wild")]]
             for _, r in few.iterrows()]
     wild = meta.get("wild_bootstrap", {})

@@ -128,3 +128,23 @@ def test_fmt_prints_no_negative_zero_and_a_dash_for_missing():
     assert [fmt(v, 0) for v in (-0.3, -0.5, -0.6, 0.4, -1234.4)] == ["0", "0", "-1", "0", "-1,234"]
     assert [fmt(v, 1) for v in (-0.04, -0.05001, 1234.56, -0.0)] == ["0.0", "-0.1", "1,234.6", "0.0"]
     assert [fmt(v) for v in (None, float("nan"), float("inf"), pd.NA, np.nan)] == ["–"] * 5
+
+
+def test_simulation_tables_name_effects_owners_and_variants_in_words(tmp_path):
+    from pipeline.io import write_json
+
+    pd.DataFrame({"variant": ["no_typos", "as_configured"], "outcome": ["unwinsorised", "winsorised"],
+                  "effect": ["skills_x_capital", "capital"], "sex": ["diff", "women"], "truth": [12.0, 8.0],
+                  "mean_estimate": [12.31, 7.99], "bias_in_sd": [0.026, -0.0004], "coverage": [0.95, 0.9485],
+                  "se_over_sd": [0.99, 1.0]}).to_csv(tmp_path / "simulation.csv", index=False)
+    pd.DataFrame({"effect": ["skills"], "sex": ["men"], "draws": [500], "n_clusters": [20], "truth": [5.0],
+                  **{f"{k}_{m}": [v] for m in ("cr1", "cr2", "wild") for k, v in (("coverage", 0.9), ("mc_se", 0.01))}}
+                 ).to_csv(tmp_path / "few_clusters.csv", index=False)
+    write_json(tmp_path / "simulation.json", {"draws": 2000, "vcov": "CR2", "few_clusters": {}})
+    sim = report_tables.simulation_table(tmp_path)
+    assert [r[:4] for r in sim["rows"]] == [["No typing errors", "Unwinsorised", "Skills × capital", "Women − men"],
+                                            ["As configured", "Winsorised", "Grant only (capital)", "Women"]]
+    assert sim["rows"][1][6] == "0.000"                     # -0.0004 at 3 places: no "-0.000"
+    assert "No typing errors: the generator without" in sim["notes"]
+    few = report_tables.few_cluster_table(tmp_path)
+    assert few["rows"] == [["Training only (skills)", "Men", "5.0", "90.0% (1.0)", "90.0% (1.0)", "90.0% (1.0)"]]
