@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 
 from pipeline.io import read_json  # noqa: E402
 from pipeline.report_tables import fmt  # noqa: E402
-from pipeline.report_figures import SEX_COLOURS, figure_png, first_row, plot_interval  # noqa: E402
+from pipeline.report_figures import SEX_COLOURS, figure_png, first_row, interval_bars, plot_interval  # noqa: E402
 
 INTERVENTION_WORDS = {"skills": "business training (skills)", "capital": "capital access (grants, loans, credit)"}
 GROUP_WORDS = {"women": "women's", "men": "men's", "all": "all owners'", "diff": "the women − men difference in"}
@@ -48,15 +48,15 @@ def forest_png(effects: pd.DataFrame, shrunk: pd.DataFrame, pooled_row: pd.Serie
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * (n + 2)))
     ys = list(range(n + 1, 1, -1))
     labels = [f"{r['study']} ({r['arm'].removeprefix('arm_').removeprefix('treat_')})" for _, r in effects.iterrows()]
-    ax.errorbar(effects["effect"], ys, xerr=[effects["effect"] - effects["ci_low"], effects["ci_high"] - effects["effect"]],
-                fmt="s", color="#444444", capsize=2, ms=4, label="study estimate (95% CI)")
+    interval_bars(ax, ys, effects["ci_low"], effects["ci_high"], "#444444", capsize=2)
+    ax.plot(effects["effect"], ys, "s", color="#444444", ms=4, label="study estimate (95% CI)")
     if not shrunk.empty:
-        ax.errorbar(shrunk["theta_mean"], [y - 0.2 for y in ys],
-                    xerr=[shrunk["theta_mean"] - shrunk["theta_lower"], shrunk["theta_upper"] - shrunk["theta_mean"]],
-                    fmt="o", color="#1f77b4", capsize=2, ms=4, label="shrunk (posterior, 95%)")
+        shrunk_ys = [y - 0.2 for y in ys]
+        interval_bars(ax, shrunk_ys, shrunk["theta_lower"], shrunk["theta_upper"], "#1f77b4", capsize=2)
+        ax.plot(shrunk["theta_mean"], shrunk_ys, "o", color="#1f77b4", ms=4, label="shrunk (posterior, 95%)")
     m = pooled_row
-    ax.errorbar([m["mu_mean"]], [1], xerr=[[m["mu_mean"] - m["mu_lower"]], [m["mu_upper"] - m["mu_mean"]]],
-                fmt="D", color="#d62728", capsize=3, ms=6, label="pooled mean (95%)")
+    interval_bars(ax, [1], [m["mu_lower"]], [m["mu_upper"]], "#d62728", capsize=3)
+    ax.plot([m["mu_mean"]], [1], "D", color="#d62728", ms=6, label="pooled mean (95%)")
     ax.plot([m["predictive_lower"], m["predictive_upper"]], [0.6, 0.6], color="#d62728", lw=1, ls="--",
             label="new site (predictive 95%)")
     ax.axvline(0, color="grey", lw=0.8)

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.report_tables import SEXES, read_table, term_label  # noqa: E402
@@ -30,10 +31,22 @@ def first_row(frame: pd.DataFrame) -> pd.Series | None:
     return None if frame.empty else frame.iloc[0]
 
 
+def interval_bars(ax, position, low, high, colour: str, capsize: float, vertical: bool = False) -> None:
+    """Intervals drawn from their own ends (centre ± half-width), not as distances from the
+    estimate: a percentile bootstrap interval need not contain its estimate, and an error bar
+    measured from the estimate would then be negative."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    centre, half = (low + high) / 2, np.abs(high - low) / 2
+    if vertical:
+        ax.errorbar(position, centre, yerr=half, fmt="none", ecolor=colour, capsize=capsize)
+    else:
+        ax.errorbar(centre, position, xerr=half, fmt="none", ecolor=colour, capsize=capsize)
+
+
 def plot_interval(ax, row: pd.Series, y: float, estimate: str, low: str, high: str, colour: str, label: str | None) -> None:
     """One estimate with its interval as a horizontal error bar at height ``y``."""
-    ax.errorbar(row[estimate], y, xerr=[[row[estimate] - row[low]], [row[high] - row[estimate]]],
-                fmt="o", color=colour, capsize=3, label=label)
+    interval_bars(ax, [y], [row[low]], [row[high]], colour, capsize=3)
+    ax.plot([row[estimate]], [y], "o", color=colour, label=label)
 
 
 def gender_figure(effects: pd.DataFrame, title: str, unit: str):
@@ -77,8 +90,8 @@ def qte_figure(folder: Path, unit: str) -> str | None:
             if d.empty:
                 continue
             x = d["quantile"] + (k - 0.5) * 0.012
-            ax.errorbar(x, d["estimate"], yerr=[d["estimate"] - d["ci_low"], d["ci_high"] - d["estimate"]],
-                        fmt="o-", color=SEX_COLOURS[sex], capsize=2, ms=4, label=SEXES[sex])
+            interval_bars(ax, x, d["ci_low"], d["ci_high"], SEX_COLOURS[sex], capsize=2, vertical=True)
+            ax.plot(x, d["estimate"], "o-", color=SEX_COLOURS[sex], ms=4, label=SEXES[sex])
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(term_label(term), fontsize=10)
         ax.set_xlabel("Quantile of profit")

@@ -1,3 +1,4 @@
+import base64
 import numpy as np
 import pandas as pd
 import pytest
@@ -148,3 +149,19 @@ def test_simulation_tables_name_effects_owners_and_variants_in_words(tmp_path):
     assert "No typing errors: the generator without" in sim["notes"]
     few = report_tables.few_cluster_table(tmp_path)
     assert few["rows"] == [["Training only (skills)", "Men", "5.0", "90.0% (1.0)", "90.0% (1.0)", "90.0% (1.0)"]]
+
+
+def test_intervals_are_drawn_from_their_ends_even_when_they_exclude_the_estimate(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    fig, ax = plt.subplots()
+    report_figures.interval_bars(ax, [0.25, 0.5], [2.0, -1.0], [5.0, 3.0], "red", capsize=2, vertical=True)
+    (bars,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert [seg.tolist() for seg in bars.get_segments()] == [[[0.25, 2.0], [0.25, 5.0]], [[0.5, -1.0], [0.5, 3.0]]]
+    plt.close(fig)
+    # a percentile bootstrap interval [2, 5] that excludes its estimate 1.0 (matplotlib refuses a
+    # negative error bar, which is what the report did before)
+    pd.DataFrame({"sample": ["women", "men"], "term": ["treat_skills"] * 2, "quantile": [0.5, 0.5],
+                  "estimate": [1.0, 0.0], "ci_low": [2.0, -1.0], "ci_high": [5.0, 1.0]}).to_csv(tmp_path / "qte.csv", index=False)
+    assert base64.b64decode(report_figures.qte_figure(tmp_path, "USD")).startswith(b"\x89PNG")
