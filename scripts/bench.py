@@ -193,7 +193,8 @@ def simulation_part(args) -> dict:
     ref = args.simulation_against
     commit = subprocess.run(["git", "log", "-1", "--format=%h %ad %s", "--date=short", ref], cwd=ROOT,
                             check=True, capture_output=True, text=True).stdout.strip()
-    print(f"simulation: this checkout vs {commit[:100]}", flush=True)
+    why = " (the code when issue 9 was filed)" if ref == SIMULATION_REFERENCE else ""
+    print(f"simulation: this checkout vs {commit[:100]}{why}", flush=True)
     cpu = bench_simulation.side_by_side(ref, args.simulation_draws, args.simulation_few, args.simulation_rounds)
     sim = load_params()["simulation"]
     return {"reference": ref, "reference_commit": commit, "draws": args.simulation_draws,
