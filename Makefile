@@ -50,8 +50,8 @@ test-fast: $(STAMP)  ## unit tests only, without the end-to-end pipeline tests
 lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.ruff])
 	$(BIN)/ruff check .
 
-bench: $(STAMP)  ## time a cold dvc repro, a no-op dvc repro, and each stage
-	$(BIN)/python scripts/bench.py
+bench: $(STAMP)  ## issue 9's figures side by side in one run, as ratios to their targets (.bench/bench.json; options: scripts/bench.py --help)
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 lab: $(STAMP)  ## open JupyterLab with the project kernel
 	$(BIN)/jupyter lab --notebook-dir=$(CURDIR)

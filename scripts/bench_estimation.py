@@ -191,13 +191,23 @@ def _fmt_n(n: int) -> str:
     return f"{m:g}e{e}"
 
 
+PYFIXEST_PYTHON = ROOT / ".bench" / "venv" / "bin" / "python"
+PYFIXEST_SETUP = ("python3.11 -m venv .bench/venv && .bench/venv/bin/pip install pyfixest==0.60.0 "
+                  "numpy==2.4.6 pandas==3.1.1 statsmodels==0.15.0")
+DEFAULT_SIZES = "1e5,1e6,5e6"
+
+
+def parse_sizes(text: str) -> list[int]:
+    return [int(float(s)) for s in text.split(",")]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", default="1e5,1e6,5e6")
+    ap.add_argument("--sizes", default=DEFAULT_SIZES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--with-statsmodels-5e6", action="store_true",
                     help="also run statsmodels dummies at 5e6 rows (about 44 s / 10 GB)")
-    ap.add_argument("--pyfixest-python", default=str(ROOT / ".bench" / "venv" / "bin" / "python"))
+    ap.add_argument("--pyfixest-python", default=str(PYFIXEST_PYTHON))
     ap.add_argument("--json", default=str(ROOT / ".bench" / "estimation.json"))
     # worker mode (internal)
     ap.add_argument("--worker", choices=["fastols", "pyfixest", "statsmodels"])
@@ -209,27 +219,37 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args.worker, args.n, args.seed, args.calls, args.out)
         return 0
-
-    sizes = [int(float(s)) for s in args.sizes.split(",")]
     if not Path(args.pyfixest_python).exists():
-        print(f"pyfixest interpreter {args.pyfixest_python} not found; create it with\n"
-              f"  python3.11 -m venv .bench/venv && .bench/venv/bin/pip install pyfixest==0.60.0 "
-              f"numpy==2.4.6 pandas==3.1.1 statsmodels==0.15.0", file=sys.stderr)
+        print(f"pyfixest interpreter {args.pyfixest_python} not found; create it with\n  {PYFIXEST_SETUP}",
+              file=sys.stderr)
         return 2
+    results = run(parse_sizes(args.sizes), args.seed, args.pyfixest_python,
+                  statsmodels_max_n=None if args.with_statsmodels_5e6 else 1_000_000)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written {out}")
+    return 0 if all(v["fastols_not_slower_and_within_memory"] for v in results["verdicts"]) else 1
+
+
+def run(sizes: list[int], seed: int, pyfixest_python: str, statsmodels_max_n: int | None = 1_000_000) -> dict:
+    """fastols and pyfixest (and statsmodels up to ``statsmodels_max_n`` rows; 0: never, None:
+    always) at each size, each in its own process; prints the table, returns the results (runs,
+    verdicts: speed-ups and peak ratio per size)."""
     env_info = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS",
                                                "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     results = {"regression": f"{FORMULA}, CRV1 by cluster", "n_strata": N_STRATA,
-               "n_clusters": N_CLUSTERS, "seed": args.seed, "cpus": os.cpu_count(),
+               "n_clusters": N_CLUSTERS, "seed": seed, "cpus": os.cpu_count(),
                "python": platform.python_version(), "env": env_info, "runs": []}
     rows = []
     for n in sizes:
-        plan = [("fastols", sys.executable, 2), ("pyfixest", args.pyfixest_python, 2)]
-        if n <= 1_000_000 or args.with_statsmodels_5e6:
+        plan = [("fastols", sys.executable, 2), ("pyfixest", pyfixest_python, 2)]
+        if statsmodels_max_n is None or n <= statsmodels_max_n:
             plan.append(("statsmodels", sys.executable, 1))
         recs = {}
         for tool, python, calls in plan:
             print(f"  running {tool} at n={_fmt_n(n)} ...", file=sys.stderr, flush=True)
-            recs[tool] = _spawn(python, tool, n, args.seed, calls)
+            recs[tool] = _spawn(python, tool, n, seed, calls)
         sums = {r["checksum"] for r in recs.values()}
         if len(sums) != 1:
             raise RuntimeError(f"workers generated different data at n={n}: {sums}")
@@ -256,7 +276,7 @@ def main(argv=None) -> int:
     hdr = (f"{'rows':>5} {'tool':<12} {'first call':>10} {'warm call':>10} {'peak RSS':>9} "
            f"{'extra':>8} {'coef rel diff':>14} {'SE rel diff':>12}")
     lines = [f"Regression {FORMULA}, CRV1 by {N_CLUSTERS} clusters, {N_STRATA} strata "
-             f"(seed {args.seed}, {os.cpu_count()} cores)",
+             f"(seed {seed}, {os.cpu_count()} cores)",
              "peak RSS: largest resident set during a call (data included); extra: peak minus "
              "RSS before the call; rel diff: max over treat, x, vs fastols", hdr, "-" * len(hdr)]
 
@@ -289,11 +309,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"written {out}")
-    return 0 if all(v["fastols_not_slower_and_within_memory"] for v in verdicts) else 1
+    return results
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ seconds (not wall time) from runs at similar load. Asserts nothing.
 
 ``--against REF`` also measures the code of git revision ``REF`` (``git archive`` into a temporary
 folder) side by side: the two codes' timings run in alternating child processes (``--rounds`` each,
-the fastest kept), so both see the same machine load, and the ratio is printed.
+the fastest kept), so both see the same machine load, and the ratio is printed. A revision from
+before ``pipeline/simulation.py`` (e.g. a73bafe, where issue 9 was filed) is timed through its
+``scripts/simulation_study.py`` as its stage ran it (every outcome; no few-cluster draws then).
+``make bench`` (``scripts/bench.py``) runs this side by side as one part of its table.
 
 ``--check N --against REF`` instead asserts that this checkout and ``REF`` give identical results:
 main draws 0..N-1 (every row of :func:`pipeline.simulation.one_draw`) and each draw's analysis tables
@@ -33,14 +36,12 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(os.environ.get("BENCH_CODE_ROOT") or Path(__file__).resolve().parents[1])
 sys.path.insert(0, str(ROOT))
 
-from pipeline import simulation  # noqa: E402
-from pipeline.io import load_params  # noqa: E402
-from pipeline.study import load_study  # noqa: E402
 
 # component -> (file suffix, function name) of the function whose cumulative time it is
 COMPONENTS = {
@@ -57,6 +58,9 @@ COMPONENTS = {
 
 
 def settings() -> dict:
+    from pipeline import simulation
+    from pipeline.io import load_params
+    from pipeline.study import load_study
     params = load_params()
     return simulation.build_settings(params["synthetic"], params["clean"], params["construct"], params["estimate"],
                                      load_study("synthetic"),
@@ -71,6 +75,7 @@ def cpu_per_draw(draw, n: int, s: dict) -> float:
 
 
 def shares(n: int, s: dict) -> list[tuple[str, float]]:
+    from pipeline import simulation
     profile = cProfile.Profile()
     profile.enable()
     for i in range(1, n + 1):
@@ -85,18 +90,36 @@ def shares(n: int, s: dict) -> list[tuple[str, float]]:
     return out
 
 
+def draw_code() -> tuple[dict, Callable, Callable | None]:
+    """(settings, main draw, few-cluster draw) of the code under ``ROOT``: ``pipeline.simulation``,
+    or, in a revision from before it, ``scripts/simulation_study.py`` with the settings its stage
+    used (no few-cluster draws: None)."""
+    try:
+        from pipeline import simulation
+    except ImportError:
+        if not (ROOT / "scripts" / "simulation_study.py").exists():
+            raise
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import simulation_study
+        return simulation_study.build_settings(), simulation_study.one_draw, None
+    return settings(), simulation.one_draw, simulation.few_cluster_draw
+
+
 def timings(draws: int, few: int) -> dict:
-    """CPU seconds per main and few-clusters draw of the code under ``ROOT`` (after warm-up)."""
-    s = settings()
-    simulation.one_draw(0, s)
-    simulation.few_cluster_draw(0, s)
-    return {"main": cpu_per_draw(simulation.one_draw, draws, s),
-            "few": cpu_per_draw(simulation.few_cluster_draw, few, s)}
+    """CPU seconds per main and few-clusters draw of the code under ``ROOT`` (after a warm-up draw
+    0 of each kind); ``few`` None where the code has no few-cluster draws."""
+    s, main_draw, few_draw = draw_code()
+    main_draw(0, s)
+    if few_draw is not None:
+        few_draw(0, s)
+    return {"main": cpu_per_draw(main_draw, draws, s),
+            "few": None if few_draw is None else cpu_per_draw(few_draw, few, s)}
 
 
 def results(draws: int, few: int) -> dict:
     """Every main draw's rows and analysis tables (draws 0..draws-1) and few-cluster draws' rows, as
     the code under ``ROOT`` computes them (one_draw and analysis_table with one_draw's arguments)."""
+    from pipeline import simulation
     s = settings()
     tables = {}
     for i in range(draws):
@@ -141,24 +164,28 @@ def check_identical(ref: str, draws: int, few: int) -> None:
           f"({sum(map(len, old['few']))} rows), compared exactly")
 
 
-def side_by_side(ref: str, draws: int, few: int, rounds: int) -> None:
-    """This checkout's code against git revision ``ref``, in alternating child processes."""
+def side_by_side(ref: str, draws: int, few: int, rounds: int) -> dict:
+    """CPU s per draw of git revision ``ref``'s code and of this checkout's, in alternating child
+    processes, the fastest of ``rounds`` each: {"reference": ..., "this checkout": ...}, each
+    {"main": s, "few": s or None}. Prints a table."""
     here = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         _archive(ref, here, tmp)
         best: dict[str, dict] = {}
         for _ in range(rounds):
-            for label, root in ((ref, tmp), ("this checkout", str(here))):
+            for label, root in (("reference", tmp), ("this checkout", str(here))):
                 out = subprocess.run([sys.executable, __file__, "--child", "--draws", str(draws), "--few", str(few)],
                                      env=_child_env(root),
                                      check=True, capture_output=True, text=True, cwd=root).stdout
                 got = json.loads(out.strip().splitlines()[-1])
-                best[label] = {k: min(v, best.get(label, got)[k]) for k, v in got.items()}
+                best[label] = {k: None if v is None else min(v, best.get(label, got)[k]) for k, v in got.items()}
     print(f"CPU s/draw, fastest of {rounds} alternating runs ({draws} main, {few} few-clusters draws each):")
     print(f"  {'kind':<14}{ref:>14}{'this checkout':>16}{'ratio':>8}")
     for kind in ("main", "few"):
-        old, new = best[ref][kind], best["this checkout"][kind]
-        print(f"  {kind:<14}{old:>14.3f}{new:>16.3f}{old / new:>7.2f}x")
+        old, new = best["reference"][kind], best["this checkout"][kind]
+        ratio = f"{old / new:>7.2f}x" if old is not None else "      -"
+        print(f"  {kind:<14}{'-' if old is None else f'{old:.3f}':>14}{new:>16.3f}{ratio}")
+    return best
 
 
 def main() -> None:
@@ -185,6 +212,7 @@ def main() -> None:
         return
     if args.against:
         side_by_side(args.against, args.draws, args.few, args.rounds)
+    from pipeline import simulation
     s = settings()
     simulation.one_draw(0, s)              # warm-up: imports, caches, the validated draw
     simulation.few_cluster_draw(0, s)
