@@ -58,9 +58,8 @@ def fresh_copy(dest: Path) -> Path:
     # QTE / Lee cluster bootstrap and the balance randomisation inference were ~95% (cProfile,
     # 2026-12-04); no end-to-end test checks their numbers (tests/test_qte.py, test_lee_bounds.py and
     # test_balance.py do), and a run stays seeded at any count, so a rerun that differs still fails.
-    # (At 10 bootstrap reps a QTE percentile interval of the default data excludes its estimate and the
-    # report's QTE figure fails on the negative error bar: pipeline/report_figures.py qte_figure, a bug
-    # reported on issue 9; at 20, as at 200, every interval holds its estimate.)
+    # (At 10 bootstrap reps a QTE percentile interval of the default data excluded its estimate, which
+    # made the report's QTE figure fail until main's be43721; 20 was measured to run on either side of it.)
     # These counts are the only differences from a clone.
     params = dest / "params.yaml"
     small = params.read_text()
