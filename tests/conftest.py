@@ -149,3 +149,16 @@ def dask_clients():
         os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
         with parallel.dask_client(1) as one, parallel.dask_client(2) as two:
             yield {1: one, 2: two}
+
+
+@pytest.fixture(scope="session")
+def reproduced_clone(tmp_path_factory) -> Path:
+    """A fresh copy of this checkout (tests/_pipeline_copy.py) where `dvc repro` ran the whole default
+    pipeline once, shared by the end-to-end tests (tests/test_pipeline.py, tests/test_browser.py): the
+    ones that only read its outputs use it as it is, the ones that rerun stages or edit files work on
+    their own copy (``_pipeline_copy.copy_tree``)."""
+    from _pipeline_copy import fresh_copy, run, stages_run
+
+    repo = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
+    assert "report" in stages_run(run(["dvc", "repro"], repo))
+    return repo

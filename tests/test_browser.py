@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _pipeline_copy import fresh_copy, run
-
 pytestmark = pytest.mark.slow
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -21,12 +19,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> Path:
+def reports(reproduced_clone) -> Path:
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
-    repo = fresh_copy(tmp_path_factory.mktemp("browser") / "project")
-    run(["dvc", "repro"], repo)
-    return repo / "reports"
+    return reproduced_clone / "reports"
 
 
 def visit(page, path: Path) -> tuple[list[str], list[str]]:

@@ -74,7 +74,7 @@ def test_estimate_all_and_run_write_every_output(tmp_path):
     df = with_extras(make_data(seed=25, n_clusters=48, firms_per_cluster=5), seed=5)
     params = {**params_group("estimate", vcov="CR1", q_families=None, primary_outcome=None),
               "outcomes": [Y, "revenue_usd_ppp_month", "not_there"], "primary_outcome": Y,
-              "treatments": TREATS, "bootstrap_reps": 5, "permutations": 9, "seed": 3,
+              "treatments": TREATS, "bootstrap_reps": 5, "permutations": 9, "seed": 3, "wild_bootstrap_reps": 99,
               "qte_quantiles": [0.25, 0.5], "balance_covariates": ["owner_age", Y, "female_owner"],
               "descriptive_controls": ["owner_age_bl"]}
     (tmp_path / "s").mkdir()

@@ -1,4 +1,4 @@
-"""End-to-end: the DVC pipeline in a fresh copy of this checkout (slow: about a minute).
+"""End-to-end: the DVC pipeline in a fresh copy of this checkout (slow: minutes).
 
 The copy holds exactly what a `git clone` would (tracked and new, non-ignored files), with no
 DVC outputs or cache, and runs with this test session's virtualenv.
@@ -11,20 +11,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from _pipeline_copy import env_for, fresh_copy, lock_md5s, run, stages_run
+from _pipeline_copy import copy_tree, env_for, lock_md5s, run, stages_run
 
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dest = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
-    out = run(["dvc", "repro"], dest)
-    assert "report" in stages_run(out)
-    return dest
+# One `dvc repro` of the whole pipeline per session (tests/conftest.py `reproduced_clone`, shared with
+# tests/test_browser.py): the tests that only read its outputs read it as it is; each test that reruns
+# stages or edits files does so on its own copy (seconds), independent of the others and of order.
 
 
-def test_repro_is_complete_then_up_to_date(repo):
+@pytest.fixture
+def repo(reproduced_clone, tmp_path) -> Path:
+    """A private copy of the reproduced clone (seconds), beside which `dvc push` makes its remote."""
+    return copy_tree(reproduced_clone, tmp_path / "project")
+
+
+def test_repro_is_complete_then_up_to_date(reproduced_clone):
+    repo = reproduced_clone          # read only: a second `dvc repro` that changed it would fail here
     assert "up to date" in run(["dvc", "status", "dvc.yaml"], repo)
     assert stages_run(run(["dvc", "repro"], repo)) == []
     for path in ("reports/index.html", "reports/metrics.json", "reports/results.csv",
@@ -32,7 +35,8 @@ def test_repro_is_complete_then_up_to_date(repo):
         assert (repo / path).stat().st_size > 0, path
 
 
-def test_effects_for_women_and_men_are_within_two_se_of_truth(repo):
+def test_effects_for_women_and_men_are_within_two_se_of_truth(reproduced_clone):
+    repo = reproduced_clone          # read only
     metrics = yaml.safe_load((repo / "reports/metrics.json").read_text())["synthetic"]
     for effect in ("skills", "capital", "skills_x_capital"):
         for sex in ("women", "men"):
@@ -52,47 +56,25 @@ def test_forced_rerun_gives_identical_outputs(repo):
 def test_report_parameter_reruns_only_the_report(repo):
     params = repo / "params.yaml"
     original = params.read_text()
-    try:
-        params.write_text(original.replace("decimals: 1", "decimals: 2"))
-        assert stages_run(run(["dvc", "repro"], repo)) == ["report"]
-    finally:
-        params.write_text(original)
-        run(["dvc", "repro"], repo)
-
-
-def test_cleaning_parameter_reruns_clean_and_what_follows(repo):
-    params = repo / "params.yaml"
-    original = params.read_text()
-    try:
-        params.write_text(original.replace("winsor_upper_pct: 99 ", "winsor_upper_pct: 98 "))
-        assert params.read_text() != original
-        ran = stages_run(run(["dvc", "repro"], repo))
-        assert sorted(ran) == ["clean@synthetic", "construct@synthetic", "estimate@synthetic", "report", "simulation"]
-        # dependency order (the simulation is independent of them, so DVC may run it at any point before the report)
-        assert ran.index("clean@synthetic") < ran.index("construct@synthetic") < ran.index("estimate@synthetic")
-        assert ran[-1] == "report"
-    finally:
-        params.write_text(original)
-        run(["dvc", "repro"], repo)
+    params.write_text(original.replace("decimals: 1", "decimals: 2"))
+    assert params.read_text() != original
+    assert stages_run(run(["dvc", "repro"], repo)) == ["report"]
 
 
 def test_failed_stage_leaves_no_outputs(repo):
     """A stage that fails removes every output it declares (none is half-written)."""
     config = repo / "studies/synthetic.yaml"
     original = config.read_text()
-    try:
-        config.write_text(original.replace("column: recall_period", "column: no_such_column"))
-        # the ingest stage by name: the simulation stage reads the same YAML, and DVC may run it first
-        proc = subprocess.run(["dvc", "repro", "ingest@synthetic"], cwd=repo, capture_output=True, text=True,
-                              env=env_for(repo))
-        assert proc.returncode != 0
-        assert "Running stage 'ingest@synthetic'" in proc.stdout + proc.stderr
-        assert "no_such_column" in proc.stdout + proc.stderr
-        assert not (repo / "data/interim/synthetic/ingested.parquet").exists()
-        assert not (repo / "reports/notebooks/synthetic/01_ingest.html").exists()
-    finally:
-        config.write_text(original)
-        run(["dvc", "repro"], repo)
+    config.write_text(original.replace("column: recall_period", "column: no_such_column"))
+    assert (repo / "data/interim/synthetic/ingested.parquet").exists()          # the previous run's
+    # the ingest stage by name: the simulation stage reads the same YAML, and DVC may run it first
+    proc = subprocess.run(["dvc", "repro", "ingest@synthetic"], cwd=repo, capture_output=True, text=True,
+                          env=env_for(repo))
+    assert proc.returncode != 0
+    assert "Running stage 'ingest@synthetic'" in proc.stdout + proc.stderr
+    assert "no_such_column" in proc.stdout + proc.stderr
+    assert not (repo / "data/interim/synthetic/ingested.parquet").exists()
+    assert not (repo / "reports/notebooks/synthetic/01_ingest.html").exists()
 
 
 def default_pipeline_notebooks(repo: Path) -> list[Path]:
@@ -159,14 +141,21 @@ def test_push_delete_pull_gives_identical_reports(repo):
     assert "up to date" in run(["dvc", "status", "dvc.yaml"], repo)
 
 
-def test_experiment_moves_the_estimate_and_metrics_diff_shows_it(repo):
+def test_cleaning_parameter_experiment_reruns_clean_and_what_follows_and_metrics_diff_shows_it(repo):
+    """`dvc exp run -S` writes the parameter into params.yaml and reproduces, as `dvc repro` after an
+    edit does: one run checks both which stages a cleaning parameter reruns, in order, and what the
+    experiment reports (a separate edit-then-repro test reran the same five stages a second time)."""
     import json
     from _pipeline_copy import commit_all
     commit_all(repo, "results of the default run")
     baseline = json.loads((repo / "reports/metrics.json").read_text())["synthetic"]["capital_men"]["estimate"]
     out = run(["dvc", "exp", "run", "-S", "clean.winsor_upper_pct=90"], repo)
-    assert sorted(stages_run(out)) == ["clean@synthetic", "construct@synthetic", "estimate@synthetic", "report",
-                                       "simulation"]
+    ran = stages_run(out)
+    assert sorted(ran) == ["clean@synthetic", "construct@synthetic", "estimate@synthetic", "report", "simulation"]
+    # dependency order (the simulation is independent of them, so DVC may run it at any point before the report)
+    assert ran.index("clean@synthetic") < ran.index("construct@synthetic") < ran.index("estimate@synthetic")
+    assert ran[-1] == "report"
+    assert "winsor_upper_pct: 90" in (repo / "params.yaml").read_text()
     moved = json.loads((repo / "reports/metrics.json").read_text())["synthetic"]["capital_men"]["estimate"]
     assert moved != baseline
     show = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], repo)))
@@ -176,6 +165,4 @@ def test_experiment_moves_the_estimate_and_metrics_diff_shows_it(repo):
                                      capture_output=True, text=True, check=True).stdout)
     change = diff["reports/metrics.json"]["synthetic.capital_men.estimate"]
     assert change["old"] == pytest.approx(baseline) and change["new"] == pytest.approx(moved)
-    run(["git", "checkout", "--", "."], repo)
-    run(["dvc", "checkout", "dvc.yaml"], repo)
 
