@@ -120,7 +120,7 @@ def build_firms(con, cfg: dict) -> None:
     varying = con.execute("SELECT " + ", ".join(
         f"count(*) FILTER (WHERE {n}_varies), (list({KEY} ORDER BY {KEY}) FILTER (WHERE {n}_varies))[1:5]"
         for n in attrs) + " FROM firms").fetchall()[0]
-    for k, (name, (_, what, shown)) in enumerate(attrs.items()):
+    for k, (_, what, shown) in enumerate(attrs.values()):
         n, units = varying[2 * k], varying[2 * k + 1]
         if n:
             raise ConstructError(f"{cfg['study']}: {what} ({shown}) differs across rounds for {n} units, e.g. {units}")
