@@ -167,7 +167,7 @@ def firm_exprs(cfg: dict, types: dict[str, str]) -> dict[str, str]:
     out["stratum"] = " || '|' || ".join(f"{literal(s + '=')} || {id_text(f'_stratum_{k}', types[s])}"
                                         for k, s in enumerate(strata)) if strata else "'all'"
     out["cluster_id"] = id_text("_cluster", types[cfg["cluster"]]) if cfg.get("cluster") \
-        else id_text(KEY, types[cfg["unit_id"]])
+        else id_text(f"g.{KEY}", types[cfg["unit_id"]])
     female = cfg["female_owner"]
     if "value" in female:
         out["female_owner"] = "NULL::DOUBLE" if female["value"] is None else literal(float(female["value"]))
