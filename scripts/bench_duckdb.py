@@ -296,6 +296,7 @@ def main() -> None:
     parser.add_argument("--firms", type=int, default=250_000)
     parser.add_argument("--chunk-firms", type=int, default=50_000)
     parser.add_argument("--pandas", action="store_true", help="also the pandas engine (in memory)")
+    parser.add_argument("--no-records", action="store_true", help="without the baseline+records contender")
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "INTERIM", "OUT"))
     parser.add_argument("--dir", help="working folder (default: a temporary one)")
     parser.add_argument("--interim", help="an interim parquet file this script wrote before (skips the generator)")
@@ -312,7 +313,8 @@ def main() -> None:
         interim = Path(args.interim) if args.interim else tmp / "ingested.parquet"
         if not args.interim:
             print(f"survey: {write_survey(interim, args.firms, args.chunk_firms)}", flush=True)
-        roles = ["baseline", "baseline+records", "engine"] + (["pandas"] if args.pandas else [])
+        roles = ["baseline"] + ([] if args.no_records else ["baseline+records"]) + ["engine"] \
+            + (["pandas"] if args.pandas else [])
         results = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
         base = results[0]["seconds"]
         print(f"{'contender':<16} {'seconds':>8} {'x baseline':>10} {'peak GB':>8} {'clean s':>8} {'construct s':>11}")
@@ -320,13 +322,13 @@ def main() -> None:
             print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8} "
                   f"{r.get('clean_s', '-'):>8} {r.get('construct_s', '-'):>11}"
                   + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
-        print("clean:", compare(tmp / "clean_engine.parquet", tmp / "clean_baseline.parquet"))
-        print("clean:", compare(tmp / "clean_engine.parquet", tmp / "clean_baseline+records.parquet"))
-        print("value log:", compare(tmp / "clean_engine_log.parquet", tmp / "clean_baseline+records.parquet.log.parquet",
-                                    False))
-        print("analysis:", compare(tmp / "clean_engine_analysis.parquet", tmp / "clean_baseline_analysis.parquet", False))
-        print("analysis:", compare(tmp / "clean_engine_analysis.parquet", tmp / "clean_baseline+records_analysis.parquet",
-                                   False))
+        for baseline in ["baseline"] + ([] if args.no_records else ["baseline+records"]):
+            print(f"clean vs {baseline}:", compare(tmp / "clean_engine.parquet", tmp / f"clean_{baseline}.parquet"))
+            print(f"analysis vs {baseline}:", compare(tmp / "clean_engine_analysis.parquet",
+                                                      tmp / f"clean_{baseline}_analysis.parquet", False))
+        if not args.no_records:
+            print("value log:", compare(tmp / "clean_engine_log.parquet",
+                                        tmp / "clean_baseline+records.parquet.log.parquet", False))
 
 
 if __name__ == "__main__":
