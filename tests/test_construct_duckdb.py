@@ -6,9 +6,8 @@ import pandas as pd
 import pytest
 from _params import params_group
 
-from pipeline import clean, construct, construct_duckdb, ingest, paths, synthetic
+from pipeline import clean, construct, construct_duckdb
 from pipeline.schemas import ValidationError
-from pipeline.study import load_study, normalise
 
 CLEAN = params_group("clean", engine="pandas")
 CONSTRUCT = params_group("construct")
@@ -30,17 +29,6 @@ def same_error(cleaned, cfg, error, match):
             build(cleaned, cfg, CONSTRUCT, "month")
         messages.append(str(raised.value))
     assert messages[0] == messages[1]
-
-
-@pytest.fixture(scope="module")
-def synthetic_interim():
-    """The default survey (params.yaml synthetic:, fewer firms) through the ingest stage's own code."""
-    cfg = normalise(load_study("synthetic"))
-    survey, value_labels, variable_labels, _ = synthetic.generate(params_group("synthetic", n_firms=600))
-    interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None,
-                                     scan_identifiers=False, describe=False)
-    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
-    return cfg, ingest.interim_table([interim], cfg, factor)
 
 
 @pytest.fixture(scope="module")
