@@ -90,7 +90,8 @@ def check_arms(con, cfg: dict) -> None:
     col = ident(treat)
     reason = con.execute(f"SELECT CASE WHEN {col} IS NULL THEN {literal(treat + ' is missing')} ELSE "
                          f"{literal(treat + '=')} || CAST({col} AS VARCHAR) || ' is not a defined arm' END FROM clean "
-                         f"WHERE {col} IS NULL OR {col} NOT IN {in_list(cfg['treatment']['arms'])} LIMIT 1").fetchall()
+                         f"WHERE {col} IS NULL OR {col} NOT IN {in_list(cfg['treatment']['arms'])} "
+                         f"ORDER BY source_file, source_row LIMIT 1").fetchall()
     if reason:
         raise ConstructError(f"{cfg['study']}: rows without a treatment arm in the clean table ({reason[0][0]}); "
                              f"run the clean stage")
@@ -138,8 +139,10 @@ def check_blank(con, cfg: dict, attrs: dict) -> None:
             + ", ".join(f"bool_or({n} IS NULL)" for n in strata) + " FROM firms").fetchall()[0]
         if n:
             names = ", ".join(attrs[s][0] for s, missing in zip(strata, cols) if missing)
+            # the clean table's first rows (it is in source order: both clean engines write it so)
             rows = con.execute(f"SELECT source_file, source_row FROM clean WHERE {ident(cfg['unit_id'])} IN "
-                               f"(SELECT {KEY} FROM firms WHERE {blank}) LIMIT 5").df().to_dict("records")
+                               f"(SELECT {KEY} FROM firms WHERE {blank}) ORDER BY source_file, source_row LIMIT 5"
+                               ).df().to_dict("records")
             raise ConstructError(f"{cfg['study']}: stratum ({names}) is missing in every round for {n} units, "
                                  f"e.g. {units} (rows {rows})")
     if "_cluster" in attrs:
