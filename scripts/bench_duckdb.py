@@ -22,6 +22,8 @@ in chunks.
    compared (rows and every value).
 
 Prints a table; asserts nothing (numbers are machine-dependent; the machine may be shared).
+``make bench`` (``scripts/bench.py``) runs the engine against the baseline (clean + construct) as
+one part of its table (``run``).
 """
 from __future__ import annotations
 
@@ -267,7 +269,7 @@ def measure(role: str, interim: Path, out: Path) -> dict:
     seconds = time.perf_counter() - start
     parts = json.loads(printed.strip().splitlines()[-1]) if printed.strip() else {}
     return {"role": role, "seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
-            "exit": os.waitstatus_to_exitcode(status), **parts}
+            "peak_mb": round(usage.ru_maxrss / 1024), "exit": os.waitstatus_to_exitcode(status), **parts}
 
 
 def compare(engine_out: Path, baseline_out: Path, one_row_per_source_row: bool = True) -> str:
@@ -291,6 +293,49 @@ def compare(engine_out: Path, baseline_out: Path, one_row_per_source_row: bool =
             f"engine rows out of source order: {unordered:,}")
 
 
+# rows per firm of the default generator: 10,000,200 rows from 2.6 million firms
+ROWS_PER_FIRM = 10_000_200 / 2_600_000
+
+
+def firms_for(rows: int) -> int:
+    """Firms whose survey has about ``rows`` rows."""
+    return max(1, round(rows / ROWS_PER_FIRM))
+
+
+def run(firms: int, chunk_firms: int, roles: list[str], folder: str | None = None,
+        interim: Path | None = None) -> dict:
+    """The survey (written unless ``interim`` is given), then each contender of ``roles`` in its
+    own process (the first is the reference of the ratios); prints and returns the table and the
+    comparisons of the engine's clean table with the baselines'."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        tmp = Path(tmp)
+        if interim is None:
+            interim = tmp / "ingested.parquet"
+            out["survey"] = write_survey(interim, firms, chunk_firms)
+            print(f"survey: {out['survey']}", flush=True)
+        results = out["contenders"] = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
+        base = results[0]["seconds"]
+        print(f"{'contender':<16} {'seconds':>8} {'x ' + roles[0]:>10} {'peak GB':>8} {'clean s':>8} {'construct s':>11}")
+        for r in results:
+            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8} "
+                  f"{r.get('clean_s', '-'):>8} {r.get('construct_s', '-'):>11}"
+                  + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
+        engine = tmp / "clean_engine.parquet"
+        out["comparisons"] = {}
+        for baseline in ("baseline", "baseline+records"):
+            if "engine" in roles and baseline in roles:
+                out["comparisons"][baseline] = compare(engine, tmp / f"clean_{baseline}.parquet")
+                out["comparisons"][f"{baseline} analysis"] = compare(
+                    tmp / analysis_path("clean_engine.parquet"), tmp / analysis_path(f"clean_{baseline}.parquet"), False)
+        if "engine" in roles and "baseline+records" in roles:
+            out["comparisons"]["value log"] = compare(tmp / "clean_engine_log.parquet",
+                                                      tmp / "clean_baseline+records.parquet.log.parquet", False)
+        for name, text in out["comparisons"].items():
+            print(f"engine vs {name}: {text}")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--firms", type=int, default=250_000)
@@ -308,27 +353,9 @@ def main() -> None:
     if args.generate_only:
         print(write_survey(Path(args.generate_only), args.firms, args.chunk_firms))
         return
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        tmp = Path(tmp)
-        interim = Path(args.interim) if args.interim else tmp / "ingested.parquet"
-        if not args.interim:
-            print(f"survey: {write_survey(interim, args.firms, args.chunk_firms)}", flush=True)
-        roles = ["baseline"] + ([] if args.no_records else ["baseline+records"]) + ["engine"] \
-            + (["pandas"] if args.pandas else [])
-        results = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
-        base = results[0]["seconds"]
-        print(f"{'contender':<16} {'seconds':>8} {'x baseline':>10} {'peak GB':>8} {'clean s':>8} {'construct s':>11}")
-        for r in results:
-            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8} "
-                  f"{r.get('clean_s', '-'):>8} {r.get('construct_s', '-'):>11}"
-                  + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
-        for baseline in ["baseline"] + ([] if args.no_records else ["baseline+records"]):
-            print(f"clean vs {baseline}:", compare(tmp / "clean_engine.parquet", tmp / f"clean_{baseline}.parquet"))
-            print(f"analysis vs {baseline}:", compare(tmp / "clean_engine_analysis.parquet",
-                                                      tmp / f"clean_{baseline}_analysis.parquet", False))
-        if not args.no_records:
-            print("value log:", compare(tmp / "clean_engine_log.parquet",
-                                        tmp / "clean_baseline+records.parquet.log.parquet", False))
+    roles = ["baseline"] + ([] if args.no_records else ["baseline+records"]) + ["engine"] \
+        + (["pandas"] if args.pandas else [])
+    run(args.firms, args.chunk_firms, roles, args.dir, Path(args.interim) if args.interim else None)
 
 
 if __name__ == "__main__":
