@@ -11,6 +11,7 @@ study = "synthetic"
 pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the stage reads and writes)
 stage_params = None  # None: the `construct:` group of params.yaml
 flow_period = None   # None: `clean.flow_period`
+engine = None        # None: `clean.engine` (pandas | duckdb; a study's clean_params may set its own)
 
 # %%
 import pandas as pd
@@ -18,19 +19,18 @@ import pandas as pd
 from pipeline import construct, stage_context
 
 context = stage_context.build("construct", study, pipeline=pipeline, group=stage_params,
-                              extra={"flow_period": flow_period})
-flow_period = context.extra["flow_period"]
+                              extra={"flow_period": flow_period, "engine": engine})
 result = construct.run(context)
-analysis = result["analysis"]
+analysis = result["analysis"]   # None with the DuckDB engine (the table stays on disk)
 
 # %% [markdown]
 # ## Firms, interviews and attrition by arm and round
 
 # %%
-analysis.pivot_table(index="arm", columns="round", values="interviewed", aggfunc="mean").round(3)
+result["interviews_by_arm"]
 
 # %% [markdown]
 # ## The study's first outcome by round, owner gender and arm (means)
 
 # %%
-construct.outcome_means(analysis, result["config"], flow_period)
+result["outcome_means"]

@@ -104,13 +104,24 @@ class Columns:
             "NULL::DOUBLE new_value, NULL::VARCHAR rule, 0 _part WHERE FALSE"
 
 
+def unsupported(study: str, stage: str, rule: str) -> UnsupportedRule:
+    """The error for a rule the DuckDB ``stage`` engine lacks, naming the study and the rule."""
+    return UnsupportedRule(f"{study}: the DuckDB {stage} engine does not implement {rule}; "
+                           f"use clean.engine: pandas for this study")
+
+
+def check_numeric(cfg: dict, types: dict[str, str], columns: list, stage: str) -> None:
+    """The ``columns`` (ids, codes, numbers) present in ``types`` hold numbers, not text."""
+    for col in dict.fromkeys(c for c in columns if c):
+        if col in types and types[col] not in NUMERIC_TYPES:
+            raise unsupported(cfg["study"], stage, f"column {col!r} of type {types[col]} "
+                                                   f"(ids, codes and numbers stored as text)")
+
+
 def check_supported(cfg: dict, types: dict[str, str]) -> None:
     """Everything the study configures is implemented here, and its columns are numbers."""
-    study = cfg["study"]
-
     def refuse(rule: str) -> None:
-        raise UnsupportedRule(f"{study}: the DuckDB clean engine does not implement {rule}; "
-                              f"use clean.engine: pandas for this study")
+        raise unsupported(cfg["study"], "clean", rule)
 
     if cfg["not_interviewed"]:
         refuse("not_interviewed")
@@ -124,12 +135,9 @@ def check_supported(cfg: dict, types: dict[str, str]) -> None:
         refuse("baselines in the same row (outcomes.*.baseline_column)")
     if cfg["_generated_unit_id"]:
         refuse("a generated unit id (no unit_id column)")
-    coded = [cfg["unit_id"], cfg.get("round"), cfg.get("cluster"), cfg["treatment"]["column"],
-             cfg["female_owner"].get("column"), (cfg.get("business_open") or {}).get("column"),
-             (cfg.get("recall_period") or {}).get("column"), *numeric_columns(cfg)]
-    for col in dict.fromkeys(c for c in coded if c):
-        if col in types and types[col] not in NUMERIC_TYPES:
-            refuse(f"column {col!r} of type {types[col]} (ids, codes and numbers stored as text)")
+    check_numeric(cfg, types, [cfg["unit_id"], cfg.get("round"), cfg.get("cluster"), cfg["treatment"]["column"],
+                               cfg["female_owner"].get("column"), (cfg.get("business_open") or {}).get("column"),
+                               (cfg.get("recall_period") or {}).get("column"), *numeric_columns(cfg)], "clean")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ from the baseline round, or from a baseline column in the same row (``pre_<outco
 study's covariates under their canonical names, and an attrition flag for planned interviews
 that did not happen (absent rows, and rows the survey marks as not interviewed).
 
-The table is validated (pandera) before anything is written.
+The table is validated (pandera) before anything is written. With ``clean.engine: duckdb`` (the
+clean stage's switch, in params.yaml or the study's ``clean_params``) the stage runs the same rules
+as SQL over the clean parquet file (:mod:`pipeline.construct_duckdb`): the table never enters pandas.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from pipeline.codes import codes_in, map_distinct, norm_codes
-from pipeline.io import param, write_named_outputs
+from pipeline.io import atomic_path, param, write_named_outputs
 from pipeline.stage_context import StageContext
 from pipeline.privacy import assert_no_identifiers
 from pipeline.schemas import ValidationError, validate_frame  # noqa: F401
-from pipeline.study import (FACTOR_COLUMN, analysis_column, assign_arms, flow_column, load_study,  # noqa: F401
-                            normalise)
+from pipeline.study import (FACTOR_COLUMN, analysis_column, assign_arms, effective_clean_params, flow_column,
+                            load_study, normalise)  # noqa: F401
 
 
 class ConstructError(ValueError):
@@ -219,7 +221,7 @@ def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *,
     key = "_unit"  # the raw unit id, whatever the study calls it; becomes firm_id (text) at the end
     rows, pre_columns = _observed_rows(clean, cfg, params, flow_period, key)
     table = _planned_grid(firms, rows, cfg, key)
-    baseline = _baseline_round(cfg)
+    baseline = baseline_round_number(cfg)
     table["followup"] = table["round"] != baseline if baseline is not None else True
     added: dict[str, pd.Series] = {}
     if baseline is not None:
@@ -288,8 +290,7 @@ def _numbers(values: pd.Series) -> pd.Series:
 def _planned_grid(firms: pd.DataFrame, rows: pd.DataFrame, cfg: dict, key: str) -> pd.DataFrame:
     """Every firm x planned round, with its observed row (if any), interviewed / attrited flags and
     the firm's columns."""
-    planned = (round_numbers(pd.Series(cfg["rounds"], dtype="object"), cfg).tolist() if cfg.get("rounds")
-               else sorted(rows["round"].unique().tolist()))
+    planned = planned_rounds(cfg, lambda: sorted(rows["round"].unique().tolist()))
     grid = pd.MultiIndex.from_product([firms.index, planned], names=[key, "round"]).to_frame(index=False)
     table = grid.merge(rows, on=[key, "round"], how="left", validate="one_to_one")
     table["interviewed"] = table["interviewed"].fillna(0).astype("int8")
@@ -297,7 +298,13 @@ def _planned_grid(firms: pd.DataFrame, rows: pd.DataFrame, cfg: dict, key: str) 
     return table.merge(firms.rename_axis(key), left_on=key, right_index=True, how="left")
 
 
-def _baseline_round(cfg: dict):
+def planned_rounds(cfg: dict, observed) -> list:
+    """The planned rounds as the analysis table numbers them: the configured ``rounds``, else
+    ``observed()`` (the distinct rounds of the clean table, sorted)."""
+    return round_numbers(pd.Series(cfg["rounds"], dtype="object"), cfg).tolist() if cfg.get("rounds") else observed()
+
+
+def baseline_round_number(cfg: dict):
     """The baseline round as the analysis table numbers it, or None."""
     baseline = cfg.get("baseline_round")
     return round_numbers(pd.Series([baseline], dtype="object"), cfg).iloc[0] if baseline is not None else None
@@ -341,18 +348,27 @@ def _sorted_and_ordered(table: pd.DataFrame, cfg: dict, firms: pd.DataFrame, key
     if hashed_unit_id(cfg):         # units in firm_table's order, not by their hash (see there)
         table[key] = pd.Categorical(table[key], categories=firms.index, ordered=True)
     table = table.sort_values([key, "round"], kind="stable").drop(columns=[key]).reset_index(drop=True)
+    return table[column_order(list(table.columns))].copy()  # .copy(): one block per dtype
+
+
+def column_order(columns: list[str]) -> list[str]:
+    """The analysis table's columns: the design columns first, then the others as they come."""
     first = ["study", "firm_id", "round", "followup", "interviewed", "attrited", "arm", "treat_skills",
              "treat_capital", "female_owner", "stratum", "cluster_id"]
-    first += [c for c in table.columns if c.startswith("arm_")]
-    return table[first + [c for c in table.columns if c not in first]].copy()  # .copy(): one block per dtype
+    first += [c for c in columns if c.startswith("arm_")]
+    return first + [c for c in columns if c not in first]
+
+
+def first_outcome(cfg: dict, flow_period: str) -> str:
+    """The analysis column of the study's first configured outcome (the notebook's first table)."""
+    name, out = next(iter(normalise(cfg)["outcomes"].items()))
+    return analysis_column(name, out, flow_period)
 
 
 def outcome_means(analysis: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFrame:
     """Means of the study's first configured outcome by owner gender, arm and round (the first
     table a reader checks); owners whose gender is not recorded form their own row."""
-    cfg = normalise(cfg)
-    name, out = next(iter(cfg["outcomes"].items()))
-    column = analysis_column(name, out, flow_period)
+    column = first_outcome(cfg, flow_period)
     owner = analysis["female_owner"].map({1.0: "women", 0.0: "men"}).fillna("not recorded")
     return analysis.assign(owner=owner).pivot_table(index=["owner", "arm"], columns="round", values=column,
                                                     aggfunc="mean").round(1)
@@ -390,35 +406,82 @@ def analysis_schema(cfg: dict, table: pd.DataFrame, flow_period: str):
     return pa.DataFrameSchema(columns, unique=["firm_id", "round"], strict=False, name=f"{cfg['study']} analysis")
 
 
+def notebook_tables(analysis: pd.DataFrame, cfg: dict, flow_period: str) -> dict[str, pd.DataFrame]:
+    """The construct notebook's two tables: the share of planned interviews held by arm and round,
+    and :func:`outcome_means`."""
+    return {"interviews_by_arm": analysis.pivot_table(index="arm", columns="round", values="interviewed",
+                                                      aggfunc="mean").round(3),
+            "outcome_means": outcome_means(analysis, cfg, flow_period)}
+
+
+def engine(cfg: dict, context: StageContext) -> str:
+    """The engine of this study's clean and construct stages: ``clean.engine`` (an extra key of
+    the construct stage), or the study's ``clean_params.engine`` where it sets one."""
+    return param(effective_clean_params(cfg, {"engine": context.extra["engine"]}), "clean", "engine")
+
+
 def run(context: StageContext) -> dict:
     """The construct stage: clean table -> canonical analysis table (all or nothing)."""
     cfg = dict(context.config)
+    flow_period = context.extra["flow_period"]
+    if engine(cfg, context) == "duckdb":
+        return run_out_of_core(context, cfg, flow_period)
     clean = pd.read_parquet(context.inputs["clean.parquet"])
-    table = construct(clean, cfg, dict(context.params), context.extra["flow_period"])
+    table = construct(clean, cfg, dict(context.params), flow_period)
     firms = table.drop_duplicates("firm_id")
-    summary = {
-        "study": cfg["study"],
+    counts = {
         "rows": len(table),
         "firms": int(table["firm_id"].nunique()),
         "interviews": int(table["interviewed"].sum()),
         "attrited_firm_rounds": int(table["attrited"].sum()),
         "female_owner_share": float(firms["female_owner"].mean()),
         "female_owner_known_share": float(firms["female_owner"].notna().mean()),
-        "arms": {spec["label"]: {"skills": spec["skills"], "capital": spec["capital"],
-                                 "column": None if key == reference_arm(cfg) else f"arm_{spec['slug']}"}
-                 for key, spec in cfg["treatment"]["arms"].items()},
         "firms_by_arm": firms["arm"].value_counts().sort_index().to_dict(),
-        "covariates": sorted(cfg["covariates"]),
-        "controls": list(cfg["controls"]),
-        "currency": cfg.get("currency"),
-        "usd_ppp_per_lcu": (float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns
-                            else cfg["usd_ppp_per_lcu"]["value"]),
-        "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
-        "resolved_config": context.resolved_config(),
     }
+    factor = float(clean[FACTOR_COLUMN].iloc[0]) if FACTOR_COLUMN in clean.columns else None
+    summary = stage_summary(context, cfg, counts, factor)
     assert_no_identifiers(table, cfg=cfg, source=f"{cfg['study']} analysis table")
     write_named_outputs(context.outputs, {
         "analysis.parquet": table,
         "construct_summary.json": summary,
     })
-    return {"config": cfg, "analysis": table, "summary": summary}
+    return {"config": cfg, "analysis": table, "summary": summary, **notebook_tables(table, cfg, flow_period)}
+
+
+def run_out_of_core(context: StageContext, cfg: dict, flow_period: str) -> dict:
+    """The construct stage on DuckDB: the analysis table streamed to parquet by DuckDB (into a
+    temporary file renamed into place once the summary is written). The returned ``analysis`` is
+    None (it may not fit in memory). The identifier scan reads the per-firm text columns (firm_id,
+    arm, stratum, cluster_id: one row per firm, the same shares as over firm x round) and the
+    table's first 10,000 rows (column names and numbers)."""
+    from pipeline import construct_duckdb
+
+    with atomic_path(context.outputs["analysis.parquet"]) as analysis_tmp:
+        result = construct_duckdb.construct_parquet(context.inputs["clean.parquet"], analysis_tmp, cfg,
+                                                    dict(context.params), flow_period)
+        for name in ("firm_text", "head"):
+            assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} analysis table")
+        summary = stage_summary(context, cfg, result["counts"], result["usd_ppp_per_lcu"])
+        write_named_outputs({"construct_summary.json": context.outputs["construct_summary.json"]},
+                            {"construct_summary.json": summary})
+    return {"config": cfg, "analysis": None, "summary": summary, **result["tables"]}
+
+
+def stage_summary(context: StageContext, cfg: dict, counts: dict, factor: float | None) -> dict:
+    """construct_summary.json: the table's counts, the arms, the conversion factor (the clean
+    table's first row's, else the configured one) and the configuration the stage ran with."""
+    arms = {spec["label"]: {"skills": spec["skills"], "capital": spec["capital"],
+                            "column": None if key == reference_arm(cfg) else f"arm_{spec['slug']}"}
+            for key, spec in cfg["treatment"]["arms"].items()}
+    return {
+        "study": cfg["study"],
+        **{k: v for k, v in counts.items() if k != "firms_by_arm"},
+        "arms": arms,
+        "firms_by_arm": counts["firms_by_arm"],
+        "covariates": sorted(cfg["covariates"]),
+        "controls": list(cfg["controls"]),
+        "currency": cfg.get("currency"),
+        "usd_ppp_per_lcu": factor if factor is not None else cfg["usd_ppp_per_lcu"]["value"],
+        "conversion_source": cfg["usd_ppp_per_lcu"]["source"],
+        "resolved_config": context.resolved_config(),
+    }

@@ -1,5 +1,6 @@
-"""Benchmark the out-of-core clean engine (``clean.engine: duckdb``) against a hand-written DuckDB
-SQL baseline of the same rules, on a large synthetic survey written to parquet in chunks.
+"""Benchmark the out-of-core clean and construct engines (``clean.engine: duckdb``) against a
+hand-written DuckDB SQL baseline of the same rules, on a large synthetic survey written to parquet
+in chunks.
 
     .venv/bin/python scripts/bench_duckdb.py --firms 250000 [--chunk-firms 50000] [--pandas]
 
@@ -10,14 +11,19 @@ SQL baseline of the same rules, on a large synthetic survey written to parquet i
    than a chunk is ever in memory. About 4 rows per firm: 2.6 million firms give ~10 million rows.
 2. Each contender runs in its own child process (time and peak RSS from ``os.wait4``), side by side:
    ``engine``: :func:`pipeline.clean_duckdb.clean_parquet` (rules, rejected rows, flow, contract
-   checks, clean table and value log to parquet); ``baseline``: one hand-written SQL statement of the
-   default study's rules (dedupe, codes, closures, ranges, recall, winsorising per round) to
-   parquet, no logs; ``pandas`` (with ``--pandas``): ``pd.read_parquet`` + ``clean.clean``.
-   The engine's and the baseline's clean tables are compared (rows and every value).
+   checks, clean table and value log to parquet), then :func:`pipeline.construct_duckdb.construct_parquet`
+   (the analysis table to parquet, its checks, the summary's counts and the notebook's tables);
+   ``baseline``: one hand-written SQL statement of the default study's clean rules (dedupe, codes,
+   closures, ranges, recall, winsorising per round) to parquet, no logs, then one of its construct
+   rules (per-firm values, firm x planned-round grid, outcomes in USD PPP, practice scores,
+   baseline-round values) to parquet; ``baseline+records``: the same with the clean stage's records
+   (rejected rows, value log); ``pandas`` (with ``--pandas``): ``pd.read_parquet`` + ``clean.clean``
+   + ``construct.construct``. The engine's and the baseline's clean and analysis tables are
+   compared (rows and every value).
 
 Prints a table; asserts nothing (numbers are machine-dependent; the machine may be shared).
-``make bench`` (``scripts/bench.py``) runs the engine against the clean-only baseline as one part
-of its table (``run``).
+``make bench`` (``scripts/bench.py``) runs the engine against the baseline (clean + construct) as
+one part of its table (``run``).
 """
 from __future__ import annotations
 
@@ -160,46 +166,110 @@ def baseline_records_sql(interim: str, out: str) -> list[str]:
             f"TO '{out}.log.parquet' (FORMAT parquet)"]
 
 
+ARMS = {1: ("Control", 0, 0), 2: ("Training only", 1, 0), 3: ("Grant only", 0, 1), 4: ("Training + grant", 1, 1)}
+PRACTICES = {"skills_index": range(1, 27), "skills_marketing": range(1, 8), "skills_buying_stock": range(8, 11),
+             "skills_record_keeping": range(11, 19), "skills_financial_planning": range(19, 27)}
+
+
+def construct_baseline_sql(clean: str, out: str, min_share: float = 0.5) -> str:
+    """The default study's construct rules written by hand (studies/synthetic.yaml, params.yaml
+    construct:): per-firm assignment, strata, market and gender, the firm x round grid (rounds
+    0-3) with attrition, outcomes in USD PPP per month, practice scores, credit, take-up,
+    covariates, and each value's baseline-round value (0 plus a missing dummy)."""
+    money = {"profit_usd_ppp_month": "profit_lcu_month", "revenue_usd_ppp_month": "revenue_lcu_month",
+             "costs_usd_ppp_month": "costs_lcu_month", "capital_stock_usd_ppp": "capital_stock_lcu"}
+    values = []
+    for new, base in money.items():
+        values += [f"{base}_w * usd_ppp_per_lcu AS {new}", f"{base} * usd_ppp_per_lcu AS {new}_unwinsorised"]
+    values.append("CASE WHEN interviewed = 1 THEN CAST(business_closed AS DOUBLE) END AS business_closed")
+    for name, items in PRACTICES.items():
+        cols = [f"bp_{i:02d}" for i in items]
+        n = " + ".join(f"CAST({c} IS NOT NULL AS INTEGER)" for c in cols)
+        total = " + ".join(f"coalesce({c}, 0.0)" for c in cols)
+        values.append(f"CASE WHEN ({n}) > 0 AND ({n}) >= {min_share * len(cols)} THEN ({total}) / ({n}) END AS {name}")
+    values += ["CAST(loan_any AS DOUBLE) AS credit_access", "CAST(took_training AS DOUBLE) AS takeup_skills",
+               "CAST(received_grant AS DOUBLE) AS takeup_capital"]
+    values += [f"CAST({c} AS DOUBLE) AS {c}" for c in ("owner_age", "owner_educ_years", "hh_size", "hours_week")]
+    names = [v.rsplit(" AS ", 1)[1] for v in values]
+    baseline = ", ".join(f"CAST(b.{c} IS NULL AS TINYINT) AS {c}_bl_missing, coalesce(b.{c}, 0.0) AS {c}_bl"
+                         for c in names)
+    label = "CASE g.arm " + " ".join(f"WHEN {k} THEN '{a[0]}'" for k, a in ARMS.items()) + " END"
+    dummies = ", ".join(f"CAST(g.arm = {k} AS TINYINT) AS arm_{a[0].lower().replace(' + ', '_').replace(' ', '_')}"
+                        for k, a in ARMS.items() if k != 1)
+    return f"""
+    COPY (
+    WITH firms AS (SELECT firm_id, min(treat_arm) AS arm, min(region) AS region, min(sector) AS sector,
+                          min(market_id) AS market, min(owner_sex) AS sex FROM read_parquet('{clean}') GROUP BY 1),
+    obs AS (SELECT firm_id, CAST(round AS BIGINT) AS round, {', '.join(values)}, interviewed
+            FROM read_parquet('{clean}')),
+    g AS (SELECT firms.*, r.round FROM firms, (SELECT unnest([0, 1, 2, 3]) AS round) r)
+    SELECT 'synthetic' AS study, CAST(g.firm_id AS VARCHAR) AS firm_id, g.round, g.round <> 0 AS followup,
+           CAST(coalesce(o.interviewed, 0) AS TINYINT) AS interviewed,
+           CAST(1 - coalesce(o.interviewed, 0) AS TINYINT) AS attrited, {label} AS arm,
+           CAST(g.arm IN (2, 4) AS TINYINT) AS treat_skills, CAST(g.arm IN (3, 4) AS TINYINT) AS treat_capital,
+           CASE WHEN g.sex = 2 THEN 1.0 WHEN g.sex IS NOT NULL THEN 0.0 END AS female_owner,
+           'region=' || g.region || '|sector=' || g.sector AS stratum, CAST(g.market AS VARCHAR) AS cluster_id,
+           {dummies}, {', '.join(f'o.{c}' for c in names)}, {baseline}
+    FROM g LEFT JOIN obs o ON o.firm_id = g.firm_id AND o.round = g.round
+    LEFT JOIN (SELECT * FROM obs WHERE round = 0) b ON b.firm_id = g.firm_id
+    ORDER BY g.firm_id, g.round
+    ) TO '{out}' (FORMAT parquet)
+    """
+
+
+def analysis_path(out: str) -> str:
+    return str(out).replace(".parquet", "_analysis.parquet")
+
+
 def child(role: str, interim: str, out: str) -> None:
-    """One contender, in this (child) process."""
+    """One contender, in this (child) process: clean, then construct (seconds of each printed)."""
+    start = time.perf_counter()
+    spill = str(Path(out).parent / "spill")
     if role == "engine":
-        from pipeline import clean_duckdb
+        from pipeline import clean_duckdb, construct_duckdb
         from pipeline.io import load_params
         from pipeline.study import load_study
-        result = clean_duckdb.clean_parquet(interim, out, str(out).replace(".parquet", "_log.parquet"),
-                                            load_study("synthetic"), load_params(ROOT / "params.yaml")["clean"],
-                                            memory_limit=MEMORY_LIMIT, temp_directory=str(Path(out).parent / "spill"))
-        print(json.dumps(result["rows"]))
-    elif role == "baseline":
+        params, cfg = load_params(ROOT / "params.yaml"), load_study("synthetic")
+        clean_duckdb.clean_parquet(interim, out, str(out).replace(".parquet", "_log.parquet"), cfg, params["clean"],
+                                   memory_limit=MEMORY_LIMIT, temp_directory=spill)
+        cleaned = time.perf_counter()
+        construct_duckdb.construct_parquet(out, analysis_path(out), cfg, params["construct"],
+                                           params["clean"]["flow_period"], memory_limit=MEMORY_LIMIT,
+                                           temp_directory=spill)
+    elif role in ("baseline", "baseline+records"):
         import duckdb
         con = duckdb.connect()
         con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
-        con.execute(baseline_sql(interim, out))
-    elif role == "baseline+records":
-        import duckdb
-        con = duckdb.connect()
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")
-        con.execute(f"SET temp_directory = '{Path(out).parent / 'spill'}'")
-        for statement in baseline_records_sql(interim, out):
+        con.execute(f"SET temp_directory = '{spill}'")
+        for statement in (baseline_records_sql(interim, out) if role == "baseline+records"
+                          else [baseline_sql(interim, out)]):
             con.execute(statement)
+        cleaned = time.perf_counter()
+        con.execute(construct_baseline_sql(out, analysis_path(out)))
     elif role == "pandas":
         import pandas as pd
 
-        from pipeline import clean
+        from pipeline import clean, construct
         from pipeline.io import load_params
         from pipeline.study import load_study
-        params = {**load_params(ROOT / "params.yaml")["clean"], "engine": "pandas"}
-        clean.clean(pd.read_parquet(interim), load_study("synthetic"), params)["clean"].to_parquet(out)
+        params, cfg = load_params(ROOT / "params.yaml"), load_study("synthetic")
+        table = clean.clean(pd.read_parquet(interim), cfg, {**params["clean"], "engine": "pandas"})["clean"]
+        table.to_parquet(out)
+        cleaned = time.perf_counter()
+        construct.construct(table, cfg, params["construct"], params["clean"]["flow_period"]).to_parquet(analysis_path(out))
+    print(json.dumps({"clean_s": round(cleaned - start, 1), "construct_s": round(time.perf_counter() - cleaned, 1)}))
 
 
 def measure(role: str, interim: Path, out: Path) -> dict:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", role, str(interim), str(out)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, __file__, "--child", role, str(interim), str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    printed = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
+    parts = json.loads(printed.strip().splitlines()[-1]) if printed.strip() else {}
     return {"role": role, "seconds": round(seconds, 1), "peak_gb": round(usage.ru_maxrss / 1024 ** 2, 2),
-            "peak_mb": round(usage.ru_maxrss / 1024), "exit": os.waitstatus_to_exitcode(status)}
+            "peak_mb": round(usage.ru_maxrss / 1024), "exit": os.waitstatus_to_exitcode(status), **parts}
 
 
 def compare(engine_out: Path, baseline_out: Path, one_row_per_source_row: bool = True) -> str:
@@ -208,10 +278,9 @@ def compare(engine_out: Path, baseline_out: Path, one_row_per_source_row: bool =
     import duckdb
     con = duckdb.connect()
     con.execute(f"SET memory_limit = '{MEMORY_LIMIT}'")     # EXCEPT ALL of 10M wide rows: spill, not 10 GB
-    cols = [r[0] for r in con.execute(f"SELECT column_name FROM (DESCRIBE SELECT * FROM '{baseline_out}')").fetchall()]
-    text = {"source_file", "submission_id", "submitted_at", "column", "old_text", "rule"}
+    types = con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM '{baseline_out}')").fetchall()
     # numbers compared to 1e-6 (the baseline's quantile_cont differs from pandas' in the last bits)
-    keyed = ", ".join(f'"{c}"' if c in text else f'round(CAST("{c}" AS DOUBLE), 6)' for c in cols)
+    keyed = ", ".join(f'"{c}"' if t in ("VARCHAR", "BOOLEAN") else f'round(CAST("{c}" AS DOUBLE), 6)' for c, t in types)
     diff = con.execute(f"SELECT count(*) FROM (SELECT {keyed} FROM '{engine_out}' EXCEPT ALL "
                        f"SELECT {keyed} FROM '{baseline_out}')").fetchall()[0][0]
     n = [con.execute(f"SELECT count(*) FROM '{p}'").fetchall()[0][0] for p in (engine_out, baseline_out)]
@@ -247,16 +316,19 @@ def run(firms: int, chunk_firms: int, roles: list[str], folder: str | None = Non
             print(f"survey: {out['survey']}", flush=True)
         results = out["contenders"] = [measure(role, interim, tmp / f"clean_{role}.parquet") for role in roles]
         base = results[0]["seconds"]
-        print(f"{'contender':<16} {'seconds':>8} {'x ' + roles[0]:>10} {'peak GB':>8}")
+        print(f"{'contender':<16} {'seconds':>8} {'x ' + roles[0]:>10} {'peak GB':>8} {'clean s':>8} {'construct s':>11}")
         for r in results:
-            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8}"
+            print(f"{r['role']:<16} {r['seconds']:>8} {r['seconds'] / base:>10.2f} {r['peak_gb']:>8} "
+                  f"{r.get('clean_s', '-'):>8} {r.get('construct_s', '-'):>11}"
                   + ("" if r["exit"] == 0 else f"  FAILED (exit {r['exit']})"))
         engine = tmp / "clean_engine.parquet"
         out["comparisons"] = {}
-        if "engine" in roles and "baseline" in roles:
-            out["comparisons"]["baseline"] = compare(engine, tmp / "clean_baseline.parquet")
+        for baseline in ("baseline", "baseline+records"):
+            if "engine" in roles and baseline in roles:
+                out["comparisons"][baseline] = compare(engine, tmp / f"clean_{baseline}.parquet")
+                out["comparisons"][f"{baseline} analysis"] = compare(
+                    tmp / analysis_path("clean_engine.parquet"), tmp / analysis_path(f"clean_{baseline}.parquet"), False)
         if "engine" in roles and "baseline+records" in roles:
-            out["comparisons"]["baseline+records"] = compare(engine, tmp / "clean_baseline+records.parquet")
             out["comparisons"]["value log"] = compare(tmp / "clean_engine_log.parquet",
                                                       tmp / "clean_baseline+records.parquet.log.parquet", False)
         for name, text in out["comparisons"].items():
@@ -269,6 +341,7 @@ def main() -> None:
     parser.add_argument("--firms", type=int, default=250_000)
     parser.add_argument("--chunk-firms", type=int, default=50_000)
     parser.add_argument("--pandas", action="store_true", help="also the pandas engine (in memory)")
+    parser.add_argument("--no-records", action="store_true", help="without the baseline+records contender")
     parser.add_argument("--child", nargs=3, metavar=("ROLE", "INTERIM", "OUT"))
     parser.add_argument("--dir", help="working folder (default: a temporary one)")
     parser.add_argument("--interim", help="an interim parquet file this script wrote before (skips the generator)")
@@ -280,8 +353,9 @@ def main() -> None:
     if args.generate_only:
         print(write_survey(Path(args.generate_only), args.firms, args.chunk_firms))
         return
-    run(args.firms, args.chunk_firms, ["baseline", "baseline+records", "engine"] + (["pandas"] if args.pandas else []),
-        args.dir, Path(args.interim) if args.interim else None)
+    roles = ["baseline"] + ([] if args.no_records else ["baseline+records"]) + ["engine"] \
+        + (["pandas"] if args.pandas else [])
+    run(args.firms, args.chunk_firms, roles, args.dir, Path(args.interim) if args.interim else None)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,23 @@ def interim(raw) -> pd.DataFrame:
     return df
 
 
+@pytest.fixture(scope="module")
+def synthetic_interim():
+    """The default survey (params.yaml synthetic:, fewer firms) through the ingest stage's own code:
+    (normalised study configuration, interim table)."""
+    from _params import params_group
+
+    from pipeline import ingest, paths, synthetic
+    from pipeline.study import load_study, normalise
+
+    cfg = normalise(load_study("synthetic"))
+    survey, value_labels, variable_labels, _ = synthetic.generate(params_group("synthetic", n_firms=600))
+    interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None,
+                                     scan_identifiers=False, describe=False)
+    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
+    return cfg, ingest.interim_table([interim], cfg, factor)
+
+
 @pytest.fixture
 def dta_dir(tmp_path, raw):
     raw.to_stata(tmp_path / "survey.dta", write_index=False, version=118, value_labels=VALUE_LABELS,

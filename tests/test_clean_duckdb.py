@@ -4,8 +4,7 @@ import pandas as pd
 import pytest
 from _params import params_group
 
-from pipeline import clean, clean_duckdb, construct, ingest, paths, synthetic
-from pipeline.study import load_study, normalise
+from pipeline import clean, clean_duckdb, construct
 
 PANDAS = params_group("clean", engine="pandas")
 DUCKDB = params_group("clean", engine="duckdb")
@@ -19,17 +18,6 @@ def both_engines(interim, cfg, **overrides):
         pd.testing.assert_frame_equal(duckdb_out[name], pandas_out[name], check_exact=True, obj=name)
     assert duckdb_out["extra"]["outliers_changed"] == pandas_out["extra"]["outliers_changed"]
     return pandas_out, duckdb_out
-
-
-@pytest.fixture(scope="module")
-def synthetic_interim():
-    """The default survey (params.yaml synthetic:, fewer firms) through the ingest stage's own code."""
-    cfg = normalise(load_study("synthetic"))
-    survey, value_labels, variable_labels, _ = synthetic.generate(params_group("synthetic", n_firms=600))
-    interim, _ = ingest.ingest_frame(survey, value_labels, variable_labels, cfg, cfg["files"][0], salt=None,
-                                     scan_identifiers=False, describe=False)
-    factor, _ = ingest.conversion_factor(cfg, paths.raw_synthetic_dir())
-    return cfg, ingest.interim_table([interim], cfg, factor)
 
 
 def test_default_survey_gives_identical_clean_and_analysis_tables(synthetic_interim):

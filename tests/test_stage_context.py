@@ -75,12 +75,13 @@ def test_params_extra_keys_and_study_config_are_resolved_once():
     params = load_params()
     construct = build("construct", "synthetic", params=params)
     assert dict(construct.params) == params["construct"]
-    assert dict(construct.extra) == {"flow_period": params["clean"]["flow_period"]}
+    extra = {"flow_period": params["clean"]["flow_period"], "engine": params["clean"]["engine"]}
+    assert dict(construct.extra) == extra
     assert construct.config["study"] == "synthetic" and construct.study == "synthetic"
     injected = build("construct", "synthetic", params=params, group={"x": 1}, extra={"flow_period": "week"})
     assert dict(injected.params) == {"x": 1} and injected.extra["flow_period"] == "week"
     record = construct.resolved_config()
-    assert record["params"] == params["construct"] and record["extra"] == {"flow_period": params["clean"]["flow_period"]}
+    assert record["params"] == params["construct"] and record["extra"] == extra
     assert record["study"]["study"] == "synthetic" and not any(k.startswith("_") for k in record["study"])
 
 
