@@ -12,6 +12,7 @@ pipeline = "main"    # main: dvc.yaml; evidence: evidence/dvc.yaml (where the st
 stage_params = None  # None: the `construct:` group of params.yaml
 flow_period = None   # None: `clean.flow_period`
 engine = None        # None: `clean.engine` (pandas | duckdb; a study's clean_params may set its own)
+duckdb_memory_limit = None  # None: `clean.duckdb_memory_limit` (engine duckdb)
 
 # %%
 import pandas as pd
@@ -19,7 +20,8 @@ import pandas as pd
 from pipeline import construct, stage_context
 
 context = stage_context.build("construct", study, pipeline=pipeline, group=stage_params,
-                              extra={"flow_period": flow_period, "engine": engine})
+                              extra={"flow_period": flow_period, "engine": engine,
+                                     "duckdb_memory_limit": duckdb_memory_limit})
 result = construct.run(context)
 analysis = result["analysis"]   # None with the DuckDB engine (the table stays on disk)
 

@@ -74,6 +74,8 @@ Code = Annotated[Any, PlainValidator(_code)]
 Number = Annotated[Any, PlainValidator(_number)]
 ZeroOne = Annotated[Any, PlainValidator(_zero_one)]
 Column = str
+# DuckDB's own size syntax ("2GB", "512MiB"), checked here rather than by DuckDB mid-stage.
+MemorySize = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)? ?(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")]
 Columns = list[str]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")]
 StudyName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -201,6 +203,7 @@ CLEAN_FIELDS: dict[str, Any] = {
     "winsor_by_round": bool,
     "outlier_method": Literal["winsorise", "trim"],
     "engine": Literal["pandas", "duckdb"],
+    "duckdb_memory_limit": MemorySize,
 }
 CleanOverrides = create_model("CleanOverrides", __base__=Block,
                               **{k: (Optional[t], None) for k, t in CLEAN_FIELDS.items() if k != "flow_period"})

@@ -15,6 +15,8 @@ as SQL over the clean parquet file (:mod:`pipeline.construct_duckdb`): the table
 """
 from __future__ import annotations
 
+import tempfile
+
 import numpy as np
 import pandas as pd
 
@@ -414,10 +416,15 @@ def notebook_tables(analysis: pd.DataFrame, cfg: dict, flow_period: str) -> dict
             "outcome_means": outcome_means(analysis, cfg, flow_period)}
 
 
+def clean_setting(cfg: dict, context: StageContext, key: str):
+    """A ``clean:`` key the construct stage reads (``engine``, ``duckdb_memory_limit``: extra keys of
+    the stage), or the study's ``clean_params`` value where it sets one."""
+    return param(effective_clean_params(cfg, {key: context.extra[key]}), "clean", key)
+
+
 def engine(cfg: dict, context: StageContext) -> str:
-    """The engine of this study's clean and construct stages: ``clean.engine`` (an extra key of
-    the construct stage), or the study's ``clean_params.engine`` where it sets one."""
-    return param(effective_clean_params(cfg, {"engine": context.extra["engine"]}), "clean", "engine")
+    """The engine of this study's clean and construct stages."""
+    return clean_setting(cfg, context, "engine")
 
 
 def run(context: StageContext) -> dict:
@@ -457,8 +464,10 @@ def run_out_of_core(context: StageContext, cfg: dict, flow_period: str) -> dict:
     from pipeline import construct_duckdb
 
     with atomic_path(context.outputs["analysis.parquet"]) as analysis_tmp:
-        result = construct_duckdb.construct_parquet(context.inputs["clean.parquet"], analysis_tmp, cfg,
-                                                    dict(context.params), flow_period)
+        with tempfile.TemporaryDirectory(prefix="duckdb-spill-") as spill:
+            result = construct_duckdb.construct_parquet(
+                context.inputs["clean.parquet"], analysis_tmp, cfg, dict(context.params), flow_period,
+                memory_limit=clean_setting(cfg, context, "duckdb_memory_limit"), temp_directory=spill)
         for name in ("firm_text", "head"):
             assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} analysis table")
         summary = stage_summary(context, cfg, result["counts"], result["usd_ppp_per_lcu"])

@@ -31,7 +31,8 @@ from pipeline.io import REPO_ROOT, load_params, read_yaml
 # the pipeline's study list (STUDY_LIST_STAGES) this is everything a stage reads; dvc.yaml declares
 # exactly these keys (tests/test_dvc_wiring.py), and the executed notebook records their values.
 EXTRA_PARAMS: dict[str, dict[str, str]] = {
-    "construct": {"flow_period": "clean.flow_period", "engine": "clean.engine"},
+    "construct": {"flow_period": "clean.flow_period", "engine": "clean.engine",
+                  "duckdb_memory_limit": "clean.duckdb_memory_limit"},
     "report": {"flow_period": "clean.flow_period"},
     "simulation": {"synthetic_params": "synthetic", "clean_params": "clean", "construct_params": "construct",
                    "estimate_params": "estimate"},

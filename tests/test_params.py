@@ -231,6 +231,8 @@ def clean(df, cfg, params, spec_params):
     (lambda p: p["estimate"].update(fixed_effects="round"), "estimate.fixed_effects: Input should be a valid list"),
     (lambda p: p["simulation"].update(draws=2000.5), "simulation.draws: Input should be a valid integer"),
     (lambda p: p["clean"].update(flow_period="fortnight"), "clean.flow_period: Input should be 'day'"),
+    (lambda p: p["clean"].update(duckdb_memory_limit="2 gigs"), "clean.duckdb_memory_limit: String should match pattern"),
+    (lambda p: p["clean"].update(duckdb_memory_limit=2), "clean.duckdb_memory_limit: Input should be a valid string"),
     (lambda p: p["estimate"].pop("weights"), "estimate.weights: required key missing"),
     (lambda p: p.pop("report"), "report: required key missing"),
 ])

@@ -75,7 +75,8 @@ def test_params_extra_keys_and_study_config_are_resolved_once():
     params = load_params()
     construct = build("construct", "synthetic", params=params)
     assert dict(construct.params) == params["construct"]
-    extra = {"flow_period": params["clean"]["flow_period"], "engine": params["clean"]["engine"]}
+    extra = {"flow_period": params["clean"]["flow_period"], "engine": params["clean"]["engine"],
+             "duckdb_memory_limit": params["clean"]["duckdb_memory_limit"]}
     assert dict(construct.extra) == extra
     assert construct.config["study"] == "synthetic" and construct.study == "synthetic"
     injected = build("construct", "synthetic", params=params, group={"x": 1}, extra={"flow_period": "week"})
