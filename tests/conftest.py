@@ -149,3 +149,14 @@ def dask_clients():
         os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
         with parallel.dask_client(1) as one, parallel.dask_client(2) as two:
             yield {1: one, 2: two}
+
+
+@pytest.fixture(scope="session")
+def loopback_scheduler():
+    """The address of a "remote" scheduler: a LocalCluster on the loopback interface (1 worker
+    process), reached by address only, as a stage reaches DASK_SCHEDULER_ADDRESS."""
+    from distributed import LocalCluster
+
+    with LocalCluster(host="127.0.0.1", n_workers=1, processes=True, threads_per_worker=1,
+                      dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
