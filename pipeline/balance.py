@@ -198,10 +198,10 @@ def _permutation_stats(perm: np.ndarray, tests: Sequence[CovariateTest | JointTe
 
 
 def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_codes: np.ndarray,
-                    groups: np.ndarray, n_perms: int, ccode: np.ndarray, pending: list) -> dict:
-    """The F-test columns of one covariate's row. Its randomisation p-value is NaN if F is not
-    finite or there are no permutations; else it is filled in later (the row, F and the test go
-    to ``pending``)."""
+                    groups: np.ndarray, n_perms: int, ccode: np.ndarray) -> tuple[dict, tuple | None]:
+    """(The F-test columns of one covariate's row, (F, its test) or None). The randomisation
+    p-value is NaN if F is not finite or there are no permutations; else it is filled in later,
+    from the test under each permutation."""
     ok = ~np.isnan(x)
     s_ok = pd.factorize(strata_codes[ok])[0]
     n_s = int(s_ok.max()) + 1 if ok.any() else 0
@@ -209,8 +209,9 @@ def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_co
     obs = _per_covariate_stat(x_dm, codes_obs[ok], n_arms, s_ok, groups[ok], n_s)
     row = {"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
            "f_p_value": obs["p_value"], "ri_p_value": np.nan}
-    if np.isfinite(obs["f_stat"]) and n_perms:
-        pending.append((row, obs["f_stat"], CovariateTest(x_dm, ok, n_arms, s_ok, groups[ok], n_s, ccode)))
+    if not (np.isfinite(obs["f_stat"]) and n_perms):
+        return row, None
+    return row, (obs["f_stat"], CovariateTest(x_dm, ok, n_arms, s_ok, groups[ok], n_s, ccode))
     row["n_clusters"] = obs["n_clusters"]
     return row
 
@@ -233,9 +234,9 @@ def _joint_design(sub: pd.DataFrame, covariates: Sequence[str]) -> tuple[np.ndar
 
 
 def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarray, strata_codes: np.ndarray,
-               groups: np.ndarray, n_perms: int, ccode: np.ndarray, pending: list) -> dict:
-    """The test columns of one arm's joint-test row (arm code ``code`` against control code 0);
-    where F is finite, its randomisation p-value is filled in later (``pending``, as for a covariate)."""
+               groups: np.ndarray, n_perms: int, ccode: np.ndarray) -> tuple[dict, tuple | None]:
+    """(The test columns of one arm's joint-test row (arm code ``code`` against control code 0),
+    (F, its test) or None): where F is finite, the randomisation p-value is filled in later."""
     in_comparison = (codes_obs == code) | (codes_obs == 0)
     keep, dropped = joint_regressors(Z, znames, in_comparison, strata_codes, groups)
     # The permutations test the same regressors as the observed assignment (one statistic).
@@ -249,9 +250,9 @@ def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarra
         "f_p_value": obs["p_value"], "ri_p_value": np.nan,
         "n_permutations": n_perms, "regressors": " ".join(znames), "note": "; ".join(notes),
     }
-    if np.isfinite(obs["f_stat"]):
-        pending.append((row, obs["f_stat"], JointTest(Zk, code, strata_codes, groups, ccode)))
-    return row
+    if not np.isfinite(obs["f_stat"]):
+        return row, None
+    return row, (obs["f_stat"], JointTest(Zk, code, strata_codes, groups, ccode))
 
 
 def _sample_tables(sub: pd.DataFrame, sample: str, covariates: Sequence[str], arms: Sequence[str],
@@ -264,17 +265,21 @@ def _sample_tables(sub: pd.DataFrame, sample: str, covariates: Sequence[str], ar
     groups = ccode                      # integer cluster codes
     # (a covariate constant in the sample, e.g. sex, is skipped)
     varying = [c for c in covariates if np.nanstd(sub[c].astype("float64").to_numpy()) > 0]
-    rows = []
+    rows, joint_rows = [], []
     for cov in varying:
         x = sub[cov].astype("float64").to_numpy()
-        rows.append({"sample": sample, "covariate": cov,
-                     **_arm_summaries(x, codes_obs, arms, arm_code_of, control),
-                     **_covariate_test(x, codes_obs, len(arms), strata_codes, groups, n_perms, ccode, pending)})
+        columns, test = _covariate_test(x, codes_obs, len(arms), strata_codes, groups, n_perms, ccode)
+        rows.append({"sample": sample, "covariate": cov, **_arm_summaries(x, codes_obs, arms, arm_code_of, control),
+                     **columns})
+        if test is not None:
+            pending.append((rows[-1], *test))
     Z, znames = _joint_design(sub, varying)
-    joint_rows = [{"sample": sample, "comparison": f"{a} vs {control}", "arm": a,
-                   **_joint_row(Z, znames, arm_code_of[a], codes_obs, strata_codes, groups, n_perms, ccode,
-                                pending)}
-                  for a in arms if a != control]
+    for a in arms:
+        if a != control:
+            columns, test = _joint_row(Z, znames, arm_code_of[a], codes_obs, strata_codes, groups, n_perms, ccode)
+            joint_rows.append({"sample": sample, "comparison": f"{a} vs {control}", "arm": a, **columns})
+            if test is not None:
+                pending.append((joint_rows[-1], *test))
     return rows, joint_rows
 
 

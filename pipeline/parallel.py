@@ -326,6 +326,9 @@ def run_replications(workers: Workers | None, function: Callable, items: Sequenc
     rest = items[size:]
     seconds_left = (time.perf_counter() - start) * len(rest) / size
     if rest and workers is not None and workers.available and (workers.started or seconds_left > PAYS_OFF_SECONDS):
+        if not workers.started and progress is not None and progress.stream is not None:
+            print(f"{progress.label}: the other {len(rest)} {progress.unit} (about {seconds_left:.0f} s here) go to "
+                  f"{workers.address or f'{workers.workers} local worker processes'}", file=progress.stream, flush=True)
         return out + run_tasks(workers.client(), function, rest, shared, chunk_size=size, progress=progress)
     with single_blas_thread():
         for chunk in chunked(rest, size):
