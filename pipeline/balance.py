@@ -208,12 +208,10 @@ def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_co
     x_dm = demean_within(x[ok], s_ok)
     obs = _per_covariate_stat(x_dm, codes_obs[ok], n_arms, s_ok, groups[ok], n_s)
     row = {"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
-           "f_p_value": obs["p_value"], "ri_p_value": np.nan}
+           "f_p_value": obs["p_value"], "ri_p_value": np.nan, "n_clusters": obs["n_clusters"]}
     if not (np.isfinite(obs["f_stat"]) and n_perms):
         return row, None
     return row, (obs["f_stat"], CovariateTest(x_dm, ok, n_arms, s_ok, groups[ok], n_s, ccode))
-    row["n_clusters"] = obs["n_clusters"]
-    return row
 
 
 def _joint_design(sub: pd.DataFrame, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:

@@ -230,6 +230,7 @@ def test_randomisation_inference_is_the_same_here_on_workers_and_on_a_remote_sch
     here = balance.balance_tables(df, ["age", "educ"], **kwargs)
     age = here[0][(here[0]["sample"] == "all") & (here[0]["covariate"] == "age")].iloc[0]
     assert age["ri_p_value"] == _ri_p_value_by_hand(df, "age", 30, 4)
+    assert age["n_clusters"] == df["cluster_id"].nunique()
     assert here[0]["ri_p_value"].notna().all() and here[1]["ri_p_value"].notna().all()
     runs = []
     for n in (1, 2):
