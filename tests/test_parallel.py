@@ -117,6 +117,8 @@ def test_a_failing_task_raises_its_error(dask_clients):
 def test_workers_run_one_library_thread(dask_clients):
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         assert set(dask_clients[2].run(worker_environment, name).values()) == {"1"}
+    # distributed's default of 65536 halved the QTE bootstrap's speed (glibc returned memory at once)
+    assert set(dask_clients[2].run(worker_environment, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
     assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
 
