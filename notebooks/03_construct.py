@@ -26,7 +26,7 @@ result = construct.run(context)
 analysis = result["analysis"]   # None with the DuckDB engine (the table stays on disk)
 
 # %% [markdown]
-# ## Firms, interviews and attrition by arm and round
+# ## Share of planned interviews held, by arm and round (1 = every firm interviewed)
 
 # %%
 result["interviews_by_arm"]

@@ -35,7 +35,6 @@ runs them in order, counts the flow, validates and writes.
 """
 from __future__ import annotations
 
-import tempfile
 
 import pandas as pd
 
@@ -206,10 +205,8 @@ def run_out_of_core(context: StageContext, cfg: dict, params: dict) -> dict:
     changes), so only the rejected rows are scanned for identifiers before writing."""
     with atomic_path(context.outputs["clean.parquet"]) as clean_tmp, \
             atomic_path(context.outputs["value_log.parquet"]) as log_tmp:
-        with tempfile.TemporaryDirectory(prefix="duckdb-spill-") as spill:   # beyond the memory limit
-            result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], clean_tmp, log_tmp, cfg, params,
-                                                memory_limit=param(params, "clean", "duckdb_memory_limit"),
-                                                temp_directory=spill)
+        result = clean_duckdb.clean_parquet(context.inputs["ingested.parquet"], clean_tmp, log_tmp, cfg, params,
+                                            memory_limit=param(params, "clean", "duckdb_memory_limit"))
         assert_no_identifiers(result["rejected"], cfg=cfg, source=f"{cfg['study']} rejected table")
         rows = result.pop("rows")
         summary = stage_summary(context, cfg, result, rows["raw"], rows["clean"], result.pop("not_interviewed_rows"))

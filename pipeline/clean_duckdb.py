@@ -25,6 +25,10 @@ contract (:func:`check_clean`).
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -166,17 +170,23 @@ def flow_summary(con, flow_period: str) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index", columns=stats).round(1)
 
 
-def connect(memory_limit: str | None = None, temp_directory: str | None = None):
-    """A DuckDB connection (in memory, spilling to ``temp_directory`` beyond ``memory_limit``)."""
+@contextlib.contextmanager
+def connection(memory_limit: str | None = None, temp_directory: str | None = None) -> Iterator:
+    """A DuckDB connection in memory, closed on exit. With a ``memory_limit`` DuckDB spills beyond
+    it to ``temp_directory``, or to a private temporary folder removed after the connection closes."""
     import duckdb
 
-    con = duckdb.connect()
-    if memory_limit:
-        con.execute(f"SET memory_limit = {literal(memory_limit)}")
-    if temp_directory:
-        con.execute(f"SET temp_directory = {literal(temp_directory)}")
-    con.execute("SET preserve_insertion_order = true")
-    return con
+    with contextlib.ExitStack() as stack:
+        if memory_limit and not temp_directory:
+            temp_directory = stack.enter_context(tempfile.TemporaryDirectory(prefix="duckdb-spill-"))
+        con = duckdb.connect()
+        stack.callback(con.close)          # closed before its spill folder goes (last in, first out)
+        if memory_limit:
+            con.execute(f"SET memory_limit = {literal(memory_limit)}")
+        if temp_directory:
+            con.execute(f"SET temp_directory = {literal(temp_directory)}")
+        con.execute("SET preserve_insertion_order = true")
+        yield con
 
 
 def to_frame(con, view: str) -> pd.DataFrame:
@@ -206,14 +216,14 @@ def pandas_tables(con, cfg: dict, result: dict, log: bool = True) -> dict:
 def clean_frame(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict:
     """:func:`pipeline.clean.clean` on DuckDB for an interim table in memory (the simulation's and
     the tests' entry point): the same dict of tables."""
-    con = connect()
-    con.register("interim_frame", interim)
-    con.execute("CREATE TEMP VIEW interim AS SELECT * FROM interim_frame")
-    result = clean_sql(con, cfg, params, checked=checked)
-    if checked:
-        check_clean(con, normalise(cfg), result["extra"]["params"]["flow_period"])
-    clean = to_frame(con, "clean")
-    return {"clean": clean, **pandas_tables(con, normalise(cfg), result), "extra": result["extra"]}
+    with connection() as con:
+        con.register("interim_frame", interim)
+        con.execute("CREATE TEMP VIEW interim AS SELECT * FROM interim_frame")
+        result = clean_sql(con, cfg, params, checked=checked)
+        if checked:
+            check_clean(con, normalise(cfg), result["extra"]["params"]["flow_period"])
+        clean = to_frame(con, "clean")
+        return {"clean": clean, **pandas_tables(con, normalise(cfg), result), "extra": result["extra"]}
 
 
 def clean_parquet(interim_path, clean_path, log_path, cfg: dict, params: dict, *, memory_limit: str | None = None,
@@ -221,17 +231,17 @@ def clean_parquet(interim_path, clean_path, log_path, cfg: dict, params: dict, *
     """Out of core: the interim parquet file cleaned into ``clean_path`` and its value log into
     ``log_path`` (parquet, written by DuckDB, streaming); returns the small tables (rejected rows,
     flow) as pandas, the value log's counts by rule and column, the row counts and the money-flow summary."""
-    con = connect(memory_limit, temp_directory)
-    con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
-    result = clean_sql(con, cfg, params)
-    con.execute(f"COPY (SELECT * FROM clean) TO {literal(str(clean_path))} (FORMAT parquet)")
-    con.execute(f"COPY (SELECT * FROM value_log) TO {literal(str(log_path))} (FORMAT parquet)")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
-    period = result["extra"]["params"]["flow_period"]
-    check_clean(con, normalise(cfg), period)
-    not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
-    log_counts = con.execute(f"SELECT rule, \"column\", count(*) AS \"values\" FROM read_parquet({literal(str(log_path))}) "
-                             f"GROUP BY ALL ORDER BY ALL").df()
-    return {**pandas_tables(con, normalise(cfg), result, log=False), "log_counts": log_counts,
-            "extra": result["extra"], "rows": result["rows"], "not_interviewed_rows": int(not_interviewed),
-            "flow_summary": flow_summary(con, period)}
+    with connection(memory_limit, temp_directory) as con:
+        con.execute(f"CREATE TEMP VIEW interim AS SELECT * FROM read_parquet({literal(str(interim_path))})")
+        result = clean_sql(con, cfg, params)
+        con.execute(f"COPY (SELECT * FROM clean) TO {literal(str(clean_path))} (FORMAT parquet)")
+        con.execute(f"COPY (SELECT * FROM value_log) TO {literal(str(log_path))} (FORMAT parquet)")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
+        period = result["extra"]["params"]["flow_period"]
+        check_clean(con, normalise(cfg), period)
+        not_interviewed = con.execute("SELECT count(*) FILTER (WHERE interviewed = 0) FROM clean").fetchall()[0][0]
+        log_counts = con.execute(f"SELECT rule, \"column\", count(*) AS \"values\" FROM read_parquet({literal(str(log_path))}) "
+                                 f"GROUP BY ALL ORDER BY ALL").df()
+        return {**pandas_tables(con, normalise(cfg), result, log=False), "log_counts": log_counts,
+                "extra": result["extra"], "rows": result["rows"], "not_interviewed_rows": int(not_interviewed),
+                "flow_summary": flow_summary(con, period)}

@@ -15,7 +15,6 @@ as SQL over the clean parquet file (:mod:`pipeline.construct_duckdb`): the table
 """
 from __future__ import annotations
 
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -422,16 +421,11 @@ def clean_setting(cfg: dict, context: StageContext, key: str):
     return param(effective_clean_params(cfg, {key: context.extra[key]}), "clean", key)
 
 
-def engine(cfg: dict, context: StageContext) -> str:
-    """The engine of this study's clean and construct stages."""
-    return clean_setting(cfg, context, "engine")
-
-
 def run(context: StageContext) -> dict:
     """The construct stage: clean table -> canonical analysis table (all or nothing)."""
     cfg = dict(context.config)
     flow_period = context.extra["flow_period"]
-    if engine(cfg, context) == "duckdb":
+    if clean_setting(cfg, context, "engine") == "duckdb":
         return run_out_of_core(context, cfg, flow_period)
     clean = pd.read_parquet(context.inputs["clean.parquet"])
     table = construct(clean, cfg, dict(context.params), flow_period)
@@ -464,10 +458,9 @@ def run_out_of_core(context: StageContext, cfg: dict, flow_period: str) -> dict:
     from pipeline import construct_duckdb
 
     with atomic_path(context.outputs["analysis.parquet"]) as analysis_tmp:
-        with tempfile.TemporaryDirectory(prefix="duckdb-spill-") as spill:
-            result = construct_duckdb.construct_parquet(
-                context.inputs["clean.parquet"], analysis_tmp, cfg, dict(context.params), flow_period,
-                memory_limit=clean_setting(cfg, context, "duckdb_memory_limit"), temp_directory=spill)
+        result = construct_duckdb.construct_parquet(
+            context.inputs["clean.parquet"], analysis_tmp, cfg, dict(context.params), flow_period,
+            memory_limit=clean_setting(cfg, context, "duckdb_memory_limit"))
         for name in ("firm_text", "head"):
             assert_no_identifiers(result[name], cfg=cfg, source=f"{cfg['study']} analysis table")
         summary = stage_summary(context, cfg, result["counts"], result["usd_ppp_per_lcu"])

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from pipeline.clean_duckdb import connect
+from pipeline.clean_duckdb import connection
 from pipeline.clean_duckdb_rules import (FLOAT_TYPES, NUMERIC_TYPES, UnsupportedRule, check_numeric, ident, in_list,
                                          literal, unsupported)
 from pipeline.construct import (ConstructError, baseline_round_number, column_order, first_outcome, hashed_unit_id,
@@ -324,13 +324,13 @@ def construct_frame(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: s
                     ) -> pd.DataFrame:
     """:func:`pipeline.construct.construct` on DuckDB for a clean table in memory (the tests'
     entry point): the same analysis table."""
-    con = connect()
-    con.register("clean_frame", clean)
-    con.execute("CREATE TEMP VIEW clean AS SELECT * FROM clean_frame")
-    con.execute(f"CREATE TEMP TABLE analysis AS {analysis_sql(con, cfg, params, flow_period)}")
-    if checked:
-        check_analysis(con, cfg, "analysis", flow_period)
-    return con.execute("SELECT * FROM analysis").df()
+    with connection() as con:
+        con.register("clean_frame", clean)
+        con.execute("CREATE TEMP VIEW clean AS SELECT * FROM clean_frame")
+        con.execute(f"CREATE TEMP TABLE analysis AS {analysis_sql(con, cfg, params, flow_period)}")
+        if checked:
+            check_analysis(con, cfg, "analysis", flow_period)
+        return con.execute("SELECT * FROM analysis").df()
 
 
 def construct_parquet(clean_path, analysis_path, cfg: dict, params: dict, flow_period: str, *,
@@ -338,29 +338,29 @@ def construct_parquet(clean_path, analysis_path, cfg: dict, params: dict, flow_p
     """Out of core: the clean parquet file constructed into ``analysis_path`` (parquet, written by
     DuckDB, streaming). Returns the stage summary's counts, the notebook's tables, the per-firm
     text columns and the table's first rows (for the identifier scan)."""
-    con = connect(memory_limit, temp_directory)
-    con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
-    con.execute(f"COPY ({analysis_sql(con, cfg, params, flow_period)}) TO {literal(str(analysis_path))} "
-                f"(FORMAT parquet)")
-    con.execute(f"CREATE TEMP VIEW analysis AS SELECT * FROM read_parquet({literal(str(analysis_path))})")
-    check_analysis(con, cfg, "analysis", flow_period)
-    rows, firms, interviews, attrited = con.execute(
-        "SELECT count(*), count(DISTINCT firm_id), sum(interviewed), sum(attrited) FROM analysis").fetchall()[0]
-    # one row per firm: its first round (the pandas path's drop_duplicates("firm_id"))
-    con.execute("CREATE TEMP TABLE firm_rows AS SELECT firm_id, arm, stratum, cluster_id, female_owner "
-                "FROM analysis QUALIFY row_number() "
-                "OVER (PARTITION BY firm_id ORDER BY round) = 1")
-    female, known = con.execute("SELECT sum(female_owner) / count(female_owner), count(female_owner) / count(*) "
-                                "FROM firm_rows").fetchall()[0]
-    by_arm = dict(con.execute("SELECT arm, count(*) FROM firm_rows GROUP BY 1 ORDER BY 1").fetchall())
-    factor = (con.execute(f"SELECT {number(FACTOR_COLUMN)} FROM clean LIMIT 1").fetchall()[0][0]
-              if FACTOR_COLUMN in [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE clean)").fetchall()]
-              else None)
-    return {"counts": {"rows": int(rows), "firms": int(firms), "interviews": int(interviews or 0),
-                       "attrited_firm_rounds": int(attrited or 0),
-                       "female_owner_share": float("nan") if female is None else float(female),
-                       "female_owner_known_share": float(known), "firms_by_arm": by_arm},
-            "usd_ppp_per_lcu": factor,
-            "tables": notebook_tables(con, normalise(cfg), "analysis", flow_period),
-            "firm_text": con.execute("SELECT firm_id, arm, stratum, cluster_id FROM firm_rows").df(),
-            "head": con.execute("SELECT * FROM analysis LIMIT 10000").df()}
+    with connection(memory_limit, temp_directory) as con:
+        con.execute(f"CREATE TEMP VIEW clean AS SELECT * FROM read_parquet({literal(str(clean_path))})")
+        con.execute(f"COPY ({analysis_sql(con, cfg, params, flow_period)}) TO {literal(str(analysis_path))} "
+                    f"(FORMAT parquet)")
+        con.execute(f"CREATE TEMP VIEW analysis AS SELECT * FROM read_parquet({literal(str(analysis_path))})")
+        check_analysis(con, cfg, "analysis", flow_period)
+        rows, firms, interviews, attrited = con.execute(
+            "SELECT count(*), count(DISTINCT firm_id), sum(interviewed), sum(attrited) FROM analysis").fetchall()[0]
+        # one row per firm: its first round (the pandas path's drop_duplicates("firm_id"))
+        con.execute("CREATE TEMP TABLE firm_rows AS SELECT firm_id, arm, stratum, cluster_id, female_owner "
+                    "FROM analysis QUALIFY row_number() "
+                    "OVER (PARTITION BY firm_id ORDER BY round) = 1")
+        female, known = con.execute("SELECT sum(female_owner) / count(female_owner), count(female_owner) / count(*) "
+                                    "FROM firm_rows").fetchall()[0]
+        by_arm = dict(con.execute("SELECT arm, count(*) FROM firm_rows GROUP BY 1 ORDER BY 1").fetchall())
+        factor = (con.execute(f"SELECT {number(FACTOR_COLUMN)} FROM clean LIMIT 1").fetchall()[0][0]
+                  if FACTOR_COLUMN in [r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE clean)").fetchall()]
+                  else None)
+        return {"counts": {"rows": int(rows), "firms": int(firms), "interviews": int(interviews or 0),
+                           "attrited_firm_rounds": int(attrited or 0),
+                           "female_owner_share": float("nan") if female is None else float(female),
+                           "female_owner_known_share": float(known), "firms_by_arm": by_arm},
+                "usd_ppp_per_lcu": factor,
+                "tables": notebook_tables(con, normalise(cfg), "analysis", flow_period),
+                "firm_text": con.execute("SELECT firm_id, arm, stratum, cluster_id FROM firm_rows").df(),
+                "head": con.execute("SELECT * FROM analysis LIMIT 10000").df()}

@@ -1,4 +1,6 @@
 """The DuckDB clean engine against the pandas one: the same rules give the same tables, exactly."""
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +159,18 @@ def test_unusable_numbers_in_float_columns(cfg, interim):
     rules = out["log"].set_index(["source_row", "column"])["rule"]
     assert rules[(0, "profit")] == "impossible_value:non_finite"
     assert rules[(1, "profit")].startswith("impossible_value:magnitude above")
+
+
+def test_connection_spills_to_a_private_folder_removed_after_the_connection_closes():
+    import duckdb
+
+    with clean_duckdb.connection("64MB") as con:
+        spill = con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+        assert "duckdb-spill-" in spill and Path(spill).is_dir()
+        assert limit.replace(" ", "").upper() in ("64.0MB", "61.0MIB", "64MB")
+    assert not Path(spill).exists()
+    with pytest.raises(duckdb.ConnectionException):
+        con.execute("SELECT 1")
+    with clean_duckdb.connection() as con:       # no limit: DuckDB's own default folder, nothing made here
+        assert "duckdb-spill-" not in con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]

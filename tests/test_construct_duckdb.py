@@ -183,5 +183,5 @@ def test_a_study_sets_the_engine_in_its_clean_params(synthetic_clean):
 
     cfg, _ = synthetic_clean
     context = build("construct", "synthetic", extra={"engine": "pandas"})
-    assert construct.engine(cfg, context) == "pandas"
-    assert construct.engine({**cfg, "clean_params": {"engine": "duckdb"}}, context) == "duckdb"
+    assert construct.clean_setting(cfg, context, "engine") == "pandas"
+    assert construct.clean_setting({**cfg, "clean_params": {"engine": "duckdb"}}, context, "engine") == "duckdb"

@@ -151,6 +151,14 @@ def test_simulation_tables_name_effects_owners_and_variants_in_words(tmp_path):
     assert few["rows"] == [["Training only (skills)", "Men", "5.0", "90.0% (1.0)", "90.0% (1.0)", "90.0% (1.0)"]]
 
 
+def test_the_report_names_every_simulation_variant_and_outcome():
+    # the report stage does not import the simulation (its own module), so the names are kept twice: pinned here
+    from pipeline import simulation
+
+    assert set(report_tables.SIMULATION_VARIANTS) == set(simulation.VARIANTS)
+    assert report_tables.TERM_OF_EFFECT == simulation.EFFECTS
+
+
 def test_intervals_are_drawn_from_their_ends_even_when_they_exclude_the_estimate(tmp_path):
     import matplotlib.pyplot as plt
     from matplotlib.collections import LineCollection
