@@ -89,13 +89,37 @@ def _max_step(v: np.ndarray, dv: np.ndarray, w: np.ndarray, dw: np.ndarray) -> f
     return min(STEP_BACKOFF * t, 1.0)
 
 
+def _factor(M: np.ndarray) -> tuple:
+    """Factor the p x p normal matrix X'DX once per iteration. Near the solution of a problem whose
+    minimiser is not unique (ties in y), D concentrates on fewer than p rows and X'DX becomes
+    numerically singular: the matrix is scaled to unit diagonal (Jacobi) before Cholesky, and if
+    Cholesky still fails the directions with eigenvalues below rounding level are dropped
+    (pseudo-inverse: no step along the flat directions of the loss)."""
+    diag = np.diag(M)
+    scale = np.where(diag > 0, 1 / np.sqrt(np.where(diag > 0, diag, 1)), 1.0)
+    scaled = M * scale[:, None] * scale[None, :]
+    try:
+        return scale, cho_factor(scaled, check_finite=False), None
+    except np.linalg.LinAlgError:
+        vals, vecs = np.linalg.eigh(scaled)
+        keep = vals > vals[-1] * len(vals) * np.finfo(float).eps
+        return scale, None, (vecs[:, keep], 1 / vals[keep])
+
+
+def _solve(factor: tuple, rhs: np.ndarray) -> np.ndarray:
+    scale, chol, eig = factor
+    if chol is not None:
+        return scale * cho_solve(chol, scale * rhs, check_finite=False)
+    vecs, inv_vals = eig
+    return scale * (vecs @ (inv_vals * (vecs.T @ (scale * rhs))))
+
+
 def rq_fit(X: np.ndarray, y: np.ndarray, tau: float, *, tol: float = DEFAULT_TOL,
            max_iter: int = DEFAULT_MAX_ITER) -> np.ndarray:
     """Coefficients b minimising sum_i rho_tau(y_i - X_i b) (see the module docstring).
 
     Raises ``ValueError`` for bad input (n <= p, rank-deficient or non-finite X, tau outside
-    (0, 1)), ``numpy.linalg.LinAlgError`` if the normal equations become numerically singular,
-    and ``QuantRegNotConverged`` after ``max_iter`` iterations without reaching ``tol``."""
+    (0, 1)) and ``QuantRegNotConverged`` after ``max_iter`` iterations without reaching ``tol``."""
     X, y = _validated(X, y, tau)
     n = X.shape[0]
     col_scale = np.linalg.norm(X, axis=0)
@@ -108,8 +132,7 @@ def rq_fit(X: np.ndarray, y: np.ndarray, tau: float, *, tol: float = DEFAULT_TOL
     b = (1 - tau) * Xs.sum(axis=0)
     x = np.full(n, 1 - tau)
     s = np.full(n, tau)
-    chol = cho_factor(Xs.T @ Xs, check_finite=False)
-    y_dual = cho_solve(chol, Xs.T @ c, check_finite=False)        # least-squares start
+    y_dual = _solve(_factor(Xs.T @ Xs), Xs.T @ c)        # least-squares start
     reduced = c - Xs @ y_dual
     tiny = np.abs(reduced) < tol
     z = np.maximum(reduced, 0) + tiny * tol
@@ -123,8 +146,8 @@ def rq_fit(X: np.ndarray, y: np.ndarray, tau: float, *, tol: float = DEFAULT_TOL
         d = 1 / (z / x + w / s)
         zw = z - w
         rhs = b - x @ Xs + (d * zw) @ Xs
-        chol = cho_factor((Xs * d[:, None]).T @ Xs, check_finite=False)
-        dy = cho_solve(chol, rhs, check_finite=False)
+        factor = _factor((Xs * d[:, None]).T @ Xs)
+        dy = _solve(factor, rhs)
         dx = d * (Xs @ dy - zw)
         ds = -dx
         dz = -z * (dx / x + 1)
@@ -138,7 +161,7 @@ def rq_fit(X: np.ndarray, y: np.ndarray, tau: float, *, tol: float = DEFAULT_TOL
             mu = mu * (g / mu) ** 3 / (2 * n)
             dxdz, dsdw = dx * dz, ds * dw
             dr = d * (mu * (1 / s - 1 / x) + dxdz / x - dsdw / s)
-            dy = cho_solve(chol, rhs + dr @ Xs, check_finite=False)
+            dy = _solve(factor, rhs + dr @ Xs)
             dx = d * (Xs @ dy - zw) - dr
             ds = -dx
             dz = -z + (mu - z * dx - dxdz) / x
