@@ -1,7 +1,8 @@
 """Quantile treatment effects of skills and capital, by owner gender, with cluster-bootstrap CIs.
 
 Model, per sex and quantile tau, fitted by minimising the check loss exactly
-(``pipeline.quantreg``: the Frisch-Newton interior-point method of R quantreg's ``rq.fit.fn``):
+(``pipeline.quantreg``: the Frisch-Newton interior-point method of R quantreg's ``rq.fit.fn``;
+where ties in the outcome leave several minimisers, it returns one inside that set):
 
     Q_tau(y | ...) = a + treatment terms (skills, capital, skills x capital where crossed)
                      + b * y_bl + c * y_bl_missing + fixed-effect dummies (default: round only)
