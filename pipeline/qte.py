@@ -1,6 +1,8 @@
 """Quantile treatment effects of skills and capital, by owner gender, with cluster-bootstrap CIs.
 
-Model, per sex and quantile tau (statsmodels ``QuantReg``, its default IRLS solver):
+Model, per sex and quantile tau, fitted by minimising the check loss exactly
+(``pipeline.quantreg``: the Frisch-Newton interior-point method of R quantreg's ``rq.fit.fn``;
+where ties in the outcome leave several minimisers, it returns one inside that set):
 
     Q_tau(y | ...) = a + treatment terms (skills, capital, skills x capital where crossed)
                      + b * y_bl + c * y_bl_missing + fixed-effect dummies (default: round only)
@@ -11,8 +13,8 @@ effects are left out by default (params ``estimate.qte_fixed_effects: [round]``;
 include them): assignment is random within strata with (nearly) equal arm shares, so treatment stays
 independent of strata and the coefficients remain effects conditional on baseline and round;
 with strata dummies they would be effects conditional on strata too -- a different estimand,
-since quantile effects do not average over covariates the way mean effects do -- and QuantReg
-is much slower with many dummies. Weights are not supported (QuantReg has none).
+since quantile effects do not average over covariates the way mean effects do -- and every
+dummy adds a column to each of the bootstrap's fits. Weights are not supported.
 
 Inference: clusters are resampled with replacement within strata (the unit of randomisation, all
 rounds and both sexes of a drawn cluster together), ``reps`` times, from
@@ -28,15 +30,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
 
-from pipeline import inference
+from pipeline import inference, quantreg
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,20 @@ QTE_COLUMNS = ["study", "outcome", "transform", "sample", "term", "quantile", "e
 _WORKER: dict = {}
 
 
-def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int,
-                   max_iter: int, p_tol: float) -> np.ndarray:
-    """Coefficients of columns 1..n_terms for each quantile (NaN where QuantReg fails)."""
+def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int) -> np.ndarray:
+    """Coefficients of columns 1..n_terms for each quantile: the exact minimiser of the check loss
+    (``quantreg.rq_fit``). Columns in the span of the ones before them (a dummy without variation
+    in a resample) are left out, which leaves the fit unchanged; a term left out that way, a
+    quantile whose solver fails or does not converge, get NaN (not counted in ``n_boot``)."""
     out = np.full((len(quantiles), n_terms), np.nan)
-    model = sm.QuantReg(y, X)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for i, q in enumerate(quantiles):
-            try:
-                out[i] = model.fit(q=q, max_iter=max_iter, p_tol=p_tol).params[1:1 + n_terms]
-            except (ValueError, np.linalg.LinAlgError):  # pragma: no cover - degenerate resample
-                pass
+    kept = quantreg.independent_columns(X)
+    is_term = (kept >= 1) & (kept <= n_terms)
+    for i, q in enumerate(quantiles):
+        try:
+            coef = quantreg.rq_fit(X[:, kept], y, q)
+        except (ValueError, np.linalg.LinAlgError, quantreg.QuantRegNotConverged):
+            continue
+        out[i, kept[is_term] - 1] = coef[is_term]
     return out
 
 
@@ -69,8 +71,7 @@ def _estimate(rows: np.ndarray | None, payload: dict) -> np.ndarray:
         r = np.flatnonzero(mask) if rows is None else rows[mask[rows]]
         if len(r) <= len(keep):
             continue
-        out[s] = _fit_quantiles(y[r], X[np.ix_(r, keep)], payload["quantiles"], payload["n_terms"],
-                                payload["max_iter"], payload["p_tol"])
+        out[s] = _fit_quantiles(y[r], X[np.ix_(r, keep)], payload["quantiles"], payload["n_terms"])
     return out
 
 
@@ -237,13 +238,12 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
               reps: int, seed: int, cluster: str, baseline_control: bool, fixed_effects: Sequence[str],
               interact: bool, samples: Sequence[str], followup_only: bool, n_jobs: int, alpha: float,
               listwise_baseline: bool, study: str | None, strata: str = "stratum",
-              gender: str = "female_owner", transform: str = "level", max_iter: int = 1000,
-              p_tol: float = 1e-6) -> pd.DataFrame:
+              gender: str = "female_owner", transform: str = "level") -> pd.DataFrame:
     """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``.
 
     The settings that are params (``estimate``: ``bootstrap_reps``, ``seed``, ``qte_fixed_effects``,
     ``n_jobs``, ``alpha`` and the study's resolved specification) have no defaults here; the
-    column names of the analysis table and QuantReg's solver settings do.
+    column names of the analysis table do (the solver's tolerance is ``quantreg``'s).
 
     ``listwise_baseline`` (the estimate specification's ``missing_baseline: listwise``): rows whose
     baseline is missing (``<outcome>_bl_missing == 1``) are left out and the baseline enters alone,
@@ -267,7 +267,7 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
     cl_codes, cl_levels = inference.first_appearance_codes(d[cluster])
     cl_strata = d.groupby(cl_codes)[strata].first().astype(str).to_numpy()
     payload = {"y": y, "X": X, "sample_masks": masks, "cols": _varying_columns(X, masks, len(term_names)),
-               "quantiles": quantiles, "n_terms": len(term_names), "max_iter": max_iter, "p_tol": p_tol,
+               "quantiles": quantiles, "n_terms": len(term_names),
                "rows_by_cluster": inference.cluster_rows(cl_codes, len(cl_levels))}
     point = _estimate(None, payload)
     boot = _bootstrap(payload, cl_strata, reps, seed, n_jobs, point.shape)

@@ -214,7 +214,7 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
     balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped)
     qte_tab = _qte(analysis, spec, sp, study, primary, gender_models, skipped)
     if spec.weights is not None:
-        notes.append("weights are not used by QuantReg, Lee bounds or the balance table")
+        notes.append("weights are not used by the quantile regressions, Lee bounds or the balance table")
     for what, why in skipped.items():
         log.info("%s: %s skipped (%s)", study, what, why)
 
