@@ -117,6 +117,8 @@ def test_a_failing_task_raises_its_error(dask_clients):
 def test_workers_run_one_library_thread(dask_clients):
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         assert set(dask_clients[2].run(worker_environment, name).values()) == {"1"}
+    # distributed's default of 65536 halved the QTE bootstrap's speed (glibc returned memory at once)
+    assert set(dask_clients[2].run(worker_environment, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
     assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
 
@@ -141,3 +143,52 @@ def test_a_local_cluster_needs_a_worker():
         os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
         with parallel.dask_client(0):
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# Workers started when a loop pays for them; run_replications
+# --------------------------------------------------------------------------------------------
+def test_replications_are_the_same_here_on_local_workers_and_on_a_remote_scheduler(dask_clients,
+                                                                                   loopback_scheduler, monkeypatch):
+    items = list(range(13))
+    expected = [normal_draws(i, 5) for i in items]       # the plain loop
+    with parallel.Workers(1) as here:                   # 1 worker, no address: no cluster, ever
+        assert not here.available
+        assert parallel.run_replications(here, normal_draws, items, (5,), chunk_size=4) == expected
+        assert not here.started
+    assert parallel.run_replications(None, normal_draws, items, (5,), chunk_size=13) == expected
+    for n in (1, 2):                                    # running workers take the rest (chunks 2-4)
+        with parallel.Workers(n, client=dask_clients[n]) as running:
+            progress = parallel.Progress(len(items), stream=io.StringIO(), every=3600, unit="reps")
+            assert parallel.run_replications(running, normal_draws, items, (5,), chunk_size=4,
+                                             progress=progress) == expected, n
+            assert progress.done == len(items)
+    monkeypatch.setattr(parallel, "PAYS_OFF_SECONDS", 0.0)    # the remote one is worth starting
+    with parallel.Workers(2, address=loopback_scheduler) as remote:
+        assert parallel.run_replications(remote, normal_draws, items, (5,), chunk_size=3) == expected
+        assert remote.started and remote.client().scheduler.address == loopback_scheduler
+
+
+def test_a_small_loop_starts_no_cluster():
+    """The first chunk is timed: the rest of a loop of milliseconds is not worth a cluster's seconds."""
+    with mock.patch.dict(os.environ):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.Workers(2) as workers:
+            assert workers.available
+            out = parallel.run_replications(workers, normal_draws, range(20), (5,), chunk_size=2)
+            assert out == [normal_draws(i, 5) for i in range(20)] and not workers.started
+    with pytest.raises(ValueError, match="workers = 0"):
+        parallel.Workers(0)
+
+
+def test_a_loop_run_here_uses_one_blas_thread_and_restores_the_count():
+    def counts():
+        getters = [name.replace("_set_", "_get_") for name in parallel._BLAS_SETTERS]
+        return [getattr(lib, name)() for lib in parallel._openblas_libraries() for name in getters if hasattr(lib, name)]
+
+    before = counts()
+    if not before:
+        pytest.skip("no OpenBLAS with a thread getter in this process")
+    with parallel.single_blas_thread():
+        assert set(counts()) == {1}
+    assert counts() == before
