@@ -231,6 +231,16 @@ def _run_items(function: Callable, chunk: Sequence, *shared) -> list:
     return out
 
 
+class TaskLostError(RuntimeError):
+    """A task of :func:`run_tasks` ended without a result or an error of its own (cancelled, e.g.
+    by another client, or its client's connection to the scheduler lost)."""
+
+
+def _task_name(function: Callable, chunk: Sequence) -> str:
+    items = repr(list(chunk)) if len(chunk) <= 5 else f"[{chunk[0]!r}, ..., {chunk[-1]!r}] ({len(chunk)} items)"
+    return f"{function.__module__}.{function.__qualname__} on items {items}"
+
+
 def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), chunk_size: int | None = None,
               progress: Progress | None = None) -> list:
     """``[function(item, *shared) for item in items]`` on the client's workers, in input order.
@@ -238,8 +248,9 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     ``function`` must be importable by the workers (a module-level function of the package);
     ``shared`` arguments are sent to every worker once. Items go in chunks of ``chunk_size``
     (default :func:`default_chunk_size`), one task each, ``pure=False``; ``progress`` advances
-    by a chunk's items as it completes. ``client=None`` runs everything here, serially (debugging,
-    profiling)."""
+    by a chunk's items as it completes. A task's error is raised with a note naming its items; a
+    task cancelled before it returned raises :class:`TaskLostError` naming them. ``client=None``
+    runs everything here, serially (debugging, profiling)."""
     items = list(items)
     if client is None:
         out = []
@@ -249,6 +260,7 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
                 progress.advance()
         return out
     from distributed import as_completed
+    from distributed.client import CancelledError
 
     chunks = chunked(items, chunk_size or default_chunk_size(len(items), worker_threads(client)))
     shared_futures = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
@@ -256,9 +268,21 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     position = {future.key: k for k, future in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        for future, result in as_completed(futures, with_results=True):
+        # This client's event loop: by default as_completed follows the futures on the loop of
+        # distributed's *default* client, the last one made in this process (each client of a
+        # LocalCluster or an address has its own loop thread); futures of another client then
+        # hung there now and then, their completion never seen (dask/distributed#4357). Results
+        # are fetched here, not by as_completed, whose failed fetch would be lost on that loop.
+        for future in as_completed(futures, loop=client.loop):
             k = position[future.key]
-            results[k] = result
+            try:
+                results[k] = future.result()
+            except CancelledError as error:
+                raise TaskLostError(f"run_tasks: the task of {_task_name(function, chunks[k])} was cancelled "
+                                    f"before it returned ({error})") from error
+            except Exception as error:
+                error.add_note(f"in the task of {_task_name(function, chunks[k])} (dask key {future.key})")
+                raise
             if progress is not None:
                 progress.advance(len(chunks[k]))
     finally:

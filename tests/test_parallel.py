@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
+import time
 import zlib
 from unittest import mock
 
@@ -112,6 +114,31 @@ def test_a_failing_task_raises_its_error(dask_clients):
     with pytest.raises(ValueError, match="item 3 is bad") as info:
         parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
     assert any("failing(3, ...)" in note for note in getattr(info.value, "__notes__", []))
+
+
+def test_a_client_s_futures_are_followed_on_its_own_event_loop(dask_clients, loopback_scheduler):
+    """Each client has its own event-loop thread. distributed's as_completed follows futures on the
+    loop of the default client (the last one made) unless told otherwise: with that loop busy
+    (here: blocked until released), run_tasks on another client waited for it, and when the two
+    loops raced over a future's completion it waited forever (the hang of make test, in
+    as_completed, the workers idle). Run on its own client's loop, it does not wait at all."""
+    from distributed import Client, default_client
+
+    release = threading.Event()
+    with Client(loopback_scheduler) as newest:
+        assert default_client() is newest and newest.loop is not dask_clients[1].loop
+        newest.loop.add_callback(release.wait, 60)    # its loop thread is stuck meanwhile
+        unblock = threading.Timer(10, release.set)      # the old code's wait, bounded here
+        unblock.start()
+        try:
+            start = time.perf_counter()
+            out = parallel.run_tasks(dask_clients[1], normal_draws, range(4), shared=(5,), chunk_size=1)
+            seconds = time.perf_counter() - start
+        finally:
+            release.set()
+            unblock.cancel()
+    assert out == [normal_draws(i, 5) for i in range(4)]
+    assert seconds < 10, f"run_tasks waited {seconds:.1f} s for another client's event loop"
 
 
 def test_workers_run_one_library_thread(dask_clients):
