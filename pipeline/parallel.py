@@ -278,8 +278,10 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
             try:
                 results[k] = future.result()
             except CancelledError as error:
-                raise TaskLostError(f"run_tasks: the task of {_task_name(function, chunks[k])} was cancelled "
-                                    f"before it returned ({error})") from error
+                raise TaskLostError(
+                    f"run_tasks: the task of {_task_name(function, chunks[k])} was cancelled before it returned "
+                    f"({error}): by a client, by the loss of this client's scheduler, or because a worker that "
+                    "died held the shared arguments, which cannot be recomputed") from error
             except Exception as error:
                 error.add_note(f"in the task of {_task_name(function, chunks[k])} (dask key {future.key})")
                 raise

@@ -27,6 +27,37 @@ def failing(i: int) -> int:
     return i
 
 
+def exits_once(i: int, marker: str) -> int:
+    """Item 1's task kills its worker process the first time it runs (``marker``: the file that says it did)."""
+    if i == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return i
+
+
+def exits_once_item(item: tuple[int, str]) -> int:
+    return exits_once(*item)
+
+
+def cancelled_by_the_scheduler(i: int) -> int:
+    """Item 2's task is cancelled for every client that wants it (what another client's
+    ``cancel(..., force=True)`` does), and returns only once the scheduler has done so."""
+    if i == 2:
+        from distributed import Future, get_client, get_worker
+
+        client, key = get_client(), get_worker().get_current_task()
+        client.cancel([Future(key, client)], force=True)
+        deadline = time.monotonic() + 30
+        while client.run_on_scheduler(wanted_by_a_client, key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return i
+
+
+def wanted_by_a_client(key, dask_scheduler=None) -> bool:
+    task = dask_scheduler.tasks.get(key)
+    return task is not None and bool(task.who_wants)
+
+
 def worker_environment(name: str) -> str | None:
     return os.environ.get(name)
 
@@ -139,6 +170,29 @@ def test_a_client_s_futures_are_followed_on_its_own_event_loop(dask_clients, loo
             unblock.cancel()
     assert out == [normal_draws(i, 5) for i in range(4)]
     assert seconds < 10, f"run_tasks waited {seconds:.1f} s for another client's event loop"
+
+
+def test_a_cancelled_task_raises_an_error_naming_its_items(dask_clients):
+    """Before: the cancelled chunk's exception object was taken for its results (TypeError:
+    'FutureCancelledError' object is not iterable)."""
+    with pytest.raises(parallel.TaskLostError, match=r"cancelled_by_the_scheduler on items \[2\] was cancelled"):
+        parallel.run_tasks(dask_clients[2], cancelled_by_the_scheduler, range(4), chunk_size=1)
+    assert parallel.run_tasks(dask_clients[2], normal_draws, [1], shared=(9,)) == [normal_draws(1, 9)]
+
+
+def test_a_worker_killed_mid_run_is_recovered_from_or_named(tmp_path):
+    """A task that kills its worker is run again on the worker its nanny restarts: the results are
+    those of the plain loop. When the dead worker held the shared arguments (scattered, they cannot
+    be recomputed), the tasks needing them are cancelled: a clear error, not a wait."""
+    with mock.patch.dict(os.environ):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.dask_client(1) as client:
+            items = [(i, str(tmp_path / "items")) for i in range(4)]
+            assert parallel.run_tasks(client, exits_once_item, items, chunk_size=1) == list(range(4))
+            assert (tmp_path / "items").exists()
+            with pytest.raises(parallel.TaskLostError, match=r"exits_once on items \[\d\] was cancelled"):
+                parallel.run_tasks(client, exits_once, range(4), shared=(str(tmp_path / "shared"),), chunk_size=1)
+            assert (tmp_path / "shared").exists()
 
 
 def test_workers_run_one_library_thread(dask_clients):
