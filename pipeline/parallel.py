@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import reprlib
 import sys
 import time
 import zlib
@@ -236,9 +237,12 @@ class TaskLostError(RuntimeError):
     by another client, or its client's connection to the scheduler lost)."""
 
 
-def _task_name(function: Callable, chunk: Sequence) -> str:
-    items = repr(list(chunk)) if len(chunk) <= 5 else f"[{chunk[0]!r}, ..., {chunk[-1]!r}] ({len(chunk)} items)"
-    return f"{function.__module__}.{function.__qualname__} on items {items}"
+def _task_name(function: Callable, chunks: list[Sequence], k: int) -> str:
+    """``function`` on chunk ``k``: its items' positions in the loop and (abridged) values."""
+    first = sum(len(chunk) for chunk in chunks[:k])
+    total = sum(len(chunk) for chunk in chunks)
+    return (f"{function.__module__}.{function.__qualname__} on items {first}-{first + len(chunks[k]) - 1} "
+            f"of {total} {reprlib.repr(list(chunks[k]))}")
 
 
 def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), chunk_size: int | None = None,
@@ -268,22 +272,24 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     position = {future.key: k for k, future in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        # This client's event loop: by default as_completed follows the futures on the loop of
-        # distributed's *default* client, the last one made in this process (each client of a
-        # LocalCluster or an address has its own loop thread); futures of another client then
-        # hung there now and then, their completion never seen (dask/distributed#4357). Results
-        # are fetched here, not by as_completed, whose failed fetch would be lost on that loop.
+        # On this client's event loop: without loop=, as_completed follows the futures on the loop
+        # of distributed's *default* client, the last one made in this process, and each client of
+        # a LocalCluster or an address has a loop thread of its own. Futures of another client were
+        # then followed across threads, and now and then their completion was never seen: the wait
+        # went on forever, the workers idle (dask/distributed#4357). Results are fetched here, not
+        # by with_results=True, whose fetch runs in a callback on that loop: an error there is only
+        # logged and the iterator waits forever.
         for future in as_completed(futures, loop=client.loop):
             k = position[future.key]
             try:
                 results[k] = future.result()
             except CancelledError as error:
                 raise TaskLostError(
-                    f"run_tasks: the task of {_task_name(function, chunks[k])} was cancelled before it returned "
+                    f"run_tasks: the task of {_task_name(function, chunks, k)} was cancelled before it returned "
                     f"({error}): by a client, by the loss of this client's scheduler, or because a worker that "
                     "died held the shared arguments, which cannot be recomputed") from error
             except Exception as error:
-                error.add_note(f"in the task of {_task_name(function, chunks[k])} (dask key {future.key})")
+                error.add_note(f"in the task of {_task_name(function, chunks, k)} (dask key {future.key})")
                 raise
             if progress is not None:
                 progress.advance(len(chunks[k]))

@@ -144,7 +144,9 @@ def test_identical_tasks_are_not_merged(dask_clients):
 def test_a_failing_task_raises_its_error(dask_clients):
     with pytest.raises(ValueError, match="item 3 is bad") as info:
         parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
-    assert any("failing(3, ...)" in note for note in getattr(info.value, "__notes__", []))
+    notes = getattr(info.value, "__notes__", [])
+    assert any("failing(3, ...)" in note for note in notes)
+    assert any("test_parallel.failing on items 2-3 of 6 [2, 3] (dask key _run_chunk-" in note for note in notes)
 
 
 def test_a_client_s_futures_are_followed_on_its_own_event_loop(dask_clients, loopback_scheduler):
@@ -175,7 +177,7 @@ def test_a_client_s_futures_are_followed_on_its_own_event_loop(dask_clients, loo
 def test_a_cancelled_task_raises_an_error_naming_its_items(dask_clients):
     """Before: the cancelled chunk's exception object was taken for its results (TypeError:
     'FutureCancelledError' object is not iterable)."""
-    with pytest.raises(parallel.TaskLostError, match=r"cancelled_by_the_scheduler on items \[2\] was cancelled"):
+    with pytest.raises(parallel.TaskLostError, match=r"cancelled_by_the_scheduler on items 2-2 of 4 \[2\] was cancelled"):
         parallel.run_tasks(dask_clients[2], cancelled_by_the_scheduler, range(4), chunk_size=1)
     assert parallel.run_tasks(dask_clients[2], normal_draws, [1], shared=(9,)) == [normal_draws(1, 9)]
 
@@ -190,7 +192,7 @@ def test_a_worker_killed_mid_run_is_recovered_from_or_named(tmp_path):
             items = [(i, str(tmp_path / "items")) for i in range(4)]
             assert parallel.run_tasks(client, exits_once_item, items, chunk_size=1) == list(range(4))
             assert (tmp_path / "items").exists()
-            with pytest.raises(parallel.TaskLostError, match=r"exits_once on items \[\d\] was cancelled"):
+            with pytest.raises(parallel.TaskLostError, match=r"exits_once on items (\d)-\1 of 4 \[\1\] was cancelled"):
                 parallel.run_tasks(client, exits_once, range(4), shared=(str(tmp_path / "shared"),), chunk_size=1)
             assert (tmp_path / "shared").exists()
 
