@@ -166,14 +166,15 @@ _SPACE = r"[\t-\r\x1c-\x1f ]"   # Python's \s on ASCII
 NEEDS = {
     # EMAIL_RE has a literal "@"
     "email": ("text", "@"),
-    # has_phone_text: a PHONE_RE match in the dateless text with >= 9 digits (phone_digits_ok); in a
-    # match, consecutive digits are adjacent or apart by "[ -]" (between groups) or ")[ -]?" (after
-    # the area code), so the match holds 9 digits chained by at most two of ") -"
-    "phone": ("dateless", r"[0-9](?:[) -]{0,2}[0-9]){8}"),
-    # has_id_number_text: an ID_NUMBER_RE match in the dateless text that _is_id_number accepts: a
-    # digit run (digits apart by at most one of " .-") with 8-20 digits, or a capital then 6-9
-    # digits ...
-    "id_number": ("dateless", r"[0-9](?:[ .-]?[0-9]){7}|[A-Z][0-9]{6}"),
+    # has_phone_text: a PHONE_RE match in the dateless text with >= 9 digits (phone_digits_ok): at the
+    # start or after a character other than [\w:/.-] (its look-behind), "+", "(" or "+(" then the
+    # first digit; in a match, consecutive digits are adjacent or apart by "[ -]" (between groups) or
+    # ")[ -]?" (after the area code), so it holds 9 digits chained by at most two of ") -"
+    "phone": ("dateless", r"(?:^|[^0-9A-Za-z_:/.\-])\+?\(?[0-9](?:[) -]{0,2}[0-9]){8}"),
+    # has_id_number_text: an ID_NUMBER_RE match in the dateless text that _is_id_number accepts, at the
+    # start or after a character other than [\w.:/-] (its look-behind): a digit run (digits apart by
+    # at most one of " .-") with 8-20 digits, or one or two capitals then 6-9 digits ...
+    "id_number": ("dateless", r"(?:^|[^0-9A-Za-z_.:/\-])(?:[0-9](?:[ .-]?[0-9]){7}|[A-Z]{1,2}[0-9]{6})"),
     # ... and the value has a letter, or the match (so the value) a separator " .-"
     "id_number_text": ("text", r"[A-Za-z .-]"),
     # NAME_CUE_RE: a cue (each alternative contains one of these words, matched case-insensitively)
