@@ -67,13 +67,13 @@ def main() -> None:
     base = load_base(args.base)
     outs = stage_outs("clean", "synthetic")
     frame = firm_text(args.firms)
-    for name, scan in (("clean stage final scan", lambda m: lambda: m.assert_stage_outputs_clean(outs, "synthetic")),
-                       (f"per-firm text frame, {args.firms:,} rows", lambda m: lambda: m.find_identifiers(frame))):
-        old_s, old = timed(lambda: outcome(scan(base)) if "stage" in name else scan(base)())
-        new_s, new = timed(lambda: outcome(scan(privacy)) if "stage" in name else scan(privacy)())
+    cases = {"clean stage final scan": lambda m: outcome(lambda: m.assert_stage_outputs_clean(outs, "synthetic")),
+             f"per-firm text frame, {args.firms:,} rows": lambda m: m.find_identifiers(frame)}
+    for name, scan in cases.items():
+        old_s, old = timed(lambda scan=scan: scan(base))
+        new_s, new = timed(lambda scan=scan: scan(privacy))
         print(f"{name}: {args.base} {old_s:.3f} s, this checkout {new_s:.3f} s ({old_s / new_s:.1f}x); "
               f"same findings: {old == new}")
-
 
 if __name__ == "__main__":
     main()
