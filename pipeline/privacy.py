@@ -125,17 +125,21 @@ class _DistinctText:
             texts = self._dateless
         else:
             texts = self.arrow
-        found = pc.match_substring(texts, pattern) if pattern == "@" else pc.match_substring_regex(texts, pattern)
+        try:
+            found = pc.match_substring(texts, pattern) if pattern == "@" else pc.match_substring_regex(texts, pattern)
+        except pa.ArrowInvalid:   # too large for RE2 (e.g. 100,000 names): every value runs in Python
+            return self.ascii.copy()
         return found.to_numpy(zero_copy_only=False) & self.ascii
 
     def test(self, rule, *needs: str, among: np.ndarray | None = None) -> np.ndarray:
         """Per value: ``rule(text)``, run in Python only on the values (of ``among``) that are not ASCII
-        or meet all of ``needs`` (names in :data:`NEEDS`): the others cannot break the rule."""
+        or meet all of ``needs`` (names in :data:`NEEDS`, or (text, RE2 pattern) pairs): the others
+        cannot break the rule."""
         candidates = np.ones(self.n, dtype=bool) if among is None else among.copy()
         if self.arrow is not None and needs:
             met = np.ones(self.n, dtype=bool)
-            for name in needs:
-                met &= self._regex(NEEDS[name])
+            for need in needs:
+                met &= self._regex(NEEDS[need] if isinstance(need, str) else need)
             candidates &= met | ~self.ascii
         positions = np.flatnonzero(candidates)
         texts = ([self.python[k] for k in positions] if self.python is not None
@@ -251,7 +255,7 @@ def _identifier_text(series: pd.Series, identifier_values: IdentifierValues | No
     if cued.any():
         return "a person's name after a title or cue (Mr, spoke to ...) in text", values.rows(cued)
     if identifier_values is not None:
-        named = values.test(identifier_values.search)
+        named = values.test(identifier_values.search, identifier_values.needs)
         if named.any():
             return "values of the configured identifier columns (e.g. names) in text", values.rows(named)
     geo = values.rows(values.test(GEOPOINT_RE.match, "geopoint"))
@@ -277,6 +281,11 @@ class IdentifierValues:
     def __init__(self, values: Iterable[str]):
         self.names = {w for w in map(_words, values) if w and len(w) <= MAX_NAME_WORDS}
         self.lengths = sorted({len(w) for w in self.names})
+        # The RE2 necessary condition (ASCII text: see identifier_patterns.NEEDS) of search: a name's
+        # first word is a whole word of the text (ASCII text's words are ASCII: other first words
+        # cannot be among them; "\b\B" never matches)
+        first = sorted({w[0] for w in self.names if w[0].isascii()})
+        self.needs = ("text", rf"(?i)\b(?:{'|'.join(map(re.escape, first))})\b" if first else r"\b\B")
 
     def __bool__(self) -> bool:
         return bool(self.names)

@@ -195,6 +195,21 @@ def test_every_rule_on_boundary_values_equals_the_python_rule(text):
         assert distinct._dateless.to_pylist()[0] == ip.without_dates(text)
 
 
+NAMES = [["Mary Wanjiku", "Ann", "Ｍary x", "ﬁona b", "o.k. corral", "K Kamau", "Ñandú Pérez", "José"], ["Ｍary"],
+         ["ann_2"]]
+NAME_TEXTS = BOUNDARY + ["Met MARY at 5", "mary_x", "Ann-Marie", "ann2", "O.K. then", "fiona B", "ﬁona b", "Ａnn",
+                         "ask k kamau", "ANN_2", "ann 2", "mary  wanjiku", "mary\nwanjiku", "jose", "josé", "JOSÉ", ""]
+
+
+@pytest.mark.parametrize("names", NAMES)
+def test_identifier_values_on_distinct_values_equal_the_python_search(names):
+    identifier_values = privacy.IdentifierValues(names)
+    distinct = privacy._DistinctText(pd.Series(NAME_TEXTS, dtype="str"))
+    expected = [bool(identifier_values.search(text)) for text in pd.unique(pd.Series(NAME_TEXTS, dtype="str"))]
+    assert distinct.test(identifier_values.search, identifier_values.needs).tolist() == expected
+    assert any(expected) == (names != ["Ｍary"])
+
+
 @SETTINGS
 @given(st.lists(texts, min_size=1, max_size=40))
 def test_dateless_text_in_re2_equals_without_dates(values):
