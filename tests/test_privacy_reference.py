@@ -288,3 +288,14 @@ def test_hashed_columns_equal_the_reference():
         frame = pd.DataFrame({"h": series})
         assert privacy.find_identifiers(frame, hashed=["h"]) == ref_find_identifiers(frame, hashed=["h"])
     assert privacy.find_identifiers(pd.DataFrame({"h": hashes}), hashed=["h"])[0]["rows"] == [2, 3, 4, 5, 7]
+
+
+@pytest.mark.parametrize("dtype", ["category", "string[python]", "string[pyarrow]", "large_string[pyarrow]", "object", "str"])
+def test_every_text_dtype_equals_the_reference(dtype):
+    values = ["x", "0712 345 678", "Mr Mary", None, "a@b.org", "12345678", "AB123456 y", "-1.283 36.816", "x",
+              "é 0712345678"]
+    series = pd.Series(values, dtype=dtype)
+    for start in (0, 5, 6, 7):   # each rule first in turn
+        frame = pd.DataFrame({"memo": series[start:]})
+        assert privacy.find_identifiers(frame) == ref_find_identifiers(frame)
+        assert privacy.find_identifiers(frame, hashed=["memo"]) == ref_find_identifiers(frame, hashed=["memo"])
