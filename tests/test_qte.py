@@ -84,7 +84,8 @@ def test_qte_without_controls_is_the_difference_of_sample_quantiles_and_determin
 def _bootstrap_by_hand(df, quantiles, reps, seed):
     """The bootstrap written out for one treatment, no baseline, no fixed effects, one sample:
     clusters (numbered by first appearance) resampled within strata by the stage's stream
-    (inference.stratified_cluster_draws), each resample's rows refitted by the solver (``quantreg.rq_fit``, tested on its own in test_quantreg)."""
+    (inference.stratified_cluster_draws), each resample's rows refitted by the solver
+    (``quantreg.rq_fit``, tested on its own in test_quantreg)."""
     import statsmodels.api as sm
 
     from pipeline import inference, quantreg
