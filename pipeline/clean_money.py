@@ -39,7 +39,8 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     bad = sorted(set(period.dropna().unique()) - set(PER_YEAR))   # per distinct value
     if bad:
         raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
-    factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow
+    # missing period -> missing flow; every period is known here (checked above)
+    factor = map_distinct(period, PER_YEAR.__getitem__, na_value=np.nan, dtype="float64") / PER_YEAR[flow_period]
     currency = str(cfg.get("currency", "lcu")).lower()
     for name, out in cfg["outcomes"].items():
         new = flow_column(name, out, currency, flow_period)

@@ -53,8 +53,9 @@ def parse_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFra
     df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     fmt = cfg["number_format"]
     logs, parsed = [], {}
+    dtypes = df.dtypes
     for col in numeric_columns(cfg):
-        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+        if col not in dtypes.index or pd.api.types.is_numeric_dtype(dtypes[col]) or pd.api.types.is_bool_dtype(dtypes[col]):
             continue
         raw = df[col].astype("object")
         values = map_distinct(raw, lambda v: parse_number(v, fmt["decimal"], fmt["thousands"]),
