@@ -44,7 +44,9 @@ def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str,
     ids, values = ids[present], values[present]
     unit_codes, units = pd.factorize(ids, sort=True)
     value_codes, _ = pd.factorize(values)
-    first = np.unique(unit_codes, return_index=True)[1]          # each unit's first row
+    # each unit's first row (the codes are 0..U-1, all present): np.unique's return_index without its sort
+    first = np.full(len(units), len(unit_codes), dtype=np.intp)
+    np.minimum.at(first, unit_codes, np.arange(len(unit_codes)))
     varying = np.unique(unit_codes[value_codes != value_codes[first][unit_codes]])
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
@@ -85,7 +87,11 @@ def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
     # A unit id replaced by a salted hash at ingest would sort in an order that follows the
     # per-checkout salt, and so would the analysis table's rows and the bootstrap and permutation
     # draws indexed by them (issue 8): such units keep the clean table's (source file and row) order.
-    return pd.Index(ids if hashed_unit_id(cfg) else sorted(ids), name=unit)
+    if hashed_unit_id(cfg):
+        return pd.Index(ids, name=unit)
+    # numpy's sort of integer ids: the order and the Index dtype of sorted(), without Python's sort
+    is_int = isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
+    return pd.Index(np.sort(ids) if is_int else sorted(ids), name=unit)
 
 
 def _assignment_columns(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> dict[str, pd.Series]:
