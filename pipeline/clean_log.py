@@ -29,7 +29,7 @@ def first_rows(df: pd.DataFrame, mask: pd.Series, limit: int = 5) -> str:
 
 
 def rejected_rows(df: pd.DataFrame, mask: pd.Series, rule: str, reason: pd.Series | str) -> pd.DataFrame:
-    out = df.loc[mask].copy()
+    out = df.loc[mask]               # a new frame (copy-on-write): setting its columns leaves df as it is
     out["rule"] = rule
     out["reason"] = reason if isinstance(reason, str) else reason.loc[mask].to_numpy()
     return out
