@@ -101,7 +101,10 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
     if not numeric or not codes:
         return df.copy(deep=False), concat_logs([])
     block = df[numeric].to_numpy(dtype="float64", na_value=np.nan)
-    coded = np.isin(block, np.array(list(codes), dtype="float64"))
+    code_numbers = np.array(list(codes), dtype="float64")
+    # np.isin only where a value lies within the codes' range (few answers do): the same mask
+    coded = (block >= code_numbers.min()) & (block <= code_numbers.max())
+    coded[coded] = np.isin(block[coded], code_numbers)
     if not coded.any():
         return df.copy(deep=False), concat_logs([])
     col_pos, row_pos = np.nonzero(coded.T)     # column by column, rows in order within each
@@ -120,7 +123,7 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
     if not block.flags.writeable:              # a view of a read-only (e.g. Arrow-backed) block
         block = block.copy()
     block[coded] = np.nan                      # the block holds each column as float64 already
-    replaced = {c: pd.Series(block[:, k], index=df.index) for k, c in enumerate(numeric) if coded[:, k].any()}
+    replaced = {c: block[:, k] for k, c in enumerate(numeric) if coded[:, k].any()}   # arrays: df's row order
     return df.assign(**replaced), concat_logs([log])
 
 
