@@ -44,15 +44,21 @@ def empty_tidy() -> pd.DataFrame:
     return out
 
 
-def _term_inference(results, td, names: list[str], ci: pd.DataFrame, alpha: float) -> tuple:
+def _coefficient_lookup(results, ci: pd.DataFrame) -> list[dict]:
+    """``params``, ``bse``, CI low, CI high, ``pvalues``, ``df_params`` as name -> value dicts
+    (built once per fit: a pandas lookup per term and column cost more than the rest of tidy)."""
+    return [dict(zip(s.index, s.to_numpy())) for s in (results.params, results.bse, ci[0], ci[1],
+                                                       results.pvalues, results.df_params)]
+
+
+def _term_inference(results, td, names: list[str], coefficients: list[dict], alpha: float) -> tuple:
     """(estimate, SE, CI low, CI high, p-value, t df) of one tidy term: a single coefficient from
-    ``params`` / ``bse`` / ``conf_int`` / ``pvalues`` / ``df_params``, a linear combination (the
-    ``_diff`` rows) from ``results.t_test`` (same covariance, the contrast's own t df)."""
+    ``params`` / ``bse`` / ``conf_int`` / ``pvalues`` / ``df_params`` (``coefficients``:
+    :func:`_coefficient_lookup`), a linear combination (the ``_diff`` rows) from
+    ``results.t_test`` (same covariance, the contrast's own t df)."""
     if len(td.weights) == 1 and td.weights[0][1] == 1.0:
         p = td.weights[0][0]
-        lo, hi = (float(x) for x in ci.loc[p])
-        return (float(results.params[p]), float(results.bse[p]), lo, hi, float(results.pvalues[p]),
-                float(results.df_params[p]))
+        return tuple(float(column[p]) for column in coefficients)
     r = np.zeros((1, len(names)))
     for p, wgt in td.weights:
         r[0, names.index(p)] = wgt
@@ -87,7 +93,8 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
     outcome = info.outcome_label or info.spec.outcome
     rows = []
     terms = info.terms + arm_average_terms(results, info.terms, arm_groups or {})
-    inferred = [_term_inference(results, td, names, ci, alpha) for td in terms]
+    coefficients = _coefficient_lookup(results, ci)
+    inferred = [_term_inference(results, td, names, coefficients, alpha) for td in terms]
     mdes = inference.mde([r[1] for r in inferred], [r[5] for r in inferred], power=power, alpha=alpha)   # one call
     for td, (est, se, lo, hi, pv, _), m in zip(terms, inferred, mdes):
         wild_p = np.nan
