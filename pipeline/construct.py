@@ -19,8 +19,7 @@ import tempfile
 
 import numpy as np
 import pandas as pd
-import pyarrow
-import pyarrow.compute
+import pyarrow.compute        # binds pyarrow too
 
 from pipeline.codes import codes_in, map_distinct, norm_codes
 from pipeline.io import atomic_path, param, write_named_outputs
@@ -44,9 +43,8 @@ def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str,
     ids, values = ids[present], values[present]
     unit_codes, units = pd.factorize(ids, sort=True)
     value_codes, _ = pd.factorize(values)
-    # each unit's first row (the codes are 0..U-1, all present): np.unique's return_index without its sort
-    first = np.full(len(units), len(unit_codes), dtype=np.intp)
-    np.minimum.at(first, unit_codes, np.arange(len(unit_codes)))
+    first = np.full(len(units), len(unit_codes), dtype=np.intp)     # each unit's first row: np.unique's
+    np.minimum.at(first, unit_codes, np.arange(len(unit_codes)))      # return_index (codes 0..U-1), no sort
     varying = np.unique(unit_codes[value_codes != value_codes[first][unit_codes]])
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
@@ -87,11 +85,9 @@ def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
     # A unit id replaced by a salted hash at ingest would sort in an order that follows the
     # per-checkout salt, and so would the analysis table's rows and the bootstrap and permutation
     # draws indexed by them (issue 8): such units keep the clean table's (source file and row) order.
-    if hashed_unit_id(cfg):
-        return pd.Index(ids, name=unit)
-    # numpy's sort of integer ids: the order and the Index dtype of sorted(), without Python's sort
+    # numpy sorts integer ids as sorted() does (same order and Index dtype), without Python's sort
     is_int = isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
-    return pd.Index(np.sort(ids) if is_int else sorted(ids), name=unit)
+    return pd.Index(ids if hashed_unit_id(cfg) else np.sort(ids) if is_int else sorted(ids), name=unit)
 
 
 def _assignment_columns(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> dict[str, pd.Series]:
@@ -178,8 +174,7 @@ def format_ids(values: pd.Series, na_value: str = "nan") -> pd.Series:
     """:func:`_fmt` over a column; vectorised for numeric ids (ids are distinct by nature, so
     computing once per distinct value would still be once per firm)."""
     if pd.api.types.is_integer_dtype(values) and not values.isna().any():
-        # Arrow's integer-to-text cast writes what str(int) writes, 8x faster than numpy text
-        text = pyarrow.compute.cast(pyarrow.array(values.to_numpy()), pyarrow.large_string())
+        text = pyarrow.compute.cast(pyarrow.array(values.to_numpy()), pyarrow.large_string())  # str(int), 8x numpy
         return pd.Series(pd.array(text, dtype="str"), index=values.index)
     if pd.api.types.is_float_dtype(values):
         numbers = values.to_numpy(dtype="float64", na_value=np.nan)
