@@ -164,7 +164,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = Tru
     if len(df) + len(rejected) != len(interim):
         raise CleaningError(f"{cfg['study']}: row accounting broken: {len(df)} clean + {len(rejected)} rejected "
                             f"!= {len(interim)} raw")
-    df = df.reset_index(drop=True)
+    df = df.reset_index(drop=True).copy()   # .copy(): one block per dtype (the rules added columns one by one)
     if checked:
         validate_frame(df, clean_schema(cfg, period), cfg["study"], "clean",
                        ["source_file", "source_row", cfg["unit_id"]] + ([cfg["round"]] if cfg["round"] else []))

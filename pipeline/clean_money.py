@@ -24,7 +24,7 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     cfg = normalise(cfg)
     if flow_period not in PER_YEAR:
         raise CleaningError(f"clean.flow_period={flow_period!r}: expected one of {sorted(PER_YEAR)}")
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     spec = cfg.get("recall_period") or {}
     if "column" in spec:
         raw = df[spec["column"]]
@@ -39,7 +39,8 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
     bad = sorted(set(period.dropna().unique()) - set(PER_YEAR))   # per distinct value
     if bad:
         raise CleaningError(f"{cfg['study']}: recall periods {bad} unknown; expected {sorted(PER_YEAR)}")
-    factor = period.map(PER_YEAR).astype("float64") / PER_YEAR[flow_period]  # missing period -> missing flow
+    # missing period -> missing flow; every period is known here (checked above)
+    factor = map_distinct(period, PER_YEAR.__getitem__, na_value=np.nan, dtype="float64") / PER_YEAR[flow_period]
     currency = str(cfg.get("currency", "lcu")).lower()
     for name, out in cfg["outcomes"].items():
         new = flow_column(name, out, currency, flow_period)
@@ -70,7 +71,7 @@ def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float,
     """
     if method not in OUTLIER_METHODS:
         raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     groups = df[by] if by else pd.Series(0, index=df.index)
     upper, lower = _cutoffs(df, columns, groups, lower_pct, upper_pct, unit)
     changed = {}

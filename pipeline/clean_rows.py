@@ -2,6 +2,7 @@
 (rules 1 and 2 of :mod:`pipeline.clean`)."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from pipeline.clean_log import CleaningError, first_rows, rejected_rows, rows_hint
@@ -31,24 +32,28 @@ def check_id_collisions(df: pd.DataFrame, cfg: dict) -> None:
 
 
 def reject_invalid_rows(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows that cannot be analysed at all: no unit id, undefined round or treatment arm."""
+    """Rows that cannot be analysed at all: no unit id, undefined round or treatment arm (the first
+    reason that applies, in that order)."""
     cfg = normalise(cfg)
-    reasons = pd.Series("", index=df.index, dtype="object")
+    reasons = np.full(len(df), "", dtype=object)      # numpy masks, one Series at the end
     unit = cfg["unit_id"]
-    reasons[df[unit].isna()] = f"{unit} is missing"
+    reasons[df[unit].isna().to_numpy()] = f"{unit} is missing"
     _, arm_reasons = assign_arms(df, cfg)
+    arm_reasons = arm_reasons.to_numpy()
     take = (arm_reasons != "") & (reasons == "")
     reasons[take] = arm_reasons[take]
     round_col = cfg.get("round")
     if round_col:
-        no_round = df[round_col].isna() & (reasons == "")
+        no_round = df[round_col].isna().to_numpy() & (reasons == "")
         reasons[no_round] = f"{round_col} is missing"
     if round_col and cfg.get("rounds"):
-        known = codes_in(df[round_col], cfg["rounds"])
-        bad_round = ~known & df[round_col].notna() & (reasons == "")
-        reasons[bad_round] = map_distinct(df.loc[bad_round, round_col], lambda v: f"{round_col}={v} is not a defined round")
-    mask = reasons != ""
-    return df.loc[~mask], rejected_rows(df, mask, "invalid_row", reasons)
+        known = codes_in(df[round_col], cfg["rounds"]).to_numpy()
+        bad_round = ~known & df[round_col].notna().to_numpy() & (reasons == "")
+        if bad_round.any():
+            reasons[bad_round] = map_distinct(df.loc[bad_round, round_col],
+                                              lambda v: f"{round_col}={v} is not a defined round").to_numpy()
+    mask = pd.Series(reasons != "", index=df.index)
+    return df.loc[~mask], rejected_rows(df, mask, "invalid_row", pd.Series(reasons, index=df.index, dtype="object"))
 
 
 def content_hash(df: pd.DataFrame, exclude: list[str]) -> pd.Series:

@@ -50,11 +50,12 @@ def parse_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFra
     """Configured numeric columns holding text become numbers; empty text becomes missing;
     text that is not a number becomes missing and is logged (``unparseable_number``)."""
     cfg = normalise(cfg)
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     fmt = cfg["number_format"]
     logs, parsed = [], {}
+    dtypes = df.dtypes
     for col in numeric_columns(cfg):
-        if col not in df.columns or pd.api.types.is_numeric_dtype(df[col]) or pd.api.types.is_bool_dtype(df[col]):
+        if col not in dtypes.index or pd.api.types.is_numeric_dtype(dtypes[col]) or pd.api.types.is_bool_dtype(dtypes[col]):
             continue
         raw = df[col].astype("object")
         values = map_distinct(raw, lambda v: parse_number(v, fmt["decimal"], fmt["thousands"]),
@@ -71,7 +72,7 @@ def parse_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFra
 def flag_not_interviewed(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``interviewed`` = 0 for planned interviews that did not take place; their outcomes blank."""
     cfg = normalise(cfg)
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     spec = cfg["not_interviewed"]
     if not spec:
         df["interviewed"] = np.int8(1)
@@ -94,14 +95,18 @@ def flag_not_interviewed(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.
 def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Survey codes to missing; the log keeps which code (hence why) each value was.
     One pass over the numeric answer columns as a 2-D block (no loop over rows)."""
+    dtypes = df.dtypes                         # one lookup, not a Series per column
     numeric = [c for c in columns
-               if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
+               if pd.api.types.is_numeric_dtype(dtypes[c]) and not pd.api.types.is_bool_dtype(dtypes[c])]
     if not numeric or not codes:
-        return df.copy(), concat_logs([])
+        return df.copy(deep=False), concat_logs([])
     block = df[numeric].to_numpy(dtype="float64", na_value=np.nan)
-    coded = np.isin(block, np.array(list(codes), dtype="float64"))
+    code_numbers = np.array(list(codes), dtype="float64")
+    # np.isin only where a value lies within the codes' range (few answers do): the same mask
+    coded = (block >= code_numbers.min()) & (block <= code_numbers.max())
+    coded[coded] = np.isin(block[coded], code_numbers)
     if not coded.any():
-        return df.copy(), concat_logs([])
+        return df.copy(deep=False), concat_logs([])
     col_pos, row_pos = np.nonzero(coded.T)     # column by column, rows in order within each
     old_value = block[row_pos, col_pos]
     # text columns taken from short arrays of distinct values (one string per code, per column)
@@ -118,7 +123,7 @@ def replace_missing_codes(df: pd.DataFrame, columns: list[str], codes: dict[int,
     if not block.flags.writeable:              # a view of a read-only (e.g. Arrow-backed) block
         block = block.copy()
     block[coded] = np.nan                      # the block holds each column as float64 already
-    replaced = {c: pd.Series(block[:, k], index=df.index) for k, c in enumerate(numeric) if coded[:, k].any()}
+    replaced = {c: block[:, k] for k, c in enumerate(numeric) if coded[:, k].any()}   # arrays: df's row order
     return df.assign(**replaced), concat_logs([log])
 
 
@@ -126,7 +131,7 @@ def replace_unknown_codes(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd
     """Codes outside a column's declared codes become missing, logged (``unknown_code``):
     ``allowed_codes`` columns, and the owner's sex where ``female_owner.male_codes`` is given."""
     cfg = normalise(cfg)
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     checks = dict(cfg["allowed_codes"])
     female = cfg["female_owner"]
     if female.get("column") and female.get("male_codes") is not None:
@@ -165,7 +170,7 @@ def check_sex_coding(df: pd.DataFrame, cfg: dict) -> None:
 def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Where the survey says the business is closed, its money flows are 0, flagged."""
     cfg = normalise(cfg)
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     spec = cfg.get("business_open")
     if not spec:
         df["business_closed"] = np.int8(0)
@@ -195,26 +200,29 @@ def unusable_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.Data
     cfg = normalise(cfg)
     bound = float(np.sqrt(np.finfo("float64").max / max(len(df), 1)))
     logs, replaced = [], {}
+    dtypes = df.dtypes
     for col in numeric_columns(cfg):
-        if col not in df.columns or not pd.api.types.is_float_dtype(df[col]):
+        if col not in dtypes.index or not pd.api.types.is_float_dtype(dtypes[col]):
             continue                  # integers are finite and far below the bound
         values = df[col]
         as_double = np.abs(values.to_numpy(dtype="float64", na_value=np.nan))    # float32 columns too
-        infinite = pd.Series(np.isinf(as_double), index=df.index)
-        huge = pd.Series(as_double > bound, index=df.index) & ~infinite
+        infinite = np.isinf(as_double)
+        huge = (as_double > bound) & ~infinite
+        if not (infinite.any() or huge.any()):
+            continue                  # the usual case: no Series built
+        infinite, huge = pd.Series(infinite, index=df.index), pd.Series(huge, index=df.index)
         if infinite.any():
             logs.append(log_changes(df, infinite, col, np.nan, "impossible_value:non_finite"))
         if huge.any():
             logs.append(log_changes(df, huge, col, np.nan, f"impossible_value:magnitude above {bound:.3g} (float64 overflow)"))
-        if infinite.any() or huge.any():
-            replaced[col] = values.mask(infinite | huge)
+        replaced[col] = values.mask(infinite | huge)
     return df.assign(**replaced), concat_logs(logs)
 
 
 def reject_impossible_values(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Values outside their plausible range become missing (the row stays), logged."""
     cfg = normalise(cfg)
-    df = df.copy()
+    df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
     logs = []
     checks = [(col, lo, hi) for col, (lo, hi) in cfg.get("valid_ranges", {}).items()]
     for out in cfg["outcomes"].values():

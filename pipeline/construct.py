@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute        # binds pyarrow too
 
 from pipeline.codes import codes_in, map_distinct, norm_codes
 from pipeline.io import atomic_path, param, write_named_outputs
@@ -41,7 +42,8 @@ def _firm_level(df: pd.DataFrame, unit: str, column: str, study: str, what: str,
     ids, values = ids[present], values[present]
     unit_codes, units = pd.factorize(ids, sort=True)
     value_codes, _ = pd.factorize(values)
-    first = np.unique(unit_codes, return_index=True)[1]          # each unit's first row
+    first = np.full(len(units), len(unit_codes), dtype=np.intp)     # each unit's first row: np.unique's
+    np.minimum.at(first, unit_codes, np.arange(len(unit_codes)))      # return_index (codes 0..U-1), no sort
     varying = np.unique(unit_codes[value_codes != value_codes[first][unit_codes]])
     if len(varying):
         raise ConstructError(f"{study}: {what} ({shown or column}) differs across rounds for {len(varying)} "
@@ -82,7 +84,9 @@ def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
     # A unit id replaced by a salted hash at ingest would sort in an order that follows the
     # per-checkout salt, and so would the analysis table's rows and the bootstrap and permutation
     # draws indexed by them (issue 8): such units keep the clean table's (source file and row) order.
-    return pd.Index(ids if hashed_unit_id(cfg) else sorted(ids), name=unit)
+    # numpy sorts integer ids as sorted() does (same order and Index dtype), without Python's sort
+    is_int = isinstance(ids, np.ndarray) and ids.dtype.kind in "iu"
+    return pd.Index(ids if hashed_unit_id(cfg) else np.sort(ids) if is_int else sorted(ids), name=unit)
 
 
 def _assignment_columns(clean: pd.DataFrame, cfg: dict, units: pd.Index) -> dict[str, pd.Series]:
@@ -169,7 +173,8 @@ def format_ids(values: pd.Series, na_value: str = "nan") -> pd.Series:
     """:func:`_fmt` over a column; vectorised for numeric ids (ids are distinct by nature, so
     computing once per distinct value would still be once per firm)."""
     if pd.api.types.is_integer_dtype(values) and not values.isna().any():
-        return pd.Series(values.to_numpy().astype(str), index=values.index, dtype="str")
+        text = pyarrow.compute.cast(pyarrow.array(values.to_numpy()), pyarrow.large_string())  # str(int), 8x numpy
+        return pd.Series(pd.array(text, dtype="str"), index=values.index)
     if pd.api.types.is_float_dtype(values):
         numbers = values.to_numpy(dtype="float64", na_value=np.nan)
         if not (np.abs(numbers[np.isfinite(numbers)]) < 2 ** 53).all():
@@ -201,7 +206,7 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
     groups = {"skills_index": spec["columns"], **{f"skills_{a}": cols for a, cols in spec.get("areas", {}).items()}}
     every = list(dict.fromkeys(c for cols in groups.values() for c in cols))
     numbers = clean[every]                        # converted once for all the scores
-    if not all(pd.api.types.is_numeric_dtype(numbers[c]) for c in every):   # to_numeric keeps numbers as they are
+    if not all(pd.api.types.is_numeric_dtype(d) for d in numbers.dtypes):   # to_numeric keeps numbers as they are
         numbers = numbers.apply(pd.to_numeric, errors="coerce")
     numbers = numbers.astype("float64")
     for name, cols in groups.items():

@@ -196,7 +196,8 @@ def generate_variants(params: dict, overrides: list[dict]) -> list[tuple]:
     """``[generate({**params, **o}) for o in overrides]``, the same results. When every override
     sets only :data:`MESS_ONLY_KEYS`, the latent world is drawn once for all: its random streams are
     independent of the mess's (:data:`RANDOM_STREAMS`) and it reads none of those keys, so each
-    variant's survey is the one :func:`generate` makes (the simulation's two variants of a draw)."""
+    variant's survey is the one :func:`generate` makes (the simulation's two variants of a draw);
+    so is the mess but the typos, the only part that reads those keys (:func:`inject_typos`)."""
     share_world = all(set(o) <= set(MESS_ONLY_KEYS) for o in overrides)
     world, out = None, []
     for override in overrides:
@@ -204,13 +205,15 @@ def generate_variants(params: dict, overrides: list[dict]) -> list[tuple]:
         rngs = dict(zip(RANDOM_STREAMS, np.random.default_rng(int(p["seed"])).spawn(len(RANDOM_STREAMS))))
         if world is None or not share_world:
             world = _latent_world(p, rngs)
-        out.append(_survey_of(p, world, rngs))
+            untyped = _survey_mess(p, world, rngs)
+        answers = dict(untyped["answers"])         # inject_typos replaces answers["profit"], not the shared one
+        out.append(_survey_of(p, world, {**untyped, "answers": answers,
+                                         "typo": inject_typos(p, answers, world["business_open"], rngs["typos"])}))
     return out
 
 
-def _survey_of(p: dict, world: dict, rngs: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dict[str, str], dict]:
-    """:func:`generate`'s result from the latent world (read, never changed) and the mess's streams."""
-    mess = _survey_mess(p, world, rngs)
+def _survey_of(p: dict, world: dict, mess: dict) -> tuple[pd.DataFrame, dict[str, dict[int, str]], dict[str, str], dict]:
+    """:func:`generate`'s result from the latent world and the survey mess (both read, never changed)."""
     survey, chosen = _server_export(world, mess)
     truth = _truth(p, design=world["design"], firm_arm=world["firm_arm"], female=world["owners"]["female"],
                    took_training_firm=world["takeup"]["took_training_firm"],
@@ -246,8 +249,8 @@ def _latent_world(p: dict, rngs: dict) -> dict:
 
 
 def _survey_mess(p: dict, world: dict, rngs: dict) -> dict:
-    """How the survey records the world: recall periods, attrition, missing codes, typos,
-    fieldwork timing, duplicate submissions, ids and enumerator notes (answers edited in place)."""
+    """How the survey records the world but the typos (added by :func:`generate_variants`): recall
+    periods, attrition, missing codes, timing, duplicates, ids and notes (answers edited in place)."""
     n_firms, n_rounds = world["n_firms"], world["n_rounds"]
     weekly = rngs["recall"].random((n_firms, n_rounds)) < p["share_weekly_recall"]
     answers, recall_period = record_answers(
@@ -256,7 +259,6 @@ def _survey_mess(p: dict, world: dict, rngs: dict) -> dict:
     attrited = draw_attrition(p, world["firm_arm"], world["follow_up"], rngs["attrition"])
     interviewed = ~attrited
     missing_counts = inject_missing_codes(p, answers, interviewed, rngs["missing"])
-    typo = inject_typos(p, answers, world["business_open"], rngs["typos"])
     keep = flat(interviewed)
     submitted_s, enumerator_id = fieldwork_timing(world["design"], world["firm_region"], n_rounds, rngs["timing"])
     dup = draw_duplicates(p, keep, rngs["duplicates"])
@@ -264,7 +266,7 @@ def _survey_mess(p: dict, world: dict, rngs: dict) -> dict:
     notes = draw_notes(world["owners"], world["business_open"], np.repeat(np.arange(n_firms), n_rounds),
                        rngs["notes"])
     return {"answers": answers, "recall_period": recall_period, "attrited": attrited, "interviewed": interviewed,
-            "missing_counts": missing_counts, "typo": typo, "keep": keep, "submitted_s": submitted_s,
+            "missing_counts": missing_counts, "keep": keep, "submitted_s": submitted_s,
             "enumerator_id": enumerator_id, "dup": dup, "id_bytes": id_bytes, "notes": notes}
 
 

@@ -113,6 +113,17 @@ def test_unknown_recall_code_names_column_and_rows(cfg, interim):
         clean.clean(interim, cfg, PARAMS)
 
 
+def test_empty_value_logs_are_separate_frames_with_the_log_columns():
+    """concat_logs([]) hands out copies of one template: changing one leaves the next as it was."""
+    first = clean_log.concat_logs([])
+    first["extra"] = 1
+    second = clean_log.concat_logs([pd.DataFrame(columns=clean_log.LOG_COLUMNS)])
+    assert list(second.columns) == clean_log.LOG_COLUMNS and len(second) == 0
+    assert dict(second.dtypes.astype(str)) == {"source_file": "object", "source_row": "int64", "column": "object",
+                                               "old_value": "float64", "old_text": "object", "new_value": "float64",
+                                               "rule": "object"}
+
+
 def test_recall_factors_are_exact():
     assert clean_money.PER_YEAR["week"] / clean_money.PER_YEAR["month"] == pytest.approx(52 / 12)
     assert clean_money.PER_YEAR["month"] / clean_money.PER_YEAR["two_weeks"] == pytest.approx(12 / 26)

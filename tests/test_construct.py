@@ -142,6 +142,16 @@ def test_format_ids_equals_the_scalar_rule(values):
     assert construct.format_ids(integers).tolist() == [construct._fmt(v) for v in integers]
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint64"])
+def test_integer_ids_are_python_text_whatever_the_integer_type(dtype):
+    """Integer ids go to text through Arrow's cast: str(int) for every integer type, extremes
+    included, as the pandas str dtype on the same index."""
+    info = np.iinfo(dtype)
+    values = pd.Series(np.array([info.min, -1 if info.min < 0 else 0, 0, 7, info.max], dtype=dtype), index=[5, 4, 3, 2, 1])
+    text = construct.format_ids(values)
+    assert text.tolist() == [str(int(v)) for v in values] and text.dtype == "str" and text.index.equals(values.index)
+
+
 def test_blank_stratum_stops_construct_naming_units_and_rows(cfg, interim):
     """Issue 11: a blank stratum became a stratum 'region=nan' that pooled unrelated firms."""
     interim["region"] = interim["region"].astype("float64")

@@ -135,6 +135,28 @@ def test_matches_statsmodels_dummies(data, fes, cluster, weights):
         assert fit.n_clusters == data[cluster].nunique()
 
 
+@pytest.mark.parametrize("vcov", ["CR1", "CR2"])
+@pytest.mark.parametrize("weights", [None, "w"], ids=["ols", "wls"])
+@pytest.mark.parametrize("fes", list(FE_SETS), ids=list(FE_SETS))
+def test_partialled_regressors_give_the_same_fit_bit_for_bit(data, fes, weights, vcov):
+    """``partialled=`` (X absorbed beforehand, as ``fit`` passes the collinearity check's rows):
+    each row is partialled on its own, so every number equals the fit that absorbs X itself,
+    exactly; a partialled X of the wrong shape or with three FEs is refused."""
+    fe = [data[c] for c in FE_SETS[fes]] or None
+    w = None if weights is None else data[weights]
+    kwargs = dict(fe=fe, cluster=data["cluster"], weights=w, vcov=vcov)
+    Xt, _ = absorb.absorb(data[REGS].to_numpy(), fe, w)
+    plain, reused = fe_ols(data["y"], data[REGS], **kwargs), fe_ols(data["y"], data[REGS], partialled=Xt, **kwargs)
+    for name in ("params", "bse", "pvalues", "df_by_param"):
+        pd.testing.assert_series_equal(getattr(reused, name), getattr(plain, name), check_exact=True)
+    pd.testing.assert_frame_equal(reused.cov, plain.cov, check_exact=True)
+    assert (reused.k_absorbed, reused.fe_method) == (plain.k_absorbed, plain.fe_method)
+    with pytest.raises(ValueError, match="partialled"):
+        fe_ols(data["y"], data[REGS], partialled=Xt[:2], **kwargs)
+    with pytest.raises(ValueError, match="partialled"):
+        fe_ols(data["y"], data[REGS], fe=[data["stratum"], data["round"], data["region"]], partialled=Xt)
+
+
 @pytest.mark.parametrize("weights", [None, "w"], ids=["ols", "wls"])
 @pytest.mark.parametrize("fes", ["strata_x_round", "strata_region"])
 def test_alternating_projections_match(data, fes, weights):

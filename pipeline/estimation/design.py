@@ -77,7 +77,14 @@ def drop_collinear_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
     """Greedy, order-respecting selection of linearly independent columns after absorbing the
     fixed effects and the intercept: a column is dropped when the share of its raw (weighted) sum of
     squares left after the FE and the columns kept before it is below COLLINEARITY_TOL
-    (a collinear protected column raises)."""
+    (a collinear protected column raises). Returns (kept names, dropped names)."""
+    kept, dropped, _ = independent_absorbed(X, fe_codes, w, protected)
+    return kept, dropped
+
+
+def independent_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
+    """:func:`drop_collinear_absorbed` plus the kept columns with the fixed effects partialled out,
+    ``(len(kept), n)`` (``absorb``'s rows, for ``ols.fe_ols(partialled=...)``)."""
     names = list(X)
     M = np.column_stack([X[n] for n in names])
     Zd, _ = absorb(M, fe_codes or None, w)
@@ -101,4 +108,4 @@ def drop_collinear_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
             dropped.append(name)
             continue
         kept.append(j)
-    return [names[j] for j in kept], dropped
+    return [names[j] for j in kept], dropped, Zd[kept]

@@ -15,7 +15,7 @@ import pandas as pd
 import scipy.stats
 
 from pipeline.estimation import ols
-from pipeline.estimation.design import absorbed_design, drop_collinear_absorbed, treatment_terms
+from pipeline.estimation.design import absorbed_design, independent_absorbed, treatment_terms
 from pipeline.estimation.sample import Sample, crossed_interactions, prepare
 from pipeline.estimation.spec import FEMALE, MALE, Spec, diff_name, gender_param, tidy_name
 from pipeline.vocabulary import BY_GENDER, SAMPLE_MODELS
@@ -179,7 +179,7 @@ def _fit_absorbed(s: Sample, spec: Spec, pairs, by_gender, sample, model, transf
                   outcome_label) -> AbsorbedResults:
     """:func:`fit` with the fixed effects absorbed by :func:`pipeline.estimation.ols.fe_ols`."""
     X, interest, fe_codes = absorbed_design(s, spec, pairs, by_gender, sample)
-    kept, dropped = drop_collinear_absorbed(X, fe_codes, s.weights, protected=interest)
+    kept, dropped, partialled = independent_absorbed(X, fe_codes, s.weights, protected=interest)
     if dropped:
         log.info("%s: dropped collinear columns %s", spec.outcome, dropped)
     n_clusters = None
@@ -190,7 +190,9 @@ def _fit_absorbed(s: Sample, spec: Spec, pairs, by_gender, sample, model, transf
                              f"{spec.outcome!r}")
     r = ols.fe_ols(s.y, pd.DataFrame({k: X[k] for k in kept}), fe=fe_codes or None,
                        cluster=s.groups if spec.cluster is not None else None,
-                       weights=s.weights, vcov=spec.vcov)
+                       weights=s.weights, vcov=spec.vcov,
+                       # the collinearity check absorbed X already (the same rows): y alone is absorbed
+                       partialled=partialled if len(fe_codes) <= 2 else None)
     res = AbsorbedResults(r)
     _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
                  interest, dropped, n_clusters)

@@ -158,7 +158,8 @@ def _stack(y, X) -> tuple[np.ndarray, list[str]]:
 
 
 def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
-           tol: float = 1e-12, maxiter: int = 10_000, vcov: str = "CR1") -> FEResult:
+           tol: float = 1e-12, maxiter: int = 10_000, vcov: str = "CR1",
+           partialled: np.ndarray | None = None) -> FEResult:
     """OLS (WLS with ``weights``) of ``y`` on ``X`` with the fixed effects ``fe`` absorbed.
 
     Parameters
@@ -177,6 +178,11 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
         sweep relative to its root mean square; sweeps before ``RuntimeError``).
     vcov : ``"CR1"`` (default; HC1 when ``cluster`` is None), ``"CR2"`` or ``"CR3"`` (need
         ``cluster``): see :mod:`pipeline.estimation.variance`.
+    partialled : None, or the columns of ``X`` with ``fe`` and the intercept already partialled
+        out, ``(k, n)``, as :func:`pipeline.estimation.absorb.absorb` gives them with the same
+        ``fe`` and ``weights`` (``design.independent_absorbed``); then only ``y`` is absorbed
+        here. Exact absorption only (at most two FEs, ``method="direct"``): each row is
+        partialled on its own, so the rows are the ones absorbing them here would give.
 
     Raises ``ValueError`` for missing values, mismatched lengths, non-positive weights, a
     regressor collinear with the fixed effects or the other regressors, fewer than two clusters,
@@ -196,7 +202,14 @@ def fe_ols(y, X, fe=None, cluster=None, weights=None, *, method: str = "direct",
     groups, n_clusters = _cluster_codes(cluster, n)
 
     raw_ss = _raw_sums_of_squares(Z, w)
-    absorbed = absorb_in_place(Z, fes, w, method=method, tol=tol, maxiter=maxiter)
+    if partialled is None:
+        absorbed = absorb_in_place(Z, fes, w, method=method, tol=tol, maxiter=maxiter)
+    else:
+        if len(fes) > 2 or method != "direct" or partialled.shape != (k, n):
+            raise ValueError(f"partialled: {k} x {n} rows of an exact absorption (at most two fixed "
+                             f"effects, method='direct') expected, got shape {partialled.shape}")
+        absorbed = absorb_in_place(Z[:1], fes, w, method=method, tol=tol, maxiter=maxiter)
+        Z[1:] = partialled
     K = k + absorbed.k_absorbed
     _check_residual_df(n, k, absorbed.k_absorbed)
 
