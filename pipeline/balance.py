@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import linalg
 
-from pipeline.balance_ri import RowLayout, covariate_f_batch, joint_f_batch, permutation_f_stats
+from pipeline.balance_ri import ClusterLayout, chunk_size, covariate_f_batch, joint_f_batch, permutation_f_stats
 from pipeline.inference import (RANK_TOL, STREAM_PERMUTATION, arm_order, cluster_level, cluster_wald,
                                 demean_within, first_appearance_codes, slug)
 
@@ -165,11 +165,13 @@ def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_co
     row = {"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
            "f_p_value": obs["p_value"]}
     if np.isfinite(obs["f_stat"]) and len(perms):
-        g_ok, layout = groups[ok], RowLayout.of(s_ok, groups[ok])
+        g_ok = groups[ok]
+        layout = ClusterLayout.of(s_ok, g_ok)
         f_perms = permutation_f_stats(
             perms, ccode[ok], obs["f_stat"],
-            batch=lambda codes: covariate_f_batch(x_dm, codes, n_arms, layout, n_s),
-            scalar=lambda codes: _per_covariate_stat(x_dm, codes, n_arms, s_ok, g_ok, n_s, pvalue=False)["f_stat"])
+            batch=lambda chunk: covariate_f_batch(x_dm, chunk, n_arms, layout, n_s),
+            scalar=lambda codes: _per_covariate_stat(x_dm, codes, n_arms, s_ok, g_ok, n_s, pvalue=False)["f_stat"],
+            chunk=chunk_size(len(layout.clusters), n_arms))
         row["ri_p_value"] = (1 + _exceedances(obs["f_stat"], f_perms)) / (1 + len(perms))
     else:
         row["ri_p_value"] = np.nan
@@ -206,11 +208,12 @@ def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarra
     notes += [obs["note"]] if "note" in obs else []
     exceed = 0
     if np.isfinite(obs["f_stat"]):
-        layout = RowLayout.of(strata_codes, groups)
+        layout = ClusterLayout.of(strata_codes, groups)
         exceed = _exceedances(obs["f_stat"], permutation_f_stats(
             perms, ccode, obs["f_stat"],
-            batch=lambda codes: joint_f_batch(Zk, codes, code, layout),
-            scalar=lambda codes: _joint_stat(Zk, codes, code, strata_codes, groups, pvalue=False)["f_stat"]))
+            batch=lambda chunk: joint_f_batch(Zk, chunk, code, layout),
+            scalar=lambda codes: _joint_stat(Zk, codes, code, strata_codes, groups, pvalue=False)["f_stat"],
+            chunk=chunk_size(len(layout.clusters), Zk.shape[1])))
     return {
         "n_obs": obs["n_obs"], "n_clusters": obs["n_clusters"], "n_regressors": len(znames),
         "f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],

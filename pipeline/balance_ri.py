@@ -26,8 +26,8 @@ import numpy as np
 
 from pipeline.inference import RANK_TOL
 
-# Permutations per chunk: the joint test holds a few P x n x k float arrays (n rows, k regressors).
-CHUNK = 200
+# Memory budget of one chunk of permutations (P x clusters x regressors arrays, a few of them).
+CHUNK_BYTES = 100e6
 # ``cluster_wald``'s default column-dropping tolerance (its ``tol``).
 DROP_TOL = 1e-10
 # A decision of ``cluster_wald`` (column dropped, rank refused) closer than this factor to its
@@ -40,56 +40,62 @@ NEAR_OBSERVED = 1e-8
 
 
 @dataclass(frozen=True)
-class RowLayout:
-    """The rows sorted by stratum then cluster (clusters nested in strata), with the starts of the
-    stratum and cluster segments in that order (``np.add.reduceat`` indices)."""
+class ClusterLayout:
+    """The clusters of a test's rows sorted by stratum (clusters nested in strata), as the batched
+    statistics use them: arms are constant within a cluster, so each permutation's regression
+    is a function of per-cluster sums (sizes, means, within-cluster scatter)."""
 
-    order: np.ndarray
-    strata_starts: np.ndarray
-    strata_sizes: np.ndarray
-    cluster_starts: np.ndarray
+    clusters: np.ndarray        # the cluster codes present, sorted by stratum then first appearance
+    row_position: np.ndarray    # each row's position in ``clusters``
+    sizes: np.ndarray           # rows per cluster
+    strata_starts: np.ndarray   # ``np.add.reduceat`` starts of the strata in ``clusters``
+    strata_sizes: np.ndarray    # clusters per stratum
 
     @classmethod
-    def of(cls, strata: np.ndarray, groups: np.ndarray) -> RowLayout:
-        order = np.lexsort((groups, strata))
-        s, g = strata[order], groups[order]
-        new_stratum = np.r_[True, s[1:] != s[:-1]]
-        new_cluster = new_stratum | np.r_[True, g[1:] != g[:-1]]
-        cluster_starts = np.flatnonzero(new_cluster)
-        if len(cluster_starts) != np.unique(groups).size:
+    def of(cls, strata: np.ndarray, groups: np.ndarray) -> ClusterLayout:
+        clusters, first, position = np.unique(groups, return_index=True, return_inverse=True)
+        cluster_stratum = strata[first]
+        if (cluster_stratum[position] != strata).any():
             raise ValueError("balance randomisation inference: a cluster spans several strata")
-        strata_starts = np.flatnonzero(new_stratum)
-        return cls(order, strata_starts, np.diff(np.r_[strata_starts, len(s)]), cluster_starts)
+        order = np.lexsort((first, cluster_stratum))
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        s = cluster_stratum[order]
+        starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        return cls(clusters[order], rank[position], np.bincount(rank[position]).astype(float), starts,
+                   np.diff(np.r_[starts, len(s)]))
+
+    def cluster_means(self, values: np.ndarray) -> np.ndarray:
+        """C x k cluster means of ``values`` (n x k)."""
+        sums = np.stack([np.bincount(self.row_position, weights=v, minlength=len(self.clusters))
+                         for v in values.T], axis=1)
+        return sums / self.sizes[:, None]
+
+    def strata_to_clusters(self, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """P x C (x k): each cluster's stratum mean of ``values`` (P x C (x k)) weighted by
+        ``weights`` (P x C; a stratum without weight gets 0)."""
+        w = weights.reshape(weights.shape + (1,) * (values.ndim - 2))
+        sums = np.add.reduceat(values * w, self.strata_starts, axis=1)
+        total = np.add.reduceat(w, self.strata_starts, axis=1)
+        return np.repeat(sums / np.maximum(total, 1), self.strata_sizes, axis=1)
 
 
-def _strata_means(values: np.ndarray, layout: RowLayout, counts: np.ndarray) -> np.ndarray:
-    """P x n (x k) stratum means of ``values`` (P x n (x k), rows in layout order) divided by
-    ``counts`` (P x H, or H) and repeated over each stratum's rows."""
-    sums = np.add.reduceat(values, layout.strata_starts, axis=1)
-    c = counts if counts.ndim == 2 else np.broadcast_to(counts, sums.shape[:2])
-    means = sums / np.maximum(c, 1).reshape(c.shape + (1,) * (sums.ndim - 2))
-    return np.repeat(means, layout.strata_sizes, axis=1)
-
-
-def _batched_wald(y: np.ndarray, X: np.ndarray, layout: RowLayout, n_obs: np.ndarray, k_extra: np.ndarray,
-                  n_clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(F, exact) of P regressions y_p ~ X_p (P x n, P x n x k; rows in layout order, rows outside
-    a regression zero), CR1 Wald test of all k coefficients as ``cluster_wald``; ``exact`` False
-    where the scalar path must decide (module docstring)."""
-    P, _, k = X.shape
-    norms = np.sqrt((X ** 2).sum(axis=1))                                   # P x k
+def _batched_wald(gram: np.ndarray, xy: np.ndarray, scores: Callable[[np.ndarray], np.ndarray],
+                  n_obs: np.ndarray, k_extra: np.ndarray, n_clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(F, exact) of P regressions, CR1 Wald test of all k coefficients as ``cluster_wald``, from
+    X'X (P x k x k), X'y (P x k) and ``scores``: coefficients (P x k) -> cluster sums of the
+    scores x_i u_i (P x G x k); ``exact`` False where the scalar path must decide (module docstring)."""
+    k = gram.shape[1]
+    norms = np.sqrt(np.clip(np.diagonal(gram, axis1=1, axis2=2), 0.0, None))        # P x k
     floor = DROP_TOL * np.maximum(norms.max(axis=1), 1e-300)[:, None]
-    exact = (norms > GUARD * floor).all(axis=1)
-    exact &= (n_clusters >= 2) & (n_obs > k + k_extra)
-    X = X / np.where(norms > 0, norms, 1.0)[:, None, :]
-    Xt = X.transpose(0, 2, 1)
-    gram = Xt @ X
+    exact = (norms > GUARD * floor).all(axis=1) & (n_clusters >= 2) & (n_obs > k + k_extra)
+    norms = np.where(norms > 0, norms, 1.0)
+    gram = gram / (norms[:, :, None] * norms[:, None, :])       # unit-norm columns, as cluster_wald
     ev = np.linalg.eigvalsh(gram)
     exact &= ev[:, 0] > MIN_CONDITION * ev[:, -1]
     bread = np.linalg.pinv(gram)
-    beta = (bread @ (Xt @ y[:, :, None]))[:, :, 0]
-    u = y - (X @ beta[:, :, None])[:, :, 0]
-    S = np.add.reduceat(X * u[:, :, None], layout.cluster_starts, axis=1)     # P x G x k
+    beta = (bread @ (xy / norms)[:, :, None])[:, :, 0]
+    S = scores(beta / norms) / norms[:, None, :]
     G = n_clusters.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
         corr = G / (G - 1.0) * (n_obs - 1.0) / (n_obs - (k + k_extra))
@@ -106,47 +112,73 @@ def _batched_wald(y: np.ndarray, X: np.ndarray, layout: RowLayout, n_obs: np.nda
     return np.where(exact, f, np.nan), exact
 
 
-def covariate_f_batch(x_demeaned: np.ndarray, arm_codes: np.ndarray, n_arms: int, layout: RowLayout,
+def covariate_f_batch(x_demeaned: np.ndarray, cluster_arms: np.ndarray, n_arms: int, layout: ClusterLayout,
                       n_strata: int) -> tuple[np.ndarray, np.ndarray]:
-    """(F, exact) of ``balance._per_covariate_stat`` for each row of ``arm_codes`` (P x n, rows
-    in data order): x (strata-demeaned) ~ strata-demeaned dummies of arms 1..n_arms-1, CR1."""
-    P, n = arm_codes.shape
-    codes = arm_codes[:, layout.order]
+    """(F, exact) of ``balance._per_covariate_stat`` for each row of ``cluster_arms`` (P x all
+    clusters' arm codes): x (strata-demeaned) ~ strata-demeaned dummies of arms 1..n_arms-1, CR1.
+    The regressors are constant within a cluster: X'X, X'y and the score sums need only the
+    clusters' sizes and sums of x."""
+    codes = cluster_arms[:, layout.clusters]                                  # P x C
+    P = len(codes)
     D = (codes[:, :, None] == np.arange(1, n_arms)).astype(float)
-    X = D - _strata_means(D, layout, layout.strata_sizes)
-    y = np.broadcast_to(x_demeaned[layout.order], (P, n))
-    return _batched_wald(y, X, layout, np.full(P, n), np.full(P, n_strata),
-                         np.full(P, len(layout.cluster_starts)))
+    n_c = np.broadcast_to(layout.sizes, codes.shape)
+    e = D - layout.strata_to_clusters(D, n_c)                                 # X's value in each cluster
+    x_sums = layout.cluster_means(x_demeaned[:, None])[:, 0] * layout.sizes
+    gram = (e * n_c[:, :, None]).transpose(0, 2, 1) @ e
+    xy = (e.transpose(0, 2, 1) @ x_sums[:, None])[:, :, 0]
+
+    def scores(beta):
+        return e * (x_sums - layout.sizes * (e @ beta[:, :, None])[:, :, 0])[:, :, None]
+
+    n = layout.sizes.sum()
+    return _batched_wald(gram, xy, scores, np.full(P, n), np.full(P, n_strata), np.full(P, len(layout.clusters)))
 
 
-def joint_f_batch(Z: np.ndarray, arm_codes: np.ndarray, arm: int, layout: RowLayout) -> tuple[np.ndarray, np.ndarray]:
-    """(F, exact) of ``balance._joint_stat`` for each row of ``arm_codes`` (P x n, rows in data
-    order): 1{arm} ~ Z on the rows of ``arm`` or control (code 0), both demeaned within strata over
-    those rows, CR1 with the strata and clusters present in them."""
-    codes = arm_codes[:, layout.order]
+def joint_f_batch(Z: np.ndarray, cluster_arms: np.ndarray, arm: int, layout: ClusterLayout) -> tuple[np.ndarray, np.ndarray]:
+    """(F, exact) of ``balance._joint_stat`` for each row of ``cluster_arms`` (P x all clusters'
+    arm codes): 1{arm} ~ Z on the rows of ``arm`` or control (code 0), both demeaned within strata
+    over those rows, CR1 with the strata and clusters present in them. 1{arm} is constant within a
+    cluster: X'X, X'y and the score sums need the clusters' sizes, means of Z and within-cluster
+    scatter of Z (``layout`` over every row of Z)."""
+    codes = cluster_arms[:, layout.clusters]
     d = (codes == arm).astype(float)
     mask = d + (codes == 0)
-    counts = np.add.reduceat(mask, layout.strata_starts, axis=1)            # P x H
-    y = mask * (d - _strata_means(d, layout, counts))
-    Zm = mask[:, :, None] * Z[layout.order][None, :, :]
-    X = mask[:, :, None] * (Zm - _strata_means(Zm, layout, counts))
-    in_cluster = np.add.reduceat(mask, layout.cluster_starts, axis=1)
-    return _batched_wald(y, X, layout, mask.sum(axis=1), (counts > 0).sum(axis=1), (in_cluster > 0).sum(axis=1))
+    w = mask * layout.sizes                                                   # rows in the regression
+    zbar = layout.cluster_means(Z)                                            # C x m
+    dev = Z - zbar[layout.row_position]
+    C, m = zbar.shape
+    within = np.zeros((C, m, m))
+    np.add.at(within, layout.row_position, dev[:, :, None] * dev[:, None, :])
+    e = zbar[None] - layout.strata_to_clusters(np.broadcast_to(zbar, (len(codes), C, m)), w)
+    y = d - layout.strata_to_clusters(d, w)                                   # 1{arm} demeaned, per cluster
+    gram = (mask @ within.reshape(C, m * m)).reshape(-1, m, m) + (e * w[:, :, None]).transpose(0, 2, 1) @ e
+    xy = (e.transpose(0, 2, 1) @ (w * y)[:, :, None])[:, :, 0]
+
+    def scores(beta):
+        fitted = np.einsum("cjk,pk->pcj", within, beta) + e * (w * (e @ beta[:, :, None])[:, :, 0])[:, :, None]
+        return mask[:, :, None] * (e * (w * y)[:, :, None] - fitted)
+
+    strata_rows = np.add.reduceat(w, layout.strata_starts, axis=1)
+    return _batched_wald(gram, xy, scores, w.sum(axis=1), (strata_rows > 0).sum(axis=1), (w > 0).sum(axis=1))
+
+
+def chunk_size(n_clusters: int, k: int) -> int:
+    """Permutations per chunk: about ten P x clusters x k float arrays within ``CHUNK_BYTES``."""
+    return int(max(1, CHUNK_BYTES // (80 * max(n_clusters, 1) * max(k, 1))))
 
 
 def permutation_f_stats(perms: np.ndarray, row_cluster: np.ndarray, f_observed: float,
                         batch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                        scalar: Callable[[np.ndarray], float], chunk: int = CHUNK) -> np.ndarray:
-    """Every permutation's F of one test: ``perms`` (P x clusters) arm codes of the clusters,
-    ``row_cluster`` the cluster of each row; ``batch`` maps a chunk's P x n arm codes of the rows
-    to (F, exact), ``scalar`` one permutation's arm codes to its F (the reference path, used
-    where ``batch`` is not exact or F is within ``NEAR_OBSERVED`` of ``f_observed``)."""
+                        scalar: Callable[[np.ndarray], float], chunk: int) -> np.ndarray:
+    """Every permutation's F of one test. ``perms``: P x clusters arm codes; ``batch`` maps a
+    chunk of them to (F, exact); ``scalar`` maps one permutation's arm codes of the test's rows
+    (``perm[row_cluster]``) to its F (the reference path, used where ``batch`` is not exact or F
+    is within ``NEAR_OBSERVED`` of ``f_observed``)."""
     out = np.empty(len(perms))
     for start in range(0, len(perms), chunk):
-        codes = perms[start:start + chunk][:, row_cluster]
-        f, exact = batch(codes)
+        f, exact = batch(perms[start:start + chunk])
         redo = ~exact | (np.abs(f - f_observed) <= NEAR_OBSERVED * abs(f_observed))
         for i in np.flatnonzero(redo):
-            f[i] = scalar(codes[i])
-        out[start:start + len(codes)] = f
+            f[i] = scalar(perms[start + i][row_cluster])
+        out[start:start + len(f)] = f
     return out
