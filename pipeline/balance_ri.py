@@ -1,12 +1,14 @@
 """Randomisation inference of the balance F-tests (:mod:`pipeline.balance`) for a chunk of
 permutations at once.
 
-:func:`permutation_f_stats` returns every permutation's F of one test. Each chunk of ``CHUNK``
-permutations is computed with stacked numpy (:func:`covariate_f_batch`, :func:`joint_f_batch`:
-P x n x k arrays, strata and cluster sums by ``np.add.reduceat`` over the rows sorted by stratum
-then cluster, batched ``pinv`` / ``eigh``), step for step what :func:`pipeline.inference.cluster_wald`
-does: unit-norm columns, ``pinv`` bread, CR1 factor G/(G-1) (N-1)/(N-K), the test on the
-correlation scale. What the batched code does not mirror is recomputed by the scalar path
+:func:`permutation_f_stats` returns every permutation's F of one test. A chunk of permutations
+(``CHUNK_BYTES``) is computed with stacked numpy (:func:`covariate_f_batch`, :func:`joint_f_batch`).
+The arms are assigned by cluster, so each permutation's X'X, X'y and cluster sums of the scores
+follow from per-cluster sums (sizes, means, within-cluster scatter; P x clusters x k arrays,
+strata sums by ``np.add.reduceat`` over the clusters sorted by stratum). From there the steps are
+those of :func:`pipeline.inference.cluster_wald`: unit-norm columns, batched ``pinv`` bread, CR1
+factor G/(G-1) (N-1)/(N-K) with the strata and clusters present, the test on the correlation
+scale (batched ``eigh``). What the batched code does not mirror is recomputed by the scalar path
 (``cluster_wald`` itself), so the statistics are today's by construction:
 
 * a permutation in which ``cluster_wald`` would drop a column, refuse the test, return no test
@@ -98,9 +100,12 @@ def _batched_wald(gram: np.ndarray, xy: np.ndarray, scores: Callable[[np.ndarray
     S = scores(beta / norms) / norms[:, None, :]
     G = n_clusters.astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        corr = G / (G - 1.0) * (n_obs - 1.0) / (n_obs - (k + k_extra))
+        corr = np.where(exact, G / (G - 1.0) * (n_obs - 1.0) / (n_obs - (k + k_extra)), 1.0)
     V = bread @ (S.transpose(0, 2, 1) @ S) @ bread * corr[:, None, None]
     V = (V + V.transpose(0, 2, 1)) / 2.0
+    finite = np.isfinite(V).all(axis=(1, 2))
+    exact &= finite
+    V[~finite] = np.eye(k)                    # (left to the scalar path; keeps eigh defined)
     sd = np.sqrt(np.clip(np.diagonal(V, axis1=1, axis2=2), 0.0, None))
     exact &= (sd > 0).all(axis=1)
     sd = np.where(sd > 0, sd, 1.0)
@@ -155,7 +160,7 @@ def joint_f_batch(Z: np.ndarray, cluster_arms: np.ndarray, arm: int, layout: Clu
     xy = (e.transpose(0, 2, 1) @ (w * y)[:, :, None])[:, :, 0]
 
     def scores(beta):
-        fitted = np.einsum("cjk,pk->pcj", within, beta) + e * (w * (e @ beta[:, :, None])[:, :, 0])[:, :, None]
+        fitted = (within @ beta.T).transpose(2, 0, 1) + e * (w * (e @ beta[:, :, None])[:, :, 0])[:, :, None]
         return mask[:, :, None] * (e * (w * y)[:, :, None] - fitted)
 
     strata_rows = np.add.reduceat(w, layout.strata_starts, axis=1)
