@@ -15,7 +15,8 @@ scale (batched ``eigh``). What the batched code does not mirror is recomputed by
   (G < 2, N <= K) or come near one of those decisions (within ``GUARD`` of its tolerance);
 * an ill-conditioned X'X (``pinv`` may then cut a different singular value);
 * an F within ``NEAR_OBSERVED`` (relative) of the observed one, so that the count of F* >= F
-  (a tie when a permutation reproduces the observed design) is decided on the scalar value.
+  (a tie when a permutation reproduces the observed design) is decided on the scalar value;
+* an F below ``SMALL_F`` (its relative rounding error is no longer small).
 
 The batched F agree with the scalar ones to rounding (~1e-13 relative, ``tests/test_balance_ri.py``).
 """
@@ -39,6 +40,10 @@ GUARD = 1e3
 MIN_CONDITION = 1e-9
 # Batched F this close (relative) to the observed F are recomputed by the scalar path.
 NEAR_OBSERVED = 1e-8
+# Batched F below this are recomputed by the scalar path: the relative rounding error of F grows
+# as 1/sqrt(F) (an F of ~1e-30 is rounding noise around a zero difference, which the scalar path
+# and the batch do not round alike).
+SMALL_F = 1e-6
 
 
 @dataclass(frozen=True)
@@ -177,12 +182,12 @@ def permutation_f_stats(perms: np.ndarray, row_cluster: np.ndarray, f_observed: 
                         scalar: Callable[[np.ndarray], float], chunk: int) -> np.ndarray:
     """Every permutation's F of one test. ``perms``: P x clusters arm codes; ``batch`` maps a
     chunk of them to (F, exact); ``scalar`` maps one permutation's arm codes of the test's rows
-    (``perm[row_cluster]``) to its F (the reference path, used where ``batch`` is not exact or F
-    is within ``NEAR_OBSERVED`` of ``f_observed``)."""
+    (``perm[row_cluster]``) to its F (the reference path, used where ``batch`` is not exact, F is
+    within ``NEAR_OBSERVED`` of ``f_observed`` or below ``SMALL_F``)."""
     out = np.empty(len(perms))
     for start in range(0, len(perms), chunk):
         f, exact = batch(perms[start:start + chunk])
-        redo = ~exact | (np.abs(f - f_observed) <= NEAR_OBSERVED * abs(f_observed))
+        redo = ~exact | (np.abs(f - f_observed) <= NEAR_OBSERVED * abs(f_observed)) | (f < SMALL_F)
         for i in np.flatnonzero(redo):
             f[i] = scalar(perms[start + i][row_cluster])
         out[start:start + len(f)] = f

@@ -15,6 +15,8 @@ from pipeline import balance, balance_ri
 from pipeline.inference import demean_within, first_appearance_codes
 
 LABELS = {0: "Control", 1: "Training only", 2: "Grant only", 3: "Training + grant"}
+# An observed F that no permutation's F comes near (no recomputation for being close to it).
+F_FAR = 1e300
 
 
 def unequal_design(seed=0, clusters_per_stratum=(4, 8, 12), n_arms=4):
@@ -95,18 +97,23 @@ def test_a_column_dropped_by_cluster_wald_in_some_permutations_goes_to_the_scala
     Z = np.column_stack([Z, (row_cluster == 5).astype(float)])
     layout = balance_ri.ClusterLayout.of(strata, row_cluster)
 
+    calls = []
+
     def scalar(codes):
+        calls.append(1)
         return balance._joint_stat(Z, codes, 1, strata, row_cluster, pvalue=False)["f_stat"]
 
-    ref = np.array([scalar(p[row_cluster]) for p in perms])
+    ref = np.array([balance._joint_stat(Z, p[row_cluster], 1, strata, row_cluster, pvalue=False)["f_stat"]
+                    for p in perms])
     _, exact = balance_ri.joint_f_batch(Z, perms, 1, layout)
     in_comparison = np.isin(perms[:, 5], (0, 1))
     np.testing.assert_array_equal(exact, in_comparison)   # dropped exactly where cluster 5 is out
     assert 0 < in_comparison.sum() < len(perms)
-    got = balance_ri.permutation_f_stats(perms, row_cluster, np.inf, lambda c: balance_ri.joint_f_batch(Z, c, 1, layout),
+    got = balance_ri.permutation_f_stats(perms, row_cluster, F_FAR, lambda c: balance_ri.joint_f_batch(Z, c, 1, layout),
                                          scalar, chunk=7)
     np.testing.assert_array_equal(got[~exact], ref[~exact])
     assert _rel(got, ref).max() < 1e-10
+    assert len(calls) == (~exact).sum()                  # the others are the batch's
 
 
 def test_a_column_cluster_wald_drops_for_its_tiny_norm_goes_to_the_scalar_path():
@@ -124,6 +131,26 @@ def test_a_column_cluster_wald_drops_for_its_tiny_norm_goes_to_the_scalar_path()
     ref_two = np.array([balance._joint_stat(Z[:, :2], p[row_cluster], 1, strata, row_cluster, pvalue=False)["f_stat"]
                         for p in perms])
     assert _rel(ref, ref_two).max() < 1e-12              # the scalar path tests age and profit only
+
+
+def test_nearly_collinear_regressors_go_to_the_scalar_path():
+    """Two regressors equal up to 1e-7 noise: X'X has a condition number ~1e13, where rounding
+    differences are amplified (and pinv may cut a different singular value): scalar F."""
+    df = unequal_design(seed=8)
+    cluster_arm, row_cluster, strata, perms = _codes(df)
+    noise = np.random.default_rng(2).normal(size=len(df))
+    Z = np.column_stack([df["age"], df["profit"], df["age"] + 1e-7 * noise])
+    layout = balance_ri.ClusterLayout.of(strata, row_cluster)
+    f, exact = balance_ri.joint_f_batch(Z, perms, 2, layout)
+    assert not exact.any()
+
+    def scalar(codes):
+        return balance._joint_stat(Z, codes, 2, strata, row_cluster, pvalue=False)["f_stat"]
+
+    ref = np.array([scalar(p[row_cluster]) for p in perms])
+    got = balance_ri.permutation_f_stats(perms, row_cluster, F_FAR, lambda c: balance_ri.joint_f_batch(Z, c, 2, layout),
+                                         scalar, chunk=50)
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_degenerate_permutations_refused_or_without_a_column_go_to_the_scalar_path():
@@ -147,7 +174,7 @@ def test_degenerate_permutations_refused_or_without_a_column_go_to_the_scalar_pa
     ref = np.array([scalar(p[g_ok]) for p in perms])
     f, exact = balance_ri.covariate_f_batch(x_dm, perms, 4, layout, n_s)
     assert (~exact).any()
-    got = balance_ri.permutation_f_stats(perms, g_ok, np.inf, lambda c: balance_ri.covariate_f_batch(
+    got = balance_ri.permutation_f_stats(perms, g_ok, F_FAR, lambda c: balance_ri.covariate_f_batch(
         x_dm, c, 4, layout, n_s), scalar, chunk=30)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
     fin = np.isfinite(ref)
@@ -176,6 +203,30 @@ def test_a_permutation_reproducing_the_observed_design_gets_the_observed_f_exact
     got = balance_ri.permutation_f_stats(perms, row_cluster, f_obs, lambda c: balance_ri.joint_f_batch(Z, c, 3, layout),
                                          scalar, chunk=8)
     assert got[10] == f_obs
+
+
+def test_an_f_of_rounding_noise_is_the_scalar_one():
+    """A two-valued covariate of whole clusters, 3 of 6 per stratum: a permutation giving both arms the
+    same share in every stratum has F = 0 up to rounding (~1e-32), rounded differently in the batch;
+    such F (below SMALL_F) are the scalar ones, so they compare with the observed F as before."""
+    rows = [{"stratum": f"S{s}", "cluster_id": f"C{s}{c}", "arm": ["Control", "Training only"][c % 2],
+             "treat_skills": c % 2, "treat_capital": 0, "x": 0.3 + 1.7 * (c < 3), "firm": f}
+            for s in range(2) for c in range(6) for f in range(3)]
+    df = pd.DataFrame(rows)
+    cluster_arm, row_cluster, strata, perms = _codes(df)
+    x_dm = demean_within(df["x"].to_numpy(), strata)
+    layout = balance_ri.ClusterLayout.of(strata, row_cluster)
+
+    def scalar(codes):
+        return balance._per_covariate_stat(x_dm, codes, 2, strata, row_cluster, 2, pvalue=False)["f_stat"]
+
+    ref = np.array([scalar(p[row_cluster]) for p in perms])
+    got = balance_ri.permutation_f_stats(perms, row_cluster, F_FAR, lambda c: balance_ri.covariate_f_batch(
+        x_dm, c, 2, layout, 2), scalar, chunk=80)
+    tiny = ref < 1e-20
+    assert tiny.any() and (~tiny).any()
+    np.testing.assert_array_equal(got[tiny], ref[tiny])
+    assert _rel(got[~tiny], ref[~tiny]).max() < 1e-10
 
 
 def _scalar_permutation_f_stats(perms, row_cluster, f_observed, batch, scalar, chunk):
