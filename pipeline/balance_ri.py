@@ -159,14 +159,16 @@ def joint_f_batch(Z: np.ndarray, cluster_arms: np.ndarray, arm: int, layout: Clu
     C, m = zbar.shape
     within = np.zeros((C, m, m))
     np.add.at(within, layout.row_position, dev[:, :, None] * dev[:, None, :])
+    within_by_row = within.transpose(1, 0, 2).reshape(m, C * m)
     e = zbar[None] - layout.strata_to_clusters(np.broadcast_to(zbar, (len(codes), C, m)), w)
     y = d - layout.strata_to_clusters(d, w)                                   # 1{arm} demeaned, per cluster
     gram = (mask @ within.reshape(C, m * m)).reshape(-1, m, m) + (e * w[:, :, None]).transpose(0, 2, 1) @ e
     xy = (e.transpose(0, 2, 1) @ (w * y)[:, :, None])[:, :, 0]
 
     def scores(beta):
-        fitted = (within @ beta.T).transpose(2, 0, 1) + e * (w * (e @ beta[:, :, None])[:, :, 0])[:, :, None]
-        return mask[:, :, None] * (e * (w * y)[:, :, None] - fitted)
+        # sum over a cluster's rows of x_i u_i = n_c e_c (y_c - e_c'b) - W_c b (W_c: scatter of Z)
+        within_beta = (beta @ within_by_row).reshape(-1, C, m)               # W_c symmetric: b'W_c
+        return e * (w * (y - (e @ beta[:, :, None])[:, :, 0]))[:, :, None] - mask[:, :, None] * within_beta
 
     strata_rows = np.add.reduceat(w, layout.strata_starts, axis=1)
     return _batched_wald(gram, xy, scores, w.sum(axis=1), (strata_rows > 0).sum(axis=1), (w > 0).sum(axis=1))
