@@ -160,6 +160,7 @@ def joint_f_batch(Z: np.ndarray, cluster_arms: np.ndarray, arm: int, layout: Clu
     within = np.zeros((C, m, m))
     np.add.at(within, layout.row_position, dev[:, :, None] * dev[:, None, :])
     within_by_row = within.transpose(1, 0, 2).reshape(m, C * m)
+    has_within = bool(within.any())
     e = zbar[None] - layout.strata_to_clusters(np.broadcast_to(zbar, (len(codes), C, m)), w)
     y = d - layout.strata_to_clusters(d, w)                                   # 1{arm} demeaned, per cluster
     gram = (mask @ within.reshape(C, m * m)).reshape(-1, m, m) + (e * w[:, :, None]).transpose(0, 2, 1) @ e
@@ -167,8 +168,11 @@ def joint_f_batch(Z: np.ndarray, cluster_arms: np.ndarray, arm: int, layout: Clu
 
     def scores(beta):
         # sum over a cluster's rows of x_i u_i = n_c e_c (y_c - e_c'b) - W_c b (W_c: scatter of Z)
+        between = e * (w * (y - np.einsum("pck,pk->pc", e, beta)))[:, :, None]
+        if not has_within:                      # clusters of one row (or of identical Z rows)
+            return between
         within_beta = (beta @ within_by_row).reshape(-1, C, m)               # W_c symmetric: b'W_c
-        return e * (w * (y - (e @ beta[:, :, None])[:, :, 0]))[:, :, None] - mask[:, :, None] * within_beta
+        return between - mask[:, :, None] * within_beta
 
     strata_rows = np.add.reduceat(w, layout.strata_starts, axis=1)
     return _batched_wald(gram, xy, scores, w.sum(axis=1), (strata_rows > 0).sum(axis=1), (w > 0).sum(axis=1))
