@@ -19,7 +19,7 @@ import types
 import typing
 from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, PositiveInt, StringConstraints,
                       ValidationError, create_model)
 
 
@@ -244,7 +244,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "seed": int,
     "bootstrap_reps": int,
     "permutations": int,
-    "n_jobs": int,
+    "n_jobs": PositiveInt,        # worker processes of the resampling loops (QTE bootstrap, balance RI)
     "qte_quantiles": list[Number],
     "qte_fixed_effects": Columns,
     "balance_covariates": Columns,

@@ -44,10 +44,13 @@ _DATE_DIGITS_RE = re.compile(r"(?:19|20)\d\d(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[
 # Mama, Mzee, Sra, Mme ...) or a cue that a person follows (spoke/talked to or with, met, interviewed,
 # named, wife/son/daughter of ...). A bare pair of capitalised words is not enough: on the real
 # studies' labels it flags 92 of 521 ("Composite Profits", "Business Services").
+_TITLES = "mr mrs ms mx dr sir madam mama baba mzee bibi sra srta mme mlle".split()
+_CUE_VERBS = "spoke spoken speaking talked talking met meeting interviewed named".split()
+_RELATIONS = "wife husband son daughter mother father widow".split()
 NAME_CUE_RE = re.compile(
-    r"(?i:\b(?:mr|mrs|ms|mx|dr|sir|madam|mama|baba|mzee|bibi|sra|srta|mme|mlle)\.?"
-    r"|\b(?:spoke|spoken|speaking|talked|talking|met|meeting|interviewed|named|name\s+is|"
-    r"(?:wife|husband|son|daughter|mother|father|widow)\s+of)(?:\s+(?:to|with))?)"
+    rf"(?i:\b(?:{'|'.join(_TITLES)})\.?"
+    rf"|\b(?:{'|'.join(_CUE_VERBS)}|name\s+is|"
+    rf"(?:{'|'.join(_RELATIONS)})\s+of)(?:\s+(?:to|with))?)"
     r"\s+([A-Z][\w'’-]*[a-z])\b")
 _NOT_NAMES = {w.casefold() for w in (
     "The This That These Those He She They We You It Him Her Them His Their Our My Your Me Us "
@@ -144,3 +147,39 @@ def has_id_number_text(s: str) -> bool:
 
 def has_letters(s: str) -> bool:
     return any(ch.isalpha() for ch in s)
+
+
+# ------------------------------------------------------------------------------------------------
+# Necessary conditions (RE2, run by pyarrow.compute on a column's distinct values at once)
+# ------------------------------------------------------------------------------------------------
+# A value that fails a rule's condition cannot break the rule, so the Python rule above runs only on
+# the values that pass (few, in real columns). The conditions hold for ASCII text, where Python's \d,
+# \w, \s, str.isdigit and str.isalpha are exactly [0-9], [A-Za-z0-9_], [\t-\r\x1c-\x1f ], [0-9] and
+# [A-Za-z] (RE2's \d, \w, \s differ on Unicode text and \s lacks \x0b, \x1c-\x1f, hence the explicit
+# classes); non-ASCII values always run the Python rules.
+#
+# _DATE_RE without its back-references: each match is 10 characters long, so RE2 and Python, both
+# replacing the leftmost match and resuming after it, remove the same spans: the same dateless text.
+DATE_RE2 = (r"(?:19|20)[0-9]{2}(?:-[0-9]{2}-|\.[0-9]{2}\.|/[0-9]{2}/)[0-9]{2}"
+            r"|[0-9]{2}(?:-[0-9]{2}-|\.[0-9]{2}\.|/[0-9]{2}/)(?:19|20)[0-9]{2}")
+_SPACE = r"[\t-\r\x1c-\x1f ]"   # Python's \s on ASCII
+NEEDS = {
+    # EMAIL_RE has a literal "@"
+    "email": ("text", "@"),
+    # has_phone_text: a PHONE_RE match in the dateless text with >= 9 digits (phone_digits_ok): at the
+    # start or after a character other than [\w:/.-] (its look-behind), "+", "(" or "+(" then the
+    # first digit; in a match, consecutive digits are adjacent or apart by "[ -]" (between groups) or
+    # ")[ -]?" (after the area code), so it holds 9 digits chained by at most two of ") -"
+    "phone": ("dateless", r"(?:^|[^0-9A-Za-z_:/.\-])\+?\(?[0-9](?:[) -]{0,2}[0-9]){8}"),
+    # has_id_number_text: an ID_NUMBER_RE match in the dateless text that _is_id_number accepts, at the
+    # start or after a character other than [\w.:/-] (its look-behind): a digit run (digits apart by
+    # at most one of " .-") with 8-20 digits, or one or two capitals then 6-9 digits ...
+    "id_number": ("dateless", r"(?:^|[^0-9A-Za-z_.:/\-])(?:[0-9](?:[ .-]?[0-9]){7}|[A-Z]{1,2}[0-9]{6})"),
+    # ... and the value has a letter, or the match (so the value) a separator " .-"
+    "id_number_text": ("text", r"[A-Za-z .-]"),
+    # NAME_CUE_RE: a cue (each alternative contains one of these words, matched case-insensitively)
+    # then, after whitespace, the name's capital letter
+    "cued_name": ("text", rf"(?i:{'|'.join(_TITLES + _CUE_VERBS + ['name'] + _RELATIONS)})(?s:.*){_SPACE}[A-Z]"),
+    # GEOPOINT_RE: two numbers with a digit, a point and 3 digits, the second after the first
+    "geopoint": ("text", r"[0-9]\.[0-9]{3}(?s:.*)[0-9]\.[0-9]{3}"),
+}

@@ -1,5 +1,5 @@
-"""Embarrassingly parallel loops (simulation draws; later bootstrap and randomisation inference) on
-``dask.distributed``.
+"""Embarrassingly parallel loops (simulation draws; the estimate stage's cluster bootstrap and
+randomisation inference) on ``dask.distributed``.
 
 * :func:`dask_client`: a client on the scheduler at ``DASK_SCHEDULER_ADDRESS`` when that variable
   is set (a cluster: ``dask scheduler`` / ``dask worker``, dask-jobqueue, ...), else on a
@@ -10,17 +10,23 @@
 * :func:`run_tasks`: ``[function(item, *shared) for item in items]`` computed in chunks (one task
   per chunk, submitted with ``pure=False`` so that identical calls are not merged), returned in
   input order, with progress (done / total, rate, time left) on the terminal.
+* :class:`Workers` and :func:`run_replications`: a stage's worker processes, started only when a
+  loop's first chunk, timed here, shows that the rest would take longer than starting them costs
+  (``PAYS_OFF_SECONDS``); smaller loops, and every loop with 1 worker, run here through the same
+  function, so where a chunk runs never changes a result.
 
 Library threads are pinned to one per worker process: by environment variables for the workers a
 ``LocalCluster`` starts (distributed's nanny sets OMP/MKL/OpenBLAS to 1 by default; we add the rest
 explicitly) and, for workers started some other way, in the task itself (threadpoolctl when
-installed, else :func:`pipeline.qte.limit_blas_threads`).
+installed, else :func:`limit_blas_threads`); a loop run here runs with one BLAS thread too
+(:func:`single_blas_thread`), so that its numbers are those of a worker's.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import reprlib
 import sys
 import time
 import zlib
@@ -47,6 +53,7 @@ def scheduler_address(environ=None) -> str | None:
 def dask_client(workers: int, address: str | None = None) -> Iterator:
     """A ``distributed.Client`` on ``address`` (default: ``DASK_SCHEDULER_ADDRESS``), or, without
     one, on a ``LocalCluster`` of ``workers`` processes with one thread each (closed on exit)."""
+    import dask
     from distributed import Client, LocalCluster
 
     address = address or scheduler_address()
@@ -56,8 +63,12 @@ def dask_client(workers: int, address: str | None = None) -> Iterator:
         return
     if int(workers) < 1:
         raise ValueError(f"workers = {workers}: at least 1 worker process is needed")
-    with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, env=SINGLE_THREAD_ENV,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    # distributed's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand
+    # freed memory back at once: the QTE bootstrap's numpy temporaries then ran at half speed (10
+    # replications: 14.3-16.8 s against 6.0-8.7 s in a process without it). Glibc's default instead.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, env=SINGLE_THREAD_ENV,
+                         dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -139,6 +150,56 @@ def chunked(items: Sequence, size: int) -> list[Sequence]:
     return [items[k:k + size] for k in range(0, len(items), size)]
 
 
+_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
+
+
+def _openblas_libraries() -> list:
+    """The OpenBLAS libraries loaded in this process (numpy's and scipy's are separate copies)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return []
+    libraries = []
+    for path in sorted(paths):
+        with contextlib.suppress(OSError):
+            libraries.append(ctypes.CDLL(path))
+    return libraries
+
+
+def limit_blas_threads(n: int = 1) -> bool:
+    """Best effort: set the number of threads of every OpenBLAS loaded in this process (what
+    threadpoolctl does, without the dependency). The regressions here are small: n worker
+    processes x n BLAS threads on n cores run at half speed. Returns whether a setter was found."""
+    found = False
+    for lib in _openblas_libraries():
+        for name in _BLAS_SETTERS:
+            if hasattr(lib, name):
+                getattr(lib, name)(int(n))
+                found = True
+    return found
+
+
+@contextlib.contextmanager
+def single_blas_thread() -> Iterator[None]:
+    """One OpenBLAS thread in this process meanwhile (the number before is restored on exit)."""
+    before = []
+    for lib in _openblas_libraries():
+        for setter in _BLAS_SETTERS:
+            getter = setter.replace("_set_", "_get_")
+            if hasattr(lib, setter) and hasattr(lib, getter):
+                before.append((getattr(lib, setter), int(getattr(lib, getter)())))
+                getattr(lib, setter)(1)
+    try:
+        yield
+    finally:
+        for setter, n in before:
+            setter(n)
+
+
 _THREADS_PINNED = False
 
 
@@ -151,13 +212,16 @@ def pin_library_threads() -> None:
         from threadpoolctl import threadpool_limits
         threadpool_limits(1)
     except ImportError:
-        from pipeline.qte import limit_blas_threads
         limit_blas_threads(1)
     _THREADS_PINNED = True
 
 
 def _run_chunk(function: Callable, chunk: Sequence, *shared) -> list:
     pin_library_threads()
+    return _run_items(function, chunk, *shared)
+
+
+def _run_items(function: Callable, chunk: Sequence, *shared) -> list:
     out = []
     for item in chunk:
         try:
@@ -168,6 +232,19 @@ def _run_chunk(function: Callable, chunk: Sequence, *shared) -> list:
     return out
 
 
+class TaskLostError(RuntimeError):
+    """A task of :func:`run_tasks` ended without a result or an error of its own (cancelled, e.g.
+    by another client, or its client's connection to the scheduler lost)."""
+
+
+def _task_name(function: Callable, chunks: list[Sequence], k: int) -> str:
+    """``function`` on chunk ``k``: its items' positions in the loop and (abridged) values."""
+    first = sum(len(chunk) for chunk in chunks[:k])
+    total = sum(len(chunk) for chunk in chunks)
+    return (f"{function.__module__}.{function.__qualname__} on items {first}-{first + len(chunks[k]) - 1} "
+            f"of {total} {reprlib.repr(list(chunks[k]))}")
+
+
 def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), chunk_size: int | None = None,
               progress: Progress | None = None) -> list:
     """``[function(item, *shared) for item in items]`` on the client's workers, in input order.
@@ -175,8 +252,9 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     ``function`` must be importable by the workers (a module-level function of the package);
     ``shared`` arguments are sent to every worker once. Items go in chunks of ``chunk_size``
     (default :func:`default_chunk_size`), one task each, ``pure=False``; ``progress`` advances
-    by a chunk's items as it completes. ``client=None`` runs everything here, serially (debugging,
-    profiling)."""
+    by a chunk's items as it completes. A task's error is raised with a note naming its items; a
+    task cancelled before it returned raises :class:`TaskLostError` naming them. ``client=None``
+    runs everything here, serially (debugging, profiling)."""
     items = list(items)
     if client is None:
         out = []
@@ -186,6 +264,7 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
                 progress.advance()
         return out
     from distributed import as_completed
+    from distributed.client import CancelledError
 
     chunks = chunked(items, chunk_size or default_chunk_size(len(items), worker_threads(client)))
     shared_futures = client.scatter(list(shared), broadcast=True, hash=False) if shared else []
@@ -193,11 +272,104 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     position = {future.key: k for k, future in enumerate(futures)}
     results: list = [None] * len(futures)
     try:
-        for future, result in as_completed(futures, with_results=True):
+        # On this client's event loop: without loop=, as_completed follows the futures on the loop
+        # of distributed's *default* client, the last one made in this process, and each client of
+        # a LocalCluster or an address has a loop thread of its own. Futures of another client were
+        # then followed across threads, and now and then their completion was never seen: the wait
+        # went on forever, the workers idle (dask/distributed#4357). Results are fetched here, not
+        # by with_results=True, whose fetch runs in a callback on that loop: an error there is only
+        # logged and the iterator waits forever.
+        for future in as_completed(futures, loop=client.loop):
             k = position[future.key]
-            results[k] = result
+            try:
+                results[k] = future.result()
+            except CancelledError as error:
+                raise TaskLostError(
+                    f"run_tasks: the task of {_task_name(function, chunks, k)} was cancelled before it returned "
+                    f"({error}): by a client, by the loss of this client's scheduler, or because a worker that "
+                    "died held the shared arguments, which cannot be recomputed") from error
+            except Exception as error:
+                error.add_note(f"in the task of {_task_name(function, chunks, k)} (dask key {future.key})")
+                raise
             if progress is not None:
                 progress.advance(len(chunks[k]))
     finally:
         client.cancel(futures + list(shared_futures))
     return [value for chunk_result in results for value in chunk_result]
+
+
+# --------------------------------------------------------------------------------------------
+# A stage's workers, started when a loop pays for them
+# --------------------------------------------------------------------------------------------
+# Start a LocalCluster only for a loop whose rest would take longer than this here: on the 2-core
+# machine (loaded by other jobs) a LocalCluster of 2 workers took 3.0-4.0 s to start and 1.8-4.3 s
+# to close, about 8 s in all, and 2 workers save half of the rest at best.
+PAYS_OFF_SECONDS = 16.0
+
+
+class Workers:
+    """The worker processes of a stage: the cluster at ``address`` (default
+    ``DASK_SCHEDULER_ADDRESS``) or a ``LocalCluster`` of ``workers`` processes, started the first
+    time :meth:`client` is called and closed on exit. With 1 worker and no address there are none
+    (``available`` is False): every loop runs here. ``client``: one already running (tests)."""
+
+    def __init__(self, workers: int, address: str | None = None, client=None):
+        if int(workers) < 1:
+            raise ValueError(f"workers = {workers}: at least 1 worker process is needed")
+        self.workers = int(workers)
+        self.address = address or scheduler_address()
+        self._client = client
+        self._stack = contextlib.ExitStack()
+
+    @property
+    def available(self) -> bool:
+        return self._client is not None or bool(self.address) or self.workers > 1
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    def client(self):
+        if self._client is None:
+            self._client = self._stack.enter_context(dask_client(self.workers, self.address))
+        return self._client
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+
+def run_replications(workers: Workers | None, function: Callable, items: Sequence, shared: tuple = (), *,
+                     chunk_size: int, progress: Progress | None = None) -> list:
+    """``[function(item, *shared) for item in items]`` in input order, in chunks of ``chunk_size``
+    items (a constant of the loop, never derived from the number of workers).
+
+    The first chunk runs here and is timed; the rest goes to ``workers`` (:func:`run_tasks`) if
+    they are running already, or if the rest would take longer than ``PAYS_OFF_SECONDS`` here;
+    otherwise it runs here too (always without ``workers`` or with 1 worker and no address). Items
+    must carry their own random numbers (drawn by the caller, or seeded by :func:`task_seed`): a
+    chunk's result is then the same wherever it runs. Here, BLAS runs on one thread, as on a worker."""
+    items = list(items)
+    if not items:
+        return []
+    size = int(chunk_size)
+    start = time.perf_counter()
+    with single_blas_thread():
+        out = _run_items(function, items[:size], *shared)
+    if progress is not None:
+        progress.advance(len(out))
+    rest = items[size:]
+    seconds_left = (time.perf_counter() - start) * len(rest) / size
+    if rest and workers is not None and workers.available and (workers.started or seconds_left > PAYS_OFF_SECONDS):
+        if not workers.started and progress is not None and progress.stream is not None:
+            print(f"{progress.label}: the other {len(rest)} {progress.unit} (about {seconds_left:.0f} s here) go to "
+                  f"{workers.address or f'{workers.workers} local worker processes'}", file=progress.stream, flush=True)
+        return out + run_tasks(workers.client(), function, rest, shared, chunk_size=size, progress=progress)
+    with single_blas_thread():
+        for chunk in chunked(rest, size):
+            out += _run_items(function, chunk, *shared)
+            if progress is not None:
+                progress.advance(len(chunk))
+    return out

@@ -20,11 +20,13 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.codes import map_distinct, norm_code
-from pipeline.identifier_patterns import (EMAIL_RE, GEOPOINT_RE, PHONE_RE, cued_names, has_cued_name, has_id_number_text,
-                                         has_letters, has_phone_text, id_numbers, name_finding, phone_digits_ok,
-                                         without_dates)
+from pipeline.identifier_patterns import (DATE_RE2, EMAIL_RE, GEOPOINT_RE, NEEDS, PHONE_RE, cued_names, has_cued_name,
+                                         has_id_number_text, has_letters, has_phone_text, id_numbers, name_finding,
+                                         phone_digits_ok, without_dates)
 from pipeline.io import REPO_ROOT, param
 from pipeline.study import normalise
 
@@ -90,9 +92,61 @@ def safe_text(patterns: Iterable[str]):
     return lambda text: safe.sub(" ", str(text))
 
 
-def _matches(series: pd.Series, test) -> pd.Series:
-    """Boolean per row: ``test`` on the value's text (once per distinct value); missing -> False."""
-    return map_distinct(series, lambda v: bool(test(str(v))), na_value=False).astype(bool)
+class _DistinctText:
+    """A column's distinct values as text (``str``, then ``safe`` when given), factorised once:
+    every rule runs on them, and :meth:`rows` broadcasts a result to the rows (missing -> False)."""
+
+    def __init__(self, series: pd.Series, safe=None):
+        self.index = series.index
+        self.codes, uniques = pd.factorize(series, use_na_sentinel=True)
+        self.python: list[str] | None = None
+        if safe is None and pd.api.types.is_string_dtype(uniques.dtype) and not pd.api.types.is_object_dtype(uniques.dtype):
+            self.arrow = pa.array(uniques.array)   # str values: no Python loop over them
+        else:
+            self.python = [safe(v) if safe is not None else str(v) for v in uniques]
+            try:
+                self.arrow = pa.array(self.python, type=pa.large_string())
+            except (pa.ArrowException, UnicodeError):   # e.g. a lone surrogate: every value runs in Python
+                self.arrow = None
+        self.n = len(uniques)
+        self.ascii = (np.zeros(self.n, dtype=bool) if self.arrow is None
+                      else pc.string_is_ascii(self.arrow).to_numpy(zero_copy_only=False))
+        self._dateless = None
+
+    def rows(self, per_value: np.ndarray) -> pd.Series:
+        return pd.Series(np.append(per_value, False)[self.codes], index=self.index)
+
+    def _regex(self, needs: tuple[str, str]) -> np.ndarray:
+        """Per value: the ASCII value meets a rule's necessary condition (:data:`NEEDS`)."""
+        on, pattern = needs
+        if on == "dateless":
+            if self._dateless is None:
+                self._dateless = pc.replace_substring_regex(self.arrow, DATE_RE2, "|")
+            texts = self._dateless
+        else:
+            texts = self.arrow
+        try:
+            found = pc.match_substring(texts, pattern) if pattern == "@" else pc.match_substring_regex(texts, pattern)
+        except pa.ArrowInvalid:   # too large for RE2 (e.g. 100,000 names): every value runs in Python
+            return self.ascii.copy()
+        return found.to_numpy(zero_copy_only=False) & self.ascii
+
+    def test(self, rule, *needs: str, among: np.ndarray | None = None) -> np.ndarray:
+        """Per value: ``rule(text)``, run in Python only on the values (of ``among``) that are not ASCII
+        or meet all of ``needs`` (names in :data:`NEEDS`, or (text, RE2 pattern) pairs): the others
+        cannot break the rule."""
+        candidates = np.ones(self.n, dtype=bool) if among is None else among.copy()
+        if self.arrow is not None and needs:
+            met = np.ones(self.n, dtype=bool)
+            for need in needs:
+                met &= self._regex(NEEDS[need] if isinstance(need, str) else need)
+            candidates &= met | ~self.ascii
+        positions = np.flatnonzero(candidates)
+        texts = ([self.python[k] for k in positions] if self.python is not None
+                 else self.arrow.take(pa.array(positions)).to_pylist())
+        result = np.zeros(self.n, dtype=bool)
+        result[positions] = [bool(rule(text)) for text in texts]
+        return result
 
 
 def find_identifiers(frame: pd.DataFrame, identifiers: Iterable[str] = (), *, allow: Iterable[str] = (),
@@ -132,9 +186,16 @@ def _finding(column, rule: str, mask: pd.Series) -> dict:
     return {"column": str(column), "rule": rule, "count": int(mask.sum()), "rows": rows[:5].tolist()}
 
 
+# HASH_RE for RE2: Python's "$" also matches before a final newline, RE2's only at the end
+HASH_RE2 = r"^[0-9a-f]{16}\n?$"
+
+
 def _not_hash_rows(series: pd.Series) -> tuple[str, pd.Series] | None:
     """A hashed identifier's rows whose value is not a hash (None when every value is one)."""
-    not_hash = series.notna() & ~_matches(series, HASH_RE.match)
+    values = _DistinctText(series)
+    is_hash = (pc.match_substring_regex(values.arrow, HASH_RE2).to_numpy(zero_copy_only=False)
+               if values.arrow is not None else values.test(HASH_RE.match))
+    not_hash = series.notna() & ~values.rows(is_hash)
     if not_hash.any():
         return "hashed identifier holds values that are not hashes", not_hash
     return None
@@ -150,13 +211,15 @@ def _detected_identifier(column, series: pd.Series, safe, identifier_values: Ide
         return _phone_number_integers(series)
     if not (pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series)):
         return None
-    if safe is not None:
-        series = map_distinct(series, safe, dtype="object")
-    return _identifier_text(series, identifier_values)
+    return _identifier_text(series, identifier_values, safe)
 
 
 def _phone_number_integers(series: pd.Series) -> tuple[str, pd.Series] | None:
     """A numeric column of mostly distinct 9-15 digit integers: phone numbers (None otherwise)."""
+    if series.dtype.kind in "iuf":   # no value reaches 1e8 (every value a number): none is long
+        with np.errstate(invalid="ignore"):
+            if not np.any(np.abs(series.to_numpy(dtype="float64", na_value=np.nan)) >= 1e8):
+                return None
     values = pd.to_numeric(series, errors="coerce").dropna()
     if len(values) >= 5:
         integral = np.isclose(values % 1, 0)
@@ -167,32 +230,35 @@ def _phone_number_integers(series: pd.Series) -> tuple[str, pd.Series] | None:
     return None
 
 
-def _identifier_text(series: pd.Series, identifier_values: IdentifierValues | None
+def _identifier_text(series: pd.Series, identifier_values: IdentifierValues | None, safe=None
                      ) -> tuple[str, pd.Series] | None:
     """(rule, rows) of the first text rule a column breaks: e-mail, phone, ID number, cued name,
-    identifier values, GPS (None when it breaks none)."""
-    nonnull = int(series.notna().sum())
-    emails = _matches(series, EMAIL_RE.search)
+    identifier values, GPS (None when it breaks none). ``safe`` (:func:`safe_text`) blanks the
+    allowed text of each value first."""
+    values = _DistinctText(series, safe)
+    nonnull = int(series.notna().sum()) if safe is None else int((values.codes >= 0).sum())
+    emails = values.test(EMAIL_RE.search, "email")
     if emails.any():
-        return "e-mail addresses", emails
-    phones = _matches(series, has_phone_text)
+        return "e-mail addresses", values.rows(emails)
+    phone_values = values.test(has_phone_text, "phone")
+    phones = values.rows(phone_values)
     # In free text (a value with letters) one phone number is one too many; a bare number may be
     # an id of phone length, so a column of bare numbers is flagged only when phones are common
-    in_text = phones & _matches(series, has_letters)
+    in_text = values.test(has_letters, among=phone_values)
     n_phones = int(phones.sum())
     if in_text.any() or (n_phones and (n_phones >= 5 or n_phones / nonnull >= 0.01)):
         return "phone numbers", phones
-    id_number_rows = _matches(series, has_id_number_text)
-    if id_number_rows.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
-        return "ID numbers (8-20 digits: national ID, passport, tax, bank account)", id_number_rows
-    cued = _matches(series, has_cued_name)
+    id_number_values = values.test(has_id_number_text, "id_number", "id_number_text")
+    if id_number_values.any():   # one is enough: a column of ordinary codes has none (the rule's exclusions)
+        return "ID numbers (8-20 digits: national ID, passport, tax, bank account)", values.rows(id_number_values)
+    cued = values.test(has_cued_name, "cued_name")
     if cued.any():
-        return "a person's name after a title or cue (Mr, spoke to ...) in text", cued
+        return "a person's name after a title or cue (Mr, spoke to ...) in text", values.rows(cued)
     if identifier_values is not None:
-        named = _matches(series, identifier_values.search)
+        named = values.test(identifier_values.search, identifier_values.needs)
         if named.any():
-            return "values of the configured identifier columns (e.g. names) in text", named
-    geo = _matches(series, GEOPOINT_RE.match)
+            return "values of the configured identifier columns (e.g. names) in text", values.rows(named)
+    geo = values.rows(values.test(GEOPOINT_RE.match, "geopoint"))
     if geo.any() and (geo.sum() >= 5 or geo.sum() / nonnull >= 0.01):
         return "GPS coordinates (lat lon pairs)", geo
     return None
@@ -215,6 +281,11 @@ class IdentifierValues:
     def __init__(self, values: Iterable[str]):
         self.names = {w for w in map(_words, values) if w and len(w) <= MAX_NAME_WORDS}
         self.lengths = sorted({len(w) for w in self.names})
+        # The RE2 necessary condition (ASCII text: see identifier_patterns.NEEDS) of search: a name's
+        # first word is a whole word of the text (ASCII text's words are ASCII: other first words
+        # cannot be among them; "\b\B" never matches)
+        first = sorted({w[0] for w in self.names if w[0].isascii()})
+        self.needs = ("text", rf"(?i)\b(?:{'|'.join(map(re.escape, first))})\b" if first else r"\b\B")
 
     def __bool__(self) -> bool:
         return bool(self.names)

@@ -22,28 +22,30 @@ rounds and both sexes of a drawn cluster together), ``reps`` times, from
 appearance, so that the draws do not depend on the salt of hashed cluster ids); the CI is the
 percentile interval of the bootstrap estimates and ``std_error`` their standard deviation.
 Women's and men's estimates come from the same resamples, so the ``diff`` rows (women - men)
-have a valid bootstrap CI too. The draws are made up front in the parent process, so results do
-not depend on ``n_jobs`` (``n_jobs > 1`` runs the replications in that many forked processes,
-each limited to one OpenBLAS thread).
+have a valid bootstrap CI too. The draws are made up front, here, and only the fits are shipped:
+replications go in chunks of ``CHUNK_REPS`` to the stage's :class:`pipeline.parallel.Workers`
+when the loop pays for starting them (:func:`pipeline.parallel.run_replications`), so results do
+not depend on the number of workers (``estimate.n_jobs``), the chunking or where a chunk runs.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from pipeline import inference, quantreg
+from pipeline import inference, parallel, quantreg
 
 log = logging.getLogger(__name__)
 
 QTE_COLUMNS = ["study", "outcome", "transform", "sample", "term", "quantile", "estimate", "std_error",
                "ci_low", "ci_high", "n_obs", "n_clusters", "n_boot"]
 
-_WORKER: dict = {}
+# Bootstrap replications per task: a replication's 10 quantile fits take about 0.1 s on one core
+# with the exact solver (synthetic study; more on bigger ones), so a task is about half a second
+# or more, far above dask's per-task cost; fixed, never from the worker count.
+CHUNK_REPS = 5
 
 
 def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int) -> np.ndarray:
@@ -75,44 +77,9 @@ def _estimate(rows: np.ndarray | None, payload: dict) -> np.ndarray:
     return out
 
 
-_BLAS_SETTERS = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-                 "scipy_openblas_set_num_threads", "openblas_set_num_threads64_")
-
-
-def limit_blas_threads(n: int = 1) -> bool:
-    """Best effort: set the number of threads of every OpenBLAS loaded in this process (what
-    threadpoolctl does, without the dependency). The regressions here are small: n worker
-    processes x n BLAS threads on n cores run at half speed. Returns whether a setter was found."""
-    import ctypes
-
-    found = False
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            libs = {line.split()[-1] for line in fh if "openblas" in line.lower() and "/" in line}
-    except OSError:
-        return False
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in _BLAS_SETTERS:
-            if hasattr(lib, name):
-                getattr(lib, name)(int(n))
-                found = True
-    return found
-
-
-def _init_worker(payload: dict, blas_threads: int | None = None) -> None:
-    if blas_threads:
-        limit_blas_threads(blas_threads)
-    _WORKER.clear()
-    _WORKER.update(payload)
-
-
-def _boot_chunk(draws: np.ndarray) -> np.ndarray:
-    p = _WORKER
-    return np.stack([_estimate(inference.rows_for_draw(p["rows_by_cluster"], d), p) for d in draws])
+def _replication(draw: np.ndarray, payload: dict) -> np.ndarray:
+    """samples x quantiles x terms on the rows of one bootstrap draw of clusters."""
+    return _estimate(inference.rows_for_draw(payload["rows_by_cluster"], draw), payload)
 
 
 def _crossed(treat: dict[str, np.ndarray]) -> list[tuple[str, str]]:
@@ -181,21 +148,15 @@ def _varying_columns(X: np.ndarray, masks: list[np.ndarray], n_terms: int) -> li
     return col_keep
 
 
-def _bootstrap(payload: dict, cl_strata: np.ndarray, reps: int, seed: int, n_jobs: int,
+def _bootstrap(payload: dict, cl_strata: np.ndarray, reps: int, seed: int, workers: parallel.Workers | None,
                shape: tuple) -> np.ndarray:
     """reps x ``shape`` bootstrap estimates (clusters resampled within strata; empty if ``reps`` is 0)."""
-    boot = np.empty((0, *shape))
-    if reps:
-        draws = inference.stratified_cluster_draws(cl_strata, reps, seed)
-        if n_jobs and n_jobs > 1:
-            chunks = np.array_split(draws, min(len(draws), 4 * n_jobs))
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("fork"),
-                                     initializer=_init_worker, initargs=(payload, 1)) as ex:
-                boot = np.concatenate(list(ex.map(_boot_chunk, chunks)))
-        else:
-            _init_worker(payload)
-            boot = _boot_chunk(draws)
-    return boot
+    if not reps:
+        return np.empty((0, *shape))
+    draws = inference.stratified_cluster_draws(cl_strata, reps, seed)
+    boot = parallel.run_replications(workers, _replication, list(draws), shared=(payload,), chunk_size=CHUNK_REPS,
+                                     progress=parallel.Progress(reps, label="QTE bootstrap", unit="reps"))
+    return np.stack(boot)
 
 
 def _with_difference(point: np.ndarray, boot: np.ndarray,
@@ -236,14 +197,15 @@ def _table_rows(point: np.ndarray, boot: np.ndarray, names: list[str], masks: li
 
 def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantiles: Sequence[float], *,
               reps: int, seed: int, cluster: str, baseline_control: bool, fixed_effects: Sequence[str],
-              interact: bool, samples: Sequence[str], followup_only: bool, n_jobs: int, alpha: float,
-              listwise_baseline: bool, study: str | None, strata: str = "stratum",
-              gender: str = "female_owner", transform: str = "level") -> pd.DataFrame:
+              interact: bool, samples: Sequence[str], followup_only: bool, alpha: float,
+              listwise_baseline: bool, study: str | None, workers: parallel.Workers | None = None,
+              strata: str = "stratum", gender: str = "female_owner", transform: str = "level") -> pd.DataFrame:
     """Quantile effects per sample (``women``, ``men``, ``all``) and their women - men ``diff``.
 
     The settings that are params (``estimate``: ``bootstrap_reps``, ``seed``, ``qte_fixed_effects``,
-    ``n_jobs``, ``alpha`` and the study's resolved specification) have no defaults here; the
-    column names of the analysis table do (the solver's tolerance is ``quantreg``'s).
+    ``alpha`` and the study's resolved specification) have no defaults here; the column names of
+    the analysis table do (the solver's tolerance is ``quantreg``'s). ``workers``: where the
+    bootstrap may run (None: here).
 
     ``listwise_baseline`` (the estimate specification's ``missing_baseline: listwise``): rows whose
     baseline is missing (``<outcome>_bl_missing == 1``) are left out and the baseline enters alone,
@@ -270,7 +232,7 @@ def qte_table(df: pd.DataFrame, outcome: str, treatments: Sequence[str], quantil
                "quantiles": quantiles, "n_terms": len(term_names),
                "rows_by_cluster": inference.cluster_rows(cl_codes, len(cl_levels))}
     point = _estimate(None, payload)
-    boot = _bootstrap(payload, cl_strata, reps, seed, n_jobs, point.shape)
+    boot = _bootstrap(payload, cl_strata, reps, seed, workers, point.shape)
     point, boot, names = _with_difference(point, boot, names)
     rows = _table_rows(point, boot, names, masks, cl_codes, quantiles, term_names, alpha,
                        {"study": study, "outcome": outcome, "transform": transform})

@@ -179,3 +179,17 @@ def reproduced_clone(tmp_path_factory) -> Path:
     repo = fresh_copy(tmp_path_factory.mktemp("clone") / "project")
     assert "report" in stages_run(run(["dvc", "repro"], repo))
     return repo
+
+
+@pytest.fixture(scope="session")
+def loopback_scheduler():
+    """The address of a "remote" scheduler: a LocalCluster on the loopback interface (1 worker
+    process), reached by address only, as a stage reaches DASK_SCHEDULER_ADDRESS."""
+    import dask
+    from distributed import LocalCluster
+
+    # as parallel.dask_client: no MALLOC_TRIM_THRESHOLD_ (a nanny also sets it in this process's environment)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+            LocalCluster(host="127.0.0.1", n_workers=1, processes=True, threads_per_worker=1,
+                         dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address

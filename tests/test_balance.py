@@ -194,3 +194,37 @@ def test_balance_tables_do_not_depend_on_the_hash_salt_of_cluster_and_stratum_id
     assert tables[0][0]["ri_p_value"].notna().all() and tables[0][1]["ri_p_value"].notna().all()
     for a, b in zip(*tables):
         pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def _ri_p_value_by_hand(df, covariate, permutations, seed):
+    """The randomisation p-value written out: the stage's permutations of the clusters' arms
+    (balance.permuted_arms, clusters by first appearance), each refitted with statsmodels
+    (covariate ~ arm dummies + strata dummies, CR1 F-test of the arm dummies)."""
+    arms, _ = inf.arm_order(df, "arm", DESIGN["treatments"])
+    cluster_arm = inf.cluster_level(df, "cluster_id", "arm").map({a: i for i, a in enumerate(arms)})
+    strata = inf.cluster_level(df, "cluster_id", "stratum").astype(str).to_numpy()
+    perms = balance.permuted_arms(cluster_arm.to_numpy(dtype=np.int64), strata, permutations, seed)
+    cluster_code = pd.Index(cluster_arm.index).get_indexer(df["cluster_id"])
+    groups = pd.factorize(df["cluster_id"])[0]
+    fixed = pd.get_dummies(df["stratum"], drop_first=True).astype(float).assign(const=1.0).to_numpy()
+
+    def f_stat(codes):
+        X = np.column_stack([(codes == a).astype(float) for a in range(1, len(arms))] + [fixed])
+        res = sm.OLS(df[covariate].to_numpy(), X).fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
+        return float(np.squeeze(res.f_test(np.eye(X.shape[1])[:len(arms) - 1]).fvalue))
+
+    observed = f_stat(cluster_arm.to_numpy()[cluster_code])
+    exceed = sum(f_stat(perm[cluster_code]) >= observed * (1 - 1e-12) for perm in perms)
+    return (1 + exceed) / (1 + permutations)
+
+
+def test_randomisation_p_value_is_that_of_the_loop_written_out():
+    """The permutations' F (computed in batch, pipeline.balance_ri) give the p-value of the loop
+    written out with statsmodels."""
+    df = design_2x2(seed=11, n_strata=4, clusters_per_arm=3, firms=6)
+    kwargs = {**DESIGN, "permutations": 30, "seed": 4, "samples": ("all", "women")}
+    here = balance.balance_tables(df, ["age", "educ"], **kwargs)
+    age = here[0][(here[0]["sample"] == "all") & (here[0]["covariate"] == "age")].iloc[0]
+    assert age["ri_p_value"] == _ri_p_value_by_hand(df, "age", 30, 4)
+    assert age["n_clusters"] == df["cluster_id"].nunique()
+    assert here[0]["ri_p_value"].notna().all() and here[1]["ri_p_value"].notna().all()

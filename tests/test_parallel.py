@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import sys
+import threading
+import time
 import zlib
 from unittest import mock
 
@@ -23,6 +25,37 @@ def failing(i: int) -> int:
     if i == 3:
         raise ValueError(f"item {i} is bad")
     return i
+
+
+def exits_once(i: int, marker: str) -> int:
+    """Item 1's task kills its worker process the first time it runs (``marker``: the file that says it did)."""
+    if i == 1 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return i
+
+
+def exits_once_item(item: tuple[int, str]) -> int:
+    return exits_once(*item)
+
+
+def cancelled_by_the_scheduler(i: int) -> int:
+    """Item 2's task is cancelled for every client that wants it (what another client's
+    ``cancel(..., force=True)`` does), and returns only once the scheduler has done so."""
+    if i == 2:
+        from distributed import Future, get_client, get_worker
+
+        client, key = get_client(), get_worker().get_current_task()
+        client.cancel([Future(key, client)], force=True)
+        deadline = time.monotonic() + 30
+        while client.run_on_scheduler(wanted_by_a_client, key) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return i
+
+
+def wanted_by_a_client(key, dask_scheduler=None) -> bool:
+    task = dask_scheduler.tasks.get(key)
+    return task is not None and bool(task.who_wants)
 
 
 def worker_environment(name: str) -> str | None:
@@ -111,12 +144,64 @@ def test_identical_tasks_are_not_merged(dask_clients):
 def test_a_failing_task_raises_its_error(dask_clients):
     with pytest.raises(ValueError, match="item 3 is bad") as info:
         parallel.run_tasks(dask_clients[2], failing, range(6), chunk_size=2)
-    assert any("failing(3, ...)" in note for note in getattr(info.value, "__notes__", []))
+    notes = getattr(info.value, "__notes__", [])
+    assert any("failing(3, ...)" in note for note in notes)
+    assert any("test_parallel.failing on items 2-3 of 6 [2, 3] (dask key _run_chunk-" in note for note in notes)
+
+
+def test_a_client_s_futures_are_followed_on_its_own_event_loop(dask_clients, loopback_scheduler):
+    """Each client has its own event-loop thread. distributed's as_completed follows futures on the
+    loop of the default client (the last one made) unless told otherwise: with that loop busy
+    (here: blocked until released), run_tasks on another client waited for it, and when the two
+    loops raced over a future's completion it waited forever (the hang of make test, in
+    as_completed, the workers idle). Run on its own client's loop, it does not wait at all."""
+    from distributed import Client, default_client
+
+    release = threading.Event()
+    with Client(loopback_scheduler) as newest:
+        assert default_client() is newest and newest.loop is not dask_clients[1].loop
+        newest.loop.add_callback(release.wait, 60)    # its loop thread is stuck meanwhile
+        unblock = threading.Timer(10, release.set)      # the old code's wait, bounded here
+        unblock.start()
+        try:
+            start = time.perf_counter()
+            out = parallel.run_tasks(dask_clients[1], normal_draws, range(4), shared=(5,), chunk_size=1)
+            seconds = time.perf_counter() - start
+        finally:
+            release.set()
+            unblock.cancel()
+    assert out == [normal_draws(i, 5) for i in range(4)]
+    assert seconds < 10, f"run_tasks waited {seconds:.1f} s for another client's event loop"
+
+
+def test_a_cancelled_task_raises_an_error_naming_its_items(dask_clients):
+    """Before: the cancelled chunk's exception object was taken for its results (TypeError:
+    'FutureCancelledError' object is not iterable)."""
+    with pytest.raises(parallel.TaskLostError, match=r"cancelled_by_the_scheduler on items 2-2 of 4 \[2\] was cancelled"):
+        parallel.run_tasks(dask_clients[2], cancelled_by_the_scheduler, range(4), chunk_size=1)
+    assert parallel.run_tasks(dask_clients[2], normal_draws, [1], shared=(9,)) == [normal_draws(1, 9)]
+
+
+def test_a_worker_killed_mid_run_is_recovered_from_or_named(tmp_path):
+    """A task that kills its worker is run again on the worker its nanny restarts: the results are
+    those of the plain loop. When the dead worker held the shared arguments (scattered, they cannot
+    be recomputed), the tasks needing them are cancelled: a clear error, not a wait."""
+    with mock.patch.dict(os.environ):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.dask_client(1) as client:
+            items = [(i, str(tmp_path / "items")) for i in range(4)]
+            assert parallel.run_tasks(client, exits_once_item, items, chunk_size=1) == list(range(4))
+            assert (tmp_path / "items").exists()
+            with pytest.raises(parallel.TaskLostError, match=r"exits_once on items (\d)-\1 of 4 \[\1\] was cancelled"):
+                parallel.run_tasks(client, exits_once, range(4), shared=(str(tmp_path / "shared"),), chunk_size=1)
+            assert (tmp_path / "shared").exists()
 
 
 def test_workers_run_one_library_thread(dask_clients):
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         assert set(dask_clients[2].run(worker_environment, name).values()) == {"1"}
+    # distributed's default of 65536 halved the QTE bootstrap's speed (glibc returned memory at once)
+    assert set(dask_clients[2].run(worker_environment, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
     assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
 
@@ -141,3 +226,52 @@ def test_a_local_cluster_needs_a_worker():
         os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
         with parallel.dask_client(0):
             pass
+
+
+# --------------------------------------------------------------------------------------------
+# Workers started when a loop pays for them; run_replications
+# --------------------------------------------------------------------------------------------
+def test_replications_are_the_same_here_on_local_workers_and_on_a_remote_scheduler(dask_clients,
+                                                                                   loopback_scheduler, monkeypatch):
+    items = list(range(13))
+    expected = [normal_draws(i, 5) for i in items]       # the plain loop
+    with parallel.Workers(1) as here:                   # 1 worker, no address: no cluster, ever
+        assert not here.available
+        assert parallel.run_replications(here, normal_draws, items, (5,), chunk_size=4) == expected
+        assert not here.started
+    assert parallel.run_replications(None, normal_draws, items, (5,), chunk_size=13) == expected
+    for n in (1, 2):                                    # running workers take the rest (chunks 2-4)
+        with parallel.Workers(n, client=dask_clients[n]) as running:
+            progress = parallel.Progress(len(items), stream=io.StringIO(), every=3600, unit="reps")
+            assert parallel.run_replications(running, normal_draws, items, (5,), chunk_size=4,
+                                             progress=progress) == expected, n
+            assert progress.done == len(items)
+    monkeypatch.setattr(parallel, "PAYS_OFF_SECONDS", 0.0)    # the remote one is worth starting
+    with parallel.Workers(2, address=loopback_scheduler) as remote:
+        assert parallel.run_replications(remote, normal_draws, items, (5,), chunk_size=3) == expected
+        assert remote.started and remote.client().scheduler.address == loopback_scheduler
+
+
+def test_a_small_loop_starts_no_cluster():
+    """The first chunk is timed: the rest of a loop of milliseconds is not worth a cluster's seconds."""
+    with mock.patch.dict(os.environ):
+        os.environ.pop(parallel.SCHEDULER_ADDRESS_ENV, None)
+        with parallel.Workers(2) as workers:
+            assert workers.available
+            out = parallel.run_replications(workers, normal_draws, range(20), (5,), chunk_size=2)
+            assert out == [normal_draws(i, 5) for i in range(20)] and not workers.started
+    with pytest.raises(ValueError, match="workers = 0"):
+        parallel.Workers(0)
+
+
+def test_a_loop_run_here_uses_one_blas_thread_and_restores_the_count():
+    def counts():
+        getters = [name.replace("_set_", "_get_") for name in parallel._BLAS_SETTERS]
+        return [getattr(lib, name)() for lib in parallel._openblas_libraries() for name in getters if hasattr(lib, name)]
+
+    before = counts()
+    if not before:
+        pytest.skip("no OpenBLAS with a thread getter in this process")
+    with parallel.single_blas_thread():
+        assert set(counts()) == {1}
+    assert counts() == before

@@ -13,7 +13,7 @@ from pipeline import qte, quantreg
 
 # The specification the estimate stage resolves for a study like these (params: estimate group).
 SPEC = {"cluster": "cluster_id", "baseline_control": True, "interact": True, "followup_only": True,
-        "listwise_baseline": False, "n_jobs": 1, "alpha": 0.05, "study": None}
+        "listwise_baseline": False, "alpha": 0.05, "study": None}
 
 
 # ------------------------------------------------------------------------------------------
@@ -76,9 +76,57 @@ def test_qte_without_controls_is_the_difference_of_sample_quantiles_and_determin
     hi = np.quantile(y1, 0.5, method="higher") - np.quantile(y0, 0.5, method="inverted_cdf")
     est = tab["estimate"].iloc[0]
     assert min(lo, hi) - 1e-9 <= est <= max(lo, hi) + 1e-9
-    again = qte.qte_table(df, "y", ["treat_capital"], [0.5], **{**SPEC, "n_jobs": 2}, reps=8, seed=1,
-                          fixed_effects=(), samples=("women",))
+    again = qte.qte_table(df, "y", ["treat_capital"], [0.5], **SPEC, reps=8, seed=1, fixed_effects=(),
+                          samples=("women",))
     pd.testing.assert_frame_equal(tab, again)
+
+
+def _bootstrap_by_hand(df, quantiles, reps, seed):
+    """The bootstrap written out for one treatment, no baseline, no fixed effects, one sample:
+    clusters (numbered by first appearance) resampled within strata by the stage's stream
+    (inference.stratified_cluster_draws), each resample's rows refitted by the solver (``quantreg.rq_fit``, tested on its own in test_quantreg)."""
+    import statsmodels.api as sm
+
+    from pipeline import inference, quantreg
+
+    codes, levels = pd.factorize(df["cluster_id"])
+    strata = df.groupby(codes)["stratum"].first().astype(str).to_numpy()
+    y, X = df["y"].to_numpy(), sm.add_constant(df["treat_capital"].to_numpy(dtype=float))
+    boot = np.empty((reps, len(quantiles)))
+    for b, draw in enumerate(inference.stratified_cluster_draws(strata, reps, seed)):
+        rows = np.concatenate([np.flatnonzero(codes == c) for c in draw])
+        boot[b] = [quantreg.rq_fit(X[rows], y[rows], q)[1] for q in quantiles]
+    return boot
+
+
+def test_qte_bootstrap_is_the_same_here_on_workers_and_on_a_remote_scheduler(dask_clients, loopback_scheduler,
+                                                                              monkeypatch):
+    """The replications in chunks of 2 give the table of the loop written out by hand, and the same table to the
+    last bit here, on LocalClusters of 1 and 2 workers and on a loopback "remote" scheduler."""
+    from pipeline import parallel
+
+    df = _qte_data(seed=8, n_clusters=24, firms=6)
+    df = df[df["female_owner"] == 1]
+    quantiles, reps = [0.25, 0.5], 7
+    kwargs = {**SPEC, "baseline_control": False, "interact": False, "reps": reps, "seed": 3, "fixed_effects": (),
+              "samples": ("women",)}
+    monkeypatch.setattr(qte, "CHUNK_REPS", 2)
+    here = qte.qte_table(df, "y", ["treat_capital"], quantiles, **kwargs)
+    boot = _bootstrap_by_hand(df, quantiles, reps, 3)
+    # the hand-built design differs from the stage's in its last bits, and the interior-point solution moves with
+    # them within the solver's accuracy (its stop is a relative duality gap of 1e-10 on the loss)
+    np.testing.assert_allclose(here["std_error"], boot.std(axis=0, ddof=1), rtol=1e-6)
+    np.testing.assert_allclose(here["ci_low"], np.quantile(boot, 0.025, axis=0), rtol=1e-6)
+    np.testing.assert_allclose(here["ci_high"], np.quantile(boot, 0.975, axis=0), rtol=1e-6)
+    for n in (1, 2):
+        with parallel.Workers(n, client=dask_clients[n]) as workers:
+            pd.testing.assert_frame_equal(qte.qte_table(df, "y", ["treat_capital"], quantiles, **kwargs,
+                                                        workers=workers), here, check_exact=True)
+    monkeypatch.setattr(parallel, "PAYS_OFF_SECONDS", 0.0)
+    with parallel.Workers(2, address=loopback_scheduler) as remote:
+        pd.testing.assert_frame_equal(qte.qte_table(df, "y", ["treat_capital"], quantiles, **kwargs,
+                                                    workers=remote), here, check_exact=True)
+        assert remote.started
 
 
 def test_qte_table_does_not_depend_on_the_hash_salt_of_cluster_and_stratum_ids():

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from pipeline import inference, lee_bounds, qte
+from pipeline import inference, lee_bounds, parallel, qte
 from pipeline.arms import intervention_arm_groups
 from pipeline.balance import BALANCE_JOINT_COLUMNS, balance_columns, balance_tables
 from pipeline.estimation.columns import FOLLOWUP, GENDER, require
@@ -211,8 +211,10 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                              list(pd.unique(results["transform"])))
     sexes = SAMPLES if gender_varies(full) else (ALL,)
     attrition, rates, lee = _attrition_and_lee(full, spec_params, spec, sp, study, primary, sexes, skipped)
-    balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped)
-    qte_tab = _qte(analysis, spec, sp, study, primary, gender_models, skipped)
+    # the resampling loops' workers: started by the first loop that pays for them, shared by the rest
+    with parallel.Workers(int(sp["n_jobs"])) as workers:
+        balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped, workers)
+        qte_tab = _qte(analysis, spec, sp, study, primary, gender_models, skipped, workers)
     if spec.weights is not None:
         notes.append("weights are not used by the quantile regressions, Lee bounds or the balance table")
     for what, why in skipped.items():
@@ -318,7 +320,7 @@ def _attrition_and_lee(full: pd.DataFrame, spec_params: dict, spec: Spec, sp: di
 
 
 def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[str, ...],
-             skipped: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+             skipped: dict, workers: parallel.Workers) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(balance, balance_joint) at baseline, on every interviewed baseline row; empty tables with
     the reason in ``skipped`` where not applicable."""
     if FOLLOWUP not in full.columns or "arm" not in full.columns:
@@ -334,7 +336,7 @@ def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[
     try:
         balance, balance_joint = balance_tables(
             bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
-            permutations=int(sp["permutations"]), seed=int(sp["seed"]), samples=sexes)
+            permutations=int(sp["permutations"]), seed=int(sp["seed"]), samples=sexes, workers=workers)
     except ADD_ON_ERRORS as exc:
         skipped["balance"] = f"failed: {exc}"
         return pd.DataFrame(), pd.DataFrame()
@@ -344,7 +346,7 @@ def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[
 
 
 def _qte(analysis: pd.DataFrame, spec: Spec, sp: dict, study: str, primary: str, gender_models: bool,
-         skipped: dict) -> pd.DataFrame:
+         skipped: dict, workers: parallel.Workers) -> pd.DataFrame:
     """Quantile treatment effects of the primary outcome (level), or no rows with the reason in
     ``skipped``."""
     qte_cols = ["stratum", spec.cluster or "firm_id"]
@@ -357,7 +359,7 @@ def _qte(analysis: pd.DataFrame, spec: Spec, sp: dict, study: str, primary: str,
             seed=int(sp["seed"]), cluster=spec.cluster or "firm_id", baseline_control=spec.baseline_control,
             listwise_baseline=spec.missing_baseline == "listwise",
             fixed_effects=[f for f in sp["qte_fixed_effects"] if f in analysis.columns],
-            interact=spec.interact_treatments, n_jobs=int(sp["n_jobs"]), alpha=float(sp["alpha"]), study=study,
+            interact=spec.interact_treatments, workers=workers, alpha=float(sp["alpha"]), study=study,
             followup_only=spec.followup_only,
             samples=SEXES if gender_models else (ALL,))
     except ADD_ON_ERRORS as exc:
