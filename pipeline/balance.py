@@ -3,32 +3,24 @@ differences (:func:`normalized_difference`), per-covariate F-tests of arms and j
 covariates predicting each arm (:func:`balance_tables`), each with a randomisation-inference
 p-value (assignment re-drawn at the cluster level within strata, :func:`permuted_arms`); a joint
 test drops the regressors it cannot use (:func:`joint_regressors`) and says so in its ``note``.
-The F-tests are :func:`pipeline.inference.cluster_wald` (CR1).
-
-The permutations are drawn up front, here (:func:`permuted_arms`); each permutation's statistics
-of every test (:class:`CovariateTest`, :class:`JointTest`) are computed in chunks of
-``CHUNK_PERMUTATIONS`` by :func:`pipeline.parallel.run_replications`, on the stage's workers when
-the loop pays for starting them, so the p-values do not depend on workers, chunking or order.
+The F-tests are :func:`pipeline.inference.cluster_wald` (CR1); the permutations' statistics are
+computed a chunk of permutations at a time by :mod:`pipeline.balance_ri` (the same F-tests).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import linalg
 
-from pipeline import parallel
+from pipeline.balance_ri import ClusterLayout, chunk_size, covariate_f_batch, joint_f_batch, permutation_f_stats
 from pipeline.inference import (RANK_TOL, STREAM_PERMUTATION, arm_order, cluster_level, cluster_wald,
                                 demean_within, first_appearance_codes, slug)
 
 # The columns of the joint-test table (the estimate stage writes them even where it has no rows).
 BALANCE_JOINT_COLUMNS = ["sample", "comparison", "arm", "n_obs", "n_clusters", "n_regressors", "f_stat",
                          "f_df_num", "f_df_denom", "f_p_value", "ri_p_value", "n_permutations", "regressors", "note"]
-# Permutations per task: one permutation's statistics of every test of a study take a few ms to
-# 0.1 s; fixed, never from the worker count.
-CHUNK_PERMUTATIONS = 50
 
 
 def normalized_difference(x_treat: np.ndarray, x_control: np.ndarray) -> float:
@@ -162,56 +154,29 @@ def _arm_summaries(x: np.ndarray, codes_obs: np.ndarray, arms: Sequence[str], ar
     return row
 
 
-@dataclass(frozen=True)
-class CovariateTest:
-    """One covariate's F-test, to be recomputed under a permutation of the clusters' arm codes."""
-    x_demeaned: np.ndarray      # the covariate's observed values minus their strata means
-    observed: np.ndarray        # rows of the sample where the covariate is observed
-    n_arms: int
-    strata: np.ndarray          # strata codes of the observed rows
-    groups: np.ndarray          # cluster codes of the observed rows
-    n_strata: int
-    cluster_code: np.ndarray    # each row's index into a permutation's clusters
-
-    def f_stat(self, perm: np.ndarray) -> float:
-        return _per_covariate_stat(self.x_demeaned, perm[self.cluster_code][self.observed], self.n_arms, self.strata,
-                                   self.groups, self.n_strata, pvalue=False)["f_stat"]
-
-
-@dataclass(frozen=True)
-class JointTest:
-    """One arm's joint test, to be recomputed under a permutation of the clusters' arm codes."""
-    Z: np.ndarray               # the regressors it tests
-    code: int                   # the arm's code (against control, code 0)
-    strata: np.ndarray
-    groups: np.ndarray
-    cluster_code: np.ndarray
-
-    def f_stat(self, perm: np.ndarray) -> float:
-        return _joint_stat(self.Z, perm[self.cluster_code], self.code, self.strata, self.groups,
-                           pvalue=False)["f_stat"]
-
-
-def _permutation_stats(perm: np.ndarray, tests: Sequence[CovariateTest | JointTest]) -> list[float]:
-    """The F statistic of every test under one permutation."""
-    return [test.f_stat(perm) for test in tests]
-
-
 def _covariate_test(x: np.ndarray, codes_obs: np.ndarray, n_arms: int, strata_codes: np.ndarray,
-                    groups: np.ndarray, n_perms: int, ccode: np.ndarray) -> tuple[dict, tuple | None]:
-    """(The F-test columns of one covariate's row, (F, its test) or None). The randomisation
-    p-value is NaN if F is not finite or there are no permutations; else it is filled in later,
-    from the test under each permutation."""
+                    groups: np.ndarray, perms: np.ndarray, ccode: np.ndarray) -> dict:
+    """The F-test columns of one covariate's row and its randomisation p-value (NaN if F is not finite)."""
     ok = ~np.isnan(x)
     s_ok = pd.factorize(strata_codes[ok])[0]
     n_s = int(s_ok.max()) + 1 if ok.any() else 0
     x_dm = demean_within(x[ok], s_ok)
     obs = _per_covariate_stat(x_dm, codes_obs[ok], n_arms, s_ok, groups[ok], n_s)
     row = {"f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
-           "f_p_value": obs["p_value"], "ri_p_value": np.nan, "n_clusters": obs["n_clusters"]}
-    if not (np.isfinite(obs["f_stat"]) and n_perms):
-        return row, None
-    return row, (obs["f_stat"], CovariateTest(x_dm, ok, n_arms, s_ok, groups[ok], n_s, ccode))
+           "f_p_value": obs["p_value"]}
+    if np.isfinite(obs["f_stat"]) and len(perms):
+        g_ok = groups[ok]
+        layout = ClusterLayout.of(s_ok, g_ok)
+        f_perms = permutation_f_stats(
+            perms, ccode[ok], obs["f_stat"],
+            batch=lambda chunk: covariate_f_batch(x_dm, chunk, n_arms, layout, n_s),
+            scalar=lambda codes: _per_covariate_stat(x_dm, codes, n_arms, s_ok, g_ok, n_s, pvalue=False)["f_stat"],
+            chunk=chunk_size(len(layout.clusters), n_arms))
+        row["ri_p_value"] = (1 + _exceedances(obs["f_stat"], f_perms)) / (1 + len(perms))
+    else:
+        row["ri_p_value"] = np.nan
+    row["n_clusters"] = obs["n_clusters"]
+    return row
 
 
 def _joint_design(sub: pd.DataFrame, covariates: Sequence[str]) -> tuple[np.ndarray, list[str]]:
@@ -232,9 +197,8 @@ def _joint_design(sub: pd.DataFrame, covariates: Sequence[str]) -> tuple[np.ndar
 
 
 def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarray, strata_codes: np.ndarray,
-               groups: np.ndarray, n_perms: int, ccode: np.ndarray) -> tuple[dict, tuple | None]:
-    """(The test columns of one arm's joint-test row (arm code ``code`` against control code 0),
-    (F, its test) or None): where F is finite, the randomisation p-value is filled in later."""
+               groups: np.ndarray, perms: np.ndarray, ccode: np.ndarray) -> dict:
+    """The test columns of one arm's joint-test row (arm code ``code`` against control code 0)."""
     in_comparison = (codes_obs == code) | (codes_obs == 0)
     keep, dropped = joint_regressors(Z, znames, in_comparison, strata_codes, groups)
     # The permutations test the same regressors as the observed assignment (one statistic).
@@ -242,49 +206,48 @@ def _joint_row(Z: np.ndarray, znames: list[str], code: int, codes_obs: np.ndarra
     obs = _joint_stat(Zk, codes_obs, code, strata_codes, groups)
     notes = [f"dropped {name}: {why}" for name, why in dropped.items()]
     notes += [obs["note"]] if "note" in obs else []
-    row = {
+    exceed = 0
+    if np.isfinite(obs["f_stat"]):
+        layout = ClusterLayout.of(strata_codes, groups)
+        exceed = _exceedances(obs["f_stat"], permutation_f_stats(
+            perms, ccode, obs["f_stat"],
+            batch=lambda chunk: joint_f_batch(Zk, chunk, code, layout),
+            scalar=lambda codes: _joint_stat(Zk, codes, code, strata_codes, groups, pvalue=False)["f_stat"],
+            chunk=chunk_size(len(layout.clusters), Zk.shape[1])))
+    return {
         "n_obs": obs["n_obs"], "n_clusters": obs["n_clusters"], "n_regressors": len(znames),
         "f_stat": obs["f_stat"], "f_df_num": obs["df_num"], "f_df_denom": obs["df_denom"],
-        "f_p_value": obs["p_value"], "ri_p_value": np.nan,
-        "n_permutations": n_perms, "regressors": " ".join(znames), "note": "; ".join(notes),
+        "f_p_value": obs["p_value"],
+        "ri_p_value": (1 + exceed) / (1 + len(perms)) if np.isfinite(obs["f_stat"]) else np.nan,
+        "n_permutations": len(perms), "regressors": " ".join(znames), "note": "; ".join(notes),
     }
-    if not np.isfinite(obs["f_stat"]):
-        return row, None
-    return row, (obs["f_stat"], JointTest(Zk, code, strata_codes, groups, ccode))
 
 
 def _sample_tables(sub: pd.DataFrame, sample: str, covariates: Sequence[str], arms: Sequence[str],
                    control: str, arm_code_of: dict, ccode: np.ndarray, cluster_arm: np.ndarray,
-                   n_perms: int, strata: str, pending: list) -> tuple[list[dict], list[dict]]:
-    """(per-covariate rows, joint-test rows) of one sample ``sub``, without the randomisation
-    p-values (``pending``: each row still to be given one); ``ccode`` its cluster codes."""
+                   perms: np.ndarray, strata: str) -> tuple[list[dict], list[dict]]:
+    """(per-covariate rows, joint-test rows) of one sample ``sub``; ``ccode`` its cluster codes."""
     codes_obs = cluster_arm[ccode]
     strata_codes = first_appearance_codes(sub[strata])[0]
     groups = ccode                      # integer cluster codes
     # (a covariate constant in the sample, e.g. sex, is skipped)
     varying = [c for c in covariates if np.nanstd(sub[c].astype("float64").to_numpy()) > 0]
-    rows, joint_rows = [], []
+    rows = []
     for cov in varying:
         x = sub[cov].astype("float64").to_numpy()
-        columns, test = _covariate_test(x, codes_obs, len(arms), strata_codes, groups, n_perms, ccode)
-        rows.append({"sample": sample, "covariate": cov, **_arm_summaries(x, codes_obs, arms, arm_code_of, control),
-                     **columns})
-        if test is not None:
-            pending.append((rows[-1], *test))
+        rows.append({"sample": sample, "covariate": cov,
+                     **_arm_summaries(x, codes_obs, arms, arm_code_of, control),
+                     **_covariate_test(x, codes_obs, len(arms), strata_codes, groups, perms, ccode)})
     Z, znames = _joint_design(sub, varying)
-    for a in arms:
-        if a != control:
-            columns, test = _joint_row(Z, znames, arm_code_of[a], codes_obs, strata_codes, groups, n_perms, ccode)
-            joint_rows.append({"sample": sample, "comparison": f"{a} vs {control}", "arm": a, **columns})
-            if test is not None:
-                pending.append((joint_rows[-1], *test))
+    joint_rows = [{"sample": sample, "comparison": f"{a} vs {control}", "arm": a,
+                   **_joint_row(Z, znames, arm_code_of[a], codes_obs, strata_codes, groups, perms, ccode)}
+                  for a in arms if a != control]
     return rows, joint_rows
 
 
 def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: Sequence[str], cluster: str,
-                   samples: Sequence[str], permutations: int, seed: int, workers: parallel.Workers | None = None,
-                   arm: str = "arm", strata: str = "stratum",
-                   gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
+                   samples: Sequence[str], permutations: int, seed: int, workers=None, arm: str = "arm",
+                   strata: str = "stratum", gender: str = "female_owner") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Balance of baseline covariates by arm: (per-covariate table, joint-test table).
 
     ``df`` holds one row per unit at baseline (the caller selects the rows). Per covariate and
@@ -301,8 +264,9 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: S
     Randomisation inference: ``permutations`` re-draws of the assignment, shuffling the arms of
     the clusters within each stratum (``seed``); p = (1 + #{F* >= F}) / (1 + permutations).
     The params (``estimate``: ``treatments``, ``cluster``, ``permutations``, ``seed``) have no
-    defaults here; the analysis table's column names do. ``workers``: where the permutations may
-    run (None: here).
+    defaults here; the analysis table's column names do. ``workers`` is not used: the permutations
+    are computed in batch in this process (:mod:`pipeline.balance_ri`); the estimate stage still
+    passes its ``pipeline.parallel.Workers`` (its call and this parameter are to go together).
     """
     covariates = [c for c in covariates if c in df.columns]
     if not covariates:
@@ -317,31 +281,15 @@ def balance_tables(df: pd.DataFrame, covariates: Sequence[str], *, treatments: S
     perms = permuted_arms(cluster_arm, cl_stratum.astype(str).to_numpy(), int(permutations), seed)
     cluster_code = pd.Index(cl_arm.index).get_indexer(base[cluster])
 
-    rows, joint_rows, pending = [], [], []
+    rows, joint_rows = [], []
     for sample in samples:
         sub_mask = _sample_mask(base, sample, gender)
         if sub_mask is None or not sub_mask.any():
             continue
         sample_rows, sample_joint = _sample_tables(base.loc[sub_mask], sample, covariates, arms, control,
-                                                   arm_code_of, cluster_code[sub_mask], cluster_arm, len(perms),
-                                                   strata, pending)
+                                                   arm_code_of, cluster_code[sub_mask], cluster_arm, perms,
+                                                   strata)
         rows += sample_rows
         joint_rows += sample_joint
-    _fill_ri_p_values(pending, perms, workers)
     return (pd.DataFrame(rows, columns=balance_columns(arms, control)),
             pd.DataFrame(joint_rows, columns=BALANCE_JOINT_COLUMNS))
-
-
-def _fill_ri_p_values(pending: list, perms: np.ndarray, workers: parallel.Workers | None) -> None:
-    """Each pending row's randomisation p-value (1 + #{F* >= F}) / (1 + permutations), every test's
-    statistics computed per permutation (one pass over the permutations for all tests)."""
-    if not pending:
-        return
-    tests = [test for _, _, test in pending]
-    stats = parallel.run_replications(workers, _permutation_stats, list(perms), shared=(tests,),
-                                      chunk_size=CHUNK_PERMUTATIONS,
-                                      progress=parallel.Progress(len(perms), label="randomisation inference",
-                                                                 unit="permutations"))
-    stats = np.asarray(stats, dtype=float).reshape(len(perms), len(tests))
-    for j, (row, f_obs, _) in enumerate(pending):
-        row["ri_p_value"] = (1 + _exceedances(f_obs, stats[:, j])) / (1 + len(perms))
