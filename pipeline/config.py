@@ -244,7 +244,7 @@ STAGE_FIELDS: dict[str, Any] = {
     "seed": int,
     "bootstrap_reps": int,
     "permutations": int,
-    "n_jobs": PositiveInt,        # worker processes of the resampling loops (QTE bootstrap, balance RI)
+    "n_jobs": PositiveInt,        # worker processes of the QTE bootstrap
     "qte_quantiles": list[Number],
     "qte_fixed_effects": Columns,
     "balance_covariates": Columns,

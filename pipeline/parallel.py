@@ -1,5 +1,5 @@
-"""Embarrassingly parallel loops (simulation draws; the estimate stage's cluster bootstrap and
-randomisation inference) on ``dask.distributed``.
+"""Embarrassingly parallel loops (simulation draws; the estimate stage's QTE cluster bootstrap) on
+``dask.distributed``.
 
 * :func:`dask_client`: a client on the scheduler at ``DASK_SCHEDULER_ADDRESS`` when that variable
   is set (a cluster: ``dask scheduler`` / ``dask worker``, dask-jobqueue, ...), else on a

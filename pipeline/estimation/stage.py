@@ -211,9 +211,9 @@ def estimate_all(analysis: pd.DataFrame, params: dict, study: str,
                              list(pd.unique(results["transform"])))
     sexes = SAMPLES if gender_varies(full) else (ALL,)
     attrition, rates, lee = _attrition_and_lee(full, spec_params, spec, sp, study, primary, sexes, skipped)
-    # the resampling loops' workers: started by the first loop that pays for them, shared by the rest
+    balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped)
+    # the QTE bootstrap's workers: started only if the loop pays for them
     with parallel.Workers(int(sp["n_jobs"])) as workers:
-        balance, balance_joint = _balance(full, spec, sp, study, sexes, skipped, workers)
         qte_tab = _qte(analysis, spec, sp, study, primary, gender_models, skipped, workers)
     if spec.weights is not None:
         notes.append("weights are not used by the quantile regressions, Lee bounds or the balance table")
@@ -320,7 +320,7 @@ def _attrition_and_lee(full: pd.DataFrame, spec_params: dict, spec: Spec, sp: di
 
 
 def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[str, ...],
-             skipped: dict, workers: parallel.Workers) -> tuple[pd.DataFrame, pd.DataFrame]:
+             skipped: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(balance, balance_joint) at baseline, on every interviewed baseline row; empty tables with
     the reason in ``skipped`` where not applicable."""
     if FOLLOWUP not in full.columns or "arm" not in full.columns:
@@ -336,7 +336,7 @@ def _balance(full: pd.DataFrame, spec: Spec, sp: dict, study: str, sexes: tuple[
     try:
         balance, balance_joint = balance_tables(
             bl_rows, covs, treatments=spec.treatments, cluster=spec.cluster or "firm_id",
-            permutations=int(sp["permutations"]), seed=int(sp["seed"]), samples=sexes, workers=workers)
+            permutations=int(sp["permutations"]), seed=int(sp["seed"]), samples=sexes)
     except ADD_ON_ERRORS as exc:
         skipped["balance"] = f"failed: {exc}"
         return pd.DataFrame(), pd.DataFrame()
