@@ -11,11 +11,7 @@ Usage: ``python scripts/bench_balance.py synthetic field2013 berge2015 acz2018 [
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +23,7 @@ from pipeline.estimation.sample import gender_varies
 from pipeline.estimation.spec import Spec, split_params
 from pipeline.estimation.stage import study_params
 from pipeline.io import REPO_ROOT
+from revision_module import module_at
 from pipeline.vocabulary import ALL, SAMPLES
 
 BASELINE_COLUMNS = {
@@ -38,15 +35,7 @@ CLUSTER = {"berge2015": "firm_id"}
 
 
 def load_base(base: str):
-    source = subprocess.run(["git", "show", f"{base}:pipeline/balance.py"], cwd=REPO_ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "balance_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("balance_base", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["balance_base"] = module
-    spec.loader.exec_module(module)
-    return module
+    return module_at(base, "pipeline/balance.py", "balance_base")
 
 
 def tables(balance_tables, study: str) -> tuple[pd.DataFrame, pd.DataFrame]:

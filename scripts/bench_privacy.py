@@ -7,30 +7,19 @@ compared too. Usage: ``python scripts/bench_privacy.py [--firms 2600000] [--base
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import privacy
-from pipeline.io import REPO_ROOT
+from revision_module import module_at
 from pipeline.run_stage import stage_outs
 
 
 def load_base(base: str):
-    source = subprocess.run(["git", "show", f"{base}:pipeline/privacy.py"], cwd=REPO_ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp()) / "privacy_base.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("privacy_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return module_at(base, "pipeline/privacy.py", "privacy_base")
 
 
 def firm_text(n: int) -> pd.DataFrame:
