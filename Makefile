@@ -50,7 +50,14 @@ test-fast: $(STAMP)  ## unit tests only, without the end-to-end pipeline tests
 lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.ruff])
 	$(BIN)/ruff check .
 
-bench: $(STAMP)  ## issue 9's figures side by side in one run, as ratios to their targets (.bench/bench.json; options: scripts/bench.py --help)
+# pyfixest, the estimation benchmark's reference, in a venv of its own (pinned by scripts/bench-pyfixest.lock)
+BENCH_VENV := .bench/venv
+$(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r scripts/bench-pyfixest.lock
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed  ## issue 9's figures side by side in one run, as ratios to their targets (.bench/bench.json; options: scripts/bench.py --help)
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 lab: $(STAMP)  ## open JupyterLab with the project kernel

@@ -192,8 +192,7 @@ def _fmt_n(n: int) -> str:
 
 
 PYFIXEST_PYTHON = ROOT / ".bench" / "venv" / "bin" / "python"
-PYFIXEST_SETUP = ("python3.11 -m venv .bench/venv && .bench/venv/bin/pip install pyfixest==0.60.0 "
-                  "numpy==2.4.6 pandas==3.1.1 statsmodels==0.15.0")
+PYFIXEST_SETUP = "make .bench/venv/.installed   (or make bench, which does it first; pins: scripts/bench-pyfixest.lock)"
 DEFAULT_SIZES = "1e5,1e6,5e6"
 
 
