@@ -50,18 +50,17 @@ CHUNK_REPS = 5
 
 def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int) -> np.ndarray:
     """Coefficients of columns 1..n_terms for each quantile: the exact minimiser of the check loss
-    (``quantreg.rq_fit``). Columns in the span of the ones before them (a dummy without variation
+    (``quantreg.rq_fit_quantiles``). Columns in the span of the ones before them (a dummy without variation
     in a resample) are left out, which leaves the fit unchanged; a term left out that way, a
     quantile whose solver fails or does not converge, get NaN (not counted in ``n_boot``)."""
     out = np.full((len(quantiles), n_terms), np.nan)
     kept = quantreg.independent_columns(X)
     is_term = (kept >= 1) & (kept <= n_terms)
-    for i, q in enumerate(quantiles):
-        try:
-            coef = quantreg.rq_fit(X[:, kept], y, q)
-        except (ValueError, np.linalg.LinAlgError, quantreg.QuantRegNotConverged):
-            continue
-        out[i, kept[is_term] - 1] = coef[is_term]
+    try:
+        coef = quantreg.rq_fit_quantiles(X[:, kept], y, quantiles)
+    except ValueError:
+        return out
+    out[:, kept[is_term] - 1] = coef[:, is_term]
     return out
 
 

@@ -23,6 +23,8 @@ equivariant, the normal equations better conditioned), and the coefficients are 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
@@ -59,13 +61,14 @@ def independent_columns(X: np.ndarray) -> np.ndarray:
     return np.flatnonzero(r_diag > tol)
 
 
-def _validated(X: np.ndarray, y: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+def _validated(X: np.ndarray, y: np.ndarray, taus: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float)
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
         raise ValueError(f"X must be n x p and y of length n, got X {X.shape} and y {y.shape}")
-    if not 0 < tau < 1:
-        raise ValueError(f"tau must be in (0, 1), got {tau}")
+    for tau in taus:
+        if not 0 < tau < 1:
+            raise ValueError(f"tau must be in (0, 1), got {tau}")
     n, p = X.shape
     if n <= p:
         raise ValueError(f"quantile regression needs more rows than columns, got {n} rows and {p} columns")
@@ -120,7 +123,27 @@ def rq_fit(X: np.ndarray, y: np.ndarray, tau: float, *, tol: float = DEFAULT_TOL
 
     Raises ``ValueError`` for bad input (n <= p, rank-deficient or non-finite X, tau outside
     (0, 1)) and ``QuantRegNotConverged`` after ``max_iter`` iterations without reaching ``tol``."""
-    X, y = _validated(X, y, tau)
+    X, y = _validated(X, y, [tau])
+    return _frisch_newton(X, y, tau, tol, max_iter)
+
+
+def rq_fit_quantiles(X: np.ndarray, y: np.ndarray, taus: Sequence[float], *, tol: float = DEFAULT_TOL,
+                     max_iter: int = DEFAULT_MAX_ITER) -> np.ndarray:
+    """``rq_fit`` for each of ``taus`` on one design, checked once: a row of coefficients per tau,
+    NaN where the solver did not converge or its p x p system was singular. Raises ``ValueError``
+    for bad input, as ``rq_fit``."""
+    X, y = _validated(X, y, taus)
+    out = np.full((len(taus), X.shape[1]), np.nan)
+    for i, tau in enumerate(taus):
+        try:
+            out[i] = _frisch_newton(X, y, tau, tol, max_iter)
+        except (np.linalg.LinAlgError, QuantRegNotConverged):
+            continue
+    return out
+
+
+def _frisch_newton(X: np.ndarray, y: np.ndarray, tau: float, tol: float, max_iter: int) -> np.ndarray:
+    """The interior-point iterations on a validated design (:func:`_validated`)."""
     n = X.shape[0]
     col_scale = np.linalg.norm(X, axis=0)
     y_scale = float(np.max(np.abs(y))) or 1.0

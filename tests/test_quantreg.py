@@ -10,7 +10,8 @@ import pytest
 import statsmodels.api as sm
 from scipy.optimize import linprog
 
-from pipeline.quantreg import QuantRegNotConverged, _factor, _solve, check_loss, independent_columns, rq_fit
+from pipeline.quantreg import (QuantRegNotConverged, _factor, _solve, check_loss, independent_columns, rq_fit,
+                              rq_fit_quantiles)
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -125,6 +126,35 @@ def test_degenerate_input_raises_a_clear_error():
         rq_fit(X, np.r_[np.nan, y[1:]], 0.5)
     with pytest.raises(QuantRegNotConverged, match="did not converge in 2 iterations"):
         rq_fit(X, y, 0.5, max_iter=2)
+
+
+def test_many_quantiles_are_the_single_fits_checked_once():
+    """rq_fit_quantiles: row i is rq_fit at taus[i] (to the bit: the same iterations), a quantile that
+    does not converge is a NaN row while the others are kept, and bad input raises as rq_fit does."""
+    rng = np.random.default_rng(8)
+    X, y = _design(rng, 250, "ties")
+    taus = [0.1, 0.5, 0.9]
+    np.testing.assert_array_equal(rq_fit_quantiles(X, y, taus), np.vstack([rq_fit(X, y, t) for t in taus]))
+    iters = {}
+    for t in taus:                                 # the fewest iterations each quantile needs
+        iters[t] = next(m for m in range(1, 101) if _converges(X, y, t, m))
+    cap = sorted(iters.values())[1]                # enough for the easier quantiles only
+    out = rq_fit_quantiles(X, y, taus, max_iter=cap)
+    for i, t in enumerate(taus):
+        assert np.isnan(out[i]).all() == (iters[t] > cap)
+    assert np.isnan(out).any() and not np.isnan(out).all()
+    with pytest.raises(ValueError, match="tau"):
+        rq_fit_quantiles(X, y, [0.5, 0.0])
+    with pytest.raises(ValueError, match=r"rank-deficient: columns \[5\]"):
+        rq_fit_quantiles(np.c_[X, X[:, 1]], y, taus)
+
+
+def _converges(X, y, tau, max_iter):
+    try:
+        rq_fit(X, y, tau, max_iter=max_iter)
+        return True
+    except QuantRegNotConverged:
+        return False
 
 
 def test_independent_columns_keeps_the_first_of_aliased_columns():
