@@ -282,8 +282,10 @@ def test_gender_specific_strata_collinearity_is_handled():
     ({"by_gender": True}, {"gender_interact_all": False}, {}),
     ({"by_gender": True}, {"fixed_effects": ()}, {}),
     ({"sample": "women"}, {"fixed_effects": ["stratum"]}, {}),
+    # three FE: absorbed by alternating projections, so fit_ols absorbs X itself (no partialled rows)
+    ({}, {"fixed_effects": ["stratum", "round", "female_owner"], "weights": "weight"}, {"weights": True}),
 ], ids=["pooled", "wls", "hc1", "by_gender", "by_gender_wls_controls", "by_gender_partial",
-        "by_gender_no_fe", "women_one_fe"])
+        "by_gender_no_fe", "women_one_fe", "three_fe_wls"])
 def test_fit_equals_statsmodels_with_explicit_dummies(fit_kw, spec_kw, data_kw):
     """The one fitting path (FE absorbed) against statsmodels OLS / WLS with explicit dummies
     (tests/_estimation_data.statsmodels_fit): every tidy row (coefficients and women - men

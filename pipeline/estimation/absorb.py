@@ -286,6 +286,11 @@ class Absorbed:
     method: str            # "none" | "exact" | "direct" | "map"
     iterations: int = 0
 
+    @property
+    def is_exact(self) -> bool:
+        """Partialled out exactly (not by alternating projections to a tolerance)."""
+        return self.method != "map"
+
 
 def absorb_in_place(Z: np.ndarray, fes, w: np.ndarray | None, *, method: str = "direct",
                     tol: float = 1e-12, maxiter: int = 10_000) -> Absorbed:
@@ -313,9 +318,9 @@ def absorb_in_place(Z: np.ndarray, fes, w: np.ndarray | None, *, method: str = "
 
 
 def absorb(X, fe=None, weights=None, *, method: str = "direct", tol: float = 1e-12,
-           maxiter: int = 10_000) -> tuple[np.ndarray, int]:
+           maxiter: int = 10_000) -> tuple[np.ndarray, Absorbed]:
     """The columns of ``X`` (n, k) with the fixed effects (and intercept) partialled out, as a
-    (k, n) array, and the number of absorbed dummies (rank of [1, D1, ...])."""
+    (k, n) array, and how (:class:`Absorbed`: the number of absorbed dummies, rank of [1, D1, ...])."""
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 1:
         X = X[:, None]
@@ -323,4 +328,4 @@ def absorb(X, fe=None, weights=None, *, method: str = "direct", tol: float = 1e-
     Z = np.ascontiguousarray(X.T).copy()
     w = None if weights is None else to_1d_float(weights, "weights", n)
     done = absorb_in_place(Z, fe_list(fe, n), w, method=method, tol=tol, maxiter=maxiter)
-    return Z, done.k_absorbed
+    return Z, done

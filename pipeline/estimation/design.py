@@ -84,10 +84,11 @@ def drop_collinear_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
 
 def independent_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
     """:func:`drop_collinear_absorbed` plus the kept columns with the fixed effects partialled out,
-    ``(len(kept), n)`` (``absorb``'s rows, for ``ols.fe_ols(partialled=...)``)."""
+    ``(len(kept), n)`` (``absorb``'s rows, for ``ols.fe_ols(partialled=...)``), or None when the
+    absorption was iterative (more than two FE): ``fe_ols`` then absorbs X itself."""
     names = list(X)
     M = np.column_stack([X[n] for n in names])
-    Zd, _ = absorb(M, fe_codes or None, w)
+    Zd, absorbed = absorb(M, fe_codes or None, w)
     if w is None:
         G, raw = Zd @ Zd.T, np.einsum("ij,ij->j", M, M)
     else:
@@ -108,4 +109,4 @@ def independent_absorbed(X: dict[str, np.ndarray], fe_codes, w, protected):
             dropped.append(name)
             continue
         kept.append(j)
-    return [names[j] for j in kept], dropped, Zd[kept]
+    return [names[j] for j in kept], dropped, Zd[kept] if absorbed.is_exact else None

@@ -192,7 +192,7 @@ def _fit_absorbed(s: Sample, spec: Spec, pairs, by_gender, sample, model, transf
                        cluster=s.groups if spec.cluster is not None else None,
                        weights=s.weights, vcov=spec.vcov,
                        # the collinearity check absorbed X already (the same rows): y alone is absorbed
-                       partialled=partialled if len(fe_codes) <= 2 else None)
+                       partialled=partialled)
     res = AbsorbedResults(r)
     _attach_info(res, s, spec, pairs, by_gender, sample, model, transform, outcome_label,
                  interest, dropped, n_clusters)
