@@ -216,11 +216,17 @@ def test_cr2_low_rank_and_dense_clusters_match_the_dense_formula(fe_names, weigh
                               np.hstack([C, np.zeros((len(C), hand.shape[1] - 3))]))
     rel_close(V, V_ref[:3, :3], 1e-9)
     rel_close(contrast_df(C), df_ref, 1e-9)
+    # each cluster's A_g = I + Q diag(f) Q' is the pseudo-inverse square root of I - H_gg (0 on the
+    # null space: cluster 0 with stratum fixed effects)
     M = variance._dense_design(Z0, fes) * (1.0 if w is None else np.sqrt(w)[:, None])
+    Ainv = np.linalg.pinv(M.T @ M)
     widths = {}
-    for gs, _, Mg, Q, _ in variance._adjustment_blocks(M, np.linalg.pinv(M.T @ M), groups, G):
-        for g in gs:
+    for gs, rows, Mg, Q, f in variance._adjustment_blocks(M, Ainv, groups, G):
+        for g, r, Qg, fg in zip(gs, rows, Q, f):
             widths[g] = (Q.shape[2], Mg.shape[1])
+            ev, vec = np.linalg.eigh(np.eye(len(r)) - M[r] @ Ainv @ M[r].T)
+            A_ref = (vec * np.where(ev > 1e-10, 1 / np.sqrt(np.clip(ev, 1e-10, None)), 0.0)) @ vec.T
+            np.testing.assert_allclose(np.eye(len(r)) + (Qg * fg) @ Qg.T, A_ref, atol=1e-9)
     assert sorted(widths) == list(range(G))
     assert any(r < n_g for r, n_g in widths.values()) and any(r == n_g for r, n_g in widths.values())
     assert widths[8][0] < 6 == widths[9][0]      # one size block split between the two forms
