@@ -15,7 +15,9 @@ dummies and the intercept (statsmodels' ``k_params`` with a full-rank dummy set)
     Bell & McCaffrey (2002): ``B [sum_g X_g' A_g u_g u_g' A_g X_g] B`` with
     ``A_g = (I - H_gg)^(-1/2)``, ``H`` the hat matrix of the *full* model (fixed-effect dummies
     included, Pustejovsky & Tipton 2018), no further factor. Needs at most
-    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``). The t-test of each
+    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``). ``A_g`` comes from an
+    r x r eigenproblem when the cluster's rows use r <= n_g / 2 columns of ``[X, dummies]`` (fixed
+    effects nested in the clusters), else from the n_g x n_g one. The t-test of each
     contrast c'b (each coefficient, each women - men difference) uses the Bell-McCaffrey degrees
     of freedom of that contrast (Imbens & Kolesar 2016; Pustejovsky & Tipton 2018), not G-1.
 ``CR3``
