@@ -80,7 +80,7 @@ def test_cr3_by_gender_diff_uses_jackknife_covariance():
 
 def dense_cr2(X, y, clusters, w, contrasts):
     """Independent CR2 with dense n x n matrices: V = B sum_g X_g' A_g u_g u_g' A_g X_g B with
-    A_g = (I - H_gg)^-1/2 (scipy's sqrtm), and for each contrast c the Bell-McCaffrey degrees of
+    A_g = (I - H_gg)^-1/2 (scipy's sqrtm, pseudo-inverted), and for each contrast c the Bell-McCaffrey degrees of
     freedom (Imbens & Kolesar 2016, eq. 9): G = [(I - H)[:, g] A_g X_g B c]_g,
     df = tr(G'G)^2 / ||G'G||_F^2 (the eigenvalue formula without eigenvalues). All in the sqrt(w)
     metric (working model: independent errors with variance proportional to 1/w)."""
@@ -94,7 +94,8 @@ def dense_cr2(X, y, clusters, w, contrasts):
     A = {}
     for g in pd.unique(clusters):
         m = clusters == g
-        A[g] = np.linalg.inv(scipy.linalg.sqrtm(IH[np.ix_(m, m)]).real)
+        # pseudo-inverse where I - H_gg is singular (eigenvalues <= 1e-12: square roots <= 1e-6)
+        A[g] = np.linalg.pinv(scipy.linalg.sqrtm(IH[np.ix_(m, m)]).real, rcond=1e-6, hermitian=True)
         s = Xs[m].T @ A[g] @ u[m]
         meat += np.outer(s, s)
     V = B @ meat @ B
@@ -168,3 +169,64 @@ def test_registry_names_and_the_estimator_for_a_spec():
         variance.estimator_name("HC3", clustered=True)
     with pytest.raises(ValueError, match="unknown covariance"):
         variance.covariance("HC3", None)
+
+
+def _cr2_design(seed, fe_names, weighted):
+    """Unequal clusters (singletons to 40 rows) for :func:`variance._cr2_cov`: a cluster-level
+    treatment, a row-level regressor and a row-level dummy; fixed effects among ``stratum`` (nested
+    in the clusters; stratum 4 holds cluster 0 alone, so I - H_gg is singular there), ``round``
+    (crossing the clusters) and ``district`` (levels spanning clusters, clusters spanning levels).
+    Clusters 8 and 9 have 6 rows each; in cluster 8 only 3 columns of [X, dummies] are not all zero
+    (low-rank form), in cluster 9 more. Returns the inputs of ``_cr2_cov`` and the full-rank hand
+    design (X, intercept, dummies without their first level) for :func:`dense_cr2`."""
+    rng = np.random.default_rng(seed)
+    sizes = np.array([40, 1, 1, 2, 3, 5, 8, 12, 6, 6, 12, 20, 20, 25, 30, 31, 33, 40, 12, 16])
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    n = len(groups)
+    stratum = np.where(groups == 0, 4, groups % 4)
+    treat = (rng.random(len(sizes)) < 0.5)[groups].astype(float)
+    dummy = (rng.random(n) < 0.3).astype(float)
+    rounds, district = rng.integers(0, 3, n), rng.integers(0, 3, n)
+    in8, in9 = groups == 8, groups == 9
+    treat[in8], dummy[in8], rounds[in8], district[in8] = 0.0, 0.0, 0, 0
+    treat[in9], dummy[in9] = 1.0, np.arange(6) % 2
+    codes = {"stratum": stratum, "round": rounds, "district": district}
+    X = np.column_stack([treat, rng.normal(size=n), dummy])
+    y = X @ [1.0, 0.5, -0.3] + rng.normal(size=len(sizes))[groups] + rng.normal(size=n)
+    w = rng.uniform(0.5, 2.0, n) if weighted else None
+    fes = [(codes[f], codes[f].max() + 1, f) for f in fe_names]
+    dummies = [np.ones((n, 1))] + [(codes[f][:, None] == np.arange(1, codes[f].max() + 1)).astype(float)
+                                   for f in fe_names]
+    return np.vstack([y, X.T]), fes, w, groups, np.hstack([X] + dummies)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["ols", "wls"])
+@pytest.mark.parametrize("fe_names", [(), ("stratum",), ("stratum", "round"), ("round",), ("district", "round")])
+def test_cr2_low_rank_and_dense_clusters_match_the_dense_formula(fe_names, weighted):
+    """_cr2_cov's covariance and Bell-McCaffrey df (each coefficient, a difference of two) against
+    :func:`dense_cr2` on clusters of unequal sizes, singletons, weights, fixed effects nested in,
+    crossing and spanning the clusters, and a cluster whose I - H_gg is singular; the clusters go
+    through both the low-rank (r x r) and the dense (n_g x n_g) factorisation of (I - H_gg)^-1/2."""
+    from pipeline.estimation import variance
+    Z0, fes, w, groups, hand = _cr2_design(40, fe_names, weighted)
+    G = groups.max() + 1
+    V, contrast_df = variance._cr2_cov(Z0, fes, w, groups, G)
+    C = np.vstack([np.eye(3), [1.0, -1.0, 0.0]])
+    V_ref, df_ref = dense_cr2(hand, Z0[0], groups, np.ones(len(groups)) if w is None else w,
+                              np.hstack([C, np.zeros((len(C), hand.shape[1] - 3))]))
+    rel_close(V, V_ref[:3, :3], 1e-9)
+    rel_close(contrast_df(C), df_ref, 1e-9)
+    # each cluster's A_g = I + Q diag(f) Q' is the pseudo-inverse square root of I - H_gg (0 on the
+    # null space: cluster 0 with stratum fixed effects)
+    M = variance._dense_design(Z0, fes) * (1.0 if w is None else np.sqrt(w)[:, None])
+    Ainv = np.linalg.pinv(M.T @ M)
+    widths = {}
+    for gs, rows, Mg, Q, f in variance._adjustment_blocks(M, Ainv, groups, G):
+        for g, r, Qg, fg in zip(gs, rows, Q, f):
+            widths[g] = (Q.shape[2], Mg.shape[1])
+            ev, vec = np.linalg.eigh(np.eye(len(r)) - M[r] @ Ainv @ M[r].T)
+            A_ref = (vec * np.where(ev > 1e-10, 1 / np.sqrt(np.clip(ev, 1e-10, None)), 0.0)) @ vec.T
+            np.testing.assert_allclose(np.eye(len(r)) + (Qg * fg) @ Qg.T, A_ref, atol=1e-9)
+    assert sorted(widths) == list(range(G))
+    assert any(r < n_g for r, n_g in widths.values()) and any(r == n_g for r, n_g in widths.values())
+    assert widths[8][0] < 6 == widths[9][0]      # one size block split between the two forms

@@ -15,7 +15,9 @@ dummies and the intercept (statsmodels' ``k_params`` with a full-rank dummy set)
     Bell & McCaffrey (2002): ``B [sum_g X_g' A_g u_g u_g' A_g X_g] B`` with
     ``A_g = (I - H_gg)^(-1/2)``, ``H`` the hat matrix of the *full* model (fixed-effect dummies
     included, Pustejovsky & Tipton 2018), no further factor. Needs at most
-    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``). The t-test of each
+    ``MAX_DENSE_DUMMIES`` fixed-effect levels (dense ``[X, dummies]``). ``A_g`` comes from an
+    r x r eigenproblem when the cluster's rows use r <= n_g / 2 columns of ``[X, dummies]`` (fixed
+    effects nested in the clusters), else from the n_g x n_g one. The t-test of each
     contrast c'b (each coefficient, each women - men difference) uses the Bell-McCaffrey degrees
     of freedom of that contrast (Imbens & Kolesar 2016; Pustejovsky & Tipton 2018), not G-1.
 ``CR3``
@@ -200,7 +202,8 @@ def _cluster_blocks(groups: np.ndarray, n_clusters: int) -> list[tuple[np.ndarra
 def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Bell-McCaffrey CR2 covariance of the X coefficients with the full-model hat matrix, and the
     Bell-McCaffrey degrees of freedom of contrasts (:func:`_bell_mccaffrey_df`). The per-cluster
-    ``A_g`` come from one batched ``eigh`` per cluster size (the same LAPACK call per block)."""
+    ``A_g = (I - H_gg)^-1/2`` come from batched factorisations, one per block of equal-size clusters
+    (:func:`_adjustment_blocks`)."""
     k = Z0.shape[0] - 1
     n_levels = sum(L for _, L, _ in fes)
     if n_levels > MAX_DENSE_DUMMIES:
@@ -218,15 +221,9 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.n
     Ainv = np.linalg.pinv(A / np.outer(d, d), rcond=1e-11, hermitian=True) / np.outer(d, d)
     u = y - M @ (Ainv @ (M.T @ y))
     scores = np.empty((n_clusters, M.shape[1]))
-    adjust = []                                  # (clusters, their rows, M_g, A_g = (I - H_gg)^-1/2), by size
-    for gs, rows in _cluster_blocks(groups, n_clusters):
-        Mg = M[rows]                                             # (B, n_g, p)
-        H = Mg @ Ainv @ Mg.transpose(0, 2, 1)
-        ev, vec = np.linalg.eigh(np.eye(rows.shape[1]) - (H + H.transpose(0, 2, 1)) / 2.0)
-        inv_sqrt = np.where(ev > 1e-12, 1.0 / np.sqrt(np.clip(ev, 1e-12, None)), 0.0)
-        t = inv_sqrt * (vec.transpose(0, 2, 1) @ u[rows][:, :, None])[:, :, 0]
-        scores[gs] = (Mg.transpose(0, 2, 1) @ (vec @ t[:, :, None]))[:, :, 0]
-        adjust.append((gs, Mg, (vec * inv_sqrt[:, None, :]) @ vec.transpose(0, 2, 1)))
+    adjust = list(_adjustment_blocks(M, Ainv, groups, n_clusters))
+    for gs, rows, Mg, Q, f in adjust:
+        scores[gs] = (Mg.transpose(0, 2, 1) @ _apply_adjustment(Q, f, u[rows][:, :, None]))[:, :, 0]
     meat = np.zeros((M.shape[1], M.shape[1]))
     for sg in scores:                            # summed in cluster order
         meat += np.outer(sg, sg)
@@ -238,28 +235,73 @@ def _cr2_cov(Z0, fes, w, groups, n_clusters) -> tuple[np.ndarray, Callable[[np.n
     return V[:k, :k], contrast_df
 
 
+def _adjustment_blocks(M, Ainv, groups, n_clusters):
+    """``(clusters (B,), rows (B, n_g), M_g, Q, f)`` per block of equal-size clusters, with
+    ``A_g = (I - H_gg)^-1/2 = I + Q_g diag(f_g) Q_g'`` (:func:`_hat_eigen`): ``(1 - lam)^-1/2 - 1``
+    on the eigenvalues ``lam`` of ``H_gg``, and ``-1`` (pseudo-inverse) where ``1 - lam <= 1e-12``
+    (I - H_gg singular, e.g. a fixed-effect level observed in one cluster only). A size block is
+    split in two where some of its clusters use the low-rank form and others not."""
+    for gs, rows in _cluster_blocks(groups, n_clusters):
+        Mg = M[rows]                                             # (B, n_g, p)
+        used = (Mg != 0).any(axis=1)                             # (B, p) columns not all zero in g
+        low_rank = 2 * used.sum(axis=1) <= rows.shape[1]
+        for part, low in ((low_rank, True), (~low_rank, False)):
+            if part.any():
+                Q, lam = _hat_eigen(Mg[part], used[part] if low else None, Ainv)
+                e = 1.0 - lam
+                f = np.where(e > 1e-12, 1.0 / np.sqrt(np.clip(e, 1e-12, None)), 0.0) - 1.0
+                yield gs[part], rows[part], Mg[part], Q, f
+
+
+def _hat_eigen(Mg, used, Ainv) -> tuple[np.ndarray, np.ndarray]:
+    """``(Q (B, n_g, r), lam (B, r))`` with orthonormal columns ``Q`` and ``H_gg = Q diag(lam) Q'``
+    (``H_gg = M_g Ainv M_g'``) for a block of equal-size clusters ``Mg`` (B, n_g, p).
+
+    ``used`` None: ``Q`` the eigenvectors of the n_g x n_g ``H_gg``. ``used`` (B, p), the columns
+    not all zero in each cluster: only they enter ``H_gg``, so with the thin QR ``M_gc = Q_0 R`` of
+    those columns (padded to a common width with columns that are zero in the cluster, which add
+    nothing) ``H_gg = Q_0 (R Ainv_cc R') Q_0'`` and the r x r middle matrix's eigenvectors ``V``
+    give ``Q = Q_0 V``; H_gg is 0 on the complement of ``Q``. With the fixed effects nested in the
+    clusters r is about k + one level per fixed effect, far below n_g: an r x r eigh, not n_g x n_g."""
+    if used is None:
+        Q0, core = None, Mg @ Ainv @ Mg.transpose(0, 2, 1)
+    else:
+        # each cluster's used columns first (in order), then zero ones up to the widest cluster
+        cols = np.argsort(~used, axis=1, kind="stable")[:, :used.sum(axis=1).max()]
+        Q0, R = np.linalg.qr(np.take_along_axis(Mg, cols[:, None, :], axis=2))
+        core = R @ Ainv[cols[:, :, None], cols[:, None, :]] @ R.transpose(0, 2, 1)
+    lam, vec = np.linalg.eigh((core + core.transpose(0, 2, 1)) / 2.0)
+    return (vec if Q0 is None else Q0 @ vec), lam
+
+
+def _apply_adjustment(Q, f, v) -> np.ndarray:
+    """``A_g v_g = v_g + Q_g diag(f_g) Q_g' v_g`` for a block: ``v`` (B, n_g, m)."""
+    return v + Q @ (f[:, :, None] * (Q.transpose(0, 2, 1) @ v))
+
+
 def _bell_mccaffrey_df(Ainv, adjust, n_clusters, C) -> np.ndarray:
     """Degrees of freedom of the CR2 t-tests of c'b for each row c of ``C`` (Bell & McCaffrey 2002;
     Imbens & Kolesar 2016, eq. 9; Pustejovsky & Tipton 2018 with the fixed effects in the hat
     matrix), under the working model of independent, homoskedastic errors (sqrt(w) metric): with
     ``G_g = (I - H)[:, g] q_g``, ``q_g = A_g M_g (M'M)^-1 c``, and ``l`` the eigenvalues of
-    ``G'G``, ``df = (sum l)^2 / sum l^2``. As I - H is a projection,
-    ``G'G = diag(q_g'q_g) - R' (M'M)^-1 R`` with ``R = [M_g'q_g]_g``: no n x G matrix.
-    ``adjust``: (clusters, M_g, A_g) stacked by cluster size (:func:`_cr2_cov`)."""
+    ``G'G``, ``df = (sum l)^2 / sum l^2 = tr(G'G)^2 / ||G'G||_F^2``. As I - H is a projection,
+    ``G'G = D - R' Ainv R`` with ``D = diag(q_g'q_g)``, ``R = [M_g'q_g]_g`` (p x G), so, with
+    ``h_g = R_g' Ainv R_g``, its diagonal is ``q_g'q_g - h_g`` and its off-diagonal squares sum to
+    ``||R' Ainv R||_F^2 - sum h_g^2 = tr((Ainv S)^2) - sum h_g^2`` with ``S = R R'`` (p x p):
+    neither an n x G nor a G x G matrix. ``adjust``: :func:`_adjustment_blocks`."""
     Bc = Ainv @ C.T                                          # (p, m)
     m = C.shape[0]
-    qq = np.empty((n_clusters, m))
+    qq = np.empty((m, n_clusters))
     R = np.empty((m, Ainv.shape[0], n_clusters))
-    for gs, Mg, Ag in adjust:
-        q = Ag @ (Mg @ Bc)                                   # (B, n_g, m)
-        qq[gs] = np.einsum("bij,bij->bj", q, q)
+    for gs, _, Mg, Q, f in adjust:
+        q = _apply_adjustment(Q, f, Mg @ Bc)                 # (B, n_g, m)
+        qq[:, gs] = np.einsum("bij,bij->jb", q, q)
         R[:, :, gs] = (Mg.transpose(0, 2, 1) @ q).transpose(2, 1, 0)
-    out = np.empty(m)
-    for j in range(m):
-        GtG = np.diag(qq[:, j]) - R[j].T @ Ainv @ R[j]
-        lam = np.linalg.eigvalsh((GtG + GtG.T) / 2.0)
-        out[j] = lam.sum() ** 2 / (lam ** 2).sum()
-    return out
+    h = np.einsum("jpg,jpg->jg", R, Ainv @ R)                # (m, G) diagonal of R' Ainv R
+    AS = Ainv @ (R @ R.transpose(0, 2, 1))                   # (m, p, p)
+    off_diagonal = np.einsum("jpq,jqp->j", AS, AS) - (h ** 2).sum(axis=1)
+    diagonal = qq - h
+    return diagonal.sum(axis=1) ** 2 / ((diagonal ** 2).sum(axis=1) + off_diagonal)
 
 
 def _check_loo_identified(S: np.ndarray, k: int, g: int) -> None:
