@@ -15,8 +15,9 @@ import pandas as pd
 from scipy import linalg
 
 from pipeline.balance_ri import ClusterLayout, chunk_size, covariate_f_batch, joint_f_batch, permutation_f_stats
-from pipeline.inference import (RANK_TOL, STREAM_PERMUTATION, arm_order, cluster_level, cluster_wald,
-                                demean_within, first_appearance_codes, slug)
+from pipeline.estimation.variance import RANK_TOL
+from pipeline.inference import (STREAM_PERMUTATION, arm_order, cluster_level, cluster_wald, demean_within,
+                                first_appearance_codes, slug)
 
 # The columns of the joint-test table (the estimate stage writes them even where it has no rows).
 BALANCE_JOINT_COLUMNS = ["sample", "comparison", "arm", "n_obs", "n_clusters", "n_regressors", "f_stat",

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.inference import RANK_TOL
+from pipeline.estimation.variance import RANK_TOL
 
 # Memory budget of one chunk of permutations (P x clusters x regressors arrays, a few of them).
 CHUNK_BYTES = 100e6

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.estimation.variance import Problem, covariance
+from pipeline.estimation.variance import Problem, covariance, wald_statistic
 
 STREAM_BOOTSTRAP = 1
 STREAM_PERMUTATION = 2
@@ -172,11 +172,6 @@ def demean_within(values: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return out[:, 0] if one else out
 
 
-# Relative tolerance of the rank decisions below: an eigenvalue of a correlation matrix, or a
-# diagonal of the R of a pivoted QR of unit-norm columns, at most this counts as zero.
-RANK_TOL = 1e-8
-
-
 def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequence[int] | None = None,
                  k_extra: int = 0, tol: float = 1e-10, pvalue: bool = True) -> dict:
     """OLS of ``y`` on ``X`` with CR1 cluster-robust covariance; Wald F-test of ``test`` columns.
@@ -191,8 +186,8 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     so that the order of the sums over clusters does not follow a hash salt). ``pvalue=False``
     skips the p-value (permutation loops).
     The test is refused (``f_stat`` NaN, the reason in ``note``) when the cluster-robust covariance
-    of the tested coefficients (decided on its correlation matrix, tolerance ``RANK_TOL``) has a
-    smaller rank than their number.
+    of the tested coefficients has a smaller rank than their number
+    (:func:`pipeline.estimation.variance.wald_statistic`).
     """
     y = np.asarray(y, dtype=float)
     X = np.asarray(X, dtype=float)
@@ -223,23 +218,13 @@ def cluster_wald(y: np.ndarray, X: np.ndarray, groups: np.ndarray, test: Sequenc
     u = y - X @ beta
     cr1 = covariance("CR1", Problem(bread=bread, scores=(X * u[:, None]).T, beta=beta, n_obs=n,
                                     k_params=k + k_extra, groups=codes, n_clusters=G))
-    Vt = cr1.cov[np.ix_(test, test)]
-    # On the correlation scale, so that a regressor's units (profit in shillings beside a 0/1
-    # dummy) can neither hide a dimension nor keep a noise one.
-    sd = np.sqrt(np.clip(np.diag(Vt), 0.0, None))
     q = len(test)
-    evals = np.zeros(q)
-    if (sd > 0).all():
-        evals, evecs = np.linalg.eigh(Vt / np.outer(sd, sd))
-    rank = int((evals > RANK_TOL).sum())
+    wald, rank = wald_statistic(beta[test], cr1.cov[np.ix_(test, test)])
     if rank < q:
-        # Stata's rule: a Wald test of more restrictions than the rank of their cluster-robust
-        # covariance (at most G - 1) is not reported; a generalised inverse would test noise.
         return {**empty, "df_num": q,
                 "note": f"test refused: rank of the cluster-robust covariance of the {q} tested "
                         f"coefficients is {rank} (G = {G} clusters)"}
-    z = evecs.T @ (beta[test] / sd)
-    f = float((z ** 2 / evals).sum()) / q
+    f = wald / q
     return {"f_stat": f, "df_num": q, "df_denom": G - 1,
             "p_value": float(stats.f.sf(f, q, G - 1)) if pvalue else np.nan,
             "n_obs": n, "n_clusters": G}

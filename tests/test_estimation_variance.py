@@ -12,6 +12,7 @@ from scipy import stats
 from _estimation_data import Y, TREATS, make_data, hand_design, rel_close
 from pipeline.estimation.fit import fit
 from pipeline.estimation.tables import tidy
+from pipeline.estimation.variance import wald_statistic
 from _params import make_spec, tidy_kw
 
 
@@ -230,3 +231,19 @@ def test_cr2_low_rank_and_dense_clusters_match_the_dense_formula(fe_names, weigh
     assert sorted(widths) == list(range(G))
     assert any(r < n_g for r, n_g in widths.values()) and any(r == n_g for r, n_g in widths.values())
     assert widths[8][0] < 6 == widths[9][0]      # one size block split between the two forms
+
+
+def test_wald_statistic_is_the_quadratic_form_in_any_units_and_refuses_a_rank_deficient_covariance():
+    rng = np.random.default_rng(12)
+    B = rng.normal(size=(6, 3))
+    V, b = B.T @ B, rng.normal(size=3)
+    wald, rank = wald_statistic(b, V)
+    assert rank == 3 and wald == pytest.approx(b @ np.linalg.solve(V, b), rel=1e-12)
+    units = np.array([1.0, 1e7, 1e-6])              # shillings beside a 0/1 dummy: the same test
+    assert wald_statistic(b * units, V * np.outer(units, units))[0] == pytest.approx(wald, rel=1e-9)
+    L = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])   # the third coefficient is the sum of the others
+    for scale in (1.0, 1e7):
+        W, r = wald_statistic(L @ b[:2] * scale, L @ V[:2, :2] @ L.T * scale ** 2)
+        assert np.isnan(W) and r == 2
+    W, r = wald_statistic(b, np.diag([1.0, 0.0, 2.0]))       # a coefficient without variance
+    assert np.isnan(W) and r == 0

@@ -19,6 +19,7 @@ from pipeline.estimation.design import absorbed_design, independent_absorbed, tr
 from pipeline.estimation.sample import Sample, crossed_interactions, prepare
 from pipeline.estimation.spec import FEMALE, MALE, Spec, diff_name, gender_param, tidy_name
 from pipeline.vocabulary import BY_GENDER, SAMPLE_MODELS
+from pipeline.estimation.variance import wald_statistic
 from pipeline.estimation.wild import WildDesign
 
 log = logging.getLogger(__name__)
@@ -165,12 +166,16 @@ class AbsorbedResults:
         return _TTestResult(eff, sd, df)
 
     def f_test(self, R) -> _FTestResult:
-        """Wald test of ``R b = 0``: F = (Rb)'(R V R')^-1 (Rb) / q on (q, ``df_inference``)."""
+        """Wald test of ``R b = 0``: F = (Rb)'(R V R')^-1 (Rb) / q on (q, ``df_inference``); F and
+        p NaN (test not reported) when R V R' has rank below q (``variance.wald_statistic``)."""
         R = np.atleast_2d(np.asarray(R, dtype=float))
         V = self.fe_result.cov.to_numpy()
-        rb = R @ self.params.to_numpy()
         q = R.shape[0]
-        F = float(rb @ np.linalg.solve(R @ V @ R.T, rb)) / q
+        wald, rank = wald_statistic(R @ self.params.to_numpy(), R @ V @ R.T)
+        if rank < q:
+            log.info("%s, %s model: joint test of %d restrictions not reported: their covariance has rank %d",
+                     self.estimate_info.spec.outcome, self.estimate_info.model, q, rank)
+        F = wald / q
         return _FTestResult(F, float(scipy.stats.f.sf(F, q, self.df_inference)), q,
                             self.df_inference)
 

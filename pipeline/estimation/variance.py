@@ -41,6 +41,9 @@ from pipeline.estimation.absorb import COLLINEARITY_TOL
 VCOV_TYPES = ("CR1", "CR2", "CR3")
 # Most fixed-effect levels for the dense [X, dummies] computations of CR2 and of CR3's downdates.
 MAX_DENSE_DUMMIES = 400
+# Relative tolerance of rank decisions: an eigenvalue of a correlation matrix, or a diagonal of the
+# R of a pivoted QR of unit-norm columns, at most this counts as zero.
+RANK_TOL = 1e-8
 
 
 @dataclass(frozen=True)
@@ -315,3 +318,19 @@ def _check_loo_identified(S: np.ndarray, k: int, g: int) -> None:
                          f"cluster {g}; use vcov='CR1'")
 
 
+def wald_statistic(b: np.ndarray, V: np.ndarray) -> tuple[float, int]:
+    """(b' V^-1 b, rank of V): the Wald statistic of H0: E b = 0 when b has covariance V, NaN when
+    V's rank is below len(b). The rank is decided on V's correlation matrix (``RANK_TOL``), so that
+    a coefficient's units (profit in shillings beside a 0/1 dummy) can neither hide a dimension nor
+    keep a noise one; a zero variance counts as rank 0. Stata's rule: a test of more restrictions
+    than the rank of their covariance (a cluster-robust one has rank at most G - 1, and a contrast
+    can have no variance at all) is not reported, as a generalised inverse would test noise."""
+    sd = np.sqrt(np.clip(np.diag(V), 0.0, None))
+    if not (sd > 0).all():
+        return np.nan, 0
+    evals, evecs = np.linalg.eigh(V / np.outer(sd, sd))
+    rank = int((evals > RANK_TOL).sum())
+    if rank < len(b):
+        return np.nan, rank
+    z = evecs.T @ (b / sd)
+    return float((z ** 2 / evals).sum()), rank
