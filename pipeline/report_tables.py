@@ -266,6 +266,9 @@ def _joint_test_words(row: pd.Series) -> str:
     p = pval(row["joint_p_value"]) if "joint_p_value" in row.index else "–"
     if "joint_df_denom" not in row.index or not np.isfinite(row["joint_df_denom"]):
         return f"p = {p}"
+    if "joint_f_stat" in row.index and not np.isfinite(row["joint_f_stat"]):
+        # AbsorbedResults.f_test: the covariance of the tested terms has lower rank than their number
+        return f"not reported (the covariance of the {int(row['joint_df_num'])} tested terms is singular)"
     return f"F({int(row['joint_df_num'])}, {int(row['joint_df_denom'])}) p = {p}"
 
 

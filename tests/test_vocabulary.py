@@ -45,3 +45,6 @@ def test_attrition_note_states_the_joint_test_df():
     row = pd.Series({"joint_p_value": 0.0123, "joint_df_num": 3, "joint_df_denom": 149})
     assert report_tables._joint_test_words(row) == "F(3, 149) p = 0.012"
     assert report_tables._joint_test_words(pd.Series({"joint_p_value": 0.5})) == "p = 0.500"
+    refused = pd.Series({"joint_f_stat": float("nan"), "joint_p_value": float("nan"), "joint_df_num": 3,
+                         "joint_df_denom": 14})
+    assert report_tables._joint_test_words(refused) == "not reported (the covariance of the 3 tested terms is singular)"
