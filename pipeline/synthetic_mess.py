@@ -244,9 +244,10 @@ def assemble_interviews(design: dict, owners: dict, firm_arm: np.ndarray, firm_r
         "owner_age": flat(answers["owner_age"]).astype(np.int16),
         "owner_educ_years": flat(answers["owner_educ_years"]).astype(np.int8),
         "hh_size": np.repeat(owners["hh_size"], n_rounds).astype(np.int8),
-        "owner_name": owners["owner_name"].to_numpy()[firm_index],
-        "phone": owners["phone"].to_numpy()[firm_index],
-        "notes": notes.to_numpy(),
+        # text columns taken as they are (str), not through an array of Python strings and back
+        "owner_name": owners["owner_name"].array.take(firm_index),
+        "phone": owners["phone"].array.take(firm_index),
+        "notes": notes.array,
         "treat_arm": firm_arm[firm_index].astype(np.int8),
         "took_training": flat(panel["took_training"]).astype(np.int8),
         "received_grant": flat(panel["received_grant"]).astype(np.int8),
@@ -300,7 +301,7 @@ def submission_order(seconds: np.ndarray, ids: pd.Series) -> np.ndarray:
     tied[same] = tied[same + 1] = True
     if tied.any():                   # the tied rows are runs of equal times, in time order: sort them by (time, id)
         rows = order[tied]
-        order[tied] = rows[np.lexsort((ids.to_numpy(dtype="U41")[rows], ordered[tied]))]
+        order[tied] = rows[np.lexsort((ids.iloc[rows].to_numpy(dtype="U41"), ordered[tied]))]   # tied ids only
     return order
 
 
