@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute        # binds pyarrow too
 
 from pipeline.synthetic_firms import BP_COLUMNS, CAPITAL_ROUNDING_LCU, SEX_FEMALE, SEX_MALE
 
@@ -319,9 +320,9 @@ def export(interviews: pd.DataFrame, correct_copies: pd.DataFrame, keep: np.ndar
     survey = pd.concat([interviews.loc[keep], identical_copies, correct_copies], ignore_index=True)
     # Server export order: by submission time (ISO strings sort like the seconds), then id.
     survey = survey.take(submission_order(survey["submitted_s"].to_numpy(), survey["submission_id"])).reset_index(drop=True)
-    submitted_at = np.datetime_as_string(survey["submitted_s"].to_numpy().astype("datetime64[s]"), unit="s")
-    submitted_at.view("U1").reshape(len(submitted_at), -1)[:, 10] = " "    # 'YYYY-MM-DDTHH:MM:SS': T -> space
-    survey["submitted_at"] = pd.Series(submitted_at, dtype="str")
+    # 'YYYY-MM-DD HH:MM:SS': Arrow's text of a time in seconds, made as a str column (8x numpy's via unicode)
+    seconds = pyarrow.array(survey["submitted_s"].to_numpy(), pyarrow.timestamp("s"))
+    survey["submitted_at"] = pd.array(pyarrow.compute.cast(seconds, pyarrow.string()), dtype="str")
     for col in ("submission_id", "owner_name", "phone", "notes"):
         survey[col] = survey[col].astype("str")
     survey = survey[COLUMNS]
