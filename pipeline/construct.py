@@ -68,13 +68,10 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Assignment, strata, cluster and owner gender: one row per enterprise."""
     cfg = normalise(cfg)
     units = _unit_index(clean, cfg)
-    firms = pd.DataFrame(index=units)
-    for name, column in _assignment_columns(clean, cfg, units).items():
-        firms[name] = column
-    firms["stratum"] = _stratum_labels(clean, cfg, units)
-    firms["cluster_id"] = _cluster_ids(clean, cfg, units)
-    firms["female_owner"] = _female_owner(clean, cfg, units)
-    return firms
+    return pd.DataFrame({**_assignment_columns(clean, cfg, units),     # one frame, not a column set at a time
+                         "stratum": _stratum_labels(clean, cfg, units),
+                         "cluster_id": _cluster_ids(clean, cfg, units),
+                         "female_owner": _female_owner(clean, cfg, units)}, index=units)
 
 
 def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
