@@ -47,7 +47,7 @@ def log_changes(df: pd.DataFrame, mask: pd.Series, column: str, new_value, rule:
     old = df[column].iloc[pos]
     numeric = pd.api.types.is_numeric_dtype(old) and not pd.api.types.is_bool_dtype(old)
     return pd.DataFrame({
-        "source_file": df["source_file"].to_numpy()[pos],
+        "source_file": df["source_file"].astype("str").array.take(pos),    # no array of Python strings
         "source_row": df["source_row"].to_numpy()[pos],
         "column": column,
         "old_value": old.astype("float64").to_numpy() if numeric else np.nan,

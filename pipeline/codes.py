@@ -49,8 +49,13 @@ def map_distinct(series: pd.Series, fn, na_value: Any = None, dtype: Any = None)
     for k, value in enumerate(uniques):
         results[k] = fn(value)
     results[-1] = na_value            # position -1 = missing
-    out = pd.Series(results[positions], index=series.index, dtype=dtype or "object")
-    return out if dtype else out.infer_objects()
+    # Typed (or inferred) on the distinct results, then taken: one small conversion, not one per row.
+    # The results present decide the inferred dtype, so na_value counts only where a value is missing.
+    present = results if (positions < 0).any() else results[:-1]
+    distinct = pd.Series(present, dtype=dtype or "object")
+    if not dtype:
+        distinct = distinct.infer_objects()
+    return pd.Series(distinct.array.take(positions), index=series.index, dtype=distinct.dtype)
 
 
 def norm_codes(series: pd.Series) -> pd.Series:

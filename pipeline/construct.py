@@ -68,13 +68,10 @@ def firm_table(clean: pd.DataFrame, cfg: dict) -> pd.DataFrame:
     """Assignment, strata, cluster and owner gender: one row per enterprise."""
     cfg = normalise(cfg)
     units = _unit_index(clean, cfg)
-    firms = pd.DataFrame(index=units)
-    for name, column in _assignment_columns(clean, cfg, units).items():
-        firms[name] = column
-    firms["stratum"] = _stratum_labels(clean, cfg, units)
-    firms["cluster_id"] = _cluster_ids(clean, cfg, units)
-    firms["female_owner"] = _female_owner(clean, cfg, units)
-    return firms
+    return pd.DataFrame({**_assignment_columns(clean, cfg, units),     # one frame, not a column set at a time
+                         "stratum": _stratum_labels(clean, cfg, units),
+                         "cluster_id": _cluster_ids(clean, cfg, units),
+                         "female_owner": _female_owner(clean, cfg, units)}, index=units)
 
 
 def _unit_index(clean: pd.DataFrame, cfg: dict) -> pd.Index:
@@ -202,19 +199,18 @@ def skills_scores(clean: pd.DataFrame, spec: dict, min_answered_share: float) ->
 
     A score is missing when fewer than ``min_answered_share`` of its items were answered.
     """
-    out = pd.DataFrame(index=clean.index)
     groups = {"skills_index": spec["columns"], **{f"skills_{a}": cols for a, cols in spec.get("areas", {}).items()}}
     every = list(dict.fromkeys(c for cols in groups.values() for c in cols))
     numbers = clean[every]                        # converted once for all the scores
     if not all(pd.api.types.is_numeric_dtype(d) for d in numbers.dtypes):   # to_numeric keeps numbers as they are
         numbers = numbers.apply(pd.to_numeric, errors="coerce")
     numbers = numbers.astype("float64")
+    scores = {}
     for name, cols in groups.items():
         items = numbers[cols]
         answered = np.count_nonzero(~np.isnan(items.to_numpy()), axis=1)
-        score = items.mean(axis=1)
-        out[name] = score.where(answered >= min_answered_share * len(cols))
-    return out
+        scores[name] = items.mean(axis=1).where(answered >= min_answered_share * len(cols))
+    return pd.DataFrame(scores, index=clean.index)       # one frame, not a column set at a time
 
 
 def construct(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: str, *, checked: bool = True
@@ -259,7 +255,7 @@ def _observed_rows(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: st
     unit, round_col = cfg["unit_id"], cfg.get("round")
     factor = _conversion_factor(clean, cfg)
     currency = str(cfg.get("currency", "lcu")).lower()
-    rows = pd.DataFrame({key: clean[unit], "round": round_numbers(clean[round_col], cfg) if round_col else 0})
+    columns = {key: clean[unit], "round": round_numbers(clean[round_col], cfg) if round_col else 0}
     interviewed = (clean["interviewed"].astype("int8") if "interviewed" in clean.columns
                    else pd.Series(1, index=clean.index, dtype="int8"))
     pre_columns = {}
@@ -267,12 +263,13 @@ def _observed_rows(clean: pd.DataFrame, cfg: dict, params: dict, flow_period: st
         base = flow_column(name, out, currency, flow_period)
         new = analysis_column(name, out, flow_period)
         scale = factor if out.get("money", True) else 1.0   # money: false: not in a currency
-        rows[new] = clean[f"{base}_w"] * scale
-        rows[f"{new}_unwinsorised"] = clean[base] * scale
+        columns[new] = clean[f"{base}_w"] * scale
+        columns[f"{new}_unwinsorised"] = clean[base] * scale
         if out["baseline_column"]:
             pre_columns[new] = clean[f"{base}_pre_w"] * scale
             pre_columns[f"{new}_unwinsorised"] = clean[f"{base}_pre"] * scale
-    rows["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
+    columns["business_closed"] = clean["business_closed"].astype("float64").where(interviewed == 1)
+    rows = pd.DataFrame(columns)                        # one frame, not a column set at a time
     if cfg.get("skills_index"):
         min_answered_share = float(param(params, "construct", "skills_min_answered_share"))
         rows = rows.join(skills_scores(clean, cfg["skills_index"], min_answered_share))

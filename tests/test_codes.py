@@ -51,3 +51,27 @@ def test_map_distinct_calls_python_once_per_distinct_value(monkeypatch):
     out = codes.map_distinct(series, lambda v: calls.append(v) or v * 10, na_value=-1)
     assert len(calls) == 3
     assert out.iloc[:4].tolist() == [10.0, 20.0, -1, 30.0] and len(out) == len(series)
+
+
+def _map_row_by_row(series: pd.Series, fn, na_value=None, dtype=None) -> pd.Series:
+    """map_distinct's definition, one call per row: the reference its per-distinct-value form must equal."""
+    values = np.array([na_value if pd.isna(v) else fn(v) for v in series.tolist()] + [None], dtype=object)[:-1]
+    out = pd.Series(values, index=series.index, dtype=dtype or "object")
+    return out if dtype else out.infer_objects()
+
+
+@pytest.mark.parametrize("fn, na_value, dtype", [
+    (norm_code, None, "object"), (lambda v: norm_code(v) in {2, "control"}, False, None),
+    (lambda v: str(norm_code(v)), None, None), (lambda v: f"code {norm_code(v)}", "missing", "str"),
+    (lambda v: 1.5, np.nan, "float64"), (lambda v: 3, np.nan, None), (lambda v: norm_code(v) == 2, None, None),
+])
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(_ANSWERS, max_size=40))
+def test_map_distinct_equals_the_function_applied_to_every_row(values, fn, na_value, dtype):
+    """Same values, dtype, index and element types as the function called on every row (the dtype
+    inferred from the results present: na_value counts only where a value is missing), for functions
+    that give equal values (2 and 2.0: one distinct value) equal results."""
+    series = pd.Series(values, index=np.arange(len(values))[::-1], dtype="object")
+    got, expected = codes.map_distinct(series, fn, na_value, dtype), _map_row_by_row(series, fn, na_value, dtype)
+    pd.testing.assert_series_equal(got, expected, check_exact=True)
+    assert [type(v) for v in got.tolist()] == [type(v) for v in expected.tolist()]

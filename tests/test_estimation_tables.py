@@ -10,7 +10,8 @@ from scipy import stats
 
 from _estimation_data import Y, TREATS, make_data, hand_design, hand_ols, rel_close, with_extras
 from pipeline.estimation import stage
-from pipeline.estimation.tables import TIDY_COLUMNS, add_q_values, estimate_study, fit_descriptive
+from pipeline.estimation.tables import (TIDY_COLUMNS, add_q_values, coerce_tidy, estimate_study, fit_descriptive,
+                                        tidy_frame)
 from _params import make_spec, params_group, study_kw, tidy_kw
 
 
@@ -163,3 +164,16 @@ def test_cr2_mde_of_the_women_minus_men_row_uses_the_contrast_df():
         rel_close(t.loc[f"{term}_women", "mde"],
                   (stats.t.ppf(power, dof_w) + stats.t.ppf(1 - alpha / 2, dof_w)) * t.loc[f"{term}_women", "std_error"],
                   1e-12)
+
+
+@pytest.mark.parametrize("study, n_clusters", [(None, 40), ("s1", None), ("s1", np.int64(40))])
+def test_tidy_frame_equals_the_rows_frame_coerced(study, n_clusters):
+    """tidy_frame (each column made in its dtype from the rows) gives the frame coerce_tidy makes of
+    a frame of the rows: text str (object where missing), n_obs int64, n_clusters Int64, floats."""
+    rows = [{**{c: float(k + j) for j, c in enumerate(TIDY_COLUMNS)}, "study": study, "outcome": "profit",
+             "transform": "level", "model": "by_gender", "sample": "all", "term": f"t{k}",
+             "n_obs": 100 + k, "n_clusters": n_clusters, "q_value": np.nan} for k in range(3)]
+    got, expected = tidy_frame(rows), coerce_tidy(pd.DataFrame(rows, columns=TIDY_COLUMNS))
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert got["study"].dtype == (object if study is None else "str")
+    assert str(got["n_clusters"].dtype) == "Int64" and got["n_obs"].dtype == "int64"
