@@ -35,7 +35,6 @@ runs them in order, counts the flow, validates and writes.
 """
 from __future__ import annotations
 
-
 import pandas as pd
 
 from pipeline import clean_duckdb

@@ -15,7 +15,6 @@ as SQL over the clean parquet file (:mod:`pipeline.construct_duckdb`): the table
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pyarrow.compute        # binds pyarrow too

@@ -9,8 +9,8 @@ import pandas as pd
 
 from pipeline.arms import INTERVENTIONS, arm_average_term
 from pipeline.io import read_json
-from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, EFFECT_KEYS, INTERACTION_TERM, POOLED, TREATMENTS, sex_term,
-                                 split_sex_term)
+from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TERM_OF_EFFECT,
+                                 TREATMENTS, sex_term, split_sex_term)
 from pipeline.vocabulary import SEXES as SEX_KEYS
 
 # How the reader sees the terms and sexes of the results tables (pipeline.vocabulary's words).
@@ -28,7 +28,6 @@ def term_label(term: str) -> str:
 
 # The simulation's survey variants (pipeline.simulation.VARIANTS) as the reader sees them.
 SIMULATION_VARIANTS = {"no_typos": "No typing errors", "as_configured": "As configured"}
-TERM_OF_EFFECT = {key: term for term, key in EFFECT_KEYS.items()}
 
 
 def effect_label(effect: str) -> str:

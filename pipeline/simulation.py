@@ -65,10 +65,10 @@ from pipeline import clean, construct, ingest, parallel, paths, synthetic
 from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
 from pipeline.io import param as read_param, write_outputs as write_study_outputs
+from pipeline.vocabulary import DIFF, MEN, TERM_OF_EFFECT, WOMEN
 
-EFFECTS = {"skills": "treat_skills", "capital": "treat_capital",
-           "skills_x_capital": "treat_skills_x_treat_capital"}
-SEXES = ("women", "men", "diff")
+EFFECTS = TERM_OF_EFFECT             # effect key -> treatment term of the by_gender model
+SEXES = (WOMEN, MEN, DIFF)
 # name -> column of the analysis table
 OUTCOMES = {"unwinsorised": "profit_usd_ppp_month_unwinsorised", "winsorised": "profit_usd_ppp_month"}
 VARIANTS = {"no_typos": {"share_typo_extra_zero": 0.0}, "as_configured": {}}

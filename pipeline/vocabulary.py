@@ -13,6 +13,7 @@ TREATMENTS = ("treat_skills", "treat_capital")
 INTERACTION_TERM = "treat_skills_x_treat_capital"
 # Tidy term -> the short effect key of the metrics, plots and truth.json ("skills", ...).
 EFFECT_KEYS = {"treat_skills": "skills", "treat_capital": "capital", INTERACTION_TERM: "skills_x_capital"}
+TERM_OF_EFFECT = {key: term for term, key in EFFECT_KEYS.items()}
 
 # Owners' sexes: the samples of the split models, the suffixes of the by-gender terms
 # (``<term>_women``, ``<term>_men``) and the truth's keys; DIFF is the women - men contrast.
