@@ -56,7 +56,8 @@ def attrition_table(df: pd.DataFrame, spec_params: dict, study: str | None, alph
     combination for the combined arm). ``control_mean`` is the control arm's attrition rate;
     ``joint_f_stat`` / ``joint_p_value`` test that all treatment terms of the model are zero, on
     F(``joint_df_num``, ``joint_df_denom``) (``AbsorbedResults.f_test``: the denominator is G - 1
-    under every clustered covariance, CR2 included, N - K with HC1)."""
+    under every clustered covariance, CR2 included, N - K with HC1); both NaN where the covariance of
+    the tested terms is singular (the test is not reported, ``variance.wald_statistic``)."""
     require(df, ["attrited"], "attrition indicator")
     base = Spec.from_params(spec_params, "attrited", df)
     spec = replace(base, baseline_control=False, controls=())
