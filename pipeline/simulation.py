@@ -65,7 +65,7 @@ from pipeline import clean, construct, ingest, parallel, paths, synthetic
 from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
 from pipeline.io import param as read_param, write_outputs as write_study_outputs
-from pipeline.vocabulary import DIFF, MEN, TERM_OF_EFFECT, WOMEN
+from pipeline.vocabulary import DIFF, EFFECT_KEYS, MEN, TERM_OF_EFFECT, WOMEN, sex_term, split_sex_term
 
 EFFECTS = TERM_OF_EFFECT             # effect key -> treatment term of the by_gender model
 SEXES = (WOMEN, MEN, DIFF)
@@ -133,7 +133,7 @@ def one_draw(i: int, settings: dict) -> list[dict]:
             by_term = dict(zip(t["term"], t.to_dict("records")))     # one conversion, not a .loc per row
             for effect, term in EFFECTS.items():
                 for sex in SEXES:
-                    r = by_term[f"{term}_{sex}"]
+                    r = by_term[sex_term(term, sex)]
                     rows.append({"draw": int(i), "seed": seed, "variant": variant, "outcome": oname,
                                  "effect": effect, "sex": sex, "truth": true_value(truth, effect, sex),
                                  "estimate": float(r["estimate"]), "std_error": float(r["std_error"]),
@@ -181,13 +181,13 @@ def few_cluster_draw(i: int, settings: dict) -> list[dict]:
     return rows
 
 
-def _effect_and_sex(term: str) -> tuple[str | None, str | None]:
-    """'treat_skills_x_treat_capital_diff' -> ('skills_x_capital', 'diff')."""
-    for effect, prefix in EFFECTS.items():
-        for sex in SEXES:
-            if term == f"{prefix}_{sex}":
-                return effect, sex
-    return None, None
+def _effect_and_sex(name: str) -> tuple[str | None, str | None]:
+    """'treat_skills_x_treat_capital_diff' -> ('skills_x_capital', 'diff'); (None, None) for a term
+    that is not one of the effects."""
+    term, sex = split_sex_term(name)
+    if term not in EFFECT_KEYS or sex not in SEXES:
+        return None, None
+    return EFFECT_KEYS[term], sex
 
 
 def summarise_few_clusters(draws: pd.DataFrame) -> pd.DataFrame:

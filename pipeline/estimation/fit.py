@@ -18,9 +18,9 @@ from pipeline.estimation import ols
 from pipeline.estimation.design import absorbed_design, independent_absorbed, treatment_terms
 from pipeline.estimation.sample import Sample, crossed_interactions, prepare
 from pipeline.estimation.spec import FEMALE, MALE, Spec, diff_name, gender_param, tidy_name
-from pipeline.vocabulary import BY_GENDER, SAMPLE_MODELS
 from pipeline.estimation.variance import wald_statistic
 from pipeline.estimation.wild import WildDesign
+from pipeline.vocabulary import BY_GENDER, SAMPLE_MODELS
 
 log = logging.getLogger(__name__)
 
