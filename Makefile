@@ -17,7 +17,7 @@ export MKL_NUM_THREADS := 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup repro evidence test test-fast lint bench lab clean-outputs
+.PHONY: help setup repro evidence test test-fast lint bench lab clean-outputs chromium
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,8 +47,17 @@ evidence: $(STAMP)  ## run every real study in params.yaml `evidence.studies` (d
 	$(BIN)/dvc repro evidence/dvc.yaml
 	@echo "Open reports/evidence/index.html"
 
-test: $(STAMP)  ## run the test suite (same environment)
+test: $(STAMP) chromium  ## run the test suite (same environment)
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the report's browser test (tests/test_browser.py): Debian's package, installed
+# here when missing and this user may install packages (root, as on CI and fresh machines); otherwise
+# the test fails saying what to install. Not pinned: Debian's mirror keeps only the current security release.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium package for the browser test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium > /dev/null; }
 
 test-fast: $(STAMP)  ## unit tests only, without the end-to-end pipeline tests
 	$(BIN)/python -m pytest -m "not slow"

@@ -21,7 +21,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--
 @pytest.fixture(scope="module")
 def reports(reproduced_clone) -> Path:
     if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+        pytest.fail("chromium is not installed (`make test` installs Debian's chromium package when run as root)")
     return reproduced_clone / "reports"
 
 
