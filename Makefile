@@ -69,7 +69,7 @@ lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.r
 BENCH_VENV := .bench/venv
 $(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock $(STAMP)
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BIN)/uv pip install --quiet --python $(BENCH_VENV)/bin/python -r scripts/bench-pyfixest.lock
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python -r scripts/bench-pyfixest.lock
 	touch $@
 
 bench: $(STAMP) $(BENCH_VENV)/.installed  ## issue 9's figures side by side in one run, as ratios to their targets (.bench/bench.json; options: scripts/bench.py --help)
