@@ -35,6 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 SCHEDULER_ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+# dask settings of the local cluster's workers (a cluster at an address keeps its own)
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
 # n worker processes x n library threads on n cores run at about half speed
 SINGLE_THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                              "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS")}
@@ -66,7 +68,10 @@ def dask_client(workers: int, address: str | None = None) -> Iterator:
     # distributed's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes glibc hand
     # freed memory back at once: the QTE bootstrap's numpy temporaries then ran at half speed (10
     # replications: 14.3-16.8 s against 6.0-8.7 s in a process without it). Glibc's default instead.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+    # The workers' statistical profiler (a thread sampling the running task's stack every 10 ms, for
+    # the dashboard's profile page) cost a simulation draw 1.3-2.7% of its CPU on 2 workers and 4-11%
+    # on 1 (paired runs): WORKER_CONFIG turns it off.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None, **WORKER_CONFIG}), \
             LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, env=SINGLE_THREAD_ENV,
                          dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

@@ -62,6 +62,12 @@ def worker_environment(name: str) -> str | None:
     return os.environ.get(name)
 
 
+def worker_dask_config(key: str):
+    import dask
+
+    return dask.config.get(key)
+
+
 def test_task_seed_is_a_seed_sequence_keyed_by_integers_and_crc32_of_strings():
     seed = parallel.task_seed(20261128, 7, "treat_skills_women")
     reference = np.random.SeedSequence([20261128, 7, zlib.crc32(b"treat_skills_women")])
@@ -203,6 +209,8 @@ def test_workers_run_one_library_thread(dask_clients):
     # distributed's default of 65536 halved the QTE bootstrap's speed (glibc returned memory at once)
     assert set(dask_clients[2].run(worker_environment, "MALLOC_TRIM_THRESHOLD_").values()) == {None}
     assert parallel.worker_threads(dask_clients[2]) == 2 and parallel.worker_threads(dask_clients[1]) == 1
+    # the statistical profiler's sampling thread cost a simulation draw 1-3% (2 workers) to 4-11% (1)
+    assert set(dask_clients[2].run(worker_dask_config, "distributed.worker.profile.enabled").values()) == {False}
     assert sorted(dask_clients[2].nthreads().values()) == [1, 1]
 
 
