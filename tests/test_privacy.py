@@ -158,6 +158,41 @@ def test_final_scan_passes_report_noise_and_fails_a_planted_phone(tmp_path):
         assert_stage_outputs_clean([raw], root=tmp_path / "elsewhere")
 
 
+def test_cell_ids_of_all_digits_are_not_id_numbers_but_the_same_digits_in_a_cell_are(tmp_path):
+    """Jupyter gives a new cell a random id, all digits about once in 40 cells (a test's added cell
+    "41464423" failed the synthetic stage): the executed notebook and its HTML pass; the same digits
+    in a cell's source, its output or the HTML's text are still an ID number."""
+    import nbformat
+
+    from pipeline.notebook_html import export_html
+    from pipeline.privacy import assert_stage_outputs_clean
+
+    def notebook(source: str, output: str) -> nbformat.NotebookNode:
+        nb = nbformat.v4.new_notebook()
+        cell = nbformat.v4.new_code_cell(source, outputs=[nbformat.v4.new_output("stream", name="stdout", text=output)])
+        cell["id"] = "41464423"
+        uuid_cell = nbformat.v4.new_markdown_cell("# Profits")
+        uuid_cell["id"] = "12345678-abcd-4ef0-9abc-901234567890"      # JupyterLab's UUID form
+        nb.cells = [cell, uuid_cell]
+        return nb
+
+    outs = [tmp_path / "n.ipynb", tmp_path / "n.html"]
+    for nb in (notebook("x = 1", "1"),):
+        nbformat.write(nb, str(outs[0]))
+        (outs[1]).write_text(export_html(nb, hide_code=False))
+        assert 'id="cell-id=41464423"' in outs[1].read_text()
+        assert_stage_outputs_clean(outs, root=tmp_path)
+    for source, output in (("owner_id = '41464423'", "1"), ("x = 1", "ID 41464423")):
+        nb = notebook(source, output)
+        nbformat.write(nb, str(outs[0]))
+        outs[1].write_text(export_html(nb, hide_code=False))
+        with pytest.raises(IdentifierLeakError, match=r"n\.ipynb: column '\(text\)': ID numbers"):
+            assert_stage_outputs_clean(outs, root=tmp_path)
+        if output != "1":                 # printed: in the HTML's text too
+            with pytest.raises(IdentifierLeakError, match=r"n\.html: column '\(text\)': ID numbers"):
+                assert_stage_outputs_clean(outs[1:], root=tmp_path)
+
+
 def test_a_stage_whose_output_holds_a_phone_fails_and_keeps_the_previous_outputs(tmp_path, monkeypatch):
     import nbformat
     import papermill
