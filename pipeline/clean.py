@@ -107,20 +107,27 @@ def clean_schema(cfg: dict, flow_period: str):
 # ------------------------------------------------------------------------------------------------
 # The stage
 # ------------------------------------------------------------------------------------------------
-def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True) -> dict[str, pd.DataFrame]:
+def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = True,
+          partition: str | None = None) -> dict[str, pd.DataFrame]:
     """Apply every rule; return clean table, rejected rows, value log and flow table.
 
     ``clean.engine`` ``duckdb``: the same rules and tables from :func:`pipeline.clean_duckdb.clean_frame`.
     ``checked=False`` (the simulation's draws after the first, whose generator and rules are the
     ones a checked draw already passed): no pandera validation and no flow table (``flow`` None);
-    the rules, the row accounting and every other output are the same."""
+    the rules, the row accounting and every other output are the same.
+    ``partition``: a column of ``interim`` that splits it into surveys with distinct unit ids,
+    cleaned together to share pandas' cost per call (the simulation's batches of draws): the
+    statistics the rules take over a table (winsorising cut-offs, the overflow bound) are each
+    survey's own, so every survey's clean rows are those it gets alone. Not with the duckdb engine."""
     cfg = normalise(cfg)
     params = effective_clean_params(cfg, params)
     if param(params, "clean", "engine") == "duckdb":
+        if partition is not None:
+            raise ValueError(f"{cfg['study']}: clean(partition=...) runs on the pandas engine only")
         return clean_duckdb.clean_frame(interim, cfg, params, checked=checked)
     id_like = {cfg["unit_id"], cfg.get("round"), cfg["treatment"]["column"], cfg.get("cluster"),
                *(cfg["treatment"]["dummies"] or []), *cfg.get("strata", []),
-               *((cfg.get("submission") or {}).values())}
+               *((cfg.get("submission") or {}).values()), partition}
     check_id_collisions(interim, cfg)
     df, rejected_invalid = reject_invalid_rows(interim, cfg)
     after_invalid = df
@@ -133,7 +140,7 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = Tru
     df, log_unknown = replace_unknown_codes(df, cfg)
     check_sex_coding(df, cfg)
     df, log_closed = apply_closures(df, cfg)
-    df, log_unusable = unusable_numbers(df, cfg)
+    df, log_unusable = unusable_numbers(df, cfg, partition)
     df, log_impossible = reject_impossible_values(df, cfg)
     period = param(params, "clean", "flow_period")
     df = normalise_recall(df, cfg, period)
@@ -146,10 +153,10 @@ def clean(interim: pd.DataFrame, cfg: dict, params: dict, *, checked: bool = Tru
             baselines[f"{new}_pre"] = bool(out.get("allow_negative", False))
     lower, upper = float(param(params, "clean", "winsor_lower_pct")), float(param(params, "clean", "winsor_upper_pct"))
     method = param(params, "clean", "outlier_method")
-    df, changed = treat_outliers(df, targets, lower, upper,
-                            by=cfg.get("round") if param(params, "clean", "winsor_by_round") else None, method=method)
+    by_round = cfg.get("round") if param(params, "clean", "winsor_by_round") else None
+    df, changed = treat_outliers(df, targets, lower, upper, by=[c for c in (partition, by_round) if c], method=method)
     if baselines:
-        df, changed_bl = treat_outliers(df, baselines, lower, upper, by=None, method=method, unit=cfg["unit_id"])
+        df, changed_bl = treat_outliers(df, baselines, lower, upper, by=partition, method=method, unit=cfg["unit_id"])
         changed.update(changed_bl)
     rejected = pd.concat([rejected_invalid, rejected_dups], ignore_index=True)
     rejected = rejected.sort_values(["source_file", "source_row"], kind="stable").reset_index(drop=True)

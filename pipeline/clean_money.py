@@ -55,24 +55,26 @@ def normalise_recall(df: pd.DataFrame, cfg: dict, flow_period: str) -> pd.DataFr
 
 
 def winsorise(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
-              by: str | None, method: str = "winsorise", unit: str | None = None) -> pd.DataFrame:
+              by: str | list[str] | None, method: str = "winsorise", unit: str | None = None) -> pd.DataFrame:
     """:func:`treat_outliers` without the counts."""
     return treat_outliers(df, columns, lower_pct, upper_pct, by, method, unit)[0]
 
 
 def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float, upper_pct: float,
-                   by: str | None, method: str = "winsorise", unit: str | None = None) -> tuple[pd.DataFrame, dict]:
+                   by: str | list[str] | None, method: str = "winsorise", unit: str | None = None
+                   ) -> tuple[pd.DataFrame, dict]:
     """Add ``<col>_w``: values beyond per-group percentiles clamped (``winsorise``) or blanked
     (``trim``); cut-offs from a quantile table mapped back. Returns (table, values changed per column).
 
     ``columns`` maps a column to whether its lower tail is treated too (outcomes that can be
     negative). Missing values stay missing. With ``unit``, cut-offs come from one value per unit
-    (for baselines repeated on every row of a unit).
+    (for baselines repeated on every row of a unit). ``by``: the column, or columns, whose values
+    form the groups (None: one group).
     """
     if method not in OUTLIER_METHODS:
         raise CleaningError(f"clean.outlier_method={method!r}: expected one of {OUTLIER_METHODS}")
     df = df.copy(deep=False)   # a new frame; copy-on-write keeps the caller's columns unchanged
-    groups = df[by] if by else pd.Series(0, index=df.index)
+    groups = outlier_groups(df, by)
     upper, lower = _cutoffs(df, columns, groups, lower_pct, upper_pct, unit)
     changed = {}
     for col, both_tails in columns.items():
@@ -88,6 +90,18 @@ def treat_outliers(df: pd.DataFrame, columns: dict[str, bool], lower_pct: float,
         df[f"{col}_w"] = values
         changed[col] = int(out_of_range.sum())
     return df, changed
+
+
+def outlier_groups(df: pd.DataFrame, by: str | list[str] | None) -> pd.Series:
+    """The group of each row: the column ``by``, one number per distinct combination of the columns
+    ``by`` (missing where one of them is: such rows get no cut-off, as with one column), or 0."""
+    by = [by] if isinstance(by, str) else list(by or [])
+    if not by:
+        return pd.Series(0, index=df.index)
+    if len(by) == 1:
+        return df[by[0]]
+    numbers = df.groupby(by, sort=True, dropna=True).ngroup()
+    return numbers.where(numbers >= 0)
 
 
 def _cutoffs(df: pd.DataFrame, columns: dict[str, bool], groups: pd.Series, lower_pct: float, upper_pct: float,

@@ -191,14 +191,18 @@ def apply_closures(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFr
     return df, concat_logs(logs)
 
 
-def unusable_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def unusable_numbers(df: pd.DataFrame, cfg: dict, partition: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Numbers no estimate can use become missing (the row stays), logged: infinities
     (``impossible_value:non_finite``) and magnitudes whose square, summed over the table's rows,
     overflows float64 (|x| > sqrt(max float / rows), about 1e152 for 10,000 rows), which made a
     profit of 1e300 give estimates of 1e297 with NaN standard errors. This is arithmetic, not
-    plausibility: a plausible range is the study's ``valid_ranges`` (:func:`reject_impossible_values`)."""
+    plausibility: a plausible range is the study's ``valid_ranges`` (:func:`reject_impossible_values`).
+    ``partition``: a column splitting the table into surveys cleaned together (:func:`pipeline.clean.clean`);
+    the rows counted are then each survey's own."""
     cfg = normalise(cfg)
-    bound = float(np.sqrt(np.finfo("float64").max / max(len(df), 1)))
+    rows = (df[partition].map(df[partition].value_counts()).to_numpy(dtype="float64") if partition
+            else np.float64(max(len(df), 1)))
+    bound = np.sqrt(np.finfo("float64").max / rows)
     logs, replaced = [], {}
     dtypes = df.dtypes
     for col in numeric_columns(cfg):
@@ -210,11 +214,12 @@ def unusable_numbers(df: pd.DataFrame, cfg: dict) -> tuple[pd.DataFrame, pd.Data
         huge = (as_double > bound) & ~infinite
         if not (infinite.any() or huge.any()):
             continue                  # the usual case: no Series built
-        infinite, huge = pd.Series(infinite, index=df.index), pd.Series(huge, index=df.index)
         if infinite.any():
-            logs.append(log_changes(df, infinite, col, np.nan, "impossible_value:non_finite"))
-        if huge.any():
-            logs.append(log_changes(df, huge, col, np.nan, f"impossible_value:magnitude above {bound:.3g} (float64 overflow)"))
+            logs.append(log_changes(df, pd.Series(infinite, index=df.index), col, np.nan, "impossible_value:non_finite"))
+        for limit in np.unique(np.broadcast_to(bound, huge.shape)[huge]):   # one bound without a partition
+            hit = huge & (bound == limit)
+            logs.append(log_changes(df, pd.Series(hit, index=df.index), col, np.nan,
+                                    f"impossible_value:magnitude above {limit:.3g} (float64 overflow)"))
         replaced[col] = values.mask(infinite | huge)
     return df.assign(**replaced), concat_logs(logs)
 

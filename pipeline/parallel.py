@@ -30,7 +30,7 @@ import reprlib
 import sys
 import time
 import zlib
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -251,13 +251,14 @@ def _task_name(function: Callable, chunks: list[Sequence], k: int) -> str:
 
 
 def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), chunk_size: int | None = None,
-              progress: Progress | None = None) -> list:
+              progress: Progress | None = None, weight: Callable[[Any], int] | None = None) -> list:
     """``[function(item, *shared) for item in items]`` on the client's workers, in input order.
 
     ``function`` must be importable by the workers (a module-level function of the package);
     ``shared`` arguments are sent to every worker once. Items go in chunks of ``chunk_size``
     (default :func:`default_chunk_size`), one task each, ``pure=False``; ``progress`` advances
-    by a chunk's items as it completes. A task's error is raised with a note naming its items; a
+    by a chunk's items as it completes (by the sum of ``weight(item)`` with ``weight``: e.g. the
+    draws of a batch). A task's error is raised with a note naming its items; a
     task cancelled before it returned raises :class:`TaskLostError` naming them. ``client=None``
     runs everything here, serially (debugging, profiling)."""
     items = list(items)
@@ -266,7 +267,7 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
         for item in items:
             out.append(function(item, *shared))
             if progress is not None:
-                progress.advance()
+                progress.advance(weight(item) if weight else 1)
         return out
     from distributed import as_completed
     from distributed.client import CancelledError
@@ -297,7 +298,7 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
                 error.add_note(f"in the task of {_task_name(function, chunks, k)} (dask key {future.key})")
                 raise
             if progress is not None:
-                progress.advance(len(chunks[k]))
+                progress.advance(sum(map(weight, chunks[k])) if weight else len(chunks[k]))
     finally:
         client.cancel(futures + list(shared_futures))
     return [value for chunk_result in results for value in chunk_result]

@@ -17,7 +17,7 @@ before ``pipeline/simulation.py`` (e.g. a73bafe, where issue 9 was filed) is tim
 ``make bench`` (``scripts/bench.py``) runs this side by side as one part of its table.
 
 ``--check N --against REF`` instead asserts that this checkout and ``REF`` give identical results:
-main draws 0..N-1 (every row of :func:`pipeline.simulation.one_draw`) and each draw's analysis tables
+main draws 0..N-1 (every row of :func:`pipeline.simulation.main_batch`, in batches) and each draw's analysis tables
 (both variants), few-cluster draws 0..2, compared exactly (``assert_frame_equal(check_exact=True)``).
 """
 from __future__ import annotations
@@ -67,10 +67,29 @@ def settings() -> dict:
                                      wild_reps=params["simulation"]["wild_bootstrap_reps"])
 
 
-def cpu_per_draw(draw, n: int, s: dict) -> float:
+def stage_batch_size() -> int:
+    """Draws per task of the simulation stage at the ``simulation:`` params (``run_study``'s default)."""
+    from pipeline import parallel
+    from pipeline.io import load_params
+    sim = load_params()["simulation"]
+    return parallel.default_chunk_size(int(sim["draws"]), int(sim["workers"]))
+
+
+def batched(module, batch_name: str, draw_name: str) -> Callable:
+    """``function(draws, settings) -> rows of each draw``: the module's batch function, or, in code from
+    before batches (``analysis_tables``), its one-draw function draw by draw."""
+    batch = getattr(module, batch_name, None)
+    if batch is not None:
+        return batch
+    one = getattr(module, draw_name)
+    return lambda draws, s: [one(i, s) for i in draws]
+
+
+def cpu_per_draw(batch, n: int, s: dict, size: int) -> float:
+    """CPU s per draw of draws 1..n in batches of ``size`` (the stage's tasks)."""
     start = time.process_time()
-    for i in range(1, n + 1):
-        draw(i, s)
+    for k in range(1, n + 1, size):
+        batch(list(range(k, min(k + size, n + 1))), s)
     return (time.process_time() - start) / n
 
 
@@ -78,8 +97,7 @@ def shares(n: int, s: dict) -> list[tuple[str, float]]:
     from pipeline import simulation
     profile = cProfile.Profile()
     profile.enable()
-    for i in range(1, n + 1):
-        simulation.one_draw(i, s)
+    cpu_per_draw(simulation.main_batch, n, s, stage_batch_size())
     profile.disable()
     stats = pstats.Stats(profile).stats
     total = max(ct for (_, _, _), (_, _, _, ct, _) in stats.items())
@@ -101,34 +119,51 @@ def draw_code() -> tuple[dict, Callable, Callable | None]:
             raise
         sys.path.insert(0, str(ROOT / "scripts"))
         import simulation_study
-        return simulation_study.build_settings(), simulation_study.one_draw, None
-    return settings(), simulation.one_draw, simulation.few_cluster_draw
+        return simulation_study.build_settings(), batched(simulation_study, "", "one_draw"), None, 1
+    has_batches = hasattr(simulation, "analysis_tables")
+    return (settings(), batched(simulation, "main_batch", "one_draw"),
+            batched(simulation, "few_cluster_batch", "few_cluster_draw"), stage_batch_size() if has_batches else 1)
 
 
 def timings(draws: int, few: int) -> dict:
     """CPU seconds per main and few-clusters draw of the code under ``ROOT`` (after a warm-up draw
-    0 of each kind); ``few`` None where the code has no few-cluster draws."""
-    s, main_draw, few_draw = draw_code()
-    main_draw(0, s)
-    if few_draw is not None:
-        few_draw(0, s)
-    return {"main": cpu_per_draw(main_draw, draws, s),
-            "few": None if few_draw is None else cpu_per_draw(few_draw, few, s)}
+    0 of each kind), in batches as its stage runs them; ``few`` None where the code has no
+    few-cluster draws."""
+    s, main_batch, few_batch, size = draw_code()
+    main_batch([0], s)
+    if few_batch is not None:
+        few_batch([0], s)
+    return {"main": cpu_per_draw(main_batch, draws, s, size),
+            "few": None if few_batch is None else cpu_per_draw(few_batch, few, s, size)}
 
 
 def results(draws: int, few: int) -> dict:
     """Every main draw's rows and analysis tables (draws 0..draws-1) and few-cluster draws' rows, as
-    the code under ``ROOT`` computes them (one_draw and analysis_table with one_draw's arguments)."""
+    the code under ``ROOT`` computes them: in the stage's batches (draw 0 alone, then batches of
+    3, so that a batch is never the whole run) where the code has them, else one draw at a time."""
     from pipeline import simulation
     s = settings()
+    def batches_of(n: int) -> list[list[int]]:
+        return simulation.draw_batches(n, 3) if hasattr(simulation, "draw_batches") else [[i] for i in range(n)]
+
+    batches = batches_of(draws)
     tables = {}
-    for i in range(draws):
+    for batch in batches:
         for variant in s["variants"]:
-            synth = {**s["synthetic"], **simulation.VARIANTS[variant], "seed": s["base_seed"] + i}
-            tables[i, variant] = simulation.analysis_table(synth, s["cfg"], s["clean"], s["construct"],
-                                                           simulation.checked_draw(i))[0]
-    return {"main": [simulation.one_draw(i, s) for i in range(draws)], "tables": tables,
-            "few": [simulation.few_cluster_draw(i, s) for i in range(few)]}
+            generated = [simulation.synthetic.generate({**s["synthetic"], **simulation.VARIANTS[variant],
+                                                        "seed": s["base_seed"] + i}) for i in batch]
+            if hasattr(simulation, "analysis_tables"):
+                made = simulation.analysis_tables(generated, s["cfg"], s["clean"], s["construct"],
+                                                  checked=any(simulation.checked_draw(i) for i in batch))
+            else:
+                made = [simulation.analysis_table(None, s["cfg"], s["clean"], s["construct"],
+                                                  simulation.checked_draw(i), g)[0] for i, g in zip(batch, generated)]
+            tables.update({(i, variant): t for i, t in zip(batch, made)})
+    few_batches = batches_of(few)
+    main_batch = batched(simulation, "main_batch", "one_draw")
+    few_batch = batched(simulation, "few_cluster_batch", "few_cluster_draw")
+    return {"main": [rows for b in batches for rows in main_batch(b, s)], "tables": tables,
+            "few": [rows for b in few_batches for rows in few_batch(b, s)]}
 
 
 def _child_env(root: str) -> dict:
@@ -214,12 +249,13 @@ def main() -> None:
         side_by_side(args.against, args.draws, args.few, args.rounds)
     from pipeline import simulation
     s = settings()
+    size = stage_batch_size()
     simulation.one_draw(0, s)              # warm-up: imports, caches, the validated draw
     simulation.few_cluster_draw(0, s)
     print(f"code: {simulation.__file__}")
-    print(f"main draw (2 variants x 2 outcomes):  {cpu_per_draw(simulation.one_draw, args.draws, s):.3f} "
-          f"CPU s/draw over {args.draws} draws")
-    print(f"few-clusters draw (CR1, CR2, wild):   {cpu_per_draw(simulation.few_cluster_draw, args.few, s):.3f} "
+    print(f"main draw (2 variants x 2 outcomes):  {cpu_per_draw(simulation.main_batch, args.draws, s, size):.3f} "
+          f"CPU s/draw over {args.draws} draws (batches of {size}, as the stage)")
+    print(f"few-clusters draw (CR1, CR2, wild):   {cpu_per_draw(simulation.few_cluster_batch, args.few, s, size):.3f} "
           f"CPU s/draw over {args.few} draws")
     print("share of a main draw's CPU time (cProfile, cumulative):")
     for label, share in shares(args.draws, s):

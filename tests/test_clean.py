@@ -331,3 +331,35 @@ def test_outliers_of_several_columns_equal_one_column_at_a_time(method, by, unit
     pd.testing.assert_frame_equal(got, expected, check_exact=True)
     for col in columns:
         assert changed[col] == int((got[f"{col}_w"].ne(df[col]) & df[col].notna()).sum())
+
+
+def test_partition_cleans_each_survey_as_alone(synthetic_interim):
+    """clean(partition=...) on two surveys stacked (distinct unit ids): each survey's clean rows,
+    winsorised columns and overflow bound are those it gets alone, although the second's profits
+    (and so its cut-offs) are 1,000 times the first's and the stacked table is twice as long."""
+    cfg, interim = synthetic_interim
+    params = params_group("clean")
+    first = interim.assign(part=0)
+    profit = first["profit"].astype("float64") * 1000
+    # above the overflow bound of twice the rows, below the bound of the survey's own rows
+    bound_alone, bound_pooled = (np.sqrt(np.finfo("float64").max / n) for n in (len(first), 2 * len(first)))
+    profit.iloc[5] = (bound_alone + bound_pooled) / 2
+    second = first.assign(part=1, firm_id=first["firm_id"].astype("int64") + 10 ** 7, profit=profit)
+    stacked = pd.concat([first, second], ignore_index=True)
+    together = clean.clean(stacked, cfg, params, checked=False, partition="part")
+    for k, survey in enumerate((first, second)):
+        alone = clean.clean(survey, cfg, params, checked=False)
+        part = together["clean"][together["clean"]["part"] == k].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, alone["clean"].astype({"firm_id": part["firm_id"].dtype}), check_exact=True)
+    # the test has power: one table without the partition pools the cut-offs and the bound
+    pooled = clean.clean(stacked, cfg, params, checked=False)["clean"]
+    assert not pooled["profit_lcu_month_w"].equals(together["clean"]["profit_lcu_month_w"])
+    assert pooled["profit_lcu_month"].isna().sum() > together["clean"]["profit_lcu_month"].isna().sum()
+
+
+def test_outlier_groups_number_each_combination_and_leave_missing_keys_out():
+    df = pd.DataFrame({"a": [0, 0, 1, 1, np.nan], "b": [2, 3, 2, 2, 3]})
+    assert clean_money.outlier_groups(df, None).tolist() == [0] * 5
+    assert clean_money.outlier_groups(df, "b").tolist() == [2, 3, 2, 2, 3]
+    got = clean_money.outlier_groups(df, ["a", "b"])
+    assert got.iloc[:4].tolist() == [0, 1, 2, 2] and np.isnan(got.iloc[4])

@@ -67,6 +67,27 @@ def test_summary_on_normal_draws_with_known_coverage(sim):
     assert s["coverage"] == pytest.approx(2 * 0.5 * (1 + math.erf(0.98 / np.sqrt(2))) - 1, abs=0.015)
 
 
+def test_a_batch_of_draws_gives_each_draw_the_tables_it_gets_alone(sim, groups):
+    """The stage cleans and constructs a task's draws as one stacked table (unit ids shifted, clean's
+    partition): each draw's analysis table must be exactly the one it gets alone, although the
+    draws' winsorising cut-offs differ (pooled cut-offs would change the winsorised profits)."""
+    from pipeline import synthetic
+    from pipeline.study import load_study
+    cfg = load_study("synthetic")
+    synth = {**groups["synthetic"], "n_firms": 300, "share_typo_extra_zero": 0.02}
+    generated = [synthetic.generate({**synth, "seed": seed}) for seed in (5, 6, 7)]
+    alone = [sim.analysis_table({}, cfg, groups["clean"], groups["construct"], False, g)[0] for g in generated]
+    together = sim.analysis_tables(generated, cfg, groups["clean"], groups["construct"])
+    assert len(together) == 3
+    for one, batched in zip(alone, together):
+        pd.testing.assert_frame_equal(batched, one, check_exact=True)
+    # the test has power: the per-round top cut-offs differ between draws, so shared ones would not do
+    cutoffs = [t[t["interviewed"] == 1].groupby("round")["profit_usd_ppp_month"].max() for t in alone]
+    assert not cutoffs[0].equals(cutoffs[1]) and not cutoffs[1].equals(cutoffs[2])
+    # a checked batch (draw 0) runs alone, with validation
+    assert sim.draw_batches(7, 3) == [[0], [1, 2, 3], [4, 5, 6]]
+
+
 def test_closed_businesses_have_zero_not_missing_profit(sim, groups):
     """Why the study needs no "closed firms set to 0" outcome: the clean stage already does it."""
     from pipeline.study import load_study
@@ -183,7 +204,8 @@ def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups
     n_main, n_few = 3, 2
 
     def plain_loop(kind, n):
-        rows = [r for i in range(n) for r in sim._DRAW_FUNCTIONS[kind](i, settings)]
+        one = {"main": sim.one_draw, "few_clusters": sim.few_cluster_draw}[kind]
+        rows = [r for i in range(n) for r in one(i, settings)]
         return pd.DataFrame(rows, columns=sim.DRAW_COLUMNS if kind == "main" else sim.FEW_CLUSTER_COLUMNS)
 
     reference = written_tables(sim, settings, plain_loop("main", n_main), plain_loop("few_clusters", n_few),
