@@ -174,9 +174,8 @@ def _estimates(i: int, seed: int, variant: str, table: pd.DataFrame, truth: dict
     rows = []
     for oname in settings["outcomes"]:
         spec = est_spec.Spec.from_params(settings["spec_params"], OUTCOMES[oname], table)
-        t = est_tables.tidy(est_fit.fit(table, spec, by_gender=True), alpha=settings["alpha"],
-                            power=settings["power"])
-        by_term = dict(zip(t["term"], t.to_dict("records")))     # one conversion, not a .loc per row
+        by_term = {r["term"]: r for r in est_tables.tidy_rows(est_fit.fit(table, spec, by_gender=True),
+                                                              alpha=settings["alpha"], power=settings["power"])}
         for effect, term in EFFECTS.items():
             for sex in SEXES:
                 r = by_term[sex_term(term, sex)]
@@ -215,7 +214,7 @@ def _few_cluster_tests(i: int, seed: int, table: pd.DataFrame, truth: dict, sett
     fits = {vcov: est_fit.fit(table, est_spec.Spec.from_params({**settings["spec_params"], "vcov": vcov},
                                                                 column, table), by_gender=True)
             for vcov in ("CR1", "CR2")}
-    tidy = {vcov: est_tables.tidy(res, alpha=settings["alpha"], power=settings["power"]).set_index("term")
+    tidy = {vcov: {r["term"]: r for r in est_tables.tidy_rows(res, alpha=settings["alpha"], power=settings["power"])}
             for vcov, res in fits.items()}
     design = fits["CR2"].wild_design
     names = list(design.X.columns)
@@ -233,10 +232,10 @@ def _few_cluster_tests(i: int, seed: int, table: pd.DataFrame, truth: dict, sett
             weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
             seed=parallel.task_seed(seed, td.term))
         row = {"draw": int(i), "seed": seed, "effect": effect, "sex": sex, "truth": value,
-               "estimate": float(tidy["CR2"].loc[td.term, "estimate"]), "n_clusters": wild.n_clusters,
+               "estimate": float(tidy["CR2"][td.term]["estimate"]), "n_clusters": wild.n_clusters,
                "covered_wild": bool(wild.p_value >= 0.05)}
         for vcov in ("CR1", "CR2"):
-            r = tidy[vcov].loc[td.term]
+            r = tidy[vcov][td.term]
             row[f"covered_{vcov.lower()}"] = bool(r["ci_low"] <= value <= r["ci_high"])
         rows.append(row)
     return rows

@@ -85,6 +85,15 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
     (:mod:`pipeline.estimation.arm_average`).
     For the log and ihs transforms the ``_pct_`` columns are NaN (not percentage effects).
     """
+    rows = tidy_rows(results, study, alpha=alpha, power=power, wild=wild, arm_groups=arm_groups)
+    return tidy_frame(rows) if rows else empty_tidy()
+
+
+def tidy_rows(results, study: str | None = None, *, alpha: float, power: float,
+              wild: WildSettings | None = None, arm_groups: Mapping[str, tuple[str, ...]] | None = None
+              ) -> list[dict]:
+    """:func:`tidy`'s rows, one dict per term (keys ``TIDY_COLUMNS``), without building the frame
+    (the simulation's draws read a few values of each row)."""
     info: FitInfo = getattr(results, "estimate_info", None)
     if info is None:
         raise ValueError("results were not produced by pipeline.estimation.fit.fit")
@@ -112,9 +121,7 @@ def tidy(results, study: str | None = None, *, alpha: float, power: float,
             "effect_pct_of_control_mean": 100.0 * est / cm if pct_ok else np.nan,
             "mde": m, "mde_pct_of_control_mean": 100.0 * m / abs(cm) if pct_ok else np.nan,
         })
-    if not rows:
-        return empty_tidy()
-    return tidy_frame(rows)
+    return rows
 
 
 def _tidy_dtype(column: str, values) -> str | None:
