@@ -393,3 +393,33 @@ def test_cr2_matches_bell_mccaffrey_with_dummies(data, cluster, fes, weights):
                  vcov="CR2")
     assert fit.cov_type == "CR2" and fit.df_inference == data[cluster].nunique() - 1
     np.testing.assert_allclose(fit.cov.to_numpy(), V, rtol=1e-7, atol=1e-7 * np.abs(V).max())
+
+
+def test_two_way_projector_cache_gives_the_uncached_numbers_and_never_a_stale_one(monkeypatch):
+    """The two-way projection's setup is cached by a digest of the codes and weights: a cached
+    projector gives bit-identical columns, and codes of the same length and levels but another
+    pattern (or other weights) get their own projector, not the last one."""
+    rng = np.random.default_rng(3)
+    n, L1, L2 = 400, 30, 4
+    f1, f2 = rng.integers(0, L1, n), rng.integers(0, L2, n)
+    other = rng.permutation(f2)                       # same length, levels and counts; other pairs
+    w = rng.uniform(0.5, 2.0, n)
+    Z = rng.normal(size=(n, 3))
+
+    def fresh(fe, weights):
+        absorb._PROJECTOR_CACHE.clear()
+        return absorb.absorb(Z, fe, weights)[0]
+
+    expected = {name: fresh(fe, wt) for name, (fe, wt) in
+                {"a": ([f1, f2], None), "b": ([f1, other], None), "c": ([f1, f2], w)}.items()}
+    absorb._PROJECTOR_CACHE.clear()
+    for _ in range(2):                                # second round: every projector from the cache
+        for name, (fe, wt) in {"a": ([f1, f2], None), "b": ([f1, other], None), "c": ([f1, f2], w)}.items():
+            np.testing.assert_array_equal(absorb.absorb(Z, fe, wt)[0], expected[name])
+    assert len(absorb._PROJECTOR_CACHE) == 3
+    assert not np.array_equal(expected["a"], expected["b"]) and not np.array_equal(expected["a"], expected["c"])
+    monkeypatch.setattr(absorb, "_PROJECTOR_CACHE_SIZE", 1)       # a new pattern evicts the oldest
+    absorb.absorb(Z, [f1, rng.permutation(f2)], None)
+    assert len(absorb._PROJECTOR_CACHE) == 1
+    with pytest.raises(ValueError, match="infs or NaNs"):
+        absorb.absorb(np.where(np.arange(n)[:, None] == 5, np.nan, Z), [f1, f2], None)

@@ -26,6 +26,11 @@ counts; the smaller FEs may have up to ``MAX_DENSE_LEVELS`` levels in all, else 
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,10 +176,59 @@ def _crosstab(f1, L1, f2, L2, w) -> scipy.sparse.csr_matrix:
     return scipy.sparse.csr_matrix((sums, (uniq // L2, uniq % L2)), shape=(L1, L2))
 
 
-def demean_two_direct(Z, fe1, fe2, w) -> int:
-    """Exact two-way projection from grouped sufficient statistics. Returns k_absorbed."""
-    f1, L1, _ = fe1
-    f2, L2, _ = fe2
+@dataclass(frozen=True)
+class TwoWayProjector:
+    """What the exact two-way projection needs besides the data: the counts and cross-tabulation
+    of the two fixed effects and the factorised Gram matrix of the grounded FE2 dummies
+    (:func:`two_way_projector`)."""
+
+    k_absorbed: int
+    s1: np.ndarray
+    kept: np.ndarray                # FE2 levels not grounded
+    Ck: scipy.sparse.csr_matrix | None
+    solve: Callable | None
+
+
+# Projectors of the last few (FE1, FE2, weights): a fit absorbs X and y, the wild bootstrap the same
+# design once per test, the simulation's outcomes the same sample, so the same codes come back and
+# their setup (components, cross-tabulation, factorisation) was over half of an absorb call there.
+# Keyed by a digest of the codes and weights (not the arrays: a cache entry holds no data).
+_PROJECTOR_CACHE: OrderedDict = OrderedDict()
+_PROJECTOR_CACHE_SIZE = 8
+_PROJECTOR_LOCK = threading.Lock()
+
+
+def _digest(*arrays) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+        else:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B"))
+    return h.digest()
+
+
+def two_way_projector(f1, L1, f2, L2, w) -> TwoWayProjector:
+    """:class:`TwoWayProjector` of FE1 (the larger) and FE2 with weights ``w``, computed once per
+    distinct codes and weights among the last few (a pure function of them, so a cached one is the
+    same)."""
+    key = (int(L1), int(L2), _digest(f1, f2, w))
+    with _PROJECTOR_LOCK:
+        found = _PROJECTOR_CACHE.get(key)
+        if found is not None:
+            _PROJECTOR_CACHE.move_to_end(key)
+            return found
+    projector = _two_way_projector(f1, L1, f2, L2, w)
+    with _PROJECTOR_LOCK:
+        _PROJECTOR_CACHE[key] = projector
+        while len(_PROJECTOR_CACHE) > _PROJECTOR_CACHE_SIZE:
+            _PROJECTOR_CACHE.popitem(last=False)
+    return projector
+
+
+def _two_way_projector(f1, L1, f2, L2, w) -> TwoWayProjector:
     n_comp, comp2 = bipartite_components(f1, L1, f2, L2)
     k_absorbed = L1 + L2 - n_comp
     s1 = np.bincount(f1, weights=w, minlength=L1).astype(np.float64)
@@ -186,18 +240,30 @@ def demean_two_direct(Z, fe1, fe2, w) -> int:
     keep[first] = False
     kept = np.flatnonzero(keep)
     if kept.size == 0:                          # FE2 nested in FE1: adds nothing
-        demean_one(Z, f1, L1, w)
-        return k_absorbed
+        return TwoWayProjector(k_absorbed, s1, kept, None, None)
     C = _crosstab(f1, L1, f2, L2, w)                        # L1 x L2
     Ck = C[:, kept]
     A = (scipy.sparse.diags(s2[kept]) - Ck.T @ scipy.sparse.diags(1.0 / s1) @ Ck)
     if kept.size <= MAX_DENSE_LEVELS:
         fac = scipy.linalg.cho_factor(A.toarray(), lower=True)
-        solve = lambda r: scipy.linalg.cho_solve(fac, r)      # noqa: E731
+        # finiteness is checked once per call (demean_two_direct), not on every column's solve
+        solve = functools.partial(scipy.linalg.cho_solve, fac, check_finite=False)
     else:
-        lu = scipy.sparse.linalg.splu(A.tocsc())
-        solve = lu.solve
-    Ck = Ck.tocsr()
+        solve = scipy.sparse.linalg.splu(A.tocsc()).solve
+    return TwoWayProjector(k_absorbed, s1, kept, Ck.tocsr(), solve)
+
+
+def demean_two_direct(Z, fe1, fe2, w) -> int:
+    """Exact two-way projection from grouped sufficient statistics. Returns k_absorbed."""
+    f1, L1, _ = fe1
+    f2, L2, _ = fe2
+    proj = two_way_projector(f1, L1, f2, L2, w)
+    if proj.kept.size == 0:                     # FE2 nested in FE1: adds nothing
+        demean_one(Z, f1, L1, w)
+        return proj.k_absorbed
+    s1, kept, Ck, solve = proj.s1, proj.kept, proj.Ck, proj.solve
+    if not np.isfinite(Z).all():
+        raise ValueError("array must not contain infs or NaNs")     # as the solve's own check said
     for j in range(Z.shape[0]):
         z = Z[j]
         for _ in range(2):                       # projection + one refinement step
@@ -211,7 +277,7 @@ def demean_two_direct(Z, fe1, fe2, w) -> int:
             h = (Ck @ gam) / s1
             z -= g[f2]
             z += h[f1]
-    return k_absorbed
+    return proj.k_absorbed
 
 
 def demean_map(Z, fes, w, tol: float, maxiter: int) -> int:
