@@ -230,7 +230,7 @@ def _few_cluster_tests(i: int, seed: int, table: pd.DataFrame, truth: dict, sett
         wild = est_wild.wild_cluster_test(
             design.y, design.X.to_numpy(), design.groups, restriction, value=value, fe=design.fe,
             weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
-            seed=parallel.task_seed(seed, td.term))
+            seed=parallel.task_seed(seed, td.term), partialled=design.partialled)
         row = {"draw": int(i), "seed": seed, "effect": effect, "sex": sex, "truth": value,
                "estimate": float(tidy["CR2"][td.term]["estimate"]), "n_clusters": wild.n_clusters,
                "covered_wild": bool(wild.p_value >= 0.05)}

@@ -144,3 +144,20 @@ def test_p_value_does_not_depend_on_the_hash_salt_of_cluster_ids():
     tests = [wb.wild_cluster_test(y, X, g, [1.0, 0.0], fe=fe, reps=999, weight_type="rademacher",
                                   seed=np.random.SeedSequence(3)) for g in (first, second, market)]
     assert tests[0] == tests[1] == tests[2]
+
+
+@pytest.mark.parametrize("weights", [False, True])
+def test_one_partialled_design_serves_every_test_with_the_same_numbers(weights):
+    """partial_design (the outcome and regressors off the fixed effects, made once per design) gives
+    each test's t and bootstrap t bit for bit as the test computing it itself; WildDesign keeps one."""
+    y, X, market, fe, w = panel(weights=weights)
+    V = np.random.default_rng(2).choice([-1.0, 1.0], size=(40, 12))
+    shared = wb.partial_design(y, X, market, fe=fe, weights=w)
+    for restriction, value in (([1.0, 0.0], 0.0), ([0.0, 1.0], 0.5), ([1.0, -1.0], 0.0)):
+        alone = wb.bootstrap_t(y, X, market, restriction, V, value=value, fe=fe, weights=w)
+        reused = wb.bootstrap_t(y, X, market, restriction, V, value=value, fe=fe, weights=w, partialled=shared)
+        assert alone[0] == reused[0]
+        np.testing.assert_array_equal(alone[1], reused[1])
+    design = wb.WildDesign(y, pd.DataFrame(X, columns=["treat", "x"]), fe, market, w)
+    assert design.partialled is design.partialled
+    np.testing.assert_array_equal(design.partialled.Xd, shared.Xd)

@@ -29,6 +29,7 @@ Small-sample factors (G/(G-1), (n-1)/(n-K)) cancel between t and t* and are not 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import zlib
 from dataclasses import dataclass
@@ -85,12 +86,14 @@ def _partial_out(Z: np.ndarray, fe, w: np.ndarray | None) -> np.ndarray:
 
 def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None, weights=None,
                       reps: int = 9999, weight_type: str = "auto",
-                      seed: np.random.SeedSequence | int | None = None) -> WildTest:
+                      seed: np.random.SeedSequence | int | None = None,
+                      partialled: PartialledDesign | None = None) -> WildTest:
     """WCR bootstrap test of ``restriction . beta = value``.
 
     ``X``: (n, k) regressors without constant or fixed-effect dummies; ``fe``: fixed-effect codes as
     for :func:`pipeline.estimation.ols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
     each row; ``weights``: regression weights or None; ``restriction``: length-k vector r.
+    ``partialled``: :func:`partial_design` of the same arguments, made once for several tests.
     """
     # clusters numbered by first appearance, not sorted: the weights drawn for cluster j must not
     # follow the order of salted-hash cluster ids (issue 8), only the analysis table's row order
@@ -98,25 +101,34 @@ def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None,
     n_clusters = int(g.max()) + 1
     kind = resolve_weight_type(weight_type, n_clusters)
     V, enumerated = draw_weights(kind, n_clusters, int(reps), np.random.default_rng(seed))
-    t_stat, t_boot = bootstrap_t(y, X, g, restriction, V, value=value, fe=fe, weights=weights)
+    t_stat, t_boot = bootstrap_t(y, X, g, restriction, V, value=value, fe=fe, weights=weights,
+                                 partialled=partialled)
     # |t*| > |t|; within rounding of |t| counts as a tie (the all-ones draw reproduces t exactly)
     p_value = float(np.mean(np.abs(t_boot) > abs(t_stat) * (1 + TIE_TOL)))
     return WildTest(p_value=p_value, t_stat=t_stat, n_clusters=n_clusters, weight_type=kind,
                     reps=int(V.shape[0]), enumerated=enumerated)
 
 
-def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0, fe=None, weights=None
-                ) -> tuple[float, np.ndarray]:
-    """(t, t*_b for each row of V): the CR1 t-statistic of r'beta - value (no small-sample factor)
-    on the data and on each bootstrap sample y*_b = restricted fit + V[b, g] * restricted residual
-    (the restricted fit imposes r'beta = value)."""
+@dataclass(frozen=True)
+class PartialledDesign:
+    """What every test of one design shares: the sqrt(w)-scaled outcome and regressors with the
+    fixed effects partialled out, (Xd'Xd)^-1 and the clusters (numbered in sorted order)."""
+
+    yd: np.ndarray
+    Xd: np.ndarray
+    A: np.ndarray
+    g: np.ndarray
+    n_clusters: int
+    fe: object
+    w: np.ndarray | None
+
+
+def partial_design(y, X, groups, *, fe=None, weights=None) -> PartialledDesign:
+    """The shared part of :func:`bootstrap_t` for a design (checked here)."""
     y = np.asarray(y, dtype=np.float64)
     X = np.asarray(X, dtype=np.float64)
     X = X[:, None] if X.ndim == 1 else X
-    n, k = X.shape
-    r = np.asarray(restriction, dtype=np.float64)
-    if r.shape != (k,) or not np.any(r):
-        raise ValueError(f"restriction must be a non-zero vector of length {k}, got shape {r.shape}")
+    n = X.shape[0]
     w = None if weights is None else np.asarray(weights, dtype=np.float64)
     if w is not None and not (np.isfinite(w).all() and (w > 0).all()):
         raise ValueError("weights must be positive and finite")
@@ -124,13 +136,27 @@ def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0,
     G = int(g.max()) + 1
     if G < 2:
         raise ValueError("the wild cluster bootstrap needs at least 2 clusters")
-    if V.shape[1] != G:
-        raise ValueError(f"V has {V.shape[1]} columns for {G} clusters")
-
     root = np.ones(n) if w is None else np.sqrt(w)
     Zd = _partial_out(np.column_stack([y, X]) * root[:, None], fe, w)   # sqrt(w)-scaled, FE partialled out
     yd, Xd = Zd[:, 0], Zd[:, 1:]
-    A = np.linalg.inv(Xd.T @ Xd)
+    return PartialledDesign(yd, Xd, np.linalg.inv(Xd.T @ Xd), g, G, fe, w)
+
+
+def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0, fe=None, weights=None,
+                partialled: PartialledDesign | None = None) -> tuple[float, np.ndarray]:
+    """(t, t*_b for each row of V): the CR1 t-statistic of r'beta - value (no small-sample factor)
+    on the data and on each bootstrap sample y*_b = restricted fit + V[b, g] * restricted residual
+    (the restricted fit imposes r'beta = value). ``partialled``: :func:`partial_design` of the
+    same ``y, X, groups, fe, weights``."""
+    d = partialled or partial_design(y, X, groups, fe=fe, weights=weights)
+    yd, Xd, A, g, G, n = d.yd, d.Xd, d.A, d.g, d.n_clusters, d.Xd.shape[0]
+    k = Xd.shape[1]
+    r = np.asarray(restriction, dtype=np.float64)
+    if r.shape != (k,) or not np.any(r):
+        raise ValueError(f"restriction must be a non-zero vector of length {k}, got shape {r.shape}")
+    if V.shape[1] != G:
+        raise ValueError(f"V has {V.shape[1]} columns for {G} clusters")
+
     beta = A @ (Xd.T @ yd)
     q = r @ A
     z = Xd @ q                                                  # q X_i' for every row i
@@ -144,7 +170,7 @@ def bootstrap_t(y, X, groups, restriction, V: np.ndarray, *, value: float = 0.0,
     # E = M_D U, U[:, h] = u~ on cluster h's rows; F = M_X E; Q[g, h] = sum_{i in g} z_i F[i, h]
     U = np.zeros((n, G))
     U[np.arange(n), g] = u_r
-    E = _partial_out(U, fe, w)
+    E = _partial_out(U, d.fe, d.w)
     F = E - Xd @ (A @ (Xd.T @ E))
     Q = np.zeros((G, G))
     np.add.at(Q, g, z[:, None] * F)
@@ -166,6 +192,11 @@ class WildDesign:
     fe: list | None
     groups: np.ndarray | None
     weights: np.ndarray | None
+
+    @functools.cached_property
+    def partialled(self) -> PartialledDesign:
+        """:func:`partial_design` of this design, made once for all its tests."""
+        return partial_design(self.y, self.X.to_numpy(), self.groups, fe=self.fe, weights=self.weights)
 
 
 @dataclass(frozen=True)
@@ -203,5 +234,5 @@ def wild_p_value(results, td, wild: WildSettings, key: str) -> float:
         restriction[names.index(param)] = weight
     seed = np.random.SeedSequence([wild.seed, zlib.crc32(key.encode("utf-8"))])
     return wild_cluster_test(design.y, design.X.to_numpy(), design.groups, restriction,
-                                            fe=design.fe, weights=design.weights, reps=wild.reps,
-                                            weight_type=wild.weights, seed=seed).p_value
+                             fe=design.fe, weights=design.weights, reps=wild.reps,
+                             weight_type=wild.weights, seed=seed, partialled=design.partialled).p_value
