@@ -161,3 +161,22 @@ def test_one_partialled_design_serves_every_test_with_the_same_numbers(weights):
     design = wb.WildDesign(y, pd.DataFrame(X, columns=["treat", "x"]), fe, market, w)
     assert design.partialled is design.partialled
     np.testing.assert_array_equal(design.partialled.Xd, shared.Xd)
+
+
+def test_a_shared_design_gives_each_wild_test_its_own_p_value_whatever_the_cluster_order():
+    """wild_cluster_test with WildDesign.partialled equals the test alone, bit for bit, on rows whose
+    clusters appear in another order than sorted (the weights follow the order of appearance); a
+    partialled design numbering the clusters otherwise is refused."""
+    y, X, market, fe, _ = panel(n_clusters=10, seed=4)
+    order = np.random.default_rng(5).permutation(len(y))
+    y, X, market, fe = y[order], X[order], market[order], [f[order] for f in fe]
+    assert not np.array_equal(wb.cluster_codes(market), np.unique(market, return_inverse=True)[1])
+    design = wb.WildDesign(y, pd.DataFrame(X, columns=["treat", "x"]), fe, market, None)
+    for restriction, value in (([1.0, 0.0], 0.0), ([1.0, -1.0], 0.2)):
+        kwargs = dict(value=value, fe=fe, reps=199, weight_type="webb", seed=11)
+        alone = wb.wild_cluster_test(y, X, market, restriction, **kwargs)
+        shared = wb.wild_cluster_test(y, X, market, restriction, partialled=design.partialled, **kwargs)
+        assert (shared.p_value, shared.t_stat) == (alone.p_value, alone.t_stat)
+    sorted_codes = wb.partial_design(y, X, market, fe=fe)
+    with pytest.raises(ValueError, match="numbers the clusters otherwise"):
+        wb.wild_cluster_test(y, X, market, [1.0, 0.0], fe=fe, reps=99, partialled=sorted_codes)

@@ -93,12 +93,13 @@ def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None,
     ``X``: (n, k) regressors without constant or fixed-effect dummies; ``fe``: fixed-effect codes as
     for :func:`pipeline.estimation.ols.fe_ols` (the intercept is always absorbed); ``groups``: cluster of
     each row; ``weights``: regression weights or None; ``restriction``: length-k vector r.
-    ``partialled``: :func:`partial_design` of the same arguments, made once for several tests.
+    ``partialled``: :func:`partial_design` of the same arguments with ``groups`` as
+    :func:`cluster_codes` numbers them, made once for several tests.
     """
-    # clusters numbered by first appearance, not sorted: the weights drawn for cluster j must not
-    # follow the order of salted-hash cluster ids (issue 8), only the analysis table's row order
-    g = pd.factorize(np.asarray(groups), sort=False)[0]
+    g = cluster_codes(groups)
     n_clusters = int(g.max()) + 1
+    if partialled is not None and not np.array_equal(partialled.g, g):
+        raise ValueError("the partialled design numbers the clusters otherwise: make it from cluster_codes(groups)")
     kind = resolve_weight_type(weight_type, n_clusters)
     V, enumerated = draw_weights(kind, n_clusters, int(reps), np.random.default_rng(seed))
     t_stat, t_boot = bootstrap_t(y, X, g, restriction, V, value=value, fe=fe, weights=weights,
@@ -107,6 +108,12 @@ def wild_cluster_test(y, X, groups, restriction, *, value: float = 0.0, fe=None,
     p_value = float(np.mean(np.abs(t_boot) > abs(t_stat) * (1 + TIE_TOL)))
     return WildTest(p_value=p_value, t_stat=t_stat, n_clusters=n_clusters, weight_type=kind,
                     reps=int(V.shape[0]), enumerated=enumerated)
+
+
+def cluster_codes(groups) -> np.ndarray:
+    """Clusters numbered 0..G-1 by first appearance, not sorted: the weights drawn for cluster j must
+    not follow the order of salted-hash cluster ids (issue 8), only the analysis table's row order."""
+    return pd.factorize(np.asarray(groups), sort=False)[0]
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,8 @@ class WildDesign:
     @functools.cached_property
     def partialled(self) -> PartialledDesign:
         """:func:`partial_design` of this design, made once for all its tests."""
-        return partial_design(self.y, self.X.to_numpy(), self.groups, fe=self.fe, weights=self.weights)
+        return partial_design(self.y, self.X.to_numpy(), cluster_codes(self.groups), fe=self.fe,
+                              weights=self.weights)
 
 
 @dataclass(frozen=True)
