@@ -30,9 +30,15 @@ $(VENV)/bin/python:
 # them to bytecode, which every stage's imports need where PYTHONDONTWRITEBYTECODE is set.
 UV_VERSION := 0.13.8
 
-# Reinstall only when the pins or the package metadata change.
-$(STAMP): $(VENV)/bin/python requirements.lock pyproject.toml
+# A stamp per uv version: a venv made before uv (or with another pin) gets it too.
+UV_STAMP := $(VENV)/.uv-$(UV_VERSION)
+
+$(UV_STAMP): $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	touch $@
+
+# Reinstall only when the pins, the package metadata or the installer change.
+$(STAMP): $(UV_STAMP) requirements.lock pyproject.toml
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c requirements.lock -e .
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (microenterprise pipeline)" > /dev/null
 	touch $(STAMP)
@@ -67,7 +73,7 @@ lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.r
 
 # pyfixest, the estimation benchmark's reference, in a venv of its own (pinned by scripts/bench-pyfixest.lock)
 BENCH_VENV := .bench/venv
-$(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock $(STAMP)
+$(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock $(STAMP) $(UV_STAMP)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python -r scripts/bench-pyfixest.lock
 	touch $@
