@@ -283,3 +283,18 @@ def test_a_loop_run_here_uses_one_blas_thread_and_restores_the_count():
     with parallel.single_blas_thread():
         assert set(counts()) == {1}
     assert counts() == before
+
+
+def sum_of_batch(batch, base_seed: int) -> float:
+    return float(sum(sum(normal_draws(i, base_seed)) for i in batch))
+
+
+def test_progress_counts_the_weight_of_each_item(dask_clients):
+    """weight=len: items that are batches of draws advance the progress by their draws, on the
+    workers and here, serially."""
+    batches = [[0], [1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    for client in (dask_clients[2], None):
+        progress = parallel.Progress(10, stream=None)
+        out = parallel.run_tasks(client, sum_of_batch, batches, shared=(3,), chunk_size=2, progress=progress,
+                                 weight=len)
+        assert out == [sum_of_batch(b, 3) for b in batches] and progress.done == 10
