@@ -75,10 +75,11 @@ def stage_batch_size() -> int:
     return parallel.default_chunk_size(int(sim["draws"]), int(sim["workers"]))
 
 
-def batched(module, batch_name: str, draw_name: str) -> Callable:
+def batched(module, batch_name: str | None, draw_name: str) -> Callable:
     """``function(draws, settings) -> rows of each draw``: the module's batch function, or, in code from
-    before batches (``analysis_tables``), its one-draw function draw by draw."""
-    batch = getattr(module, batch_name, None)
+    before batches (``analysis_tables``) or without them (``batch_name`` None), its one-draw function
+    draw by draw."""
+    batch = getattr(module, batch_name, None) if batch_name else None
     if batch is not None:
         return batch
     one = getattr(module, draw_name)
@@ -108,10 +109,10 @@ def shares(n: int, s: dict) -> list[tuple[str, float]]:
     return out
 
 
-def draw_code() -> tuple[dict, Callable, Callable | None]:
-    """(settings, main draw, few-cluster draw) of the code under ``ROOT``: ``pipeline.simulation``,
-    or, in a revision from before it, ``scripts/simulation_study.py`` with the settings its stage
-    used (no few-cluster draws: None)."""
+def draw_code() -> tuple[dict, Callable, Callable | None, int]:
+    """(settings, main batch, few-cluster batch, draws per batch) of the code under ``ROOT``
+    (:func:`batched`): ``pipeline.simulation``, or, in a revision from before it,
+    ``scripts/simulation_study.py`` with the settings its stage used (no few-cluster draws: None)."""
     try:
         from pipeline import simulation
     except ImportError:
@@ -119,7 +120,7 @@ def draw_code() -> tuple[dict, Callable, Callable | None]:
             raise
         sys.path.insert(0, str(ROOT / "scripts"))
         import simulation_study
-        return simulation_study.build_settings(), batched(simulation_study, "", "one_draw"), None, 1
+        return simulation_study.build_settings(), batched(simulation_study, None, "one_draw"), None, 1
     has_batches = hasattr(simulation, "analysis_tables")
     return (settings(), batched(simulation, "main_batch", "one_draw"),
             batched(simulation, "few_cluster_batch", "few_cluster_draw"), stage_batch_size() if has_batches else 1)
