@@ -73,7 +73,7 @@ lint: $(STAMP)  ## ruff with the committed configuration (pyproject.toml [tool.r
 
 # pyfixest, the estimation benchmark's reference, in a venv of its own (pinned by scripts/bench-pyfixest.lock)
 BENCH_VENV := .bench/venv
-$(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock $(STAMP) $(UV_STAMP)
+$(BENCH_VENV)/.installed: scripts/bench-pyfixest.lock $(STAMP)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BENCH_VENV)/bin/python -r scripts/bench-pyfixest.lock
 	touch $@

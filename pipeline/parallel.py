@@ -262,12 +262,13 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
     task cancelled before it returned raises :class:`TaskLostError` naming them. ``client=None``
     runs everything here, serially (debugging, profiling)."""
     items = list(items)
+    weigh = weight or (lambda item: 1)
     if client is None:
         out = []
         for item in items:
             out.append(function(item, *shared))
             if progress is not None:
-                progress.advance(weight(item) if weight else 1)
+                progress.advance(weigh(item))
         return out
     from distributed import as_completed
     from distributed.client import CancelledError
@@ -298,7 +299,7 @@ def run_tasks(client, function: Callable, items: Sequence, shared: tuple = (), c
                 error.add_note(f"in the task of {_task_name(function, chunks, k)} (dask key {future.key})")
                 raise
             if progress is not None:
-                progress.advance(sum(map(weight, chunks[k])) if weight else len(chunks[k]))
+                progress.advance(sum(map(weigh, chunks[k])))
     finally:
         client.cancel(futures + list(shared_futures))
     return [value for chunk_result in results for value in chunk_result]

@@ -147,6 +147,16 @@ def checked_draw(i: int) -> bool:
     return int(i) == 0
 
 
+def batch_checked(draws: list[int]) -> bool:
+    """A batch holding the checked draw validates its tables (and so runs its surveys one by one)."""
+    return any(checked_draw(i) for i in draws)
+
+
+def draw_seeds(draws: list[int], settings: dict) -> list[int]:
+    """The generator seed of each draw: ``simulation``'s base seed plus the draw's number."""
+    return [int(settings["base_seed"]) + int(i) for i in draws]
+
+
 def true_value(truth: dict, effect: str, sex: str) -> float:
     itt = truth["itt"][effect]
     return float(itt["women"]) - float(itt["men"]) if sex == "diff" else float(itt[sex])
@@ -155,7 +165,7 @@ def true_value(truth: dict, effect: str, sex: str) -> float:
 def main_batch(draws: list[int], settings: dict) -> list[list[dict]]:
     """Every (variant, outcome) estimate of each of ``draws``: one list of rows per draw, each the
     rows of :func:`one_draw` (the draws' surveys cleaned and constructed together, :func:`analysis_tables`)."""
-    seeds = [int(settings["base_seed"]) + int(i) for i in draws]
+    seeds = draw_seeds(draws, settings)
     variants = settings["variants"]
     worlds = [synthetic.generate_variants({**settings["synthetic"], "seed": seed}, [VARIANTS[v] for v in variants])
               for seed in seeds]                                    # per draw, one latent world
@@ -163,7 +173,7 @@ def main_batch(draws: list[int], settings: dict) -> list[list[dict]]:
     for j, variant in enumerate(variants):
         generated = [world[j] for world in worlds]
         tables = analysis_tables(generated, settings["cfg"], settings["clean"], settings["construct"],
-                                 checked=any(checked_draw(i) for i in draws))
+                                 checked=batch_checked(draws))
         for k, (i, table) in enumerate(zip(draws, tables)):
             rows[k] += _estimates(int(i), seeds[k], variant, table, generated[k][3], settings)
     return rows
@@ -194,10 +204,10 @@ def one_draw(i: int, settings: dict) -> list[dict]:
 
 def few_cluster_batch(draws: list[int], settings: dict) -> list[list[dict]]:
     """:func:`few_cluster_draw` of each of ``draws`` (their surveys cleaned and constructed together)."""
-    seeds = [int(settings["base_seed"]) + int(i) for i in draws]
+    seeds = draw_seeds(draws, settings)
     generated = [synthetic.generate({**settings["synthetic"], **FEW_CLUSTERS, "seed": seed}) for seed in seeds]
     tables = analysis_tables(generated, settings["cfg"], settings["clean"], settings["construct"],
-                             checked=any(checked_draw(i) for i in draws))
+                             checked=batch_checked(draws))
     return [_few_cluster_tests(int(i), seed, table, g[3], settings)
             for i, seed, table, g in zip(draws, seeds, tables, generated)]
 
@@ -217,18 +227,14 @@ def _few_cluster_tests(i: int, seed: int, table: pd.DataFrame, truth: dict, sett
     tidy = {vcov: {r["term"]: r for r in est_tables.tidy_rows(res, alpha=settings["alpha"], power=settings["power"])}
             for vcov, res in fits.items()}
     design = fits["CR2"].wild_design
-    names = list(design.X.columns)
     rows = []
     for td in fits["CR2"].estimate_info.terms:
         effect, sex = _effect_and_sex(td.term)
         if effect is None:
             continue
         value = true_value(truth, effect, sex)
-        restriction = np.zeros(len(names))
-        for param, weight in td.weights:
-            restriction[names.index(param)] = weight
         wild = est_wild.wild_cluster_test(
-            design.y, design.X.to_numpy(), design.groups, restriction, value=value, fe=design.fe,
+            design.y, design.X.to_numpy(), design.groups, est_wild.restriction_vector(design, td), value=value, fe=design.fe,
             weights=design.weights, reps=settings["wild_reps"], weight_type=settings["wild_weights"],
             seed=parallel.task_seed(seed, td.term), partialled=design.partialled)
         row = {"draw": int(i), "seed": seed, "effect": effect, "sex": sex, "truth": value,

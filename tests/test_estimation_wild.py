@@ -180,3 +180,16 @@ def test_a_shared_design_gives_each_wild_test_its_own_p_value_whatever_the_clust
     sorted_codes = wb.partial_design(y, X, market, fe=fe)
     with pytest.raises(ValueError, match="numbers the clusters otherwise"):
         wb.wild_cluster_test(y, X, market, [1.0, 0.0], fe=fe, reps=99, partialled=sorted_codes)
+
+
+def test_restriction_vector_places_each_weight_at_its_regressor():
+    """A term's (parameter, weight) pairs land at the parameters' columns of the design, whatever
+    their order in the term; the other regressors get 0; an unknown parameter is an error."""
+    from types import SimpleNamespace
+
+    X = pd.DataFrame(np.zeros((3, 4)), columns=["treat_skills_women", "treat_skills_men", "age", "size"])
+    design = wb.WildDesign(np.zeros(3), X, None, np.arange(3), None)
+    diff = SimpleNamespace(term="treat_skills_diff", weights=[("treat_skills_men", -1.0), ("treat_skills_women", 1.0)])
+    np.testing.assert_array_equal(wb.restriction_vector(design, diff), [1.0, -1.0, 0.0, 0.0])
+    with pytest.raises(ValueError):
+        wb.restriction_vector(design, SimpleNamespace(term="x", weights=[("absent", 1.0)]))

@@ -233,13 +233,20 @@ def wild_settings(stage: dict) -> WildSettings:
     return WildSettings(below_clusters=below, reps=reps, weights=weights, seed=int(stage["seed"]))
 
 
-def wild_p_value(results, td, wild: WildSettings, key: str) -> float:
-    """WCR bootstrap p-value of one tidy term; the seed is keyed by the term (order-free)."""
-    design: WildDesign = results.wild_design
+def restriction_vector(design: WildDesign, td) -> np.ndarray:
+    """The restriction ``r`` of a tidy term (``td.weights``: (parameter, weight) pairs) over the
+    design's regressors, in their order."""
     names = list(design.X.columns)
     restriction = np.zeros(len(names))
     for param, weight in td.weights:
         restriction[names.index(param)] = weight
+    return restriction
+
+
+def wild_p_value(results, td, wild: WildSettings, key: str) -> float:
+    """WCR bootstrap p-value of one tidy term; the seed is keyed by the term (order-free)."""
+    design: WildDesign = results.wild_design
+    restriction = restriction_vector(design, td)
     seed = np.random.SeedSequence([wild.seed, zlib.crc32(key.encode("utf-8"))])
     return wild_cluster_test(design.y, design.X.to_numpy(), design.groups, restriction,
                              fe=design.fe, weights=design.weights, reps=wild.reps,
