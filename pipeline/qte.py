@@ -50,9 +50,11 @@ CHUNK_REPS = 5
 
 def _fit_quantiles(y: np.ndarray, X: np.ndarray, quantiles: Sequence[float], n_terms: int) -> np.ndarray:
     """Coefficients of columns 1..n_terms for each quantile: the exact minimiser of the check loss
-    (``quantreg.rq_fit_quantiles``). Columns in the span of the ones before them (a dummy without variation
-    in a resample) are left out, which leaves the fit unchanged; a term left out that way, a
-    quantile whose solver fails or does not converge, get NaN (not counted in ``n_boot``)."""
+    (``quantreg.rq_fit_quantiles``; a vertex where the minimiser is unique, so an effect that is 0
+    in the data, both arms' quantile at 0 profit, is exactly 0). Columns in the span of the ones
+    before them (a dummy without variation in a resample) are left out, which leaves the fit
+    unchanged; a term left out that way, a quantile whose solver fails or does not converge, get
+    NaN (not counted in ``n_boot``)."""
     out = np.full((len(quantiles), n_terms), np.nan)
     kept = quantreg.independent_columns(X)
     is_term = (kept >= 1) & (kept <= n_terms)

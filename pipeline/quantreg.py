@@ -14,9 +14,16 @@ bounds how far the check loss of the current coefficients is above the minimum. 
 when that gap is below ``tol`` times the loss (relative), and raises ``QuantRegNotConverged``
 if it is not after ``max_iter`` iterations: it never returns a non-solution silently.
 
-Where the minimiser is not unique (e.g. an intercept-only fit with n tau an integer, any point
-between two order statistics minimises), the interior-point path ends inside the set of
-minimisers, not at one of its vertices as a simplex method would.
+The interior-point solution is then moved onto the vertex next to it (``_vertex``, a crossover as
+LP solvers do after an interior-point method): the basic solution through p rows the fit passes
+through, kept when its fitted values are within ``VERTEX_TOL`` of y's scale of the interior-point
+ones and its check loss is at most theirs by the solver's own criterion. Where the minimiser is
+unique, that is it, as R's simplex (``rq(method = "br")``) gives: a quantile effect that is 0 in
+the data (both arms' quantile at 0 profit) comes out as exactly 0, not as the 1e-10 left by the
+interior-point tolerance, which also moved between machines. Where the minimiser is not unique
+(e.g. an intercept-only fit with n tau an integer, any point between two order statistics
+minimises), the interior-point path ends inside the set of minimisers, away from its vertices,
+and is kept: which vertex a simplex method reaches depends on its pivoting.
 
 y is divided by max|y| and each column of X by its norm before solving (the solution is
 equivariant, the normal equations better conditioned), and the coefficients are scaled back.
@@ -26,11 +33,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_factor, cho_solve, qr
 
 STEP_BACKOFF = 0.99995   # fraction of the way to the boundary of the positive orthant (R's beta)
 DEFAULT_TOL = 1e-10      # relative duality gap at which the solution is accepted
 DEFAULT_MAX_ITER = 100   # R's rqfnb stops at 50; a well-scaled problem needs ~10-30
+# Crossover to the vertex next to the interior-point solution: rows whose residual is within this
+# share of max|y| are the candidate basis, and the vertex is kept only if its fitted values are
+# that close to the interior-point ones (a minimiser that is not unique ends far from its vertices).
+VERTEX_TOL = 1e-9
 
 
 class QuantRegNotConverged(RuntimeError):
@@ -164,7 +175,7 @@ def _frisch_newton(X: np.ndarray, y: np.ndarray, tau: float, tol: float, max_ite
     for _ in range(max_iter):
         loss = check_loss(ys + Xs @ y_dual, tau)       # residuals at b = -y_dual
         if gap <= tol * (1 + loss):
-            return -y_dual * y_scale / col_scale
+            return _vertex(X, y, tau, -y_dual * y_scale / col_scale, tol)
         # affine-scaling (predictor) direction
         d = 1 / (z / x + w / s)
         zw = z - w
@@ -199,7 +210,38 @@ def _frisch_newton(X: np.ndarray, y: np.ndarray, tau: float, tol: float, max_ite
         gap = x @ z + s @ w
     loss = check_loss(ys + Xs @ y_dual, tau)
     if gap <= tol * (1 + loss):
-        return -y_dual * y_scale / col_scale
+        return _vertex(X, y, tau, -y_dual * y_scale / col_scale, tol)
     raise QuantRegNotConverged(
         f"Frisch-Newton quantile regression (tau={tau}, n={n}, p={X.shape[1]}) did not converge in "
         f"{max_iter} iterations: relative duality gap {gap / (1 + loss):.3g} > tol {tol:g}")
+
+
+def _vertex(X: np.ndarray, y: np.ndarray, tau: float, b: np.ndarray, tol: float) -> np.ndarray:
+    """The basic solution next to the interior-point solution ``b`` if it is as good, else ``b``.
+
+    The candidate basis: the rows whose residual at ``b`` is within ``VERTEX_TOL`` of max|y|, in row
+    order (not by residual size, whose last bits differ between machines); the first p of them if
+    they are independent, else p independent ones by a pivoted QR. Kept when the vertex's fitted
+    values are within ``VERTEX_TOL`` of max|y| of ``b``'s and its check loss exceeds ``b``'s by at
+    most ``tol`` (relative, as the duality gap the iterations stop at)."""
+    p = X.shape[1]
+    y_scale = float(np.max(np.abs(y))) or 1.0
+    near = VERTEX_TOL * y_scale
+    candidates = np.flatnonzero(np.abs(y - X @ b) <= near)
+    if len(candidates) < p:
+        return b
+    basis = candidates[:p]
+    if np.linalg.matrix_rank(X[basis]) < p:
+        _, r, pivots = qr(X[candidates].T, mode="economic", pivoting=True)
+        if np.abs(np.diagonal(r))[p - 1] <= np.abs(r[0, 0]) * max(X.shape) * np.finfo(float).eps:
+            return b
+        basis = np.sort(candidates[pivots[:p]])
+    try:
+        vertex = np.linalg.solve(X[basis], y[basis]) + 0.0     # + 0.0: no -0.0 in the tables
+    except np.linalg.LinAlgError:
+        return b
+    if not np.isfinite(vertex).all() or np.max(np.abs(X @ (vertex - b))) > near:
+        return b
+    loss_b = check_loss(y - X @ b, tau) / y_scale
+    loss_vertex = check_loss(y - X @ vertex, tau) / y_scale
+    return vertex if loss_vertex <= loss_b + tol * (1 + loss_b) else b

@@ -10,6 +10,7 @@ import pytest
 import statsmodels.api as sm
 from scipy.optimize import linprog
 
+from pipeline import quantreg
 from pipeline.quantreg import (QuantRegNotConverged, _factor, _solve, check_loss, independent_columns, rq_fit,
                               rq_fit_quantiles)
 
@@ -181,3 +182,62 @@ def test_normal_equations_fall_back_to_the_pseudo_inverse_when_singular():
     d = np.sqrt([1e8, 1.0, 1e-4, 10.0])
     full = d[:, None] * (np.eye(4) + 0.1 * (C + C.T)) * d[None, :]   # badly scaled, well conditioned once scaled
     np.testing.assert_allclose(_solve(_factor(full), rhs), np.linalg.solve(full, rhs), rtol=1e-10)
+
+
+def test_effects_that_are_zero_in_the_data_come_out_exactly_zero():
+    """Profit-like data with many exact zeros in both arms: at low quantiles both arms' quantile
+    is 0, so the minimiser is b = (0, 0), a vertex. The crossover returns it exactly (R's simplex
+    does too); the interior point alone stops about 1e-10 away (checked, so the test can fail)."""
+    rng = np.random.default_rng(11)
+    n = 4000
+    treated = rng.integers(0, 2, n).astype(float)
+    y = np.where(rng.random(n) < 0.35, 0.0, np.round(rng.lognormal(5, 1.2, n), 2))
+    X = np.c_[np.ones(n), treated]
+    for tau in (0.1, 0.2, 0.3):
+        b = rq_fit(X, y, tau)
+        assert b[0] == 0.0 and b[1] == 0.0 and not np.signbit(b).any(), (tau, b)
+        assert check_loss(y - X @ b, tau) == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-12)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
+        raw = rq_fit(X, y, 0.1)
+    assert np.abs(raw).max() > 0
+
+
+def test_unique_group_quantiles_are_exact_with_ties():
+    """Discrete y, a binary regressor, n_g tau not integers: the minimiser is the unique vertex
+    (q0, q1 - q0), returned exactly, not to a tolerance."""
+    rng = np.random.default_rng(12)
+    g = np.r_[np.zeros(301), np.ones(457)]
+    y = rng.integers(0, 6, g.size).astype(float) * 12.5 + 40 * g
+    X = np.c_[np.ones(g.size), g]
+    for tau in (0.1, 0.25, 0.5, 0.75, 0.9):
+        q0 = np.quantile(y[g == 0], tau, method="inverted_cdf")
+        q1 = np.quantile(y[g == 1], tau, method="inverted_cdf")
+        assert list(rq_fit(X, y, tau)) == [q0, q1 - q0], tau
+
+
+def test_a_minimiser_that_is_not_unique_is_not_moved_to_a_vertex():
+    """n tau an integer: every point between two order statistics minimises. The interior-point
+    solution ends inside that interval, away from both ends, and stays there (which end a simplex
+    reaches depends on its pivoting, so a crossover would pick one by rounding)."""
+    y = np.random.default_rng(13).normal(size=100)
+    lo, hi = np.sort(y)[[49, 50]]
+    b = rq_fit(np.ones((100, 1)), y, 0.5)[0]
+    margin = 1e-3 * (hi - lo)
+    assert lo + margin < b < hi - margin
+
+
+@pytest.mark.parametrize("kind,n", [("continuous", 300), ("ties", 250), ("discrete", 200)])
+def test_the_crossover_never_worsens_the_loss(kind, n):
+    """Whatever the data, the returned coefficients' loss is at most the interior point's (by the
+    solver's tolerance) and equals the LP minimum."""
+    rng = np.random.default_rng(len(kind) * 7 + n)
+    X, y = _design(rng, n, kind)
+    for tau in QUANTILES:
+        b = rq_fit(X, y, tau)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
+            raw = rq_fit(X, y, tau)
+        loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
+        assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
+        assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9)
