@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import statsmodels.api as sm
 from scipy.optimize import linprog
 
@@ -241,3 +243,27 @@ def test_the_crossover_never_worsens_the_loss(kind, n):
         loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
         assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
         assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(12, 120), p=st.integers(1, 4),
+       tau=st.sampled_from(QUANTILES), levels=st.integers(2, 8))
+def test_crossover_invariants_on_any_tied_design(seed, n, p, tau, levels):
+    """For any design with heavy ties (y on a few levels, 0/1 regressors beside an intercept): the
+    returned loss is the LP minimum and never above the interior point's, and a result moved off
+    the interior point is a vertex, passing exactly (to rounding) through p independent rows."""
+    rng = np.random.default_rng(seed)
+    X = np.c_[np.ones(n), rng.integers(0, 2, (n, p - 1))].astype(float)
+    y = rng.integers(0, levels, n) * 25.0 - 20.0
+    if len(independent_columns(X)) < p:
+        return                                        # rank-deficient draw: rq_fit refuses it (tested above)
+    b = rq_fit(X, y, tau)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
+        raw = rq_fit(X, y, tau)
+    loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
+    assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
+    assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9, abs=1e-9)
+    if not np.array_equal(b, raw):
+        through = np.abs(y - X @ b) <= 1e-9 * np.abs(y).max()
+        assert np.linalg.matrix_rank(X[through]) == p
