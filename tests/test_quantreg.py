@@ -29,6 +29,24 @@ def lp_fit(X: np.ndarray, y: np.ndarray, tau: float) -> tuple[np.ndarray, float]
     return res.x[:p], float(res.fun)
 
 
+def interior_point_fit(X: np.ndarray, y: np.ndarray, tau: float) -> np.ndarray:
+    """``rq_fit`` without the crossover: the interior point's own solution."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
+        return rq_fit(X, y, tau)
+
+
+def assert_no_worse_than_the_interior_point(X: np.ndarray, y: np.ndarray, tau: float, abs_tol: float = 1e-12):
+    """rq_fit's loss is at most the interior point's (by the solver's tolerance) and equals the LP
+    minimum (relative 1e-9, absolute ``abs_tol``: pytest's default); returns (rq_fit's
+    coefficients, the interior point's)."""
+    b, raw = rq_fit(X, y, tau), interior_point_fit(X, y, tau)
+    loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
+    assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
+    assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9, abs=abs_tol)
+    return b, raw
+
+
 def _design(rng, n, kind):
     """(X, y) of a few kinds: continuous, heavy ties, discrete y with dummies, n barely > p."""
     if kind == "continuous":
@@ -199,10 +217,7 @@ def test_effects_that_are_zero_in_the_data_come_out_exactly_zero():
         b = rq_fit(X, y, tau)
         assert b[0] == 0.0 and b[1] == 0.0 and not np.signbit(b).any(), (tau, b)
         assert check_loss(y - X @ b, tau) == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-12)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
-        raw = rq_fit(X, y, 0.1)
-    assert np.abs(raw).max() > 0
+    assert np.abs(interior_point_fit(X, y, 0.1)).max() > 0
 
 
 def test_unique_group_quantiles_are_exact_with_ties():
@@ -236,13 +251,7 @@ def test_the_crossover_never_worsens_the_loss(kind, n):
     rng = np.random.default_rng(len(kind) * 7 + n)
     X, y = _design(rng, n, kind)
     for tau in QUANTILES:
-        b = rq_fit(X, y, tau)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
-            raw = rq_fit(X, y, tau)
-        loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
-        assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
-        assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9)
+        assert_no_worse_than_the_interior_point(X, y, tau)
 
 
 @settings(max_examples=60, deadline=None)
@@ -257,13 +266,7 @@ def test_crossover_invariants_on_any_tied_design(seed, n, p, tau, levels):
     y = rng.integers(0, levels, n) * 25.0 - 20.0
     if len(independent_columns(X)) < p:
         return                                        # rank-deficient draw: rq_fit refuses it (tested above)
-    b = rq_fit(X, y, tau)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(quantreg, "_vertex", lambda X, y, tau, b, tol: b)
-        raw = rq_fit(X, y, tau)
-    loss, raw_loss = check_loss(y - X @ b, tau), check_loss(y - X @ raw, tau)
-    assert loss <= raw_loss + 1e-10 * (1 + raw_loss)
-    assert loss == pytest.approx(lp_fit(X, y, tau)[1], rel=1e-9, abs=1e-9)
+    b, raw = assert_no_worse_than_the_interior_point(X, y, tau, abs_tol=1e-9)    # loss 0 when y is constant
     if not np.array_equal(b, raw):
         through = np.abs(y - X @ b) <= 1e-9 * np.abs(y).max()
         assert np.linalg.matrix_rank(X[through]) == p
