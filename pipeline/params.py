@@ -9,9 +9,9 @@ checked.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import Field, ValidationError, create_model
+from pydantic import AfterValidator, Field, ValidationError, create_model
 
 from pipeline.config import (CLEAN_FIELDS, SPEC_FIELDS, STAGE_FIELDS, Block, Number, dump, format_errors)
 
@@ -23,6 +23,25 @@ class ParamsError(ValueError):
 def required(name: str, fields: dict[str, Any]):
     """A block whose every key must be given (``Optional[...]``: given, possibly null)."""
     return create_model(name, __base__=Block, **{key: (kind, ...) for key, kind in fields.items()})
+
+
+# The simulation study's generator variants and outcomes, the choices of ``simulation.variants`` and
+# ``simulation.outcomes`` (``pipeline.simulation.VARIANTS`` and ``OUTCOMES``, in this order): defined here,
+# which every stage imports, so that naming them adds no stage a dependency.
+SIMULATION_VARIANTS = ("no_typos", "as_configured")
+SIMULATION_OUTCOMES = ("unwinsorised", "winsorised")
+
+
+def _distinct(values: list) -> list:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"listed more than once: {', '.join(repeated)}")
+    return values
+
+
+def choice_list(names: tuple[str, ...]):
+    """A non-empty list of distinct names out of ``names``."""
+    return Annotated[list[Literal[names]], Field(min_length=1), AfterValidator(_distinct)]
 
 
 StudyEntry = required("StudyEntry", {"data_dir": str})   # the study's raw-data folder
@@ -45,7 +64,8 @@ Ingest = required("Ingest", {
 Clean = required("Clean", CLEAN_FIELDS)
 Construct = required("Construct", {"skills_min_answered_share": Number})
 Estimate = required("Estimate", {**SPEC_FIELDS, **STAGE_FIELDS})
-Simulation = required("Simulation", {"draws": int, "workers": int, "few_cluster_draws": int,
+Simulation = required("Simulation", {"draws": int, "workers": int, "variants": choice_list(SIMULATION_VARIANTS),
+                                     "outcomes": choice_list(SIMULATION_OUTCOMES), "few_cluster_draws": int,
                                      "wild_bootstrap_reps": int})
 Report = required("Report", {"title": str, "decimals": int})
 Synthesize = required("Synthesize", {

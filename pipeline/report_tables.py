@@ -9,6 +9,7 @@ import pandas as pd
 
 from pipeline.arms import INTERVENTIONS, arm_average_term
 from pipeline.io import read_json
+from pipeline.params import SIMULATION_VARIANTS
 from pipeline.vocabulary import (ALL, BY_GENDER, DIFF, DIFF_LABEL, INTERACTION_TERM, POOLED, TERM_OF_EFFECT,
                                  TREATMENTS, sex_term, split_sex_term)
 from pipeline.vocabulary import SEXES as SEX_KEYS
@@ -26,8 +27,10 @@ def term_label(term: str) -> str:
     return TERM_LABELS.get(term, term.removeprefix("arm_").replace("_", " "))
 
 
-# The simulation's survey variants (pipeline.simulation.VARIANTS) as the reader sees them.
-SIMULATION_VARIANTS = {"no_typos": "No typing errors", "as_configured": "As configured"}
+# The simulation's survey variants (pipeline.simulation.VARIANTS) as the reader sees them, and what each is.
+VARIANT_LABELS = dict(zip(SIMULATION_VARIANTS, ("No typing errors", "As configured")))
+VARIANT_NOTES = dict(zip(SIMULATION_VARIANTS, ("the generator without extra-zero typing errors, so the unwinsorised "
+                                               "outcome is exactly the one the truth is defined on", "the default survey")))
 
 
 def effect_label(effect: str) -> str:
@@ -278,7 +281,7 @@ def simulation_table(folder: Path) -> dict | None:
         return None
     sim = pd.read_csv(path)
     meta = read_json(folder / "simulation.json")
-    rows = [[SIMULATION_VARIANTS.get(r.get("variant", ""), str(r.get("variant", ""))), str(r.get("outcome", "")).capitalize(),
+    rows = [[VARIANT_LABELS.get(r.get("variant", ""), str(r.get("variant", ""))), str(r.get("outcome", "")).capitalize(),
              effect_label(r["effect"]), owners_label(r["sex"]), fmt(r["truth"], 1), fmt(r["mean_estimate"], 2),
              fmt(r["bias_in_sd"], 3), f"{100 * r['coverage']:.1f}%", fmt(r["se_over_sd"], 2)]
             for _, r in sim.iterrows()]
@@ -287,9 +290,9 @@ def simulation_table(folder: Path) -> dict | None:
                         "SE / SD"], "rows": rows,
             "notes": f"Standard errors: {meta.get('vcov', meta.get('estimator', {}).get('vcov', 'see params'))}. "
                      "Targets: |bias| below 0.05 standard deviations of the estimate; coverage between 93% and 97%. "
-                     f"{SIMULATION_VARIANTS['no_typos']}: the generator without extra-zero typing errors, so the "
-                     f"unwinsorised outcome is exactly the one the truth is defined on; {SIMULATION_VARIANTS['as_configured']}: "
-                     "the default survey. See pipeline/simulation.py."}
+                     + " ".join(f"{VARIANT_LABELS[v]}: {VARIANT_NOTES[v]}." for v in VARIANT_LABELS
+                                if v in meta.get("variants", VARIANT_LABELS))
+                     + " See pipeline/simulation.py."}
 
 
 def few_cluster_table(folder: Path) -> dict | None:

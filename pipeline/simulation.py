@@ -36,6 +36,9 @@ delivers them. The clean stage gives closed businesses 0 profit (METHODS.md: "a 
 has profit 0, not missing"), so no outcome variant with closed firms set to 0 is needed: a test
 checks that no interviewed closed firm has a missing profit in the analysis table. Bias of the winsorised
 estimates relative to the truth is winsorising's (clipping the tails) and is reported as found.
+``simulation.variants`` and ``simulation.outcomes`` choose among them (all by default): each variant
+costs a pass of every draw's survey through the pipeline, and each outcome a fit; a variant's rows
+are the same whether or not the other runs beside it.
 
 **Few clusters** (``simulation.few_cluster_draws`` draws, ``FEW_CLUSTERS``): the same generator with
 20 markets (2 regions x 2 sectors x 5 markets of 150 firms, no typos) and the same ``by_gender``
@@ -68,13 +71,15 @@ from pipeline import clean, construct, ingest, parallel, paths, synthetic
 from pipeline.estimation import fit as est_fit, spec as est_spec, tables as est_tables, wild as est_wild
 from pipeline.study import load_study, normalise
 from pipeline.io import param as read_param, write_outputs as write_study_outputs
+from pipeline.params import SIMULATION_OUTCOMES, SIMULATION_VARIANTS
 from pipeline.vocabulary import DIFF, EFFECT_KEYS, MEN, TERM_OF_EFFECT, WOMEN, sex_term, split_sex_term
 
 EFFECTS = TERM_OF_EFFECT             # effect key -> treatment term of the by_gender model
 SEXES = (WOMEN, MEN, DIFF)
 # name -> column of the analysis table
-OUTCOMES = {"unwinsorised": "profit_usd_ppp_month_unwinsorised", "winsorised": "profit_usd_ppp_month"}
-VARIANTS = {"no_typos": {"share_typo_extra_zero": 0.0}, "as_configured": {}}
+OUTCOMES = dict(zip(SIMULATION_OUTCOMES, ("profit_usd_ppp_month_unwinsorised", "profit_usd_ppp_month")))
+# variant -> its synthetic params overrides
+VARIANTS = dict(zip(SIMULATION_VARIANTS, ({"share_typo_extra_zero": 0.0}, {})))
 DRAW_COLUMNS = ["draw", "seed", "variant", "outcome", "effect", "sex", "truth", "estimate",
                 "std_error", "ci_low", "ci_high", "n_obs", "n_clusters"]
 TARGETS = {"abs_bias_in_sd_max": 0.05, "coverage_min": 0.93, "coverage_max": 0.97}
@@ -315,7 +320,9 @@ def build_settings(synthetic_params: dict, clean_params: dict, construct_params:
                    variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None,
                    *, wild_reps: int) -> dict:
     """Settings of the study from resolved params groups; the estimator is the ``estimate:``
-    specification, ``vcov`` (when given) overriding its ``vcov``; the few-clusters study's wild
+    specification, ``vcov`` (when given) overriding its ``vcov``. ``variants`` and ``outcomes`` are
+    taken in the order of :data:`VARIANTS` and :data:`OUTCOMES`, however they are listed, so that
+    the outputs depend on the choice only (a name not there is a ValueError). The few-clusters study's wild
     bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` (``simulation.
     wild_bootstrap_reps``) samples."""
     synth = {**synthetic_params, **(synthetic_overrides or {})}
@@ -325,9 +332,17 @@ def build_settings(synthetic_params: dict, clean_params: dict, construct_params:
     return {"synthetic": synth, "clean": clean_params, "construct": construct_params,
             "spec_params": spec_params, "cfg": normalise(cfg),
             "base_seed": int(synth["seed"] if base_seed is None else base_seed),
-            "variants": list(variants), "outcomes": list(outcomes),
+            "variants": _chosen(variants, VARIANTS, "variants"), "outcomes": _chosen(outcomes, OUTCOMES, "outcomes"),
             "wild_weights": wild.weights, "wild_reps": int(wild_reps),
             "alpha": float(stage["alpha"]), "power": float(stage["mde_power"])}
+
+
+def _chosen(names, known: dict, what: str) -> list[str]:
+    """``names`` in the order of ``known``; a ValueError names any unknown one or an empty choice."""
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise ValueError(f"simulation {what} {list(names)}: choose one or more of {list(known)}")
+    return [n for n in known if n in names]
 
 
 def draw_batches(n_draws: int, size: int) -> list[list[int]]:
@@ -390,12 +405,13 @@ def write_outputs(draws: pd.DataFrame, summary: pd.DataFrame, settings: dict, ou
 def run(context) -> dict:
     """The simulation stage (``context``: a :class:`pipeline.stage_context.StageContext`): its
     params are the ``simulation:`` group (draws, workers: the size of the local cluster, unused when
-    ``DASK_SCHEDULER_ADDRESS`` names a cluster); ``context.extra`` holds the groups the default run's
+    ``DASK_SCHEDULER_ADDRESS`` names a cluster; the generator variants and outcomes of the main
+    draws); ``context.extra`` holds the groups the default run's
     stages use (``synthetic_params``...); everything is written to ``outputs["simulation"]``."""
     stage_params, extra = context.params, context.extra
     settings = build_settings(extra["synthetic_params"], extra["clean_params"], extra["construct_params"],
-                              extra["estimate_params"], load_study("synthetic"),
-                              wild_reps=int(stage_params["wild_bootstrap_reps"]))
+                              extra["estimate_params"], load_study("synthetic"), variants=stage_params["variants"],
+                              outcomes=stage_params["outcomes"], wild_reps=int(stage_params["wild_bootstrap_reps"]))
     n_draws, workers = int(stage_params["draws"]), int(stage_params["workers"])
     n_few = int(stage_params["few_cluster_draws"])
     if n_few < 20:

@@ -62,9 +62,10 @@ def settings() -> dict:
     from pipeline.io import load_params
     from pipeline.study import load_study
     params = load_params()
+    sim = params["simulation"]
+    chosen = {key: sim[key] for key in ("variants", "outcomes") if key in sim}   # older revisions: all of them
     return simulation.build_settings(params["synthetic"], params["clean"], params["construct"], params["estimate"],
-                                     load_study("synthetic"),
-                                     wild_reps=params["simulation"]["wild_bootstrap_reps"])
+                                     load_study("synthetic"), **chosen, wild_reps=sim["wild_bootstrap_reps"])
 
 
 def stage_batch_size() -> int:

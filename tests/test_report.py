@@ -152,11 +152,21 @@ def test_simulation_tables_name_effects_owners_and_variants_in_words(tmp_path):
 
 
 def test_the_report_names_every_simulation_variant_and_outcome():
-    # the report stage does not import the simulation (its own module), so the variants' names are kept
-    # twice: pinned here (the effects' terms are pipeline.vocabulary's, for both)
+    # the report stage does not import the simulation (its own module): both take the names from pipeline.vocabulary
     from pipeline import simulation
 
-    assert set(report_tables.SIMULATION_VARIANTS) == set(simulation.VARIANTS)
+    assert list(report_tables.VARIANT_LABELS) == list(report_tables.VARIANT_NOTES) == list(simulation.VARIANTS)
+
+
+def test_the_simulation_notes_describe_only_the_variants_that_ran(tmp_path):
+    from pipeline.io import write_json
+
+    pd.DataFrame({"variant": ["as_configured"], "outcome": ["winsorised"], "effect": ["capital"], "sex": ["women"],
+                  "truth": [8.0], "mean_estimate": [7.99], "bias_in_sd": [-0.0004], "coverage": [0.9485],
+                  "se_over_sd": [1.0]}).to_csv(tmp_path / "simulation.csv", index=False)
+    write_json(tmp_path / "simulation.json", {"draws": 20, "variants": {"as_configured": {}}})
+    notes = report_tables.simulation_table(tmp_path)["notes"]
+    assert "As configured: the default survey." in notes and "No typing errors" not in notes
 
 
 def test_intervals_are_drawn_from_their_ends_even_when_they_exclude_the_estimate(tmp_path):
