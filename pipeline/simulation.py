@@ -317,12 +317,12 @@ def summarise(draws: pd.DataFrame, keys=("variant", "outcome", "effect", "sex"))
 # --------------------------------------------------------------------------------------------
 def build_settings(synthetic_params: dict, clean_params: dict, construct_params: dict, estimate_params: dict,
                    cfg: dict, synthetic_overrides: dict | None = None, base_seed: int | None = None,
-                   variants=tuple(VARIANTS), outcomes=tuple(OUTCOMES), vcov: str | None = None,
-                   *, wild_reps: int) -> dict:
+                   vcov: str | None = None, *, variants, outcomes, wild_reps: int) -> dict:
     """Settings of the study from resolved params groups; the estimator is the ``estimate:``
-    specification, ``vcov`` (when given) overriding its ``vcov``. ``variants`` and ``outcomes`` are
-    taken in the order of :data:`VARIANTS` and :data:`OUTCOMES`, however they are listed, so that
-    the outputs depend on the choice only (a name not there is a ValueError). The few-clusters study's wild
+    specification, ``vcov`` (when given) overriding its ``vcov``. ``variants`` and ``outcomes``
+    (``simulation.variants`` / ``outcomes``) are taken in the order of :data:`VARIANTS` and
+    :data:`OUTCOMES`, however they are listed, so that the outputs depend on the choice only (a name
+    not there is a ValueError). The few-clusters study's wild
     bootstrap uses ``estimate.wild_bootstrap_weights`` and ``wild_reps`` (``simulation.
     wild_bootstrap_reps``) samples."""
     synth = {**synthetic_params, **(synthetic_overrides or {})}

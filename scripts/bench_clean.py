@@ -87,7 +87,8 @@ def main() -> None:
     rows.append((f"time per row at {args.copies}x / at 1x", per_row_ratio, None, None))
 
     settings = simulation.build_settings(params["synthetic"], params["clean"], params["construct"],
-                                         params["estimate"], cfg, outcomes=("unwinsorised", "winsorised"),
+                                         params["estimate"], cfg, variants=list(simulation.VARIANTS),
+                                         outcomes=list(simulation.OUTCOMES),
                                          wild_reps=params["simulation"]["wild_bootstrap_reps"])
     draw = median_time(lambda: simulation.one_draw(0, settings), args.repeat)
     rows.append(("one simulation draw, 2 variants x 2 outcomes (s)", draw, None, None))

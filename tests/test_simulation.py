@@ -25,6 +25,11 @@ def groups():
     return {g: params[g] for g in ("synthetic", "clean", "construct", "estimate", "simulation")}
 
 
+def chosen(groups) -> dict:
+    """The ``simulation:`` params' variants and outcomes (build_settings' keywords)."""
+    return {key: groups["simulation"][key] for key in ("variants", "outcomes")}
+
+
 def draws_frame(estimates, se, truth, ci_half=None):
     est = np.asarray(estimates, float)
     se = np.broadcast_to(np.asarray(se, float), est.shape)
@@ -104,7 +109,7 @@ def test_small_study_end_to_end(sim, groups, dask_clients, tmp_path):
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"),
                                   synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2}, base_seed=100,
-                                  wild_reps=groups["simulation"]["wild_bootstrap_reps"])
+                                  **chosen(groups), wild_reps=groups["simulation"]["wild_bootstrap_reps"])
     draws = sim.run_study(12, settings, dask_clients[2])
     assert len(draws) == 12 * 2 * 2 * 9
     assert sorted(draws["seed"].unique()) == list(range(100, 112))
@@ -141,7 +146,8 @@ def test_a_choice_of_variants_and_outcomes_gives_their_rows_of_the_full_study(si
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"), synthetic_overrides={"n_firms": 240, "n_regions": 2,
                                                                                 "n_sectors": 2},
-                                  base_seed=300, wild_reps=groups["simulation"]["wild_bootstrap_reps"])
+                                  base_seed=300, variants=list(sim.VARIANTS), outcomes=list(sim.OUTCOMES),
+                                  wild_reps=groups["simulation"]["wild_bootstrap_reps"])
     full = sim.run_study(3, settings, None)
     for variants, outcomes in ((["as_configured"], ["winsorised"]), (["no_typos"], ["winsorised", "unwinsorised"])):
         chosen = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
@@ -154,7 +160,7 @@ def test_a_choice_of_variants_and_outcomes_gives_their_rows_of_the_full_study(si
         pd.testing.assert_frame_equal(sim.run_study(3, chosen, None), expected)
     with pytest.raises(ValueError, match=r"simulation variants \['typos'\]: choose one or more of"):
         sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
-                           load_study("synthetic"), variants=["typos"], wild_reps=9)
+                           load_study("synthetic"), variants=["typos"], outcomes=["winsorised"], wild_reps=9)
 
 
 def test_a_draw_enters_through_the_ingest_stage_path(sim, groups, tmp_path):
@@ -191,7 +197,8 @@ def test_progress_reports_draws_done_and_rate_and_always_the_last(sim):
 def test_few_cluster_draws_compare_cr1_cr2_and_wild(sim, groups, dask_clients, tmp_path):
     from pipeline.study import load_study
     settings = sim.build_settings({**groups["synthetic"], "n_firms": 600}, groups["clean"], groups["construct"],
-                                  groups["estimate"], load_study("synthetic"), base_seed=7, wild_reps=199)
+                                  groups["estimate"], load_study("synthetic"), base_seed=7, **chosen(groups),
+                                  wild_reps=199)
     few = sim.run_study(3, settings, dask_clients[1], kind="few_clusters")
     assert list(few.columns) == sim.FEW_CLUSTER_COLUMNS and len(few) == 3 * 9
     assert (few["n_clusters"] == 16).all()         # 4 strata x 4 markets (one per arm) with 600 firms
@@ -222,7 +229,7 @@ def test_written_tables_do_not_depend_on_workers_chunks_or_scheduler(sim, groups
     from pipeline import parallel
     from pipeline.study import load_study
     settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
-                                  load_study("synthetic"), base_seed=31, wild_reps=99,
+                                  load_study("synthetic"), base_seed=31, **chosen(groups), wild_reps=99,
                                   synthetic_overrides={"n_firms": 240, "n_regions": 2, "n_sectors": 2})
     n_main, n_few = 3, 2
 
