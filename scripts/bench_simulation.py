@@ -255,9 +255,8 @@ def main() -> None:
     simulation.one_draw(0, s)              # warm-up: imports, caches, the validated draw
     simulation.few_cluster_draw(0, s)
     print(f"code: {simulation.__file__}")
-    shape = f"{len(s['variants'])} variant{'s' * (len(s['variants']) > 1)} x {len(s['outcomes'])} outcome" \
-        + "s" * (len(s["outcomes"]) > 1)
-    print(f"main draw ({shape}):".ljust(38) + f"{cpu_per_draw(simulation.main_batch, args.draws, s, size):.3f} "
+    shape = f"{len(s['variants'])} variant(s) x {len(s['outcomes'])} outcome(s)"
+    print(f"main draw ({shape}):".ljust(37) + f" {cpu_per_draw(simulation.main_batch, args.draws, s, size):.3f} "
           f"CPU s/draw over {args.draws} draws (batches of {size}, as the stage)")
     print(f"few-clusters draw (CR1, CR2, wild):   {cpu_per_draw(simulation.few_cluster_batch, args.few, s, size):.3f} "
           f"CPU s/draw over {args.few} draws")

@@ -143,24 +143,22 @@ def test_a_choice_of_variants_and_outcomes_gives_their_rows_of_the_full_study(si
     """simulation.variants / outcomes: the rows of the chosen ones are those they have beside the
     others (one latent world per draw, each variant's survey its own), whatever order they are listed in."""
     from pipeline.study import load_study
-    settings = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
+
+    def settings_for(variants, outcomes):
+        return sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
                                   load_study("synthetic"), synthetic_overrides={"n_firms": 240, "n_regions": 2,
                                                                                 "n_sectors": 2},
-                                  base_seed=300, variants=list(sim.VARIANTS), outcomes=list(sim.OUTCOMES),
+                                  base_seed=300, variants=variants, outcomes=outcomes,
                                   wild_reps=groups["simulation"]["wild_bootstrap_reps"])
-    full = sim.run_study(3, settings, None)
+
+    full = sim.run_study(3, settings_for(list(sim.VARIANTS), list(sim.OUTCOMES)), None)
     for variants, outcomes in ((["as_configured"], ["winsorised"]), (["no_typos"], ["winsorised", "unwinsorised"])):
-        chosen = sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
-                                    load_study("synthetic"), synthetic_overrides={"n_firms": 240, "n_regions": 2,
-                                                                                  "n_sectors": 2},
-                                    base_seed=300, variants=variants, outcomes=outcomes,
-                                    wild_reps=groups["simulation"]["wild_bootstrap_reps"])
-        assert chosen["outcomes"] == [o for o in sim.OUTCOMES if o in outcomes]      # the canonical order
+        picked = settings_for(variants, outcomes)
+        assert picked["outcomes"] == [o for o in sim.OUTCOMES if o in outcomes]      # the canonical order
         expected = full[full["variant"].isin(variants) & full["outcome"].isin(outcomes)].reset_index(drop=True)
-        pd.testing.assert_frame_equal(sim.run_study(3, chosen, None), expected)
+        pd.testing.assert_frame_equal(sim.run_study(3, picked, None), expected)
     with pytest.raises(ValueError, match=r"simulation variants \['typos'\]: choose one or more of"):
-        sim.build_settings(groups["synthetic"], groups["clean"], groups["construct"], groups["estimate"],
-                           load_study("synthetic"), variants=["typos"], outcomes=["winsorised"], wild_reps=9)
+        settings_for(["typos"], ["winsorised"])
 
 
 def test_a_draw_enters_through_the_ingest_stage_path(sim, groups, tmp_path):
